@@ -1,0 +1,90 @@
+// Package blockdev owns the device contract that every frontend (the NBD
+// server in blockdev/nbd, the ublk frontend in blockdev/ublk) serves, and the
+// error classes a device reports. Frontends turn those classes into their
+// protocol's errno values at their own boundary; nothing below a frontend
+// knows about errno.
+package blockdev
+
+import "errors"
+
+// Error classes. Devices wrap them with context (fmt.Errorf("...: %w", err));
+// frontends classify with errors.Is.
+var (
+	// ErrOutOfRange: the request reaches past the end of the device.
+	ErrOutOfRange = errors.New("blockdev: request out of range")
+	// ErrReadOnly: a write, trim or zero on a read-only device.
+	ErrReadOnly = errors.New("blockdev: device is read-only")
+	// ErrIO: the data could not be read or written (checksum mismatch,
+	// failed journal, failed fsync).
+	ErrIO = errors.New("blockdev: I/O error")
+	// ErrNoSpace: the pool is out of space.
+	ErrNoSpace = errors.New("blockdev: no space left")
+	// ErrGone: the device was deleted or its pool shut down while in use.
+	ErrGone = errors.New("blockdev: device is gone")
+	// ErrNotSupported: the device cannot do this (for example a fast zero
+	// that would be slow).
+	ErrNotSupported = errors.New("blockdev: operation not supported")
+	// ErrNotFound: no device (export) by that name.
+	ErrNotFound = errors.New("blockdev: no such device")
+	// ErrInvalid: a malformed request (bad flags, bad length).
+	ErrInvalid = errors.New("blockdev: invalid request")
+)
+
+// Device is the contract a frontend serves. All methods are safe for
+// concurrent use by many goroutines and many connections.
+//
+// Durability: a WriteAt, Trim or WriteZeroes that has returned is visible to
+// every later ReadAt on any connection, but survives a crash only once a
+// later Flush has returned. Flush covers every write that completed before it
+// was called, on every connection (NBD's CAN_MULTI_CONN). A frontend
+// implements FUA as the write followed by Flush.
+//
+// Offsets and lengths are in bytes and need no alignment; the device does
+// read-modify-write inside its blocks. Requests that reach past Size fail
+// with ErrOutOfRange and change nothing.
+type Device interface {
+	// Size is the current size in bytes. It can change (resize).
+	Size() int64
+	// ReadAt fills p from off. It returns len(p) or an error, never a short
+	// read without one.
+	ReadAt(p []byte, off int64) (int, error)
+	// WriteAt writes p at off.
+	WriteAt(p []byte, off int64) (int, error)
+	// Flush makes every completed write durable.
+	Flush() error
+}
+
+// Trimmer is a Device that can discard a range: afterwards the range reads
+// as zeros and uses no space.
+type Trimmer interface {
+	Trim(off, length int64) error
+}
+
+// Zeroer is a Device that can zero a range without the caller sending zeros.
+// With noHole the range must stay allocated (reads as zeros, reported as
+// zero but not as a hole); without it the device may punch a hole.
+// Zeroes on a Zeroer are always fast, so NBD's FAST_ZERO never fails.
+type Zeroer interface {
+	WriteZeroes(off, length int64, noHole bool) error
+}
+
+// Extent flags, as NBD's base:allocation context reports them.
+const (
+	// ExtentHole: the range holds no data of its own (unwritten or trimmed).
+	ExtentHole uint32 = 1 << 0
+	// ExtentZero: the range reads as zeros.
+	ExtentZero uint32 = 1 << 1
+)
+
+// Extent is one run of a device's block status.
+type Extent struct {
+	Length int64
+	Flags  uint32
+}
+
+// BlockStatuser is a Device that can report which ranges hold data. The
+// extents start at off, are contiguous, and cover at most length bytes (they
+// may cover less: the caller asks again from where they stop).
+type BlockStatuser interface {
+	BlockStatus(off, length int64) ([]Extent, error)
+}

@@ -1,0 +1,734 @@
+// Package cdp owns the journal: the append-only, checksummed log of every
+// write and volume change in a pool. It is the store (volumes read their data
+// from it), the write-ahead log (a write is durable once a Sync has covered
+// it), the continuous-data-protection history and the replication stream.
+//
+// The package knows segments, records and sequence numbers; it knows nothing
+// of volumes' contents. Its on-disk format is described in docs/format.md.
+package cdp
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// Error classes.
+var (
+	// ErrCorrupt: the journal holds a bad record that is not a torn tail,
+	// or records are missing. Opening refuses rather than lose data.
+	ErrCorrupt = errors.New("cdp: journal corrupt")
+	// ErrFailed: an fsync or write failed earlier; the journal accepts no
+	// more work until the pool is reopened (a failed fsync is never retried).
+	ErrFailed = errors.New("cdp: journal failed")
+	// ErrClosed: the journal was closed.
+	ErrClosed = errors.New("cdp: journal closed")
+	// ErrNoSpace: the filesystem is full; the record was not appended.
+	ErrNoSpace = errors.New("cdp: no space left for the journal")
+)
+
+// Internal decode errors: all mean "no valid record here".
+var (
+	errShort       = errors.New("short record")
+	errBadMagic    = errors.New("bad record magic")
+	errBadLength   = errors.New("implausible record length")
+	errBadChecksum = errors.New("record checksum mismatch")
+	errBadRecord   = errors.New("malformed record")
+)
+
+// FormatVersion is the segment format this code writes. Versions only move
+// forward; a segment with a newer version is refused.
+const FormatVersion = 1
+
+const (
+	segmentHeaderSize = 64
+	segmentSuffix     = ".seg"
+	defaultSegment    = 128 << 20
+)
+
+var segmentMagic = [8]byte{'S', 'T', 'R', 'A', 'T', 'A', 'J', 0}
+
+// Options configure a journal.
+type Options struct {
+	// FS is the filesystem (vfs.Default in production, a crashable
+	// in-memory one in tests).
+	FS vfs.FS
+	// Dir holds the segment files.
+	Dir string
+	// SegmentSize is the size at which a new segment starts (default 128 MiB).
+	SegmentSize int64
+	// Logger gets recovery and failure messages (default slog.Default()).
+	Logger *slog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+func (o *Options) fill() error {
+	if o.FS == nil {
+		o.FS = vfs.Default
+	}
+	if o.Dir == "" {
+		return errors.New("cdp: Options.Dir is required")
+	}
+	if o.SegmentSize == 0 {
+		o.SegmentSize = defaultSegment
+	}
+	if o.SegmentSize < 1<<20 || o.SegmentSize > 1<<30 {
+		return fmt.Errorf("cdp: segment size %d is outside 1 MiB..1 GiB", o.SegmentSize)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return nil
+}
+
+// Location is where a record starts: its segment (named by the segment's
+// first sequence number) and the byte offset inside the segment file.
+type Location struct {
+	Segment uint64
+	Offset  int64
+}
+
+// DataOffset is the file offset of the record's data.
+func (l Location) DataOffset(metaLen int) int64 { return l.Offset + RecordHeaderSize + int64(metaLen) }
+
+type segment struct {
+	id   uint64 // first sequence number it holds
+	name string
+	f    vfs.File
+	size int64 // bytes of valid header and records
+	// synced is how far the file is known durable.
+	synced atomic.Int64
+}
+
+// Journal is a pool's log. Append and Sync are safe for concurrent use;
+// appends are serialized into one order (sequence numbers), and many
+// concurrent Syncs share one fsync (group commit).
+type Journal struct {
+	opts Options
+
+	// mu serializes appends and guards the fields in it.
+	mu struct {
+		sync.Mutex
+		cur      *segment
+		nextSeq  uint64
+		lastTime int64
+		buf      []byte
+		closed   bool
+	}
+
+	segMu sync.RWMutex
+	segs  map[uint64]*segment
+
+	// syncMu makes one fsync at a time; goroutines that queue on it find
+	// their records covered by the fsync that ran while they waited.
+	syncMu    sync.Mutex
+	synced    atomic.Uint64 // every record <= synced is durable
+	appended  atomic.Uint64 // every record <= appended is written
+	failed    atomic.Pointer[error]
+	syncCount atomic.Uint64
+}
+
+// ReplayFunc receives each record at or after the replay start, in order.
+// Meta and Data are only valid during the call.
+type ReplayFunc func(r *Record, loc Location) error
+
+// Open opens (or creates) the journal in opts.Dir, recovers it and calls
+// replay for every record with a sequence number >= from, in order. A torn
+// record at the tail (a crash mid-append) is cut off; a bad record with a
+// valid record after it, or a gap in sequence numbers, is ErrCorrupt.
+// Appends after Open go to a fresh segment (or reuse an empty last one).
+func Open(opts Options, from uint64, replay ReplayFunc) (*Journal, error) {
+	if err := opts.fill(); err != nil {
+		return nil, err
+	}
+	if err := opts.FS.MkdirAll(opts.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("cdp: create journal directory: %w", err)
+	}
+	// The directory's own entry must be durable too, or a power cut can
+	// take the whole journal with it.
+	if err := SyncDir(opts.FS, opts.FS.PathDir(opts.Dir)); err != nil {
+		return nil, fmt.Errorf("cdp: %w", err)
+	}
+	j := &Journal{opts: opts, segs: map[uint64]*segment{}}
+	if err := j.recover(from, replay); err != nil {
+		j.closeFiles()
+		return nil, err
+	}
+	return j, nil
+}
+
+func segmentName(id uint64) string { return fmt.Sprintf("%020d%s", id, segmentSuffix) }
+
+func (j *Journal) path(name string) string { return j.opts.FS.PathJoin(j.opts.Dir, name) }
+
+type segHeader struct {
+	firstSeq uint64
+	prevID   uint64
+	prevEnd  uint64
+	created  int64
+}
+
+func encodeSegHeader(h segHeader) []byte {
+	b := make([]byte, segmentHeaderSize)
+	copy(b, segmentMagic[:])
+	le := binary.LittleEndian
+	le.PutUint32(b[8:], FormatVersion)
+	le.PutUint32(b[12:], segmentHeaderSize)
+	le.PutUint64(b[16:], h.firstSeq)
+	le.PutUint64(b[24:], h.prevID)
+	le.PutUint64(b[32:], h.prevEnd)
+	le.PutUint64(b[40:], uint64(h.created))
+	le.PutUint32(b[60:], Checksum(b[:60]))
+	return b
+}
+
+func decodeSegHeader(b []byte) (segHeader, error) {
+	var h segHeader
+	if len(b) < segmentHeaderSize || !bytes.Equal(b[:8], segmentMagic[:]) {
+		return h, errors.New("not a journal segment (bad magic)")
+	}
+	le := binary.LittleEndian
+	if le.Uint32(b[60:]) != Checksum(b[:60]) {
+		return h, errors.New("segment header checksum mismatch")
+	}
+	if v := le.Uint32(b[8:]); v != FormatVersion {
+		return h, fmt.Errorf("segment format version %d is not supported (this build reads version %d)", v, FormatVersion)
+	}
+	h.firstSeq = le.Uint64(b[16:])
+	h.prevID = le.Uint64(b[24:])
+	h.prevEnd = le.Uint64(b[32:])
+	h.created = int64(le.Uint64(b[40:]))
+	return h, nil
+}
+
+// listSegments returns the segment ids in the directory, ascending.
+func (j *Journal) listSegments() ([]uint64, error) {
+	names, err := j.opts.FS.List(j.opts.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("cdp: list journal: %w", err)
+	}
+	var ids []uint64
+	for _, n := range names {
+		if !strings.HasSuffix(n, segmentSuffix) {
+			continue
+		}
+		id, err := strconv.ParseUint(strings.TrimSuffix(n, segmentSuffix), 10, 64)
+		if err != nil || segmentName(id) != n {
+			continue
+		}
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(a, b int) bool { return ids[a] < ids[b] })
+	return ids, nil
+}
+
+func (j *Journal) recover(from uint64, replay ReplayFunc) error {
+	ids, err := j.listSegments()
+	if err != nil {
+		return err
+	}
+	type segState struct {
+		seg *segment
+		hdr segHeader
+	}
+	var states []segState
+	for i, id := range ids {
+		name := segmentName(id)
+		f, err := j.opts.FS.OpenReadWrite(j.path(name), vfs.WriteCategoryUnspecified)
+		if err != nil {
+			return fmt.Errorf("cdp: open segment %s: %w", name, err)
+		}
+		st, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return fmt.Errorf("cdp: stat segment %s: %w", name, err)
+		}
+		hb := make([]byte, segmentHeaderSize)
+		_, rerr := f.ReadAt(hb, 0)
+		var hdr segHeader
+		if rerr == nil {
+			hdr, rerr = decodeSegHeader(hb)
+		}
+		if rerr == nil && hdr.firstSeq != id {
+			rerr = fmt.Errorf("header names first sequence %d", hdr.firstSeq)
+		}
+		if rerr != nil {
+			// A crash while creating the newest segment leaves a file
+			// with a short or unsynced header. Appends start only after
+			// its header and directory are synced, so such a file holds
+			// nothing: remove it. Anywhere else it is corruption.
+			if i == len(ids)-1 && st.Size() <= segmentHeaderSize {
+				f.Close()
+				j.opts.Logger.Warn("journal: removing segment with a torn header", "segment", name)
+				if err := j.opts.FS.Remove(j.path(name)); err != nil {
+					return fmt.Errorf("cdp: remove torn segment %s: %w", name, err)
+				}
+				ids = ids[:i]
+				break
+			}
+			f.Close()
+			return fmt.Errorf("%w: segment %s: %v", ErrCorrupt, name, rerr)
+		}
+		s := &segment{id: id, name: name, f: f, size: st.Size()}
+		j.segs[id] = s
+		states = append(states, segState{seg: s, hdr: hdr})
+	}
+
+	// Check the chain: each segment names its predecessor and where the
+	// predecessor's valid records end.
+	for i := 1; i < len(states); i++ {
+		h := states[i].hdr
+		prev := states[i-1].seg
+		if h.prevID != prev.id {
+			return fmt.Errorf("%w: segment %s follows %s but names %s as its predecessor", ErrCorrupt, states[i].seg.name, prev.name, segmentName(h.prevID))
+		}
+		if int64(h.prevEnd) > prev.size || h.prevEnd < segmentHeaderSize {
+			return fmt.Errorf("%w: segment %s is shorter (%d bytes) than its successor records (%d)", ErrCorrupt, prev.name, prev.size, h.prevEnd)
+		}
+	}
+
+	// Find where replay starts: the last segment whose first sequence is <= from.
+	start := 0
+	for i, st := range states {
+		if st.hdr.firstSeq <= from {
+			start = i
+		}
+	}
+	if len(states) > 0 && from < states[0].hdr.firstSeq && from != 0 {
+		return fmt.Errorf("%w: records %d..%d are missing (oldest segment starts at %d)", ErrCorrupt, from, states[0].hdr.firstSeq-1, states[0].hdr.firstSeq)
+	}
+
+	next := uint64(1)
+	var lastTime int64
+	if len(states) > 0 {
+		next = states[start].hdr.firstSeq
+	}
+	for i := start; i < len(states); i++ {
+		s := states[i].seg
+		if states[i].hdr.firstSeq != next {
+			return fmt.Errorf("%w: segment %s starts at sequence %d, expected %d", ErrCorrupt, s.name, states[i].hdr.firstSeq, next)
+		}
+		limit := s.size
+		last := i == len(states)-1
+		if !last {
+			limit = int64(states[i+1].hdr.prevEnd)
+		}
+		end, n, lt, err := j.scanSegment(s, limit, last, next, from, replay)
+		if err != nil {
+			return err
+		}
+		next = n
+		if lt != 0 {
+			lastTime = lt
+		}
+		s.size = end
+	}
+
+	// What survived a kill -9 may still be only in the page cache: make it
+	// durable before anything is built on it.
+	if len(states) > 0 {
+		lastSeg := states[len(states)-1].seg
+		if err := lastSeg.f.Sync(); err != nil {
+			return j.fail(fmt.Errorf("sync recovered segment %s: %w", lastSeg.name, err))
+		}
+		lastSeg.synced.Store(lastSeg.size)
+	}
+	j.mu.nextSeq = next
+	j.mu.lastTime = lastTime
+	if next > 1 {
+		j.appended.Store(next - 1)
+		j.synced.Store(next - 1)
+	}
+
+	// Appends go to a fresh segment, so a torn tail left in the last one is
+	// never followed by new records. An empty last segment is reused: its
+	// garbage (if any) was checked above to hold no valid record.
+	if len(states) > 0 {
+		lastSeg := states[len(states)-1]
+		if lastSeg.hdr.firstSeq == next {
+			lastSeg.seg.size = segmentHeaderSize
+			lastSeg.seg.synced.Store(segmentHeaderSize)
+			j.mu.cur = lastSeg.seg
+			return nil
+		}
+		return j.startSegment(next, lastSeg.seg)
+	}
+	return j.startSegment(next, nil)
+}
+
+// scanSegment reads s's records from the header to limit. It returns the end
+// of the valid records, the next sequence number and the last record's time.
+func (j *Journal) scanSegment(s *segment, limit int64, last bool, next, from uint64, replay ReplayFunc) (int64, uint64, int64, error) {
+	r := bufio.NewReaderSize(io.NewSectionReader(s.f, segmentHeaderSize, limit-segmentHeaderSize), 1<<20)
+	pos := int64(segmentHeaderSize)
+	var buf []byte
+	hdr := make([]byte, RecordHeaderSize)
+	var lastTime int64
+	for pos < limit {
+		rec, n, err := readRecord(r, hdr, &buf)
+		if err == nil && rec.Seq != next {
+			err = fmt.Errorf("%w: sequence %d where %d was expected", errBadRecord, rec.Seq, next)
+		}
+		if err != nil {
+			if !last {
+				return 0, 0, 0, fmt.Errorf("%w: segment %s offset %d: %v", ErrCorrupt, s.name, pos, err)
+			}
+			later, proof := j.findValidAfter(s, pos, limit, next)
+			if proof != nil {
+				return 0, 0, 0, fmt.Errorf("%w: segment %s offset %d: %v, and record %d at offset %d shows an fsync had covered it; refusing to drop data", ErrCorrupt, s.name, pos, err, proof.seq, proof.off)
+			}
+			j.opts.Logger.Warn("journal: cutting off torn tail (bytes past the last fsync)", "segment", s.name, "offset", pos,
+				"dropped_bytes", limit-pos, "dropped_unsynced_records", later, "reason", err)
+			return pos, next, lastTime, nil
+		}
+		if rec.Seq >= from && replay != nil {
+			if err := replay(&rec, Location{Segment: s.id, Offset: pos}); err != nil {
+				return 0, 0, 0, fmt.Errorf("cdp: replay record %d: %w", rec.Seq, err)
+			}
+		}
+		lastTime = rec.Time
+		pos += int64(n)
+		next++
+	}
+	return pos, next, lastTime, nil
+}
+
+// readRecord reads and fully verifies one record from r.
+func readRecord(r *bufio.Reader, hdr []byte, buf *[]byte) (Record, int, error) {
+	if _, err := io.ReadFull(r, hdr); err != nil {
+		return Record{}, 0, errShort
+	}
+	h, err := decodeHeader(hdr)
+	if err != nil {
+		return Record{}, 0, err
+	}
+	total := RecordHeaderSize + int(h.metaLen) + int(h.dataLen)
+	if cap(*buf) < total {
+		*buf = make([]byte, total)
+	}
+	b := (*buf)[:total]
+	copy(b, hdr)
+	if _, err := io.ReadFull(r, b[RecordHeaderSize:]); err != nil {
+		return Record{}, 0, errShort
+	}
+	return DecodeRecord(b)
+}
+
+type foundRecord struct {
+	off int64
+	seq uint64
+}
+
+// findValidAfter looks at the valid records after a bad one at pos. A crash
+// can persist unsynced blocks in any order, so valid records past a torn one
+// are normal; but if one of them was appended after an fsync had covered pos,
+// the bad bytes had been durable: that is corruption, and proof says where
+// the evidence is. Only the failure path runs this.
+func (j *Journal) findValidAfter(s *segment, pos, limit int64, next uint64) (later int, proof *foundRecord) {
+	rest := make([]byte, limit-pos)
+	if _, err := s.f.ReadAt(rest, pos); err != nil && !errors.Is(err, io.EOF) {
+		return 0, nil
+	}
+	magic := make([]byte, 4)
+	binary.LittleEndian.PutUint32(magic, recordMagic)
+	for i := 1; i < len(rest); {
+		k := bytes.Index(rest[i:], magic)
+		if k < 0 {
+			break
+		}
+		i += k
+		if rec, _, err := DecodeRecord(rest[i:]); err == nil && rec.Seq >= next {
+			later++
+			if int64(rec.Synced) > pos {
+				return later, &foundRecord{off: pos + int64(i), seq: rec.Seq}
+			}
+		}
+		i++
+	}
+	return later, nil
+}
+
+// startSegment creates the segment that will hold seq first, syncs it and
+// the directory, and makes it current. prev is the segment before it.
+// Called from recover and, with mu held, from append.
+func (j *Journal) startSegment(first uint64, prev *segment) error {
+	h := segHeader{firstSeq: first, created: j.opts.Now().UnixNano()}
+	if prev != nil {
+		h.prevID = prev.id
+		h.prevEnd = uint64(prev.size)
+	}
+	name := segmentName(first)
+	f, err := j.opts.FS.Create(j.path(name), vfs.WriteCategoryUnspecified)
+	if err != nil {
+		return j.classifyWriteErr(fmt.Errorf("cdp: create segment %s: %w", name, err))
+	}
+	f.Close()
+	// Reopen read-write: appends use WriteAt at offsets we track.
+	f, err = j.opts.FS.OpenReadWrite(j.path(name), vfs.WriteCategoryUnspecified)
+	if err != nil {
+		return fmt.Errorf("cdp: open segment %s: %w", name, err)
+	}
+	if _, err := f.WriteAt(encodeSegHeader(h), 0); err != nil {
+		f.Close()
+		_ = j.opts.FS.Remove(j.path(name))
+		return j.classifyWriteErr(fmt.Errorf("cdp: write segment header %s: %w", name, err))
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return j.fail(fmt.Errorf("sync new segment %s: %w", name, err))
+	}
+	if err := j.syncDir(); err != nil {
+		f.Close()
+		return j.fail(err)
+	}
+	s := &segment{id: first, name: name, f: f, size: segmentHeaderSize}
+	s.synced.Store(segmentHeaderSize)
+	j.segMu.Lock()
+	j.segs[first] = s
+	j.segMu.Unlock()
+	j.mu.cur = s
+	return nil
+}
+
+func (j *Journal) syncDir() error { return SyncDir(j.opts.FS, j.opts.Dir) }
+
+// SyncDir fsyncs a directory, making the entries created in it durable.
+func SyncDir(fs vfs.FS, dir string) error {
+	d, err := fs.OpenDir(dir)
+	if err != nil {
+		return fmt.Errorf("open directory %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// fail records a fatal error: from now on the journal refuses all work.
+func (j *Journal) fail(err error) error {
+	wrapped := fmt.Errorf("%w: %v", ErrFailed, err)
+	if j.failed.CompareAndSwap(nil, &wrapped) {
+		j.opts.Logger.Error("journal failed; the pool accepts no more writes until it is restarted", "err", err)
+	}
+	return *j.failed.Load()
+}
+
+// Err returns the fatal error, if any.
+func (j *Journal) Err() error {
+	if p := j.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+func (j *Journal) classifyWriteErr(err error) error {
+	if errors.Is(err, syscall.ENOSPC) {
+		return fmt.Errorf("%w: %v", ErrNoSpace, err)
+	}
+	return j.fail(err)
+}
+
+// Append writes r to the log, assigning its sequence number and time, and
+// returns where it starts. The record is durable once a later Sync returns.
+// For KindWrite records Meta must be BlockChecksums(Data).
+func (j *Journal) Append(r *Record) (Location, error) {
+	if err := r.validate(); err != nil {
+		return Location{}, err
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.appendLocked(r)
+}
+
+func (j *Journal) appendLocked(r *Record) (Location, error) {
+	if j.mu.closed {
+		return Location{}, ErrClosed
+	}
+	if err := j.Err(); err != nil {
+		return Location{}, err
+	}
+	size := int64(r.EncodedSize())
+	if cur := j.mu.cur; cur.size > segmentHeaderSize && cur.size+size > j.opts.SegmentSize {
+		if err := j.rotateLocked(); err != nil {
+			return Location{}, err
+		}
+	}
+	cur := j.mu.cur
+	r.Seq = j.mu.nextSeq
+	now := j.opts.Now().UnixNano()
+	if now < j.mu.lastTime {
+		now = j.mu.lastTime
+	}
+	r.Time = now
+	r.Synced = uint32(cur.synced.Load())
+	off := cur.size
+
+	var err error
+	if len(r.Data) >= 64<<10 {
+		// Large data: two writes beat copying megabytes.
+		j.mu.buf = j.mu.buf[:0]
+		j.mu.buf = append(j.mu.buf, make([]byte, RecordHeaderSize)...)
+		j.mu.buf = append(j.mu.buf, r.Meta...)
+		encodeHeader(j.mu.buf, r)
+		if _, err = cur.f.WriteAt(j.mu.buf, off); err == nil {
+			_, err = cur.f.WriteAt(r.Data, off+int64(len(j.mu.buf)))
+		}
+	} else {
+		j.mu.buf = AppendEncoded(j.mu.buf[:0], r)
+		_, err = cur.f.WriteAt(j.mu.buf, off)
+	}
+	if err != nil {
+		// The bytes past cur.size may hold part of this record. Nothing is
+		// appended after them: the next record goes to a new segment whose
+		// header says where this one's records end.
+		werr := j.classifyWriteErr(fmt.Errorf("cdp: append to %s: %w", cur.name, err))
+		if errors.Is(werr, ErrNoSpace) {
+			if rerr := j.rotateLocked(); rerr != nil {
+				return Location{}, rerr
+			}
+		}
+		return Location{}, werr
+	}
+	cur.size += size
+	j.mu.nextSeq++
+	j.mu.lastTime = now
+	j.appended.Store(r.Seq)
+	return Location{Segment: cur.id, Offset: off}, nil
+}
+
+// rotateLocked syncs the current segment and starts the next, so only the
+// newest segment can ever have a torn tail.
+func (j *Journal) rotateLocked() error {
+	cur := j.mu.cur
+	if err := cur.f.Sync(); err != nil {
+		return j.fail(fmt.Errorf("sync segment %s: %w", cur.name, err))
+	}
+	if cur.size == segmentHeaderSize {
+		// Nothing in it: keep using it rather than leave an empty file.
+		return nil
+	}
+	return j.startSegment(j.mu.nextSeq, cur)
+}
+
+// Sync makes every record appended before the call durable. Concurrent
+// callers share fsyncs. A failed fsync is fatal: it and every later call
+// return ErrFailed.
+func (j *Journal) Sync() error {
+	if err := j.Err(); err != nil {
+		return err
+	}
+	target := j.appended.Load()
+	if j.synced.Load() >= target {
+		return nil
+	}
+	j.syncMu.Lock()
+	defer j.syncMu.Unlock()
+	if err := j.Err(); err != nil {
+		return err
+	}
+	if j.synced.Load() >= target {
+		return nil
+	}
+	j.mu.Lock()
+	upTo := j.mu.nextSeq - 1
+	cur := j.mu.cur
+	curSize := cur.size
+	closed := j.mu.closed
+	j.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	// Records in earlier segments were synced when their segment rotated.
+	if err := cur.f.SyncData(); err != nil {
+		return j.fail(fmt.Errorf("sync segment %s: %w", cur.name, err))
+	}
+	j.syncCount.Add(1)
+	cur.synced.Store(curSize)
+	if upTo > j.synced.Load() {
+		j.synced.Store(upTo)
+	}
+	return nil
+}
+
+// ReadAt reads len(p) bytes at offset off of segment seg.
+func (j *Journal) ReadAt(seg uint64, off int64, p []byte) error {
+	j.segMu.RLock()
+	s := j.segs[seg]
+	j.segMu.RUnlock()
+	if s == nil {
+		return fmt.Errorf("%w: segment %s is missing", ErrCorrupt, segmentName(seg))
+	}
+	if _, err := s.f.ReadAt(p, off); err != nil {
+		return fmt.Errorf("cdp: read segment %s at %d: %w", s.name, off, err)
+	}
+	return nil
+}
+
+// Stats describe the journal.
+type Stats struct {
+	Segments  int
+	Bytes     int64
+	LastSeq   uint64
+	SyncedSeq uint64
+	Fsyncs    uint64
+}
+
+// Stats returns a snapshot of the journal's counters.
+func (j *Journal) Stats() Stats {
+	// Lock order: mu before segMu (startSegment takes segMu under mu).
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.segMu.RLock()
+	defer j.segMu.RUnlock()
+	st := Stats{Segments: len(j.segs), LastSeq: j.mu.nextSeq - 1, SyncedSeq: j.synced.Load(), Fsyncs: j.syncCount.Load()}
+	for _, s := range j.segs {
+		st.Bytes += s.size
+	}
+	return st
+}
+
+// LastSeq is the sequence number of the newest appended record (0 if none).
+func (j *Journal) LastSeq() uint64 { return j.appended.Load() }
+
+// Close syncs and closes the journal.
+func (j *Journal) Close() error {
+	err := j.Sync()
+	j.mu.Lock()
+	j.mu.closed = true
+	j.mu.Unlock()
+	j.syncMu.Lock()
+	j.closeFiles()
+	j.syncMu.Unlock()
+	return err
+}
+
+func (j *Journal) closeFiles() {
+	j.segMu.Lock()
+	defer j.segMu.Unlock()
+	for _, s := range j.segs {
+		s.f.Close()
+	}
+	j.segs = map[uint64]*segment{}
+}
+
+// SegmentPath returns the path of the segment named id, for tools and tests.
+func (j *Journal) SegmentPath(id uint64) string { return path.Join(j.opts.Dir, segmentName(id)) }

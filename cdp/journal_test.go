@@ -1,0 +1,453 @@
+package cdp
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+func writeRec(vol, off uint64, fill byte, blocks int) *Record {
+	data := bytes.Repeat([]byte{fill}, blocks*BlockSize)
+	return &Record{Kind: KindWrite, Volume: vol, Offset: off, Length: uint64(len(data)), Data: data, Meta: BlockChecksums(data)}
+}
+
+func TestRecordRoundTrip(t *testing.T) {
+	recs := []*Record{
+		writeRec(7, 8192, 0xab, 3),
+		{Kind: KindZero, Flags: FlagNoHole, Volume: 7, Offset: 4096, Length: 1 << 30},
+		{Kind: KindTrim, Volume: 9, Offset: 0, Length: 4096},
+		{Kind: KindVolumeCreate, Volume: 0, Length: 10 << 30, Meta: []byte("vol0")},
+		{Kind: KindVolumeResize, Volume: 4, Length: 1 << 20},
+		{Kind: KindVolumeDelete, Volume: 4},
+	}
+	for i, r := range recs {
+		r.Seq = uint64(100 + i)
+		r.Time = int64(1e18 + i)
+		b := AppendEncoded(nil, r)
+		if len(b) != r.EncodedSize() {
+			t.Fatalf("%s: encoded %d bytes, EncodedSize says %d", r.Kind, len(b), r.EncodedSize())
+		}
+		got, n, err := DecodeRecord(append(b, 0xff, 0xee))
+		if err != nil {
+			t.Fatalf("%s: decode: %v", r.Kind, err)
+		}
+		if n != len(b) || got.Kind != r.Kind || got.Flags != r.Flags || got.Volume != r.Volume || got.Seq != r.Seq ||
+			got.Time != r.Time || got.Offset != r.Offset || got.Length != r.Length ||
+			!bytes.Equal(got.Meta, r.Meta) || !bytes.Equal(got.Data, r.Data) {
+			t.Fatalf("%s: round trip mismatch: %+v", r.Kind, got)
+		}
+		// Every single-bit flip anywhere in the record is caught.
+		for bit := 0; bit < len(b)*8; bit += 61 {
+			c := bytes.Clone(b)
+			c[bit/8] ^= 1 << (bit % 8)
+			if _, _, err := DecodeRecord(c); err == nil {
+				t.Fatalf("%s: flip of bit %d not detected", r.Kind, bit)
+			}
+		}
+		// Every truncation is caught.
+		for cut := 0; cut < len(b); cut += 97 {
+			if _, _, err := DecodeRecord(b[:cut]); err == nil {
+				t.Fatalf("%s: truncation to %d bytes not detected", r.Kind, cut)
+			}
+		}
+	}
+}
+
+func FuzzDecodeRecord(f *testing.F) {
+	r := writeRec(1, 4096, 0x5a, 1)
+	r.Seq = 1
+	f.Add(AppendEncoded(nil, r))
+	f.Add(AppendEncoded(nil, &Record{Kind: KindVolumeCreate, Seq: 2, Length: 1 << 20, Meta: []byte("a")}))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		rec, n, err := DecodeRecord(b)
+		if err != nil {
+			return
+		}
+		if n > len(b) || n != rec.EncodedSize() {
+			t.Fatalf("decoded size %d of %d-byte input", n, len(b))
+		}
+		// A record that decodes re-encodes to the same bytes.
+		if !bytes.Equal(AppendEncoded(nil, &rec), b[:n]) {
+			t.Fatalf("re-encoding differs")
+		}
+	})
+}
+
+func openMem(t *testing.T, fs vfs.FS, from uint64, replay ReplayFunc) *Journal {
+	t.Helper()
+	j, err := Open(Options{FS: fs, Dir: "j", SegmentSize: 1 << 20}, from, replay)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	return j
+}
+
+func collect(t *testing.T, fs vfs.FS) ([]Record, error) {
+	var got []Record
+	j, err := Open(Options{FS: fs, Dir: "j", SegmentSize: 1 << 20}, 0, func(r *Record, _ Location) error {
+		c := *r
+		c.Data = bytes.Clone(r.Data)
+		c.Meta = bytes.Clone(r.Meta)
+		got = append(got, c)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	j.Close()
+	return got, nil
+}
+
+func TestAppendReadAndRotate(t *testing.T) {
+	fs := vfs.NewMem()
+	j := openMem(t, fs, 0, nil)
+	var locs []Location
+	for i := 0; i < 100; i++ { // 100 x 16 KiB+ crosses several 1 MiB segments
+		loc, err := j.Append(writeRec(1, uint64(i)*BlockSize, byte(i), 4))
+		if err != nil {
+			t.Fatal(err)
+		}
+		locs = append(locs, loc)
+	}
+	if st := j.Stats(); st.Segments < 2 || st.LastSeq != 100 {
+		t.Fatalf("stats %+v: want >= 2 segments and last sequence 100", st)
+	}
+	for i, loc := range locs {
+		buf := make([]byte, BlockSize)
+		if err := j.ReadAt(loc.Segment, loc.DataOffset(16)+BlockSize, buf); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(buf, bytes.Repeat([]byte{byte(i)}, BlockSize)) {
+			t.Fatalf("record %d reads back wrong data", i)
+		}
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := collect(t, fs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 100 {
+		t.Fatalf("replayed %d records, want 100", len(got))
+	}
+	for i, r := range got {
+		if r.Seq != uint64(i+1) || r.Data[0] != byte(i) {
+			t.Fatalf("record %d: seq %d data %x", i, r.Seq, r.Data[0])
+		}
+		if i > 0 && r.Time < got[i-1].Time {
+			t.Fatalf("time goes backwards at %d", i)
+		}
+	}
+	// Reopening appends after the old records, never over them.
+	j = openMem(t, fs, 101, func(*Record, Location) error { t.Fatal("nothing to replay"); return nil })
+	if _, err := j.Append(writeRec(1, 0, 0xee, 1)); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	if got, _ := collect(t, fs); len(got) != 101 || got[100].Seq != 101 {
+		t.Fatalf("after reopen: %d records", len(got))
+	}
+}
+
+// lastSegment returns the name of the newest segment holding records.
+func segmentsOf(t *testing.T, fs vfs.FS) []string {
+	names, err := fs.List("j")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var segs []string
+	for _, n := range names {
+		if len(n) > 4 && n[len(n)-4:] == ".seg" {
+			segs = append(segs, n)
+		}
+	}
+	return segs
+}
+
+func corrupt(t *testing.T, fs vfs.FS, name string, off int64, mutate func([]byte) []byte) {
+	t.Helper()
+	f, err := fs.Open(fs.PathJoin("j", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := f.Stat()
+	b := make([]byte, st.Size())
+	f.ReadAt(b, 0)
+	f.Close()
+	b = mutate(b)
+	w, err := fs.Create(fs.PathJoin("j", name), vfs.WriteCategoryUnspecified)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(b)
+	w.Sync()
+	w.Close()
+}
+
+func TestTornTailIsCut(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cut  func(b []byte) []byte
+	}{
+		{"short header", func(b []byte) []byte { return b[:len(b)-(RecordHeaderSize+4+BlockSize)+10] }},
+		{"short data", func(b []byte) []byte { return b[:len(b)-100] }},
+		{"garbage tail", func(b []byte) []byte { b[len(b)-5] ^= 0xff; return b }},
+		{"zeroed tail", func(b []byte) []byte {
+			for i := len(b) - 3000; i < len(b); i++ {
+				b[i] = 0
+			}
+			return b
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := vfs.NewMem()
+			j := openMem(t, fs, 0, nil)
+			for i := 0; i < 5; i++ {
+				if _, err := j.Append(writeRec(1, 0, byte(i), 1)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			j.Close()
+			segs := segmentsOf(t, fs)
+			corrupt(t, fs, segs[0], 0, tc.cut)
+			got, err := collect(t, fs)
+			if err != nil {
+				t.Fatalf("torn tail should be cut, got %v", err)
+			}
+			if len(got) != 4 {
+				t.Fatalf("got %d records, want the 4 before the torn one", len(got))
+			}
+			// New appends follow the cut records with the next sequence.
+			j = openMem(t, fs, 5, nil)
+			if _, err := j.Append(writeRec(1, 0, 0x77, 1)); err != nil {
+				t.Fatal(err)
+			}
+			j.Close()
+			got, err = collect(t, fs)
+			if err != nil || len(got) != 5 || got[4].Seq != 5 || got[4].Data[0] != 0x77 {
+				t.Fatalf("after append past the torn tail: %d records, err %v", len(got), err)
+			}
+			// And it stays consistent across another reopen.
+			if got, err := collect(t, fs); err != nil || len(got) != 5 {
+				t.Fatalf("second reopen: %d records, err %v", len(got), err)
+			}
+		})
+	}
+}
+
+func TestMidLogCorruptionIsReported(t *testing.T) {
+	fs := vfs.NewMem()
+	j := openMem(t, fs, 0, nil)
+	var locs []Location
+	for i := 0; i < 5; i++ {
+		loc, err := j.Append(writeRec(1, 0, byte(i), 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		locs = append(locs, loc)
+		if err := j.Sync(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j.Close()
+	segs := segmentsOf(t, fs)
+	// Flip one data byte of record 2 after it was synced: records 3..5,
+	// appended after that fsync, prove it was durable.
+	corrupt(t, fs, segs[0], 0, func(b []byte) []byte { b[locs[1].DataOffset(4)+17] ^= 1; return b })
+	_, err := collect(t, fs)
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("want ErrCorrupt for a bad record in the middle, got %v", err)
+	}
+}
+
+// A bad record past the last fsync with valid unsynced records after it is
+// a torn tail (a crash may persist unsynced blocks in any order).
+func TestUnsyncedGapIsTornTail(t *testing.T) {
+	fs := vfs.NewMem()
+	j := openMem(t, fs, 0, nil)
+	var locs []Location
+	for i := 0; i < 5; i++ {
+		loc, err := j.Append(writeRec(1, 0, byte(i), 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		locs = append(locs, loc)
+		if i == 1 {
+			j.Sync()
+		}
+	}
+	j.Close() // Close syncs, but the records' headers only prove 2 synced
+	segs := segmentsOf(t, fs)
+	corrupt(t, fs, segs[0], 0, func(b []byte) []byte { b[locs[3].DataOffset(4)+17] ^= 1; return b })
+	got, err := collect(t, fs)
+	if err != nil || len(got) != 3 {
+		t.Fatalf("want the 3 records before the unsynced bad one, got %d, %v", len(got), err)
+	}
+}
+
+func TestCorruptNonLastSegment(t *testing.T) {
+	fs := vfs.NewMem()
+	j := openMem(t, fs, 0, nil)
+	for i := 0; i < 80; i++ {
+		if _, err := j.Append(writeRec(1, 0, byte(i), 4)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j.Close()
+	segs := segmentsOf(t, fs)
+	if len(segs) < 2 {
+		t.Fatalf("want several segments, have %v", segs)
+	}
+	// Tear the end of the first segment: later segments exist, so it is corruption.
+	corrupt(t, fs, segs[0], 0, func(b []byte) []byte { return b[:len(b)-10] })
+	if _, err := collect(t, fs); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("want ErrCorrupt, got %v", err)
+	}
+}
+
+func TestNewerFormatRefused(t *testing.T) {
+	fs := vfs.NewMem()
+	j := openMem(t, fs, 0, nil)
+	j.Append(writeRec(1, 0, 1, 1))
+	j.Close()
+	segs := segmentsOf(t, fs)
+	corrupt(t, fs, segs[0], 0, func(b []byte) []byte {
+		h := encodeSegHeader(segHeader{firstSeq: 1})
+		h[8] = FormatVersion + 1
+		copy(h[60:], []byte{0, 0, 0, 0})
+		c := Checksum(h[:60])
+		h[60], h[61], h[62], h[63] = byte(c), byte(c>>8), byte(c>>16), byte(c>>24)
+		copy(b, h)
+		return b
+	})
+	if _, err := collect(t, fs); err == nil {
+		t.Fatal("a segment of a newer format version must be refused")
+	}
+}
+
+// TestCrashKeepsSyncedRecords: records covered by a Sync survive a crash that
+// drops everything unsynced; what survives is a clean prefix, never garbage.
+func TestCrashKeepsSyncedRecords(t *testing.T) {
+	seed := rand.Uint64()
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, seed))
+	for round := 0; round < 20; round++ {
+		fs := vfs.NewCrashableMem()
+		j := openMem(t, fs, 0, nil)
+		synced := uint64(0)
+		total := 10 + rng.IntN(100)
+		for i := 0; i < total; i++ {
+			if _, err := j.Append(writeRec(uint64(1+i%3), uint64(i)*BlockSize, byte(i), 1+rng.IntN(8))); err != nil {
+				t.Fatal(err)
+			}
+			if rng.IntN(10) == 0 {
+				if err := j.Sync(); err != nil {
+					t.Fatal(err)
+				}
+				synced = uint64(i + 1)
+			}
+		}
+		pct := rng.IntN(101)
+		crashed := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: pct, RNG: rand.New(rand.NewPCG(seed, uint64(round)))})
+		got, err := collect(t, crashed)
+		if err != nil {
+			t.Fatalf("round %d (unsynced kept %d%%): recovery failed: %v", round, pct, err)
+		}
+		if uint64(len(got)) < synced {
+			t.Fatalf("round %d: %d records survived, %d were synced", round, len(got), synced)
+		}
+		for i, r := range got {
+			if r.Seq != uint64(i+1) || r.Data[0] != byte(i) {
+				t.Fatalf("round %d: record %d is wrong after crash", round, i)
+			}
+		}
+		j.Close()
+	}
+}
+
+func TestGroupCommit(t *testing.T) {
+	fs := vfs.NewMem()
+	j := openMem(t, fs, 0, nil)
+	defer j.Close()
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for g := 0; g < 16; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				if _, err := j.Append(writeRec(uint64(g), uint64(i)*BlockSize, byte(g), 1)); err != nil {
+					errs <- err
+					return
+				}
+				if err := j.Sync(); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}(g)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	st := j.Stats()
+	if st.SyncedSeq != 800 {
+		t.Fatalf("synced %d, want 800", st.SyncedSeq)
+	}
+	t.Logf("800 appends+syncs took %d fsyncs", st.Fsyncs)
+	if st.Fsyncs > 800 {
+		t.Fatalf("more fsyncs (%d) than syncs", st.Fsyncs)
+	}
+}
+
+// failFS fails every Sync once armed.
+type failFS struct {
+	vfs.FS
+	armed *bool
+}
+
+type failFile struct {
+	vfs.File
+	armed *bool
+}
+
+func (f failFS) OpenReadWrite(name string, c vfs.DiskWriteCategory, o ...vfs.OpenOption) (vfs.File, error) {
+	file, err := f.FS.OpenReadWrite(name, c, o...)
+	return failFile{file, f.armed}, err
+}
+
+func (f failFile) SyncData() error {
+	if *f.armed {
+		return fmt.Errorf("injected EIO")
+	}
+	return f.File.SyncData()
+}
+
+func TestFailedSyncIsFatal(t *testing.T) {
+	armed := false
+	fs := failFS{vfs.NewMem(), &armed}
+	j := openMem(t, fs, 0, nil)
+	if _, err := j.Append(writeRec(1, 0, 1, 1)); err != nil {
+		t.Fatal(err)
+	}
+	armed = true
+	if err := j.Sync(); !errors.Is(err, ErrFailed) {
+		t.Fatalf("want ErrFailed, got %v", err)
+	}
+	armed = false // even if the disk "recovers", the journal never retries
+	if err := j.Sync(); !errors.Is(err, ErrFailed) {
+		t.Fatalf("sync after failure: want ErrFailed, got %v", err)
+	}
+	if _, err := j.Append(writeRec(1, 0, 1, 1)); !errors.Is(err, ErrFailed) {
+		t.Fatalf("append after failure: want ErrFailed, got %v", err)
+	}
+}
