@@ -305,6 +305,16 @@ func (j *Journal) recover(from uint64, replay ReplayFunc) error {
 		}
 	}
 
+	// What survived a kill -9 may still be only in the page cache: make it
+	// durable before replay builds anything (the index) on it. Older
+	// segments were synced when the next one started.
+	if len(states) > 0 {
+		lastSeg := states[len(states)-1].seg
+		if err := lastSeg.f.Sync(); err != nil {
+			return j.fail(fmt.Errorf("sync recovered segment %s: %w", lastSeg.name, err))
+		}
+	}
+
 	// Find where replay starts: the last segment whose first sequence is <= from.
 	start := 0
 	for i, st := range states {
@@ -342,13 +352,8 @@ func (j *Journal) recover(from uint64, replay ReplayFunc) error {
 		s.size = end
 	}
 
-	// What survived a kill -9 may still be only in the page cache: make it
-	// durable before anything is built on it.
 	if len(states) > 0 {
 		lastSeg := states[len(states)-1].seg
-		if err := lastSeg.f.Sync(); err != nil {
-			return j.fail(fmt.Errorf("sync recovered segment %s: %w", lastSeg.name, err))
-		}
 		lastSeg.synced.Store(lastSeg.size)
 	}
 	j.mu.nextSeq = next

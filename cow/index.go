@@ -1,0 +1,299 @@
+package cow
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/strata-storage/strata/cdp"
+)
+
+// Index keys (pebble, bytewise order):
+//
+//	'b' vol(8) block(8) ^seq(8) -> entry      one version of one block
+//	'v' vol(8)                  -> volume     a live volume's metadata
+//	'd' vol(8)                  -> volume     a deleted volume (for GC)
+//	'm' "applied"               -> seq(8)     every record <= seq is applied
+//
+// Big-endian numbers keep blocks in order; ^seq puts a block's newest
+// version first, so "the newest version at or before S" is one SeekGE.
+const (
+	prefixBlock   = 'b'
+	prefixVolume  = 'v'
+	prefixDeleted = 'd'
+)
+
+var appliedKey = []byte("mapplied")
+
+const blockKeyLen = 1 + 8 + 8 + 8
+
+// Head is the sequence number that means "the newest version".
+const Head = math.MaxUint64
+
+func blockKey(dst []byte, vol, block, seq uint64) []byte {
+	dst = append(dst[:0], prefixBlock)
+	dst = binary.BigEndian.AppendUint64(dst, vol)
+	dst = binary.BigEndian.AppendUint64(dst, block)
+	return binary.BigEndian.AppendUint64(dst, ^seq)
+}
+
+func decodeBlockKey(k []byte) (vol, block, seq uint64, ok bool) {
+	if len(k) != blockKeyLen || k[0] != prefixBlock {
+		return 0, 0, 0, false
+	}
+	return binary.BigEndian.Uint64(k[1:]), binary.BigEndian.Uint64(k[9:]), ^binary.BigEndian.Uint64(k[17:]), true
+}
+
+func volumeKey(prefix byte, vol uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte{prefix}, vol)
+}
+
+// entryKind is what a block version holds.
+type entryKind uint8
+
+const (
+	entryNone entryKind = 0 // no version: never written (reads as zeros)
+	entryData entryKind = 1 // data in the journal
+	entryHole entryKind = 2 // trimmed or zeroed: a hole
+	entryZero entryKind = 3 // zeroed but allocated (WRITE_ZEROES with NO_HOLE)
+)
+
+// entry is one block version's value.
+type entry struct {
+	kind entryKind
+	seq  uint64
+	seg  uint64 // data: the journal segment
+	off  int64  // data: the block's byte offset in the segment
+	crc  uint32 // data: the block's CRC32C
+}
+
+func (e entry) encode(dst []byte) []byte {
+	dst = append(dst[:0], byte(e.kind))
+	if e.kind == entryData {
+		dst = binary.AppendUvarint(dst, e.seg)
+		dst = binary.AppendUvarint(dst, uint64(e.off))
+		dst = binary.LittleEndian.AppendUint32(dst, e.crc)
+	}
+	return dst
+}
+
+var errBadEntry = errors.New("cow: malformed index entry")
+
+func decodeEntry(v []byte, seq uint64) (entry, error) {
+	if len(v) == 0 {
+		return entry{}, errBadEntry
+	}
+	e := entry{kind: entryKind(v[0]), seq: seq}
+	switch e.kind {
+	case entryHole, entryZero:
+		return e, nil
+	case entryData:
+		v = v[1:]
+		seg, n := binary.Uvarint(v)
+		if n <= 0 {
+			return entry{}, errBadEntry
+		}
+		v = v[n:]
+		off, n := binary.Uvarint(v)
+		if n <= 0 || len(v[n:]) != 4 {
+			return entry{}, errBadEntry
+		}
+		e.seg, e.off, e.crc = seg, int64(off), binary.LittleEndian.Uint32(v[n:])
+		return e, nil
+	}
+	return entry{}, errBadEntry
+}
+
+// reader is what lookups run on: the DB, a snapshot or a batch.
+type reader interface {
+	NewIter(o *pebble.IterOptions) (*pebble.Iterator, error)
+}
+
+// visit calls fn, in block order, for each block in [first, last] of vol
+// that has a version at or before seq (Head for the newest), with that
+// version. Blocks with no such version are skipped: they read as zeros.
+// fn returning false stops the walk. Cost is proportional to the versions
+// present in the range, not to its size.
+func visit(r reader, vol, first, last, seq uint64, fn func(block uint64, e entry) bool) error {
+	lower := blockKey(nil, vol, first, Head)
+	upper := blockKey(nil, vol, last+1, Head)
+	if last == math.MaxUint64 {
+		upper = volumeKey(prefixBlock, vol+1)
+	}
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		return fmt.Errorf("cow: index iterator: %w", err)
+	}
+	defer it.Close()
+	seek := blockKey(nil, vol, first, seq)
+	valid := it.SeekGE(seek)
+	for valid {
+		_, block, vseq, ok := decodeBlockKey(it.Key())
+		if !ok {
+			return fmt.Errorf("%w: key %x", errBadEntry, it.Key())
+		}
+		if vseq > seq {
+			// A version newer than asked: seek to this block's first
+			// version at or before seq.
+			valid = it.SeekGE(blockKey(seek, vol, block, seq))
+			continue
+		}
+		e, err := decodeEntry(it.Value(), vseq)
+		if err != nil {
+			return fmt.Errorf("%w (volume %d block %d)", err, vol, block)
+		}
+		if !fn(block, e) {
+			return nil
+		}
+		if block == math.MaxUint64 {
+			return nil
+		}
+		// Most blocks have one version: try the next key before seeking.
+		valid = it.Next()
+		if valid {
+			if _, nb, _, ok := decodeBlockKey(it.Key()); ok && nb == block {
+				valid = it.SeekGE(blockKey(seek, vol, block+1, seq))
+			}
+		}
+	}
+	return it.Error()
+}
+
+// apply turns journal records into index updates. It runs under the pool's
+// write lock, live and during recovery alike, so both build the same index.
+type apply struct {
+	p     *Pool
+	b     *pebble.Batch
+	key   []byte
+	val   []byte
+	dirty map[uint64]*volState
+}
+
+func (a *apply) set(vol, block uint64, e entry) error {
+	a.key = blockKey(a.key, vol, block, e.seq)
+	a.val = e.encode(a.val)
+	return a.b.Set(a.key, a.val, nil)
+}
+
+// record applies one journal record.
+func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
+	switch r.Kind {
+	case cdp.KindVolumeCreate:
+		v := &volState{id: r.Seq, name: string(r.Meta), created: r.Time}
+		v.size.Store(int64(r.Length))
+		a.p.addVolumeLocked(v)
+		a.dirty[v.id] = v
+		return nil
+	case cdp.KindVolumeDelete:
+		v := a.p.volumeByIDLocked(r.Volume)
+		if v == nil {
+			return fmt.Errorf("cow: delete of unknown volume %d", r.Volume)
+		}
+		a.p.removeVolumeLocked(v)
+		v.deletedSeq = r.Seq
+		delete(a.dirty, v.id)
+		if err := a.b.Delete(volumeKey(prefixVolume, v.id), nil); err != nil {
+			return err
+		}
+		return a.b.Set(volumeKey(prefixDeleted, v.id), v.encode(), nil)
+	}
+	v := a.p.volumeByIDLocked(r.Volume)
+	if v == nil {
+		return fmt.Errorf("cow: %s record %d for unknown volume %d", r.Kind, r.Seq, r.Volume)
+	}
+	a.dirty[v.id] = v
+	switch r.Kind {
+	case cdp.KindWrite:
+		first := r.Offset / cdp.BlockSize
+		n := uint64(len(r.Data) / cdp.BlockSize)
+		// Count blocks that gain data, for "written" accounting.
+		had := 0
+		if err := visit(a.p.db, v.id, first, first+n-1, Head, func(_ uint64, e entry) bool {
+			if e.kind == entryData {
+				had++
+			}
+			return true
+		}); err != nil {
+			return err
+		}
+		dataOff := loc.DataOffset(len(r.Meta))
+		for i := uint64(0); i < n; i++ {
+			e := entry{kind: entryData, seq: r.Seq, seg: loc.Segment, off: dataOff + int64(i)*cdp.BlockSize, crc: cdp.BlockChecksum(r.Meta, int(i))}
+			if err := a.set(v.id, first+i, e); err != nil {
+				return err
+			}
+		}
+		v.written += int64(n) - int64(had)
+	case cdp.KindTrim, cdp.KindZero:
+		if r.Length == 0 {
+			return nil
+		}
+		first := r.Offset / cdp.BlockSize
+		last := (r.Offset+r.Length)/cdp.BlockSize - 1
+		kind := entryHole
+		if r.Kind == cdp.KindZero && r.Flags&cdp.FlagNoHole != 0 {
+			kind = entryZero
+		}
+		return a.punch(v, first, last, r.Seq, kind)
+	case cdp.KindVolumeResize:
+		old := v.size.Load()
+		v.size.Store(int64(r.Length))
+		if int64(r.Length) < old {
+			return a.punch(v, r.Length/cdp.BlockSize, uint64(old-1)/cdp.BlockSize, r.Seq, entryHole)
+		}
+	default:
+		return fmt.Errorf("cow: unknown record kind %s", r.Kind)
+	}
+	return nil
+}
+
+// punch makes blocks [first, last] holes (or allocated zeros). A hole needs
+// a version only where the block holds something now; unwritten blocks
+// already read as zeros, so trimming a fresh volume writes nothing.
+func (a *apply) punch(v *volState, first, last, seq uint64, kind entryKind) error {
+	if last < first {
+		return nil
+	}
+	var err error
+	next := first
+	setRange := func(from, to uint64) { // allocated zeros: every block gets a version
+		for b := from; b <= to && err == nil; b++ {
+			err = a.set(v.id, b, entry{kind: entryZero, seq: seq})
+		}
+	}
+	verr := visit(a.p.db, v.id, first, last, Head, func(block uint64, e entry) bool {
+		if kind == entryZero && block > next {
+			setRange(next, block-1)
+		}
+		next = block + 1
+		if e.kind == kind {
+			return err == nil
+		}
+		if e.kind == entryData {
+			v.written--
+		}
+		err = a.set(v.id, block, entry{kind: kind, seq: seq})
+		return err == nil
+	})
+	if kind == entryZero && err == nil && next <= last {
+		setRange(next, last)
+	}
+	if verr != nil {
+		return verr
+	}
+	return err
+}
+
+// finish adds the dirty volumes' metadata and the applied sequence to the
+// batch.
+func (a *apply) finish(seq uint64) error {
+	for id, v := range a.dirty {
+		if err := a.b.Set(volumeKey(prefixVolume, id), v.encode(), nil); err != nil {
+			return err
+		}
+		delete(a.dirty, id)
+	}
+	return a.b.Set(appliedKey, binary.BigEndian.AppendUint64(nil, seq), nil)
+}

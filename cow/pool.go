@@ -1,0 +1,627 @@
+// Package cow owns volumes: thin, copy-on-write block devices whose data
+// lives in the pool's journal (package cdp) and whose multi-version block
+// index lives in pebble. It creates, lists, resizes and deletes volumes,
+// serves their reads and writes (blockdev.Device), and keeps the index
+// consistent with the journal across crashes: pebble runs without its own
+// WAL, because the journal is the WAL and recovery replays it.
+package cow
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/strata-storage/strata/blockdev"
+	"github.com/strata-storage/strata/cdp"
+)
+
+// Error classes (besides blockdev's).
+var (
+	// ErrExists: a volume by that name exists.
+	ErrExists = errors.New("cow: volume already exists")
+	// ErrBusy: the volume is in use (attached) and the operation needs force.
+	ErrBusy = errors.New("cow: volume is in use")
+	// ErrInvalidName: the volume name breaks the naming rules.
+	ErrInvalidName = errors.New("cow: invalid volume name")
+	// ErrInvalidSize: the size is zero, unaligned or too large.
+	ErrInvalidSize = errors.New("cow: invalid volume size")
+	// ErrShrinkData: a shrink would cut off written blocks.
+	ErrShrinkData = errors.New("cow: shrinking would discard written data")
+	// ErrClosed: the pool was closed.
+	ErrClosed = errors.New("cow: pool closed")
+)
+
+// MaxVolumeSize is the largest volume (2^63 bytes would overflow offsets;
+// 1 EiB is beyond any disk and keeps block numbers small).
+const MaxVolumeSize = 1 << 60
+
+// Options configure a pool.
+type Options struct {
+	// Dir is the data directory: the journal is in Dir/journal, the index
+	// in Dir/index.
+	Dir string
+	// FS is the filesystem (default vfs.Default).
+	FS vfs.FS
+	// SegmentSize of journal segments (default 128 MiB).
+	SegmentSize int64
+	// IndexCacheSize is pebble's block cache (default 64 MiB).
+	IndexCacheSize int64
+	// IndexMemTableSize is pebble's memtable size (default 32 MiB).
+	IndexMemTableSize uint64
+	// CheckpointInterval is how often the index is persisted, which bounds
+	// the journal replayed after a crash (default 30s; negative disables).
+	CheckpointInterval time.Duration
+	// Logger (default slog.Default()).
+	Logger *slog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+func (o *Options) fill() error {
+	if o.Dir == "" {
+		return errors.New("cow: Options.Dir is required")
+	}
+	if o.FS == nil {
+		o.FS = vfs.Default
+	}
+	if o.IndexCacheSize == 0 {
+		o.IndexCacheSize = 64 << 20
+	}
+	if o.IndexMemTableSize == 0 {
+		o.IndexMemTableSize = 32 << 20
+	}
+	if o.CheckpointInterval == 0 {
+		o.CheckpointInterval = 30 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return nil
+}
+
+// volState is a volume's in-memory state. size and the handles count are
+// atomics read by the I/O path; the rest changes under the pool's write lock.
+type volState struct {
+	id         uint64 // the sequence number of its create record
+	name       string
+	created    int64 // unix nanoseconds
+	size       atomic.Int64
+	written    int64 // blocks whose newest version holds data
+	deletedSeq uint64
+	gone       atomic.Bool
+	handles    atomic.Int64
+}
+
+// volume metadata encoding: version(1) size(8) written(8) created(8) name.
+func (v *volState) encode() []byte {
+	b := []byte{1}
+	b = binary.LittleEndian.AppendUint64(b, uint64(v.size.Load()))
+	b = binary.LittleEndian.AppendUint64(b, uint64(v.written))
+	b = binary.LittleEndian.AppendUint64(b, uint64(v.created))
+	return append(b, v.name...)
+}
+
+func decodeVolume(id uint64, b []byte) (*volState, error) {
+	if len(b) < 25 || b[0] != 1 {
+		return nil, fmt.Errorf("cow: malformed metadata for volume %d", id)
+	}
+	v := &volState{id: id, name: string(b[25:])}
+	v.size.Store(int64(binary.LittleEndian.Uint64(b[1:])))
+	v.written = int64(binary.LittleEndian.Uint64(b[9:]))
+	v.created = int64(binary.LittleEndian.Uint64(b[17:]))
+	return v, nil
+}
+
+// Pool is a data directory's journal, index and volumes. All methods are safe
+// for concurrent use.
+type Pool struct {
+	opts Options
+	db   *pebble.DB
+	j    atomic.Pointer[cdp.Journal]
+
+	// wmu orders every change: a record's sequence number and its index
+	// update happen under it, so the index applies records in journal order
+	// and "applied" is exact.
+	wmu struct {
+		sync.Mutex
+		applied uint64
+		closed  bool
+		apply   apply
+		scratch []byte
+	}
+
+	// vmu guards the volume maps (read by the I/O path to resolve names).
+	vmu    sync.RWMutex
+	byName map[string]*volState
+	byID   map[uint64]*volState
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+// Open opens or creates the pool in opts.Dir and recovers it: the index is
+// brought up to date by replaying the journal past its last checkpoint.
+func Open(opts Options) (*Pool, error) {
+	if err := opts.fill(); err != nil {
+		return nil, err
+	}
+	if err := opts.FS.MkdirAll(opts.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("cow: create data directory: %w", err)
+	}
+	if err := cdp.SyncDir(opts.FS, opts.FS.PathDir(opts.Dir)); err != nil {
+		return nil, fmt.Errorf("cow: %w", err)
+	}
+	p := &Pool{opts: opts, byName: map[string]*volState{}, byID: map[uint64]*volState{}}
+	p.wmu.apply = apply{p: p, dirty: map[uint64]*volState{}}
+	if err := p.open(); err != nil {
+		return nil, err
+	}
+	p.stop = make(chan struct{})
+	p.done = make(chan struct{})
+	go p.checkpointer(p.stop)
+	return p, nil
+}
+
+func (p *Pool) indexDir() string   { return p.opts.FS.PathJoin(p.opts.Dir, "index") }
+func (p *Pool) journalDir() string { return p.opts.FS.PathJoin(p.opts.Dir, "journal") }
+
+func (p *Pool) openIndex() error {
+	cache := pebble.NewCache(p.opts.IndexCacheSize)
+	defer cache.Unref()
+	db, err := pebble.Open(p.indexDir(), &pebble.Options{
+		FS:                 p.opts.FS,
+		Cache:              cache,
+		DisableWAL:         true,
+		MemTableSize:       p.opts.IndexMemTableSize,
+		FormatMajorVersion: pebble.FormatNewest,
+		Logger:             pebbleLogger{p.opts.Logger},
+		EventListener: &pebble.EventListener{
+			// The index on disk must never get ahead of the durable
+			// journal: before pebble persists a memtable, sync the
+			// journal, which holds every record the memtable indexes.
+			// (Journal.Sync takes no lock that waits on pebble.)
+			FlushBegin: func(pebble.FlushInfo) {
+				if j := p.j.Load(); j != nil {
+					if err := j.Sync(); err != nil {
+						p.opts.Logger.Error("index flush: journal sync failed", "err", err)
+					}
+				}
+			},
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("cow: open index: %w", err)
+	}
+	p.db = db
+	return nil
+}
+
+func (p *Pool) open() error {
+	if err := p.openIndex(); err != nil {
+		return err
+	}
+	applied, err := p.loadIndexState()
+	if err != nil {
+		p.db.Close()
+		return err
+	}
+	start := time.Now()
+	replayed := 0
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	j, err := cdp.Open(cdp.Options{FS: p.opts.FS, Dir: p.journalDir(), SegmentSize: p.opts.SegmentSize, Logger: p.opts.Logger, Now: p.opts.Now},
+		applied+1, func(r *cdp.Record, loc cdp.Location) error {
+			replayed++
+			return p.applyLocked(r, loc)
+		})
+	if err != nil {
+		p.db.Close()
+		return fmt.Errorf("cow: open journal: %w", err)
+	}
+	if last := j.LastSeq(); last < p.wmu.applied {
+		// Only possible if a journal sync failed while pebble flushed
+		// (the pool had already failed). The journal is the truth.
+		j.Close()
+		p.db.Close()
+		return fmt.Errorf("%w: the index has applied sequence %d but the journal ends at %d; move %s aside to rebuild the index from the journal",
+			cdp.ErrCorrupt, p.wmu.applied, last, p.indexDir())
+	}
+	p.j.Store(j)
+	if replayed > 0 {
+		p.opts.Logger.Info("recovered journal", "records_replayed", replayed, "from_seq", applied+1, "to_seq", p.wmu.applied, "took", time.Since(start).Round(time.Millisecond))
+	}
+	return nil
+}
+
+// loadIndexState reads the applied sequence and the live volumes.
+func (p *Pool) loadIndexState() (uint64, error) {
+	v, closer, err := p.db.Get(appliedKey)
+	var applied uint64
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+	case err != nil:
+		return 0, fmt.Errorf("cow: read index state: %w", err)
+	default:
+		if len(v) != 8 {
+			closer.Close()
+			return 0, fmt.Errorf("%w: malformed applied sequence in the index", cdp.ErrCorrupt)
+		}
+		applied = binary.BigEndian.Uint64(v)
+		closer.Close()
+	}
+	it, err := p.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixVolume}, UpperBound: []byte{prefixVolume + 1}})
+	if err != nil {
+		return 0, err
+	}
+	defer it.Close()
+	for ok := it.First(); ok; ok = it.Next() {
+		if len(it.Key()) != 9 {
+			return 0, fmt.Errorf("%w: malformed volume key %x", cdp.ErrCorrupt, it.Key())
+		}
+		vs, err := decodeVolume(binary.BigEndian.Uint64(it.Key()[1:]), it.Value())
+		if err != nil {
+			return 0, err
+		}
+		p.addVolumeLocked(vs)
+	}
+	p.wmu.applied = applied
+	return applied, it.Error()
+}
+
+func (p *Pool) addVolumeLocked(v *volState) {
+	p.vmu.Lock()
+	p.byName[v.name] = v
+	p.byID[v.id] = v
+	p.vmu.Unlock()
+}
+
+func (p *Pool) removeVolumeLocked(v *volState) {
+	p.vmu.Lock()
+	delete(p.byName, v.name)
+	delete(p.byID, v.id)
+	p.vmu.Unlock()
+	v.gone.Store(true)
+}
+
+func (p *Pool) volumeByIDLocked(id uint64) *volState {
+	p.vmu.RLock()
+	defer p.vmu.RUnlock()
+	return p.byID[id]
+}
+
+func (p *Pool) lookup(name string) *volState {
+	p.vmu.RLock()
+	defer p.vmu.RUnlock()
+	return p.byName[name]
+}
+
+// applyLocked indexes one record in its own batch. wmu is held.
+func (p *Pool) applyLocked(r *cdp.Record, loc cdp.Location) error {
+	a := &p.wmu.apply
+	a.b = p.db.NewBatch()
+	defer func() { a.b.Close(); a.b = nil }()
+	if err := a.record(r, loc); err != nil {
+		return err
+	}
+	if err := a.finish(r.Seq); err != nil {
+		return err
+	}
+	if err := a.b.Commit(pebble.NoSync); err != nil {
+		return fmt.Errorf("cow: index commit: %w", err)
+	}
+	p.wmu.applied = r.Seq
+	return nil
+}
+
+// appendLocked journals r and indexes it. wmu is held.
+func (p *Pool) appendLocked(r *cdp.Record) error {
+	if p.wmu.closed {
+		return ErrClosed
+	}
+	j := p.j.Load()
+	loc, err := j.Append(r)
+	if err != nil {
+		return classify(err)
+	}
+	if err := p.applyLocked(r, loc); err != nil {
+		// The record is in the journal but not the index: the pool can no
+		// longer promise reads match. Fail it; recovery re-applies.
+		return fmt.Errorf("%w: %v", blockdev.ErrIO, p.failLocked(err))
+	}
+	return nil
+}
+
+func (p *Pool) failLocked(err error) error {
+	p.opts.Logger.Error("index update failed; refusing further writes until restart", "err", err)
+	p.wmu.closed = true
+	return err
+}
+
+// classify maps journal errors onto device error classes.
+func classify(err error) error {
+	switch {
+	case errors.Is(err, cdp.ErrNoSpace):
+		return fmt.Errorf("%w: %v", blockdev.ErrNoSpace, err)
+	case errors.Is(err, cdp.ErrFailed), errors.Is(err, cdp.ErrCorrupt):
+		return fmt.Errorf("%w: %v", blockdev.ErrIO, err)
+	case errors.Is(err, cdp.ErrClosed):
+		return fmt.Errorf("%w: %v", blockdev.ErrGone, err)
+	}
+	return err
+}
+
+// VolumeInfo describes a volume.
+type VolumeInfo struct {
+	Name    string    `json:"name"`
+	ID      uint64    `json:"id"`
+	Size    int64     `json:"size"`
+	Written int64     `json:"written"` // bytes in blocks whose newest version holds data
+	Created time.Time `json:"created"`
+	Handles int64     `json:"attached"` // open devices (NBD connections)
+}
+
+func (p *Pool) infoLocked(v *volState) VolumeInfo {
+	return VolumeInfo{Name: v.name, ID: v.id, Size: v.size.Load(), Written: v.written * cdp.BlockSize,
+		Created: time.Unix(0, v.created).UTC(), Handles: v.handles.Load()}
+}
+
+// Volumes lists the volumes, by name.
+func (p *Pool) Volumes() []VolumeInfo {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	p.vmu.RLock()
+	out := make([]VolumeInfo, 0, len(p.byName))
+	for _, v := range p.byName {
+		out = append(out, p.infoLocked(v))
+	}
+	p.vmu.RUnlock()
+	sort.Slice(out, func(a, b int) bool { return out[a].Name < out[b].Name })
+	return out
+}
+
+// VolumeInfo describes one volume.
+func (p *Pool) VolumeInfo(name string) (VolumeInfo, error) {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	v := p.lookup(name)
+	if v == nil {
+		return VolumeInfo{}, notFound(name)
+	}
+	return p.infoLocked(v), nil
+}
+
+func notFound(name string) error {
+	return fmt.Errorf("%w: volume %q does not exist", blockdev.ErrNotFound, name)
+}
+
+func checkSize(size int64) error {
+	switch {
+	case size <= 0:
+		return fmt.Errorf("%w: size must be greater than zero", ErrInvalidSize)
+	case size%cdp.BlockSize != 0:
+		return fmt.Errorf("%w: size %d is not a multiple of 4 KiB", ErrInvalidSize, size)
+	case size > MaxVolumeSize:
+		return fmt.Errorf("%w: size %d is larger than the maximum (1 EiB)", ErrInvalidSize, size)
+	}
+	return nil
+}
+
+// CreateVolume creates a thin volume. It is durable when this returns.
+func (p *Pool) CreateVolume(name string, size int64) (VolumeInfo, error) {
+	if err := ValidateName(name); err != nil {
+		return VolumeInfo{}, err
+	}
+	if err := checkSize(size); err != nil {
+		return VolumeInfo{}, err
+	}
+	p.wmu.Lock()
+	if p.lookup(name) != nil {
+		p.wmu.Unlock()
+		return VolumeInfo{}, fmt.Errorf("%w: %q", ErrExists, name)
+	}
+	r := &cdp.Record{Kind: cdp.KindVolumeCreate, Length: uint64(size), Meta: []byte(name)}
+	err := p.appendLocked(r)
+	var info VolumeInfo
+	if err == nil {
+		info = p.infoLocked(p.lookup(name))
+	}
+	p.wmu.Unlock()
+	if err != nil {
+		return VolumeInfo{}, err
+	}
+	return info, p.Flush()
+}
+
+// DeleteVolume deletes a volume. Its space is reclaimed later by garbage
+// collection; its history stays in the journal until then. A volume with
+// open devices is refused unless force (the caller disconnects them first).
+func (p *Pool) DeleteVolume(name string, force bool) error {
+	p.wmu.Lock()
+	v := p.lookup(name)
+	if v == nil {
+		p.wmu.Unlock()
+		return notFound(name)
+	}
+	if n := v.handles.Load(); n > 0 && !force {
+		p.wmu.Unlock()
+		return fmt.Errorf("%w: volume %q is attached by %d connection(s)", ErrBusy, name, n)
+	}
+	err := p.appendLocked(&cdp.Record{Kind: cdp.KindVolumeDelete, Volume: v.id})
+	p.wmu.Unlock()
+	if err != nil {
+		return err
+	}
+	return p.Flush()
+}
+
+// ResizeVolume changes a volume's size. Growing is always allowed. Shrinking
+// is refused when written blocks lie past the new end, unless force, which
+// discards them.
+func (p *Pool) ResizeVolume(name string, size int64, force bool) error {
+	if err := checkSize(size); err != nil {
+		return err
+	}
+	p.wmu.Lock()
+	v := p.lookup(name)
+	if v == nil {
+		p.wmu.Unlock()
+		return notFound(name)
+	}
+	old := v.size.Load()
+	if size < old && !force {
+		var data int64
+		err := visit(p.db, v.id, uint64(size)/cdp.BlockSize, uint64(old-1)/cdp.BlockSize, Head, func(_ uint64, e entry) bool {
+			if e.kind == entryData {
+				data++
+			}
+			return true
+		})
+		if err == nil && data > 0 {
+			err = fmt.Errorf("%w: %d written blocks (%d bytes) lie past the new end of %q; use --force to discard them",
+				ErrShrinkData, data, data*cdp.BlockSize, name)
+		}
+		if err != nil {
+			p.wmu.Unlock()
+			return err
+		}
+	}
+	if size == old {
+		p.wmu.Unlock()
+		return nil
+	}
+	err := p.appendLocked(&cdp.Record{Kind: cdp.KindVolumeResize, Volume: v.id, Length: uint64(size)})
+	p.wmu.Unlock()
+	if err != nil {
+		return err
+	}
+	return p.Flush()
+}
+
+// Flush makes every completed write in the pool durable.
+func (p *Pool) Flush() error {
+	if err := p.j.Load().Sync(); err != nil {
+		return classify(err)
+	}
+	return nil
+}
+
+// Checkpoint persists the index so recovery replays less of the journal.
+func (p *Pool) Checkpoint() error {
+	if err := p.db.Flush(); err != nil {
+		return fmt.Errorf("cow: checkpoint: %w", err)
+	}
+	return nil
+}
+
+func (p *Pool) checkpointer(stop <-chan struct{}) {
+	defer close(p.done)
+	if p.opts.CheckpointInterval < 0 {
+		<-stop
+		return
+	}
+	t := time.NewTicker(p.opts.CheckpointInterval)
+	defer t.Stop()
+	var last uint64
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			p.wmu.Lock()
+			applied := p.wmu.applied
+			p.wmu.Unlock()
+			if applied != last {
+				if err := p.Checkpoint(); err != nil {
+					p.opts.Logger.Error("checkpoint failed", "err", err)
+				}
+				last = applied
+			}
+		}
+	}
+}
+
+// Stats describe the pool.
+type Stats struct {
+	Volumes      int       `json:"volumes"`
+	Journal      cdp.Stats `json:"journal"`
+	AppliedSeq   uint64    `json:"applied_seq"`
+	IndexBytes   uint64    `json:"index_bytes"`
+	JournalError string    `json:"journal_error,omitempty"`
+}
+
+// Stats returns the pool's counters.
+func (p *Pool) Stats() Stats {
+	p.wmu.Lock()
+	applied := p.wmu.applied
+	p.wmu.Unlock()
+	p.vmu.RLock()
+	n := len(p.byName)
+	p.vmu.RUnlock()
+	j := p.j.Load()
+	st := Stats{Volumes: n, Journal: j.Stats(), AppliedSeq: applied, IndexBytes: p.db.Metrics().DiskSpaceUsage()}
+	if err := j.Err(); err != nil {
+		st.JournalError = err.Error()
+	}
+	return st
+}
+
+// Close syncs the journal, persists the index and closes both.
+func (p *Pool) Close() error {
+	p.wmu.Lock()
+	if p.stop == nil {
+		p.wmu.Unlock()
+		return ErrClosed
+	}
+	p.wmu.closed = true
+	close(p.stop)
+	p.stop = nil
+	p.wmu.Unlock()
+	<-p.done
+	j := p.j.Load()
+	err := j.Sync()
+	if err == nil {
+		// With the journal synced, persisting the index lets the next
+		// open skip replay.
+		err = p.db.Flush()
+	}
+	if cerr := p.db.Close(); err == nil {
+		err = cerr
+	}
+	if cerr := j.Close(); err == nil {
+		err = cerr
+	}
+	p.vmu.RLock()
+	for _, v := range p.byName {
+		v.gone.Store(true)
+	}
+	p.vmu.RUnlock()
+	return err
+}
+
+// pebbleLogger sends pebble's messages to slog at debug level (errors at
+// error level).
+type pebbleLogger struct{ l *slog.Logger }
+
+func (l pebbleLogger) Infof(format string, args ...interface{}) {
+	l.l.Debug("index: " + fmt.Sprintf(format, args...))
+}
+func (l pebbleLogger) Errorf(format string, args ...interface{}) {
+	l.l.Error("index: " + fmt.Sprintf(format, args...))
+}
+func (l pebbleLogger) Fatalf(format string, args ...interface{}) {
+	// Pebble calls Fatalf on a broken internal invariant and must not
+	// continue; exiting keeps the journal (the truth) untouched.
+	l.l.Error("index: fatal: " + fmt.Sprintf(format, args...))
+	os.Exit(70)
+}

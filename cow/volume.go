@@ -1,0 +1,371 @@
+package cow
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/strata-storage/strata/blockdev"
+	"github.com/strata-storage/strata/cdp"
+)
+
+const bs = cdp.BlockSize
+
+// maxChunk bounds one write record: larger writes become several records.
+const maxChunk = 8 << 20
+
+// Volume is an open handle on a volume: a blockdev.Device (also Trimmer,
+// Zeroer and BlockStatuser). It is safe for concurrent use. Close it when
+// done; a volume with open handles refuses deletion unless forced.
+type Volume struct {
+	p        *Pool
+	v        *volState
+	seq      uint64 // Head, or the point in time this handle reads
+	readOnly bool
+	closed   sync.Once
+}
+
+// OpenVolume opens the head of a volume for reading and writing.
+func (p *Pool) OpenVolume(name string) (*Volume, error) {
+	v := p.lookup(name)
+	if v == nil {
+		return nil, notFound(name)
+	}
+	v.handles.Add(1)
+	return &Volume{p: p, v: v, seq: Head}, nil
+}
+
+// Name is the volume's name.
+func (h *Volume) Name() string { return h.v.name }
+
+// ReadOnly reports whether writes are refused.
+func (h *Volume) ReadOnly() bool { return h.readOnly }
+
+// Close releases the handle.
+func (h *Volume) Close() error {
+	h.closed.Do(func() { h.v.handles.Add(-1) })
+	return nil
+}
+
+// Size is the volume's current size in bytes.
+func (h *Volume) Size() int64 { return h.v.size.Load() }
+
+func (h *Volume) check(off, n int64) error {
+	if h.v.gone.Load() {
+		return fmt.Errorf("%w: volume %q was deleted", blockdev.ErrGone, h.v.name)
+	}
+	if off < 0 || n < 0 || off+n < off || off+n > h.v.size.Load() {
+		return fmt.Errorf("%w: %d bytes at %d on volume %q of %d bytes", blockdev.ErrOutOfRange, n, off, h.v.name, h.v.size.Load())
+	}
+	return nil
+}
+
+func (h *Volume) checkWrite(off, n int64) error {
+	if h.readOnly {
+		return fmt.Errorf("%w: %q", blockdev.ErrReadOnly, h.v.name)
+	}
+	return h.check(off, n)
+}
+
+var entryPool = sync.Pool{New: func() any { s := make([]entry, 0, 256); return &s }}
+
+// readBlocks fills buf (whole blocks from block first on) with the volume's
+// content at sequence seq.
+func (p *Pool) readBlocks(vol uint64, first uint64, buf []byte, seq uint64) error {
+	n := uint64(len(buf) / bs)
+	esp := entryPool.Get().(*[]entry)
+	defer entryPool.Put(esp)
+	es := (*esp)[:0]
+	var blocks []uint64
+	bp := blockPool.Get().(*[]uint64)
+	defer blockPool.Put(bp)
+	blocks = (*bp)[:0]
+	err := visit(p.db, vol, first, first+n-1, seq, func(b uint64, e entry) bool {
+		if e.kind == entryData {
+			es = append(es, e)
+			blocks = append(blocks, b)
+		}
+		return true
+	})
+	*esp, *bp = es, blocks
+	if err != nil {
+		return fmt.Errorf("%w: %v", blockdev.ErrIO, err)
+	}
+	j := p.j.Load()
+	// Zero what holds no data, then read runs of blocks that sit next to
+	// each other in one segment with one read each.
+	next := first
+	for i := 0; i < len(es); {
+		b := blocks[i]
+		clear(buf[(next-first)*bs : (b-first)*bs])
+		k := i + 1
+		for k < len(es) && blocks[k] == blocks[k-1]+1 && es[k].seg == es[i].seg && es[k].off == es[k-1].off+bs {
+			k++
+		}
+		dst := buf[(b-first)*bs : (blocks[k-1]-first+1)*bs]
+		if err := j.ReadAt(es[i].seg, es[i].off, dst); err != nil {
+			return fmt.Errorf("%w: %v", blockdev.ErrIO, err)
+		}
+		for m := i; m < k; m++ {
+			blk := buf[(blocks[m]-first)*bs : (blocks[m]-first+1)*bs]
+			if cdp.Checksum(blk) != es[m].crc {
+				return fmt.Errorf("%w: checksum mismatch in volume %d block %d (journal segment %d offset %d)", blockdev.ErrIO, vol, blocks[m], es[m].seg, es[m].off)
+			}
+		}
+		next = blocks[k-1] + 1
+		i = k
+	}
+	clear(buf[(next-first)*bs:])
+	return nil
+}
+
+var blockPool = sync.Pool{New: func() any { s := make([]uint64, 0, 256); return &s }}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+
+func getBuf(n int) *[]byte {
+	bp := bufPool.Get().(*[]byte)
+	if cap(*bp) < n {
+		*bp = make([]byte, n)
+	}
+	*bp = (*bp)[:n]
+	return bp
+}
+
+// ReadAt reads len(p) bytes at off.
+func (h *Volume) ReadAt(p []byte, off int64) (int, error) {
+	if err := h.check(off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	first := uint64(off) / bs
+	last := uint64(off+int64(len(p))-1) / bs
+	if off%bs == 0 && len(p)%bs == 0 {
+		if err := h.p.readBlocks(h.v.id, first, p, h.seq); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
+	bp := getBuf(int(last-first+1) * bs)
+	defer bufPool.Put(bp)
+	if err := h.p.readBlocks(h.v.id, first, *bp, h.seq); err != nil {
+		return 0, err
+	}
+	copy(p, (*bp)[off-int64(first)*bs:])
+	return len(p), nil
+}
+
+// WriteAt writes p at off. Whole blocks go to the journal as they are;
+// partial blocks at the edges are merged with their current content under
+// the write lock, so concurrent writes to different bytes of one block never
+// lose each other's data.
+func (h *Volume) WriteAt(p []byte, off int64) (int, error) {
+	if err := h.checkWrite(off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	done := 0
+	for done < len(p) {
+		// Chunks end on block boundaries so only the first and last
+		// chunk can have partial blocks.
+		o := off + int64(done)
+		n := len(p) - done
+		if n > maxChunk {
+			n = maxChunk - int(o%bs)
+		}
+		if err := h.writeChunk(p[done:done+n], o); err != nil {
+			return done, err
+		}
+		done += n
+	}
+	return len(p), nil
+}
+
+func (h *Volume) writeChunk(p []byte, off int64) error {
+	first := uint64(off) / bs
+	last := uint64(off+int64(len(p))-1) / bs
+	headPartial := off%bs != 0
+	tailPartial := (off+int64(len(p)))%bs != 0
+	var data, meta []byte
+	var bp *[]byte
+	if !headPartial && !tailPartial {
+		data = p
+		meta = cdp.BlockChecksums(p)
+	} else {
+		bp = getBuf(int(last-first+1) * bs)
+		defer bufPool.Put(bp)
+		data = *bp
+		copy(data[off-int64(first)*bs:], p)
+		meta = make([]byte, 4*(last-first+1))
+		// Blocks p covers whole are checksummed outside the lock.
+		for b := first; b <= last; b++ {
+			if (b == first && headPartial) || (b == last && tailPartial) {
+				continue
+			}
+			i := b - first
+			putCRC(meta, int(i), cdp.Checksum(data[i*bs:(i+1)*bs]))
+		}
+	}
+	p0 := h.p
+	p0.wmu.Lock()
+	defer p0.wmu.Unlock()
+	if h.v.gone.Load() {
+		return fmt.Errorf("%w: volume %q was deleted", blockdev.ErrGone, h.v.name)
+	}
+	if headPartial || tailPartial {
+		if err := h.mergeEdgesLocked(data, meta, off, len(p), first, last); err != nil {
+			return err
+		}
+	}
+	return p0.appendLocked(&cdp.Record{Kind: cdp.KindWrite, Volume: h.v.id, Offset: first * bs, Length: uint64(len(data)), Data: data, Meta: meta})
+}
+
+func putCRC(meta []byte, i int, c uint32) {
+	meta[4*i], meta[4*i+1], meta[4*i+2], meta[4*i+3] = byte(c), byte(c>>8), byte(c>>16), byte(c>>24)
+}
+
+// mergeEdgesLocked fills the bytes of the edge blocks that the write does
+// not cover with their current content, and checksums those blocks.
+func (h *Volume) mergeEdgesLocked(data, meta []byte, off int64, n int, first, last uint64) error {
+	var old [bs]byte
+	start := int(off - int64(first)*bs) // write's start within data
+	end := start + n
+	edges := []uint64{first}
+	if last != first {
+		edges = append(edges, last)
+	}
+	for _, b := range edges {
+		i := int(b - first)
+		bstart, bend := i*bs, (i+1)*bs
+		if start <= bstart && end >= bend {
+			continue // covered whole
+		}
+		if err := h.p.readBlocks(h.v.id, b, old[:], Head); err != nil {
+			return err
+		}
+		blk := data[bstart:bend]
+		if start > bstart {
+			copy(blk[:start-bstart], old[:start-bstart])
+		}
+		if end < bend {
+			from := max(end-bstart, 0)
+			copy(blk[from:], old[from:])
+		}
+		putCRC(meta, i, cdp.Checksum(blk))
+	}
+	return nil
+}
+
+// Flush makes every completed write in the pool durable (all volumes, all
+// connections: one journal).
+func (h *Volume) Flush() error {
+	if h.v.gone.Load() {
+		return fmt.Errorf("%w: volume %q was deleted", blockdev.ErrGone, h.v.name)
+	}
+	return h.p.Flush()
+}
+
+// Trim discards the whole blocks inside [off, off+length): they become holes
+// and use no space. Partial blocks at the edges keep their data (NBD allows
+// a trim to do nothing; a WriteZeroes zeroes them).
+func (h *Volume) Trim(off, length int64) error {
+	if err := h.checkWrite(off, length); err != nil {
+		return err
+	}
+	first := (off + bs - 1) / bs * bs
+	end := (off + length) / bs * bs
+	if end <= first {
+		return nil
+	}
+	h.p.wmu.Lock()
+	defer h.p.wmu.Unlock()
+	return h.p.appendLocked(&cdp.Record{Kind: cdp.KindTrim, Volume: h.v.id, Offset: uint64(first), Length: uint64(end - first)})
+}
+
+// WriteZeroes makes [off, off+length) read as zeros: whole blocks become
+// holes (or allocated zeros with noHole), partial edge blocks are written.
+// It is always fast: no zeros travel or land in the journal for whole blocks.
+func (h *Volume) WriteZeroes(off, length int64, noHole bool) error {
+	if err := h.checkWrite(off, length); err != nil {
+		return err
+	}
+	if length == 0 {
+		return nil
+	}
+	first := (off + bs - 1) / bs * bs
+	end := (off + length) / bs * bs
+	var zeros [bs]byte
+	if end <= first {
+		// Inside one block, or across one boundary without a whole block.
+		_, err := h.WriteAt(make([]byte, length), off)
+		return err
+	}
+	if off < first {
+		if _, err := h.WriteAt(zeros[:first-off], off); err != nil {
+			return err
+		}
+	}
+	if off+length > end {
+		if _, err := h.WriteAt(zeros[:off+length-end], end); err != nil {
+			return err
+		}
+	}
+	var flags uint8
+	if noHole {
+		flags = cdp.FlagNoHole
+	}
+	h.p.wmu.Lock()
+	defer h.p.wmu.Unlock()
+	if h.v.gone.Load() {
+		return fmt.Errorf("%w: volume %q was deleted", blockdev.ErrGone, h.v.name)
+	}
+	return h.p.appendLocked(&cdp.Record{Kind: cdp.KindZero, Flags: flags, Volume: h.v.id, Offset: uint64(first), Length: uint64(end - first)})
+}
+
+// maxStatusExtents bounds one BlockStatus answer.
+const maxStatusExtents = 4096
+
+// BlockStatus reports which parts of [off, off+length) hold data.
+func (h *Volume) BlockStatus(off, length int64) ([]blockdev.Extent, error) {
+	if err := h.check(off, length); err != nil {
+		return nil, err
+	}
+	if length == 0 {
+		return nil, nil
+	}
+	first := uint64(off) / bs
+	last := uint64(off+length-1) / bs
+	var out []blockdev.Extent
+	pos := off // start of the next extent to report
+	add := func(upTo int64, flags uint32) {
+		upTo = min(upTo, off+length)
+		if upTo <= pos {
+			return
+		}
+		if n := len(out); n > 0 && out[n-1].Flags == flags {
+			out[n-1].Length += upTo - pos
+		} else {
+			out = append(out, blockdev.Extent{Length: upTo - pos, Flags: flags})
+		}
+		pos = upTo
+	}
+	err := visit(h.p.db, h.v.id, first, last, h.seq, func(b uint64, e entry) bool {
+		add(int64(b)*bs, blockdev.ExtentHole|blockdev.ExtentZero) // unwritten gap
+		var flags uint32
+		switch e.kind {
+		case entryHole:
+			flags = blockdev.ExtentHole | blockdev.ExtentZero
+		case entryZero:
+			flags = blockdev.ExtentZero
+		}
+		add(int64(b+1)*bs, flags)
+		return len(out) < maxStatusExtents
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", blockdev.ErrIO, err)
+	}
+	if len(out) < maxStatusExtents {
+		add(off+length, blockdev.ExtentHole|blockdev.ExtentZero)
+	}
+	return out, nil
+}
