@@ -1,0 +1,15 @@
+// Package nbd owns Strata's NBD server: the fixed newstyle handshake, option
+// haggling (INFO/GO, LIST, structured replies, the base:allocation metadata
+// context) and the transmission phase, written to the protocol specification
+// (NetworkBlockDevice/nbd, doc/proto.md). It serves any blockdev.Device that an
+// Exporter resolves by export name, and it is the only place where blockdev's
+// error classes become NBD errno values.
+//
+// Each connection has one goroutine that parses requests (and reads WRITE
+// payloads) and one goroutine per request, bounded by
+// Options.MaxRequestsInFlight and Options.MaxBytesInFlight. Replies go out in
+// completion order under a per-connection write lock.
+//
+// Oldstyle negotiation, TLS (NBD_OPT_STARTTLS answers NBD_REP_ERR_UNSUP) and
+// extended headers are not supported.
+package nbd

@@ -1,0 +1,393 @@
+// Command strata is Strata's one binary: `strata serve` runs the daemon that
+// owns a data directory and serves its volumes over NBD; the other commands
+// (volume, status) talk to it over its control socket.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/strata-storage/strata/cow"
+)
+
+var version = "0.1.0-dev"
+
+func main() {
+	app := newApp()
+	if err := app.Run(permuteArgs(app, os.Args)); err != nil {
+		fmt.Fprintf(os.Stderr, "strata: %s\n", oneLine(err.Error()))
+		os.Exit(1)
+	}
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+func newApp() *cli.App {
+	return &cli.App{
+		Name:    "strata",
+		Usage:   "thin, copy-on-write block volumes with continuous data protection, served over NBD",
+		Version: version,
+		Description: `Strata keeps every write in a journal and serves volumes to hypervisors
+over NBD. Start the daemon on a data directory, create a volume, attach it:
+
+   strata serve --data /var/lib/strata &
+   strata volume create vol0 --size 10GiB
+   nbdinfo nbd://127.0.0.1:10809/vol0
+
+Every command finds the data directory from --data or $STRATA_DATA
+(default ./strata-data), and the daemon through DATA/control.sock (or
+--control-socket / $STRATA_CONTROL).`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "data", Aliases: []string{"d"}, Value: "./strata-data", EnvVars: []string{"STRATA_DATA"},
+				Usage: "data directory (journal, index, sockets)"},
+			&cli.StringFlag{Name: "control-socket", EnvVars: []string{"STRATA_CONTROL"},
+				Usage: "control socket path (default DATA/control.sock; set it where DATA cannot hold sockets, e.g. FUSE or NFS)"},
+			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn, error"},
+		},
+		Commands: []*cli.Command{serveCommand(), volumeCommand(), statusCommand()},
+		// Usage errors print one line too, with where to look.
+		OnUsageError: func(c *cli.Context, err error, isSub bool) error {
+			return fmt.Errorf("%v (see strata --help)", err)
+		},
+		ExitErrHandler: func(*cli.Context, error) {},
+	}
+}
+
+func controlPath(c *cli.Context) string {
+	if s := c.String("control-socket"); s != "" {
+		return s
+	}
+	return filepath.Join(c.String("data"), "control.sock")
+}
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("invalid --log-level %q: use debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+func serveCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "serve",
+		Usage: "run the daemon: own the data directory and serve its volumes over NBD",
+		UsageText: `strata serve [--data DIR] [--socket PATH] [--listen ADDR] [--volume NAME=SIZE ...]
+
+Examples:
+   strata serve --data /var/lib/strata
+   strata serve --volume vol0=10GiB                  # create vol0 if missing
+   strata serve --listen 0.0.0.0:10809               # serve NBD beyond loopback
+   strata serve --listen ""                          # Unix socket only`,
+		Description: `Serves every volume as an NBD export named after it, on a Unix socket
+(DATA/nbd.sock) and on TCP (127.0.0.1:10809). A flush on any connection
+makes every completed write durable. Stop with SIGTERM or Ctrl-C: in-flight
+requests finish, the journal is synced, the lock is released.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "socket", Usage: "NBD Unix socket (default DATA/nbd.sock; \"\" disables)"},
+			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:10809", Usage: "NBD TCP address (\"\" disables)"},
+			&cli.StringSliceFlag{Name: "volume", Usage: "create volume NAME of SIZE at start unless it exists (repeatable), e.g. vol0=10GiB"},
+			&cli.StringFlag{Name: "index-cache", Value: "64MiB", Usage: "memory for the block index's cache"},
+		},
+		Action: runServe,
+	}
+}
+
+func runServe(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return fmt.Errorf("serve takes no arguments (got %q); see strata serve --help", c.Args().First())
+	}
+	log, err := newLogger(c.String("log-level"))
+	if err != nil {
+		return err
+	}
+	data, err := filepath.Abs(c.String("data"))
+	if err != nil {
+		return fmt.Errorf("data directory %q: %w", c.String("data"), err)
+	}
+	cfg := daemonConfig{dataDir: data, listen: c.String("listen"), controlSocket: controlPath(c), log: log}
+	if !c.IsSet("control-socket") {
+		cfg.controlSocket = filepath.Join(data, "control.sock")
+	}
+	cfg.nbdSocket = filepath.Join(data, "nbd.sock")
+	if c.IsSet("socket") {
+		cfg.nbdSocket = c.String("socket")
+	}
+	if cfg.pool.IndexCacheSize, err = parseSize(c.String("index-cache")); err != nil {
+		return fmt.Errorf("--index-cache: %w", err)
+	}
+	for _, spec := range c.StringSlice("volume") {
+		name, sz, ok := strings.Cut(spec, "=")
+		if !ok {
+			name, sz, ok = strings.Cut(spec, ":")
+		}
+		if !ok {
+			return fmt.Errorf("--volume %q: use NAME=SIZE, e.g. vol0=10GiB", spec)
+		}
+		if err := cow.ValidateName(name); err != nil {
+			return fmt.Errorf("--volume: %s", userMessage(err))
+		}
+		size, err := parseSize(sz)
+		if err != nil {
+			return fmt.Errorf("--volume %s: %w", name, err)
+		}
+		cfg.volumes = append(cfg.volumes, volumeSpec{name, size})
+	}
+	d, err := startDaemon(cfg)
+	if err != nil {
+		return userErr(err)
+	}
+	printBanner(d)
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	s := <-sig
+	log.Info("shutting down", "signal", s.String())
+	go func() {
+		<-sig
+		log.Warn("second signal: exiting now; unflushed writes may be lost")
+		os.Exit(1)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := d.close(ctx); err != nil {
+		return err
+	}
+	log.Info("stopped cleanly")
+	return nil
+}
+
+func userErr(err error) error { return fmt.Errorf("%s", userMessage(err)) }
+
+func printBanner(d *daemon) {
+	abs := func(p string) string {
+		if a, err := filepath.Abs(p); err == nil {
+			return a
+		}
+		return p
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "strata %s serving %s (pid %d)\n", version, abs(d.cfg.dataDir), os.Getpid())
+	if d.cfg.nbdSocket != "" {
+		fmt.Fprintf(&b, "  NBD socket:     %s\n", abs(d.cfg.nbdSocket))
+	}
+	if d.cfg.listen != "" {
+		fmt.Fprintf(&b, "  NBD TCP:        %s\n", d.cfg.listen)
+	}
+	fmt.Fprintf(&b, "  control socket: %s\n", abs(d.cfg.controlSocket))
+	vols := d.pool.Volumes()
+	for _, v := range vols {
+		fmt.Fprintf(&b, "Volume %s (%s). Attach it with:\n", v.Name, formatSize(v.Size))
+		if d.cfg.listen != "" {
+			host, port := splitHostPort(d.cfg.listen)
+			fmt.Fprintf(&b, "  nbd-client -N %s %s %s /dev/nbd0           (kernel nbd module)\n", v.Name, host, port)
+			fmt.Fprintf(&b, "  qemu-system-x86_64 -drive file=nbd://%s/%s,format=raw,if=virtio ...\n", d.cfg.listen, v.Name)
+		}
+		if d.cfg.nbdSocket != "" {
+			fmt.Fprintf(&b, "  mkdir -p /tmp/%s && nbdfuse /tmp/%s/disk 'nbd+unix:///%s?socket=%s' &   (no kernel module needed)\n", v.Name, v.Name, v.Name, abs(d.cfg.nbdSocket))
+			fmt.Fprintf(&b, "  nbdinfo 'nbd+unix:///%s?socket=%s'\n", v.Name, abs(d.cfg.nbdSocket))
+		}
+	}
+	if len(vols) == 0 {
+		fmt.Fprintf(&b, "No volumes yet: strata volume create vol0 --size 10GiB\n")
+	}
+	fmt.Fprint(os.Stdout, b.String())
+}
+
+func splitHostPort(addr string) (string, string) {
+	i := strings.LastIndex(addr, ":")
+	if i < 0 {
+		return addr, "10809"
+	}
+	return addr[:i], addr[i+1:]
+}
+
+func volumeCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "volume",
+		Usage: "create, list, resize and delete volumes",
+		Description: `Volumes are thin: unwritten blocks take no space and read as zeros.
+Names use ` + cow.NameRules + `.`,
+		Subcommands: []*cli.Command{
+			{
+				Name:      "create",
+				Usage:     "create a thin volume",
+				ArgsUsage: "NAME",
+				UsageText: "strata volume create NAME --size SIZE\n\nExample:\n   strata volume create vol0 --size 10GiB",
+				Description: `SIZE takes B, KiB, MiB, GiB or TiB (K, M, G, T mean the same); it must be
+a multiple of 4 KiB. The volume is served at once as NBD export NAME.`,
+				Flags: []cli.Flag{&cli.StringFlag{Name: "size", Aliases: []string{"s"}, Required: true, Usage: "volume size, e.g. 10GiB"}},
+				Action: func(c *cli.Context) error {
+					name, err := oneArg(c, "NAME")
+					if err != nil {
+						return err
+					}
+					if err := cow.ValidateName(name); err != nil {
+						return userErr(err)
+					}
+					size, err := parseSize(c.String("size"))
+					if err != nil {
+						return err
+					}
+					var info cow.VolumeInfo
+					if err := newClient(controlPath(c)).do("POST", "/v1/volumes", createRequest{Name: name, Size: size}, &info); err != nil {
+						return err
+					}
+					fmt.Printf("created volume %s (%s)\n", info.Name, formatSize(info.Size))
+					return nil
+				},
+			},
+			{
+				Name:      "list",
+				Aliases:   []string{"ls"},
+				Usage:     "list volumes with their size and written bytes",
+				UsageText: "strata volume list [--json]",
+				Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+				Action: func(c *cli.Context) error {
+					var vols []cow.VolumeInfo
+					if err := newClient(controlPath(c)).do("GET", "/v1/volumes", nil, &vols); err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(vols)
+					}
+					w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+					fmt.Fprintln(w, "NAME\tSIZE\tWRITTEN\tATTACHED\tCREATED")
+					for _, v := range vols {
+						fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\n", v.Name, formatSize(v.Size), formatSize(v.Written), v.Handles, v.Created.Format(time.RFC3339))
+					}
+					return w.Flush()
+				},
+			},
+			{
+				Name:      "delete",
+				Aliases:   []string{"rm"},
+				Usage:     "delete a volume",
+				ArgsUsage: "NAME",
+				UsageText: "strata volume delete NAME [--force]\n\nExample:\n   strata volume delete scratch",
+				Description: `A volume attached over NBD is refused unless --force, which disconnects
+its clients first. Space returns when the journal's garbage collection
+reclaims the volume's records.`,
+				Flags: []cli.Flag{&cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "disconnect attached clients and delete anyway"}},
+				Action: func(c *cli.Context) error {
+					name, err := oneArg(c, "NAME")
+					if err != nil {
+						return err
+					}
+					path := "/v1/volumes/" + name
+					if c.Bool("force") {
+						path += "?force=1"
+					}
+					var r deleteReply
+					if err := newClient(controlPath(c)).do("DELETE", path, nil, &r); err != nil {
+						return err
+					}
+					if r.Disconnected > 0 {
+						fmt.Printf("disconnected %d client(s)\n", r.Disconnected)
+					}
+					fmt.Printf("deleted volume %s\n", name)
+					return nil
+				},
+			},
+			{
+				Name:      "resize",
+				Usage:     "grow or shrink a volume",
+				ArgsUsage: "NAME",
+				UsageText: "strata volume resize NAME --size SIZE [--force]\n\nExamples:\n   strata volume resize vol0 --size 20GiB\n   strata volume resize vol0 --size 5GiB --force   # discards data past 5 GiB",
+				Description: `Growing always works (connected clients see the new size when they
+reconnect). Shrinking is refused while written blocks lie past the new
+end, unless --force, which discards them.`,
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "size", Aliases: []string{"s"}, Required: true, Usage: "new size, e.g. 20GiB"},
+					&cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "shrink even if it discards written data"},
+				},
+				Action: func(c *cli.Context) error {
+					name, err := oneArg(c, "NAME")
+					if err != nil {
+						return err
+					}
+					size, err := parseSize(c.String("size"))
+					if err != nil {
+						return err
+					}
+					var info cow.VolumeInfo
+					if err := newClient(controlPath(c)).do("POST", "/v1/volumes/"+name+"/resize", resizeRequest{Size: size, Force: c.Bool("force")}, &info); err != nil {
+						return err
+					}
+					fmt.Printf("volume %s is now %s\n", info.Name, formatSize(info.Size))
+					return nil
+				},
+			},
+		},
+	}
+}
+
+func oneArg(c *cli.Context, what string) (string, error) {
+	switch c.NArg() {
+	case 0:
+		return "", fmt.Errorf("missing %s; see strata %s --help", what, c.Command.FullName())
+	case 1:
+		return c.Args().First(), nil
+	}
+	return "", fmt.Errorf("expected one %s, got %d arguments (%s); see strata %s --help", what, c.NArg(), strings.Join(c.Args().Slice(), " "), c.Command.FullName())
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "status",
+		Usage:     "show the daemon, its pool, volumes and connections",
+		UsageText: "strata status [--json]",
+		Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+		Action: func(c *cli.Context) error {
+			var st statusReply
+			if err := newClient(controlPath(c)).do("GET", "/v1/status", nil, &st); err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(st)
+			}
+			fmt.Printf("strata %s, pid %d, up %s\n", st.Version, st.PID, time.Since(st.Started).Round(time.Second))
+			fmt.Printf("data:     %s\n", st.DataDir)
+			if st.NBDSocket != "" {
+				fmt.Printf("nbd:      %s\n", st.NBDSocket)
+			}
+			if st.NBDListen != "" {
+				fmt.Printf("nbd tcp:  %s\n", st.NBDListen)
+			}
+			j := st.Pool.Journal
+			fmt.Printf("journal:  %s in %d segment(s), last seq %d, durable through %d, %d fsyncs\n",
+				formatSize(j.Bytes), j.Segments, j.LastSeq, j.SyncedSeq, j.Fsyncs)
+			fmt.Printf("index:    %s, applied through seq %d\n", formatSize(int64(st.Pool.IndexBytes)), st.Pool.AppliedSeq)
+			if st.Pool.JournalError != "" {
+				fmt.Printf("FAILED:   %s\n", st.Pool.JournalError)
+			}
+			var written, size int64
+			for _, v := range st.Volumes {
+				written += v.Written
+				size += v.Size
+			}
+			fmt.Printf("volumes:  %d, %s provisioned, %s written\n", len(st.Volumes), formatSize(size), formatSize(written))
+			fmt.Printf("clients:  %d\n", len(st.Connections))
+			for _, cn := range st.Connections {
+				fmt.Printf("  %s from %s since %s\n", cn.Export, cn.Remote, cn.Since.Format(time.RFC3339))
+			}
+			return nil
+		},
+	}
+}
