@@ -10,7 +10,6 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/strata-storage/strata/blockdev"
-	"github.com/strata-storage/strata/cdp"
 )
 
 func openPool(t testing.TB, fs vfs.FS) *Pool {
@@ -416,7 +415,10 @@ func TestBlockStatusKinds(t *testing.T) {
 	}
 	H, Z := blockdev.ExtentHole, blockdev.ExtentZero
 	// Adjacent equal extents merge (the gap at 12..16 and the trim at 16..18).
-	want := []blockdev.Extent{{4 * 4096, 0}, {4 * 4096, H | Z}, {4 * 4096, Z}, {6 * 4096, H | Z}, {2 * 4096, 0}, {44 * 4096, H | Z}}
+	x := func(blocks int64, flags uint32) blockdev.Extent {
+		return blockdev.Extent{Length: blocks * 4096, Flags: flags}
+	}
+	want := []blockdev.Extent{x(4, 0), x(4, H|Z), x(4, Z), x(6, H|Z), x(2, 0), x(44, H|Z)}
 	if fmt.Sprint(ext) != fmt.Sprint(want) {
 		t.Fatalf("block status\n got %v\nwant %v", ext, want)
 	}
@@ -452,4 +454,3 @@ var _ blockdev.Device = (*Volume)(nil)
 var _ blockdev.Trimmer = (*Volume)(nil)
 var _ blockdev.Zeroer = (*Volume)(nil)
 var _ blockdev.BlockStatuser = (*Volume)(nil)
-var _ = cdp.BlockSize

@@ -34,7 +34,7 @@ func main() {
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:    "strata",
 		Usage:   "thin, copy-on-write block volumes with continuous data protection, served over NBD",
 		Version: version,
@@ -61,6 +61,19 @@ Every command finds the data directory from --data or $STRATA_DATA
 			return fmt.Errorf("%v (see strata --help)", err)
 		},
 		ExitErrHandler: func(*cli.Context, error) {},
+	}
+	setUsageErrors(app.Commands)
+	return app
+}
+
+// setUsageErrors makes every command's usage error one line that says where
+// help is, instead of the whole help text.
+func setUsageErrors(cmds []*cli.Command) {
+	for _, c := range cmds {
+		c.OnUsageError = func(ctx *cli.Context, err error, _ bool) error {
+			return fmt.Errorf("%v (see strata %s --help)", err, ctx.Command.FullName())
+		}
+		setUsageErrors(c.Subcommands)
 	}
 }
 

@@ -1,0 +1,58 @@
+# Strata: `make run` starts a server on ./strata-data with volume vol0;
+# `make test` installs the test tools and runs every test.
+
+GO        ?= go
+BIN       := bin/strata
+DATA      ?= ./strata-data
+VOLUME    ?= vol0=10GiB
+# Packages with concurrency run under the race detector.
+RACE_PKGS := ./cdp/... ./cow/... ./blockdev/...
+TEST_DEBS := fio qemu-utils libnbd-bin nbdkit python3-libnbd fuse3 e2fsprogs util-linux
+
+.PHONY: all build run test test-deps vet fmt-check unit race e2e fuzz bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/strata
+
+run: build
+	./$(BIN) serve --data $(DATA) --volume $(VOLUME)
+
+# Installs what the tests drive (real NBD clients, nbdkit, ext4 tools).
+# Needs root (or sudo) and Debian/Ubuntu; skips the install when all
+# tools are already there.
+test-deps:
+	@if command -v fio >/dev/null && command -v qemu-io >/dev/null && command -v nbdinfo >/dev/null && \
+	    command -v nbdkit >/dev/null && command -v nbdfuse >/dev/null && /usr/bin/python3 -c 'import nbd' 2>/dev/null; then \
+		echo "test tools present"; \
+	else \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $(TEST_DEBS); \
+	fi
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+race:
+	$(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)
+
+e2e: build
+	$(GO) test -count=1 -timeout 15m ./cmd/...
+
+# Short runs of each fuzz target (the corpus in testdata/ always runs in `race`).
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzDecodeRecord -fuzztime 20s ./cdp
+	$(GO) test -run '^$$' -fuzz FuzzRequest -fuzztime 20s ./blockdev/nbd
+
+test: test-deps vet fmt-check race e2e
+
+bench: build
+	./bench/compare.sh
+
+clean:
+	rm -rf bin
