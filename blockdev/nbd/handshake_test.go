@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func newTestExporter() *memExporter {
@@ -330,4 +331,27 @@ func TestBadOptionMagicCloses(t *testing.T) {
 	c.greet(clientFlagFixedNewstyle)
 	c.write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
 	c.expectClosed()
+}
+
+// A client that connects and then says nothing is cut off after the
+// handshake timeout; one that reached transmission may idle.
+func TestHandshakeTimeout(t *testing.T) {
+	x := newMemExporter()
+	x.add("a", newMemDev(1<<20), "")
+	ts := startServer(t, x, Options{HandshakeTimeout: 300 * time.Millisecond})
+	idle := dial(t, ts)
+	idle.greet(clientFlagFixedNewstyle | clientFlagNoZeroes)
+	start := time.Now()
+	idle.expectClosed()
+	if d := time.Since(start); d > 4*time.Second {
+		t.Fatalf("idle negotiating client was closed after %v", d)
+	}
+
+	busy := dial(t, ts)
+	busy.greet(clientFlagFixedNewstyle | clientFlagNoZeroes)
+	busy.goTo("a", false, false)
+	time.Sleep(600 * time.Millisecond)
+	if r := busy.do(0, cmdFlush, 0, 0, nil); r.errno != 0 {
+		t.Fatalf("flush after idling in transmission: errno %d", r.errno)
+	}
 }

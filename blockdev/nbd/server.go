@@ -66,12 +66,19 @@ type Options struct {
 	// at least Preferred, at most 1 GiB (default 32 MiB); READ and WRITE
 	// longer than Maximum fail with EINVAL.
 	MinBlockSize, PreferredBlockSize, MaxBlockSize uint32
+	// HandshakeTimeout bounds the whole option haggling, so a client that
+	// connects and goes quiet does not hold a goroutine forever. Default
+	// 30s; the transmission phase has no timeout (clients idle legitimately).
+	HandshakeTimeout time.Duration
 }
 
 func (o *Options) withDefaults() (Options, error) {
 	r := *o
 	if r.Logger == nil {
 		r.Logger = slog.Default()
+	}
+	if r.HandshakeTimeout == 0 {
+		r.HandshakeTimeout = 30 * time.Second
 	}
 	if r.MaxRequestsInFlight <= 0 {
 		r.MaxRequestsInFlight = 64
@@ -207,7 +214,9 @@ func (s *Server) ServeConn(nc net.Conn) {
 		}
 		c.finish()
 	}()
+	nc.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout))
 	if c.handshake() {
+		nc.SetDeadline(time.Time{})
 		c.transmit()
 	}
 }

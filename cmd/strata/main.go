@@ -229,6 +229,13 @@ func volumeCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "volume",
 		Usage: "create, list, resize and delete volumes",
+		UsageText: `strata volume COMMAND [options] NAME
+
+Examples:
+   strata volume create vol0 --size 10GiB
+   strata volume list
+   strata volume resize vol0 --size 20GiB
+   strata volume delete vol0`,
 		Description: `Volumes are thin: unwritten blocks take no space and read as zeros.
 Names use ` + cow.NameRules + `.`,
 		Subcommands: []*cli.Command{
@@ -264,7 +271,7 @@ a multiple of 4 KiB. The volume is served at once as NBD export NAME.`,
 				Name:      "list",
 				Aliases:   []string{"ls"},
 				Usage:     "list volumes with their size and written bytes",
-				UsageText: "strata volume list [--json]",
+				UsageText: "strata volume list [--json]\n\nExample:\n   strata volume list --json",
 				Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
 				Action: func(c *cli.Context) error {
 					var vols []cow.VolumeInfo
@@ -365,8 +372,11 @@ func statusCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "status",
 		Usage:     "show the daemon, its pool, volumes and connections",
-		UsageText: "strata status [--json]",
-		Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+		UsageText: "strata status [--json]\n\nExamples:\n   strata status\n   strata --data /var/lib/strata status --json",
+		Description: `Shows the daemon (pid, uptime, sockets), the journal (size, segments, the
+last sequence number and how far it is durable, fsyncs so far), the index,
+the volumes and the connected NBD clients.`,
+		Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
 		Action: func(c *cli.Context) error {
 			var st statusReply
 			if err := newClient(controlPath(c)).do("GET", "/v1/status", nil, &st); err != nil {
