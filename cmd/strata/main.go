@@ -39,7 +39,8 @@ func newApp() *cli.App {
 		Usage:   "thin, copy-on-write block volumes with continuous data protection, served over NBD",
 		Version: version,
 		Description: `Strata keeps every write in a journal and serves volumes to hypervisors
-over NBD. Start the daemon on a data directory, create a volume, attach it:
+over NBD. Example: start the daemon on a data directory, create a volume,
+attach it:
 
    strata serve --data /var/lib/strata &
    strata volume create vol0 --size 10GiB
