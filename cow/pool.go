@@ -146,8 +146,24 @@ type Pool struct {
 	byName map[string]*volState
 	byID   map[uint64]*volState
 
+	// closeMu keeps the index open while reads use it: readers hold it
+	// shared, Close exclusively.
+	closeMu  sync.RWMutex
+	isClosed bool
+
 	stop chan struct{}
 	done chan struct{}
+}
+
+// readLock holds the pool open for a read; the caller must call the
+// returned function when done.
+func (p *Pool) readLock() (func(), error) {
+	p.closeMu.RLock()
+	if p.isClosed {
+		p.closeMu.RUnlock()
+		return nil, fmt.Errorf("%w: %v", blockdev.ErrGone, ErrClosed)
+	}
+	return p.closeMu.RUnlock, nil
 }
 
 // Open opens or creates the pool in opts.Dir and recovers it: the index is
@@ -324,10 +340,15 @@ func (p *Pool) applyLocked(r *cdp.Record, loc cdp.Location) error {
 	return nil
 }
 
-// appendLocked journals r and indexes it. wmu is held.
+// appendLocked journals r and indexes it. wmu is held. A record for a
+// volume that no longer exists never reaches the journal: recovery would
+// have nothing to apply it to.
 func (p *Pool) appendLocked(r *cdp.Record) error {
 	if p.wmu.closed {
-		return ErrClosed
+		return fmt.Errorf("%w: %v", blockdev.ErrGone, ErrClosed)
+	}
+	if r.Kind != cdp.KindVolumeCreate && p.volumeByIDLocked(r.Volume) == nil {
+		return fmt.Errorf("%w: volume %d was deleted", blockdev.ErrGone, r.Volume)
 	}
 	j := p.j.Load()
 	loc, err := j.Append(r)
@@ -588,6 +609,9 @@ func (p *Pool) Close() error {
 	p.stop = nil
 	p.wmu.Unlock()
 	<-p.done
+	p.closeMu.Lock()
+	p.isClosed = true
+	p.closeMu.Unlock()
 	j := p.j.Load()
 	err := j.Sync()
 	if err == nil {

@@ -454,3 +454,39 @@ var _ blockdev.Device = (*Volume)(nil)
 var _ blockdev.Trimmer = (*Volume)(nil)
 var _ blockdev.Zeroer = (*Volume)(nil)
 var _ blockdev.BlockStatuser = (*Volume)(nil)
+
+// Operations racing a delete or a close fail cleanly ("gone"): nothing for
+// a deleted volume reaches the journal, and the pool reopens.
+func TestRacesWithDeleteAndClose(t *testing.T) {
+	fs := vfs.NewMem()
+	p := openPool(t, fs)
+	v := mustVol(t, p, "a", 1<<20)
+	if err := p.DeleteVolume("a", true); err != nil {
+		t.Fatal(err)
+	}
+	for name, err := range map[string]error{
+		"trim":  v.Trim(0, 8192),
+		"zero":  v.WriteZeroes(0, 8192, false),
+		"write": func() error { _, err := v.WriteAt(make([]byte, 4096), 0); return err }(),
+	} {
+		if !errors.Is(err, blockdev.ErrGone) {
+			t.Errorf("%s on a deleted volume: want ErrGone, got %v", name, err)
+		}
+	}
+	w := mustVol(t, p, "b", 1<<20)
+	p.Close()
+	if _, err := w.ReadAt(make([]byte, 4096), 0); !errors.Is(err, blockdev.ErrGone) {
+		t.Errorf("read after close: want ErrGone, got %v", err)
+	}
+	if _, err := w.BlockStatus(0, 4096); !errors.Is(err, blockdev.ErrGone) {
+		t.Errorf("block status after close: want ErrGone, got %v", err)
+	}
+	if _, err := w.WriteAt(make([]byte, 4096), 0); !errors.Is(err, blockdev.ErrGone) {
+		t.Errorf("write after close: want ErrGone, got %v", err)
+	}
+	p = openPool(t, fs)
+	defer p.Close()
+	if vols := p.Volumes(); len(vols) != 1 || vols[0].Name != "b" {
+		t.Fatalf("after reopen: %+v", vols)
+	}
+}

@@ -139,6 +139,11 @@ func (h *Volume) ReadAt(p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	unlock, err := h.p.readLock()
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
 	first := uint64(off) / bs
 	last := uint64(off+int64(len(p))-1) / bs
 	if off%bs == 0 && len(p)%bs == 0 {
@@ -333,6 +338,11 @@ func (h *Volume) BlockStatus(off, length int64) ([]blockdev.Extent, error) {
 	if length == 0 {
 		return nil, nil
 	}
+	unlock, err := h.p.readLock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	first := uint64(off) / bs
 	last := uint64(off+length-1) / bs
 	var out []blockdev.Extent
@@ -349,7 +359,7 @@ func (h *Volume) BlockStatus(off, length int64) ([]blockdev.Extent, error) {
 		}
 		pos = upTo
 	}
-	err := visit(h.p.db, h.v.id, first, last, h.seq, func(b uint64, e entry) bool {
+	err = visit(h.p.db, h.v.id, first, last, h.seq, func(b uint64, e entry) bool {
 		add(int64(b)*bs, blockdev.ExtentHole|blockdev.ExtentZero) // unwritten gap
 		var flags uint32
 		switch e.kind {
