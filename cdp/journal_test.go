@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sort"
 	"sync"
 	"testing"
 
@@ -156,7 +157,7 @@ func TestAppendReadAndRotate(t *testing.T) {
 	}
 }
 
-// lastSegment returns the name of the newest segment holding records.
+// segmentsOf lists the segment files, oldest first.
 func segmentsOf(t *testing.T, fs vfs.FS) []string {
 	names, err := fs.List("j")
 	if err != nil {
@@ -168,6 +169,7 @@ func segmentsOf(t *testing.T, fs vfs.FS) []string {
 			segs = append(segs, n)
 		}
 	}
+	sort.Strings(segs)
 	return segs
 }
 
