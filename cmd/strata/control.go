@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 	"time"
@@ -27,6 +28,7 @@ import (
 //	DELETE /v1/volumes/NAME?force=1
 //	POST   /v1/volumes/NAME/resize {size, force}
 //	GET    /v1/status                       -> statusReply
+//	GET    /debug/pprof/...                 -> Go profiles (net/http/pprof)
 //
 // Errors are {"error": "...", "code": "..."} with a matching HTTP status.
 
@@ -180,6 +182,11 @@ func (d *daemon) controlHandler() http.Handler {
 			Pool: d.pool.Stats(), Volumes: d.pool.Volumes(), Connections: conns,
 		})
 	})
+	// Profiles of the running daemon, for performance work:
+	// curl --unix-socket DATA/control.sock http://strata/debug/pprof/profile?seconds=10 > cpu.prof
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return mux
 }
 
