@@ -217,6 +217,12 @@ func (s *Server) ServeConn(nc net.Conn) {
 	nc.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout))
 	if c.handshake() {
 		nc.SetDeadline(time.Time{})
+		// A stop (Shutdown, DisconnectExport) that raced the line above had
+		// its read deadline cleared: apply it again. stop sets the flag
+		// before the deadline, so one of the two always takes effect.
+		if c.stopping.Load() {
+			nc.SetReadDeadline(time.Now())
+		}
 		c.transmit()
 	}
 }
