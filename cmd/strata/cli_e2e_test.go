@@ -334,9 +334,21 @@ time.sleep(3600)
 		f := startBG(t, "fio", "--name=load", "--ioengine=nbd", "--uri="+s.uri("load"), "--rw=randrw",
 			"--bs=64k", "--iodepth=32", "--numjobs=2", "--size=32M", "--offset_increment=32M",
 			"--time_based", "--runtime=60", "--fsync=4", "--directory="+t.TempDir())
-		time.Sleep(time.Second)
-		if f.exited() {
-			t.Fatalf("fio stopped early:\n%s", f.output())
+		// Wait until both fio jobs are connected (fio starts slowly on a
+		// loaded machine).
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			var st statusReply
+			if err := json.Unmarshal([]byte(s.mustCLI("status", "--json")), &st); err != nil {
+				t.Fatal(err)
+			}
+			if len(st.Connections) >= 2 {
+				break
+			}
+			if f.exited() || time.Now().After(deadline) {
+				t.Fatalf("fio did not connect its 2 jobs (%d connections):\n%s", len(st.Connections), f.output())
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 		out := s.mustCLI("volume", "delete", "load", "--force")
 		if !strings.Contains(out, "disconnected 2 client") {
