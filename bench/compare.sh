@@ -15,6 +15,12 @@ for t in fio nbdkit; do command -v $t >/dev/null || { echo "bench: $t is not ins
 [ -x "$STRATA" ] || go build -o "$STRATA" ./cmd/strata
 
 work=$(mktemp -d /tmp/strata-bench.XXXX)
+# Virtual machines fault guest memory in slowly the first time it is used;
+# touch some once so neither system pays that inside its measurements.
+if [ -d /dev/shm ] && [ "${WARM:-1}" = 1 ]; then
+	dd if=/dev/zero of=/dev/shm/strata-bench-warm bs=1M count=${WARM_MB:-4096} status=none || true
+	rm -f /dev/shm/strata-bench-warm
+fi
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
@@ -36,6 +42,8 @@ systems=(strata nbdkit)
 for s in "${systems[@]}"; do
 	fio --name=fill --ioengine=nbd --uri="${URI[$s]}" --rw=write --bs=1M --iodepth=8 --size="$SIZE" --output-format=terse >/dev/null
 done
+# Write the prefill back to disk now, not during the first measurements.
+sync
 
 jobs=(
 	"randread-4k-qd32:--rw=randread --bs=4k --iodepth=32"
@@ -51,8 +59,9 @@ for r in $(seq "$ROUNDS"); do
 			# terse v3: field 8 read IOPS, 49 write IOPS, 7 read KB/s, 48 write KB/s
 			line=$(fio --name="$name" --ioengine=nbd --uri="${URI[$s]}" $args --size="$SIZE" \
 				--time_based --runtime="$RUNTIME" --output-format=terse --terse-version=3)
+			# fio's nbd engine may print a "connected" line: keep the terse one.
 			echo "$line" | awk -F';' -v s="$s" -v n="$name" -v r="$r" \
-				'{printf "%s,%s,%s,%.0f,%.1f\n", r, n, s, $8+$49, ($7+$48)/1024}' >>"$results"
+				'$1 == "3" {printf "%s,%s,%s,%.0f,%.1f\n", r, n, s, $8+$49, ($7+$48)/1024}' >>"$results"
 		done
 	done
 done

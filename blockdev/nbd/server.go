@@ -331,7 +331,9 @@ type conn struct {
 	// Transmission state.
 	hdr     [requestHeaderLen]byte // reader goroutine only
 	lim     *limiter
-	running sync.WaitGroup // request goroutines
+	running sync.WaitGroup // requests dispatched and not yet finished
+	work    chan job       // requests for idle workers (unbuffered)
+	workers int            // workers started; only the reader touches it
 
 	// Reply writing: pending counts goroutines that want wmu to send a
 	// reply; the last one out flushes bw, so replies queued behind each
@@ -356,6 +358,7 @@ func (s *Server) newConn(nc net.Conn) *conn {
 		remote: remote,
 		since:  time.Now(),
 		done:   make(chan struct{}),
+		work:   make(chan job),
 	}
 }
 

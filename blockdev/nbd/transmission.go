@@ -15,6 +15,7 @@ import (
 // replied.
 func (c *conn) transmit() {
 	defer func() {
+		close(c.work) // idle workers exit; busy ones finish their request
 		c.running.Wait()
 		c.wmu.Lock()
 		if c.werr == nil {
@@ -59,8 +60,7 @@ func (c *conn) transmit() {
 					return
 				}
 			}
-			c.running.Add(1)
-			go c.handle(req, buf, cost)
+			c.dispatch(job{req, buf, cost})
 			continue
 		}
 		if errno != 0 {
@@ -72,8 +72,40 @@ func (c *conn) transmit() {
 			cost = bufCost(req.length)
 		}
 		c.lim.acquire(cost)
-		c.running.Add(1)
-		go c.handle(req, nil, cost)
+		c.dispatch(job{req, nil, cost})
+	}
+}
+
+// job is a validated request on its way to a worker.
+type job struct {
+	req  request
+	buf  *[]byte
+	cost int64
+}
+
+// dispatch hands j to an idle worker, or starts one (up to the in-flight
+// bound, which the limiter already enforces). Workers live as long as the
+// connection, so their stacks, grown once by the storage engine's deep
+// calls, are reused instead of grown again for every request. Only the
+// reader goroutine calls dispatch.
+func (c *conn) dispatch(j job) {
+	c.running.Add(1)
+	select {
+	case c.work <- j:
+		return
+	default:
+	}
+	if c.workers < c.s.opts.MaxRequestsInFlight {
+		c.workers++
+		go c.worker(j)
+		return
+	}
+	c.work <- j
+}
+
+func (c *conn) worker(j job) {
+	for ok := true; ok; j, ok = <-c.work {
+		c.handle(j.req, j.buf, j.cost)
 	}
 }
 
