@@ -107,6 +107,17 @@ func TestE2ECLI(t *testing.T) {
 		s.mustCLI("status")
 	})
 
+	t.Run("control socket mode", func(t *testing.T) {
+		s.on(t)
+		st, err := os.Stat(filepath.Join(s.dir, "control.sock"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode()&os.ModeSocket == 0 || st.Mode().Perm() != 0o600 {
+			t.Errorf("control.sock mode %v, want a socket with mode 0600 (only its owner may control the daemon)", st.Mode())
+		}
+	})
+
 	t.Run("bad names", func(t *testing.T) {
 		s.on(t)
 		for _, name := range []string{"a/b", ".x", strings.Repeat("n", 65)} {
