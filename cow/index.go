@@ -144,10 +144,7 @@ func visit(r reader, vol, first, last, seq uint64, fn func(block uint64, e entry
 		if err != nil {
 			return fmt.Errorf("%w (volume %d block %d)", err, vol, block)
 		}
-		if !fn(block, e) {
-			return nil
-		}
-		if block == math.MaxUint64 {
+		if !fn(block, e) || block >= last {
 			return nil
 		}
 		// Most blocks have one version: try the next key before seeking.
