@@ -13,6 +13,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"log/slog"
 	"path"
@@ -292,9 +293,21 @@ func (j *Journal) recover(from uint64, replay ReplayFunc) error {
 		states = append(states, segState{seg: s, hdr: hdr})
 	}
 
-	// Check the chain: each segment names its predecessor and where the
-	// predecessor's valid records end.
-	for i := 1; i < len(states); i++ {
+	// Find where replay starts: the last segment whose first sequence is <= from.
+	start := 0
+	for i, st := range states {
+		if st.hdr.firstSeq <= from {
+			start = i
+		}
+	}
+	if len(states) > 0 && from < states[0].hdr.firstSeq && from != 0 {
+		return fmt.Errorf("%w: records %d..%d are missing (oldest segment starts at %d)", ErrCorrupt, from, states[0].hdr.firstSeq-1, states[0].hdr.firstSeq)
+	}
+
+	// Check the chain from there on: each segment names its predecessor and
+	// where the predecessor's valid records end. (Older segments may have
+	// gaps between them: garbage collection removes segments.)
+	for i := start + 1; i < len(states); i++ {
 		h := states[i].hdr
 		prev := states[i-1].seg
 		if h.prevID != prev.id {
@@ -302,6 +315,13 @@ func (j *Journal) recover(from uint64, replay ReplayFunc) error {
 		}
 		if int64(h.prevEnd) > prev.size || h.prevEnd < segmentHeaderSize {
 			return fmt.Errorf("%w: segment %s is shorter (%d bytes) than its successor records (%d)", ErrCorrupt, prev.name, prev.size, h.prevEnd)
+		}
+	}
+	// Segments before the replay start are not scanned: their valid end is
+	// what the next one says.
+	for i := 0; i < start; i++ {
+		if h := states[i+1].hdr; h.prevID == states[i].seg.id && int64(h.prevEnd) <= states[i].seg.size {
+			states[i].seg.size = int64(h.prevEnd)
 		}
 	}
 
@@ -313,17 +333,6 @@ func (j *Journal) recover(from uint64, replay ReplayFunc) error {
 		if err := lastSeg.f.Sync(); err != nil {
 			return j.fail(fmt.Errorf("sync recovered segment %s: %w", lastSeg.name, err))
 		}
-	}
-
-	// Find where replay starts: the last segment whose first sequence is <= from.
-	start := 0
-	for i, st := range states {
-		if st.hdr.firstSeq <= from {
-			start = i
-		}
-	}
-	if len(states) > 0 && from < states[0].hdr.firstSeq && from != 0 {
-		return fmt.Errorf("%w: records %d..%d are missing (oldest segment starts at %d)", ErrCorrupt, from, states[0].hdr.firstSeq-1, states[0].hdr.firstSeq)
 	}
 
 	next := uint64(1)
@@ -733,6 +742,112 @@ func (j *Journal) closeFiles() {
 		s.f.Close()
 	}
 	j.segs = map[uint64]*segment{}
+}
+
+// SegmentInfo describes one segment file.
+type SegmentInfo struct {
+	ID      uint64 // the first sequence number it holds
+	Size    int64  // bytes of header and valid records
+	Current bool   // the segment appends go to
+	LastSeq uint64 // the last sequence number it holds (for the current: so far)
+}
+
+// Segments lists the segments, oldest first.
+func (j *Journal) Segments() []SegmentInfo {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.segMu.RLock()
+	defer j.segMu.RUnlock()
+	out := make([]SegmentInfo, 0, len(j.segs))
+	for _, s := range j.segs {
+		out = append(out, SegmentInfo{ID: s.id, Size: s.size, Current: s == j.mu.cur})
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
+	for i := range out {
+		if i+1 < len(out) {
+			out[i].LastSeq = out[i+1].ID - 1
+		} else {
+			out[i].LastSeq = j.mu.nextSeq - 1
+		}
+	}
+	return out
+}
+
+// ErrSegmentInUse: the segment is the one appends go to.
+var ErrSegmentInUse = errors.New("cdp: segment is in use")
+
+// RemoveSegment deletes a segment file that no longer holds anything
+// needed (garbage collection decides). The caller guarantees no reader
+// will ask for it. The current segment cannot be removed.
+func (j *Journal) RemoveSegment(id uint64) error {
+	j.mu.Lock()
+	cur := j.mu.cur
+	j.mu.Unlock()
+	j.segMu.Lock()
+	s := j.segs[id]
+	if s == nil {
+		j.segMu.Unlock()
+		return nil
+	}
+	if s == cur {
+		j.segMu.Unlock()
+		return fmt.Errorf("%w: %s", ErrSegmentInUse, s.name)
+	}
+	delete(j.segs, id)
+	j.segMu.Unlock()
+	s.f.Close()
+	if err := j.opts.FS.Remove(j.path(s.name)); err != nil {
+		return fmt.Errorf("cdp: remove segment %s: %w", s.name, err)
+	}
+	if err := j.syncDir(); err != nil {
+		return j.fail(err)
+	}
+	return nil
+}
+
+// Scan calls fn with each record from loc on, in order, across segments,
+// until fn returns false or the log ends. Records have their header and
+// Meta (checked against the header checksum) but no Data: Scan reads no
+// block data. It is for finding records by time and for tools.
+func (j *Journal) Scan(from Location, fn func(r *Record, loc Location) bool) error {
+	segs := j.Segments()
+	hdr := make([]byte, RecordHeaderSize)
+	var meta []byte
+	for _, si := range segs {
+		if si.ID < from.Segment {
+			continue
+		}
+		off := int64(segmentHeaderSize)
+		if si.ID == from.Segment {
+			off = from.Offset
+		}
+		for off+RecordHeaderSize <= si.Size {
+			if err := j.ReadAt(si.ID, off, hdr); err != nil {
+				return err
+			}
+			h, err := decodeHeader(hdr)
+			if err != nil {
+				return fmt.Errorf("%w: segment %s offset %d: %v", ErrCorrupt, segmentName(si.ID), off, err)
+			}
+			if cap(meta) < int(h.metaLen) {
+				meta = make([]byte, h.metaLen)
+			}
+			meta = meta[:h.metaLen]
+			if err := j.ReadAt(si.ID, off+RecordHeaderSize, meta); err != nil {
+				return err
+			}
+			if crc32.Update(Checksum(hdr[8:]), castagnoli, meta) != h.crc {
+				return fmt.Errorf("%w: segment %s offset %d: %v", ErrCorrupt, segmentName(si.ID), off, errBadChecksum)
+			}
+			r := h.rec
+			r.Meta = meta
+			if !fn(&r, Location{Segment: si.ID, Offset: off}) {
+				return nil
+			}
+			off += RecordHeaderSize + int64(h.metaLen) + int64(h.dataLen)
+		}
+	}
+	return nil
 }
 
 // SegmentPath returns the path of the segment named id, for tools and tests.

@@ -49,7 +49,33 @@ const (
 	// KindVolumeResize sets volume Volume's size to Length; on a shrink the
 	// blocks past the new end become holes.
 	KindVolumeResize Kind = 6
+	// KindVolumeClone creates a volume (id = this record's sequence number)
+	// of size Length whose content starts as volume Volume at sequence
+	// Offset. Meta is the new volume's name.
+	KindVolumeClone Kind = 7
+	// KindVolumeRollback makes volume Volume's head the content it had at
+	// sequence Offset (size Length). Nothing is destroyed: a new generation
+	// starts whose base is that point.
+	KindVolumeRollback Kind = 8
+	// KindSnapshotCreate names the point this record's sequence number
+	// marks in volume Volume. Meta: name length (u16), name, label.
+	KindSnapshotCreate Kind = 9
+	// KindSnapshotDelete removes the snapshot named Meta from volume Volume.
+	KindSnapshotDelete Kind = 10
+	// KindVolumeConfig sets a volume setting. Meta: "key=value".
+	KindVolumeConfig Kind = 11
+	// KindRelocate carries block versions that garbage collection copies
+	// out of a mostly dead segment. They keep their identity: Meta holds,
+	// per block, volume (u64), block number (u64), the sequence number of
+	// the write that made it (u64) and its CRC32C (u32); Data the blocks.
+	KindRelocate Kind = 12
 )
+
+// RelocateEntrySize is the size of one KindRelocate meta entry.
+const RelocateEntrySize = 28
+
+// MaxRelocateBlocks bounds a relocate record (its meta must fit).
+const MaxRelocateBlocks = maxRecordMeta / RelocateEntrySize
 
 func (k Kind) String() string {
 	switch k {
@@ -65,11 +91,23 @@ func (k Kind) String() string {
 		return "volume-delete"
 	case KindVolumeResize:
 		return "volume-resize"
+	case KindVolumeClone:
+		return "volume-clone"
+	case KindVolumeRollback:
+		return "volume-rollback"
+	case KindSnapshotCreate:
+		return "snapshot-create"
+	case KindSnapshotDelete:
+		return "snapshot-delete"
+	case KindVolumeConfig:
+		return "volume-config"
+	case KindRelocate:
+		return "relocate"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
 
-func (k Kind) valid() bool { return k >= KindWrite && k <= KindVolumeResize }
+func (k Kind) valid() bool { return k >= KindWrite && k <= KindRelocate }
 
 // Record flags.
 const (
@@ -133,6 +171,35 @@ func BlockChecksum(meta []byte, i int) uint32 {
 	return binary.LittleEndian.Uint32(meta[4*i:])
 }
 
+// RelocateEntry is one block of a KindRelocate record.
+type RelocateEntry struct {
+	Volume, Block, Seq uint64
+	CRC                uint32
+}
+
+// AppendRelocateEntry appends e's encoding to meta.
+func AppendRelocateEntry(meta []byte, e RelocateEntry) []byte {
+	meta = binary.LittleEndian.AppendUint64(meta, e.Volume)
+	meta = binary.LittleEndian.AppendUint64(meta, e.Block)
+	meta = binary.LittleEndian.AppendUint64(meta, e.Seq)
+	return binary.LittleEndian.AppendUint32(meta, e.CRC)
+}
+
+// RelocateEntryAt decodes entry i of a KindRelocate record's meta.
+func RelocateEntryAt(meta []byte, i int) RelocateEntry {
+	b := meta[i*RelocateEntrySize:]
+	le := binary.LittleEndian
+	return RelocateEntry{Volume: le.Uint64(b), Block: le.Uint64(b[8:]), Seq: le.Uint64(b[16:]), CRC: le.Uint32(b[24:])}
+}
+
+// blockCRC is the checksum of data block i of a record that carries blocks.
+func (r *Record) blockCRC(i int) uint32 {
+	if r.Kind == KindRelocate {
+		return RelocateEntryAt(r.Meta, i).CRC
+	}
+	return BlockChecksum(r.Meta, i)
+}
+
 // validate checks the record's shape before it is written.
 func (r *Record) validate() error {
 	if !r.Kind.valid() {
@@ -147,6 +214,11 @@ func (r *Record) validate() error {
 		}
 		if len(r.Meta) != 4*(len(r.Data)/BlockSize) || r.Length != uint64(len(r.Data)) {
 			return fmt.Errorf("cdp: write record checksum table or length does not match its data")
+		}
+	} else if r.Kind == KindRelocate {
+		n := len(r.Data) / BlockSize
+		if len(r.Data)%BlockSize != 0 || n == 0 || len(r.Meta) != n*RelocateEntrySize {
+			return fmt.Errorf("cdp: relocate record must hold whole blocks and one entry per block")
 		}
 	} else if len(r.Data) != 0 {
 		return fmt.Errorf("cdp: %s record carries no data", r.Kind)
@@ -242,9 +314,9 @@ func DecodeRecord(b []byte) (Record, int, error) {
 	if err := r.validate(); err != nil {
 		return Record{}, 0, fmt.Errorf("%w: %v", errBadRecord, err)
 	}
-	if r.Kind == KindWrite {
+	if r.Kind == KindWrite || r.Kind == KindRelocate {
 		for i := 0; i < len(r.Data)/BlockSize; i++ {
-			if Checksum(r.Data[i*BlockSize:(i+1)*BlockSize]) != BlockChecksum(r.Meta, i) {
+			if Checksum(r.Data[i*BlockSize:(i+1)*BlockSize]) != r.blockCRC(i) {
 				return Record{}, 0, fmt.Errorf("%w: block %d of record %d", errBadChecksum, i, r.Seq)
 			}
 		}
