@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/strata-storage/strata/cdp"
@@ -161,11 +164,32 @@ func visit(r reader, vol, first, last, seq uint64, fn func(block uint64, e entry
 // apply turns journal records into index updates. It runs under the pool's
 // write lock, live and during recovery alike, so both build the same index.
 type apply struct {
-	p     *Pool
-	b     *pebble.Batch
-	key   []byte
-	val   []byte
-	dirty map[uint64]*volState
+	p         *Pool
+	b         *pebble.Batch
+	key       []byte
+	val       []byte
+	dirty     map[uint64]*volState // 'v' metadata (size, written) to write
+	metaDirty map[uint64]*volState // 'x' lineage to write
+}
+
+// addWritten adjusts v's written-blocks counter (and the recount's delta).
+func addWritten(v *volState, n int64) {
+	v.written += n
+	if v.recounting {
+		v.delta += n
+	}
+}
+
+// newVolumeLocked registers a volume created by record r.
+func (a *apply) newVolumeLocked(r *cdp.Record, g gen) *volState {
+	v := newVolState(r.Seq, string(r.Meta), r.Time, int64(r.Length), g)
+	if g.BaseVol != 0 {
+		a.p.markStaleLocked(v)
+	}
+	a.p.addVolumeLocked(v)
+	a.dirty[v.id] = v
+	a.metaDirty[v.id] = v
+	return v
 }
 
 func (a *apply) set(vol, block uint64, e entry) error {
@@ -178,10 +202,13 @@ func (a *apply) set(vol, block uint64, e entry) error {
 func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
 	switch r.Kind {
 	case cdp.KindVolumeCreate:
-		v := &volState{id: r.Seq, name: string(r.Meta), created: r.Time}
-		v.size.Store(int64(r.Length))
-		a.p.addVolumeLocked(v)
-		a.dirty[v.id] = v
+		a.newVolumeLocked(r, gen{Start: r.Seq})
+		return nil
+	case cdp.KindVolumeClone:
+		if a.p.volumeAny(r.Volume) == nil {
+			return fmt.Errorf("cow: clone of unknown volume %d", r.Volume)
+		}
+		a.newVolumeLocked(r, gen{Start: r.Seq, BaseVol: r.Volume, BaseSeq: r.Offset})
 		return nil
 	case cdp.KindVolumeDelete:
 		v := a.p.volumeByIDLocked(r.Volume)
@@ -195,6 +222,8 @@ func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
 			return err
 		}
 		return a.b.Set(volumeKey(prefixDeleted, v.id), v.encode(), nil)
+	case cdp.KindRelocate:
+		return a.relocate(r, loc)
 	}
 	v := a.p.volumeByIDLocked(r.Volume)
 	if v == nil {
@@ -207,7 +236,7 @@ func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
 		n := uint64(len(r.Data) / cdp.BlockSize)
 		// Count blocks that gain data, for "written" accounting.
 		had := 0
-		if err := visit(a.p.db, v.id, first, first+n-1, Head, func(_ uint64, e entry) bool {
+		if err := a.p.resolve(a.p.db, v, first, first+n-1, Head, func(_ uint64, e entry) bool {
 			if e.kind == entryData {
 				had++
 			}
@@ -222,7 +251,7 @@ func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
 				return err
 			}
 		}
-		v.written += int64(n) - int64(had)
+		addWritten(v, int64(n)-int64(had))
 	case cdp.KindTrim, cdp.KindZero:
 		if r.Length == 0 {
 			return nil
@@ -237,13 +266,95 @@ func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
 	case cdp.KindVolumeResize:
 		old := v.size.Load()
 		v.size.Store(int64(r.Length))
+		v.meta.Sizes = append(v.meta.Sizes, sizeChange{Seq: r.Seq, Size: int64(r.Length)})
+		a.metaDirty[v.id] = v
 		if int64(r.Length) < old {
 			return a.punch(v, r.Length/cdp.BlockSize, uint64(old-1)/cdp.BlockSize, r.Seq, entryHole)
 		}
+	case cdp.KindVolumeRollback:
+		v.meta.Gens = append(v.meta.Gens, gen{Start: r.Seq, BaseVol: v.id, BaseSeq: r.Offset})
+		v.setGens(v.meta.Gens)
+		v.size.Store(int64(r.Length))
+		v.meta.Sizes = append(v.meta.Sizes, sizeChange{Seq: r.Seq, Size: int64(r.Length)})
+		a.p.markStaleLocked(v)
+		a.metaDirty[v.id] = v
+	case cdp.KindSnapshotCreate:
+		name, label, err := decodeSnapshotMeta(r.Meta)
+		if err != nil {
+			return err
+		}
+		v.meta.Snapshots = append(v.meta.Snapshots, Snapshot{Name: name, Seq: r.Seq, Time: time.Unix(0, r.Time).UTC(), Label: label})
+		a.metaDirty[v.id] = v
+	case cdp.KindSnapshotDelete:
+		name := string(r.Meta)
+		kept := v.meta.Snapshots[:0]
+		for _, sn := range v.meta.Snapshots {
+			if sn.Name != name {
+				kept = append(kept, sn)
+			}
+		}
+		v.meta.Snapshots = kept
+		a.metaDirty[v.id] = v
+	case cdp.KindVolumeConfig:
+		key, val, _ := strings.Cut(string(r.Meta), "=")
+		switch key {
+		case "retention":
+			d, err := strconv.ParseInt(val, 10, 64)
+			if err != nil {
+				return fmt.Errorf("cow: bad retention setting %q", val)
+			}
+			v.meta.Retention = time.Duration(d)
+		default:
+			return fmt.Errorf("cow: unknown volume setting %q", key)
+		}
+		a.metaDirty[v.id] = v
 	default:
 		return fmt.Errorf("cow: unknown record kind %s", r.Kind)
 	}
 	return nil
+}
+
+// relocate points the block versions a relocate record carries at their
+// new place. A version that garbage collection has since deleted, or that
+// already points elsewhere, is left alone, so replaying the record is
+// harmless.
+func (a *apply) relocate(r *cdp.Record, loc cdp.Location) error {
+	dataOff := loc.DataOffset(len(r.Meta))
+	for i := 0; i < len(r.Data)/cdp.BlockSize; i++ {
+		re := cdp.RelocateEntryAt(r.Meta, i)
+		a.key = blockKey(a.key, re.Volume, re.Block, re.Seq)
+		val, closer, err := a.p.db.Get(a.key)
+		if errors.Is(err, pebble.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("cow: relocate: %w", err)
+		}
+		old, derr := decodeEntry(val, re.Seq)
+		closer.Close()
+		if derr != nil || old.kind != entryData || old.crc != re.CRC {
+			continue
+		}
+		e := entry{kind: entryData, seq: re.Seq, seg: loc.Segment, off: dataOff + int64(i)*cdp.BlockSize, crc: re.CRC}
+		if err := a.set(re.Volume, re.Block, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func encodeSnapshotMeta(name, label string) []byte {
+	b := binary.LittleEndian.AppendUint16(nil, uint16(len(name)))
+	b = append(b, name...)
+	return append(b, label...)
+}
+
+func decodeSnapshotMeta(b []byte) (name, label string, err error) {
+	if len(b) < 2 || int(binary.LittleEndian.Uint16(b)) > len(b)-2 {
+		return "", "", fmt.Errorf("cow: malformed snapshot record")
+	}
+	n := int(binary.LittleEndian.Uint16(b))
+	return string(b[2 : 2+n]), string(b[2+n:]), nil
 }
 
 // punch makes blocks [first, last] holes (or allocated zeros). A hole needs
@@ -260,16 +371,16 @@ func (a *apply) punch(v *volState, first, last, seq uint64, kind entryKind) erro
 			err = a.set(v.id, b, entry{kind: entryZero, seq: seq})
 		}
 	}
-	verr := visit(a.p.db, v.id, first, last, Head, func(block uint64, e entry) bool {
+	verr := a.p.resolve(a.p.db, v, first, last, Head, func(block uint64, e entry) bool {
 		if kind == entryZero && block > next {
 			setRange(next, block-1)
 		}
 		next = block + 1
 		if e.kind == kind {
-			return err == nil
+			return err == nil // already so (here or in the base)
 		}
 		if e.kind == entryData {
-			v.written--
+			addWritten(v, -1)
 		}
 		err = a.set(v.id, block, entry{kind: kind, seq: seq})
 		return err == nil
@@ -291,6 +402,12 @@ func (a *apply) finish(seq uint64) error {
 			return err
 		}
 		delete(a.dirty, id)
+	}
+	for id, v := range a.metaDirty {
+		if err := a.b.Set(metaKey(id), v.meta.encode(), nil); err != nil {
+			return err
+		}
+		delete(a.metaDirty, id)
 	}
 	return a.b.Set(appliedKey, binary.BigEndian.AppendUint64(nil, seq), nil)
 }

@@ -56,6 +56,12 @@ type Options struct {
 	IndexCacheSize int64
 	// IndexMemTableSize is pebble's memtable size (default 32 MiB).
 	IndexMemTableSize uint64
+	// RetentionTime is how long every write stays readable as a point in
+	// time (default 24h); volumes may override it.
+	RetentionTime time.Duration
+	// RetentionSize caps the journal (0: no cap). When the cap forces
+	// history out before RetentionTime, status and the log say so.
+	RetentionSize int64
 	// CheckpointInterval is how often the index is persisted, which bounds
 	// the journal replayed after a crash (default 30s; negative disables).
 	CheckpointInterval time.Duration
@@ -77,6 +83,9 @@ func (o *Options) fill() error {
 	}
 	if o.IndexMemTableSize == 0 {
 		o.IndexMemTableSize = 32 << 20
+	}
+	if o.RetentionTime == 0 {
+		o.RetentionTime = 24 * time.Hour
 	}
 	if o.CheckpointInterval == 0 {
 		o.CheckpointInterval = 30 * time.Second
@@ -100,7 +109,26 @@ type volState struct {
 	written    int64 // blocks whose newest version holds data
 	deletedSeq uint64
 	gone       atomic.Bool
-	handles    atomic.Int64
+	handles    atomic.Int64 // open devices (any)
+	rwHandles  atomic.Int64 // open read-write devices (the head)
+
+	// gens is read by the I/O path without locks (copy on write); meta
+	// changes under the pool's write lock.
+	gens atomic.Pointer[[]gen]
+	meta volMeta
+	// While the written counter is recounted, changes after the recount's
+	// snapshot are also added to delta.
+	recounting bool
+	delta      int64
+}
+
+// newVolState makes the state of a volume created at seq.
+func newVolState(id uint64, name string, created int64, size int64, g gen) *volState {
+	v := &volState{id: id, name: name, created: created}
+	v.size.Store(size)
+	v.meta = volMeta{Gens: []gen{g}, Sizes: []sizeChange{{Seq: id, Size: size}}}
+	v.setGens(v.meta.Gens)
+	return v
 }
 
 // volume metadata encoding: version(1) size(8) written(8) created(8) name.
@@ -116,10 +144,8 @@ func decodeVolume(id uint64, b []byte) (*volState, error) {
 	if len(b) < 25 || b[0] != 1 {
 		return nil, fmt.Errorf("cow: malformed metadata for volume %d", id)
 	}
-	v := &volState{id: id, name: string(b[25:])}
-	v.size.Store(int64(binary.LittleEndian.Uint64(b[1:])))
+	v := newVolState(id, string(b[25:]), int64(binary.LittleEndian.Uint64(b[17:])), int64(binary.LittleEndian.Uint64(b[1:])), gen{Start: id})
 	v.written = int64(binary.LittleEndian.Uint64(b[9:]))
-	v.created = int64(binary.LittleEndian.Uint64(b[17:]))
 	return v, nil
 }
 
@@ -138,13 +164,24 @@ type Pool struct {
 		applied uint64
 		closed  bool
 		apply   apply
-		scratch []byte
+		// Time markers (points.go).
+		sinceMark int
+		lastMark  int64
+		// floor: no point older than this is readable any more (garbage
+		// collection under the size cap moved history out). Persisted.
+		floor uint64
+		// pins: points open for reading, kept from garbage collection.
+		pins map[[2]uint64]int
 	}
+	recountKick chan struct{}
+	recountWG   sync.WaitGroup
 
 	// vmu guards the volume maps (read by the I/O path to resolve names).
-	vmu    sync.RWMutex
-	byName map[string]*volState
-	byID   map[uint64]*volState
+	// retired holds deleted volumes, which clones may still use as bases.
+	vmu     sync.RWMutex
+	byName  map[string]*volState
+	byID    map[uint64]*volState
+	retired map[uint64]*volState
 
 	// closeMu keeps the index open while reads use it: readers hold it
 	// shared, Close exclusively.
@@ -178,14 +215,23 @@ func Open(opts Options) (*Pool, error) {
 	if err := cdp.SyncDir(opts.FS, opts.FS.PathDir(opts.Dir)); err != nil {
 		return nil, fmt.Errorf("cow: %w", err)
 	}
-	p := &Pool{opts: opts, byName: map[string]*volState{}, byID: map[uint64]*volState{}}
-	p.wmu.apply = apply{p: p, dirty: map[uint64]*volState{}}
+	p := &Pool{opts: opts, byName: map[string]*volState{}, byID: map[uint64]*volState{}, retired: map[uint64]*volState{},
+		recountKick: make(chan struct{}, 1)}
+	p.wmu.apply = apply{p: p, dirty: map[uint64]*volState{}, metaDirty: map[uint64]*volState{}}
+	p.wmu.pins = map[[2]uint64]int{}
 	if err := p.open(); err != nil {
 		return nil, err
 	}
 	p.stop = make(chan struct{})
 	p.done = make(chan struct{})
 	go p.checkpointer(p.stop)
+	// Written counts left stale by a crash or by recovery get recounted.
+	p.recountWG.Add(1)
+	go p.recounter(p.stop)
+	select {
+	case p.recountKick <- struct{}{}:
+	default:
+	}
 	return p, nil
 }
 
@@ -276,23 +322,58 @@ func (p *Pool) loadIndexState() (uint64, error) {
 		applied = binary.BigEndian.Uint64(v)
 		closer.Close()
 	}
-	it, err := p.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixVolume}, UpperBound: []byte{prefixVolume + 1}})
+	for _, prefix := range []byte{prefixVolume, prefixDeleted} {
+		if err := p.loadVolumes(prefix); err != nil {
+			return 0, err
+		}
+	}
+	it, err := p.db.NewIter(&pebble.IterOptions{LowerBound: []byte{'x'}, UpperBound: []byte{'x' + 1}})
 	if err != nil {
 		return 0, err
 	}
 	defer it.Close()
 	for ok := it.First(); ok; ok = it.Next() {
 		if len(it.Key()) != 9 {
-			return 0, fmt.Errorf("%w: malformed volume key %x", cdp.ErrCorrupt, it.Key())
+			return 0, fmt.Errorf("%w: malformed lineage key %x", cdp.ErrCorrupt, it.Key())
 		}
-		vs, err := decodeVolume(binary.BigEndian.Uint64(it.Key()[1:]), it.Value())
+		id := binary.BigEndian.Uint64(it.Key()[1:])
+		v := p.volumeAny(id)
+		if v == nil {
+			continue // the volume is gone for good
+		}
+		m, err := decodeMeta(id, it.Value())
 		if err != nil {
 			return 0, err
 		}
-		p.addVolumeLocked(vs)
+		v.meta = m
+		v.setGens(m.Gens)
 	}
 	p.wmu.applied = applied
 	return applied, it.Error()
+}
+
+func (p *Pool) loadVolumes(prefix byte) error {
+	it, err := p.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefix}, UpperBound: []byte{prefix + 1}})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	for ok := it.First(); ok; ok = it.Next() {
+		if len(it.Key()) != 9 {
+			return fmt.Errorf("%w: malformed volume key %x", cdp.ErrCorrupt, it.Key())
+		}
+		vs, err := decodeVolume(binary.BigEndian.Uint64(it.Key()[1:]), it.Value())
+		if err != nil {
+			return err
+		}
+		if prefix == prefixVolume {
+			p.addVolumeLocked(vs)
+		} else {
+			vs.gone.Store(true)
+			p.retired[vs.id] = vs
+		}
+	}
+	return it.Error()
 }
 
 func (p *Pool) addVolumeLocked(v *volState) {
@@ -306,8 +387,31 @@ func (p *Pool) removeVolumeLocked(v *volState) {
 	p.vmu.Lock()
 	delete(p.byName, v.name)
 	delete(p.byID, v.id)
+	p.retired[v.id] = v
 	p.vmu.Unlock()
 	v.gone.Store(true)
+}
+
+// volumeAny finds a volume by id, live or deleted (clones may use a deleted
+// volume's history as their base).
+func (p *Pool) volumeAny(id uint64) *volState {
+	p.vmu.RLock()
+	defer p.vmu.RUnlock()
+	if v := p.byID[id]; v != nil {
+		return v
+	}
+	return p.retired[id]
+}
+
+// allVolumesLocked returns the live volumes.
+func (p *Pool) allVolumesLocked() []*volState {
+	p.vmu.RLock()
+	defer p.vmu.RUnlock()
+	out := make([]*volState, 0, len(p.byID))
+	for _, v := range p.byID {
+		out = append(out, v)
+	}
+	return out
 }
 
 func (p *Pool) volumeByIDLocked(id uint64) *volState {
@@ -331,6 +435,9 @@ func (p *Pool) applyLocked(r *cdp.Record, loc cdp.Location) error {
 		return err
 	}
 	if err := a.finish(r.Seq); err != nil {
+		return err
+	}
+	if err := p.markTimeLocked(a.b, r, loc); err != nil {
 		return err
 	}
 	if err := a.b.Commit(pebble.NoSync); err != nil {
@@ -502,7 +609,7 @@ func (p *Pool) ResizeVolume(name string, size int64, force bool) error {
 	old := v.size.Load()
 	if size < old && !force {
 		var data int64
-		err := visit(p.db, v.id, uint64(size)/cdp.BlockSize, uint64(old-1)/cdp.BlockSize, Head, func(_ uint64, e entry) bool {
+		err := p.resolve(p.db, v, uint64(size)/cdp.BlockSize, uint64(old-1)/cdp.BlockSize, Head, func(_ uint64, e entry) bool {
 			if e.kind == entryData {
 				data++
 			}
@@ -609,6 +716,7 @@ func (p *Pool) Close() error {
 	p.stop = nil
 	p.wmu.Unlock()
 	<-p.done
+	p.recountWG.Wait()
 	p.closeMu.Lock()
 	p.isClosed = true
 	p.closeMu.Unlock()

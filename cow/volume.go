@@ -17,11 +17,13 @@ const maxChunk = 8 << 20
 // Zeroer and BlockStatuser). It is safe for concurrent use. Close it when
 // done; a volume with open handles refuses deletion unless forced.
 type Volume struct {
-	p        *Pool
-	v        *volState
-	seq      uint64 // Head, or the point in time this handle reads
-	readOnly bool
-	closed   sync.Once
+	p         *Pool
+	v         *volState
+	seq       uint64 // Head, or the point in time this handle reads
+	readOnly  bool
+	fixedSize int64  // a point's size (0 for the head, whose size can change)
+	point     *Point // the point this handle reads, if not the head
+	closed    sync.Once
 }
 
 // OpenVolume opens the head of a volume for reading and writing.
@@ -31,30 +33,52 @@ func (p *Pool) OpenVolume(name string) (*Volume, error) {
 		return nil, notFound(name)
 	}
 	v.handles.Add(1)
+	v.rwHandles.Add(1)
 	return &Volume{p: p, v: v, seq: Head}, nil
 }
 
-// Name is the volume's name.
-func (h *Volume) Name() string { return h.v.name }
+// Point is the point in time this handle reads (nil for the head).
+func (h *Volume) Point() *Point { return h.point }
+
+// Name is the export name: the volume's, with "@point" for a point.
+func (h *Volume) Name() string {
+	if h.point != nil {
+		return h.v.name + "@" + h.point.Spec
+	}
+	return h.v.name
+}
 
 // ReadOnly reports whether writes are refused.
 func (h *Volume) ReadOnly() bool { return h.readOnly }
 
 // Close releases the handle.
 func (h *Volume) Close() error {
-	h.closed.Do(func() { h.v.handles.Add(-1) })
+	h.closed.Do(func() {
+		h.v.handles.Add(-1)
+		if h.point == nil {
+			h.v.rwHandles.Add(-1)
+		} else {
+			h.p.unpin(h.v.id, h.seq)
+		}
+	})
 	return nil
 }
 
-// Size is the volume's current size in bytes.
-func (h *Volume) Size() int64 { return h.v.size.Load() }
+// Size is the volume's size in bytes: the current one for the head (it can
+// change), the size it had for a point.
+func (h *Volume) Size() int64 {
+	if h.point != nil {
+		return h.fixedSize
+	}
+	return h.v.size.Load()
+}
 
 func (h *Volume) check(off, n int64) error {
 	if h.v.gone.Load() {
 		return fmt.Errorf("%w: volume %q was deleted", blockdev.ErrGone, h.v.name)
 	}
-	if off < 0 || n < 0 || off+n < off || off+n > h.v.size.Load() {
-		return fmt.Errorf("%w: %d bytes at %d on volume %q of %d bytes", blockdev.ErrOutOfRange, n, off, h.v.name, h.v.size.Load())
+	if size := h.Size(); off < 0 || n < 0 || off+n < off || off+n > size {
+		return fmt.Errorf("%w: %d bytes at %d on volume %q of %d bytes", blockdev.ErrOutOfRange, n, off, h.v.name, size)
 	}
 	return nil
 }
@@ -70,7 +94,7 @@ var entryPool = sync.Pool{New: func() any { s := make([]entry, 0, 256); return &
 
 // readBlocks fills buf (whole blocks from block first on) with the volume's
 // content at sequence seq.
-func (p *Pool) readBlocks(vol uint64, first uint64, buf []byte, seq uint64) error {
+func (p *Pool) readBlocks(v *volState, first uint64, buf []byte, seq uint64) error {
 	n := uint64(len(buf) / bs)
 	esp := entryPool.Get().(*[]entry)
 	defer entryPool.Put(esp)
@@ -79,7 +103,7 @@ func (p *Pool) readBlocks(vol uint64, first uint64, buf []byte, seq uint64) erro
 	bp := blockPool.Get().(*[]uint64)
 	defer blockPool.Put(bp)
 	blocks = (*bp)[:0]
-	err := visit(p.db, vol, first, first+n-1, seq, func(b uint64, e entry) bool {
+	err := p.resolve(p.db, v, first, first+n-1, seq, func(b uint64, e entry) bool {
 		if e.kind == entryData {
 			es = append(es, e)
 			blocks = append(blocks, b)
@@ -108,7 +132,7 @@ func (p *Pool) readBlocks(vol uint64, first uint64, buf []byte, seq uint64) erro
 		for m := i; m < k; m++ {
 			blk := buf[(blocks[m]-first)*bs : (blocks[m]-first+1)*bs]
 			if cdp.Checksum(blk) != es[m].crc {
-				return fmt.Errorf("%w: checksum mismatch in volume %d block %d (journal segment %d offset %d)", blockdev.ErrIO, vol, blocks[m], es[m].seg, es[m].off)
+				return fmt.Errorf("%w: checksum mismatch in volume %q block %d (journal segment %d offset %d)", blockdev.ErrIO, v.name, blocks[m], es[m].seg, es[m].off)
 			}
 		}
 		next = blocks[k-1] + 1
@@ -147,14 +171,14 @@ func (h *Volume) ReadAt(p []byte, off int64) (int, error) {
 	first := uint64(off) / bs
 	last := uint64(off+int64(len(p))-1) / bs
 	if off%bs == 0 && len(p)%bs == 0 {
-		if err := h.p.readBlocks(h.v.id, first, p, h.seq); err != nil {
+		if err := h.p.readBlocks(h.v, first, p, h.seq); err != nil {
 			return 0, err
 		}
 		return len(p), nil
 	}
 	bp := getBuf(int(last-first+1) * bs)
 	defer bufPool.Put(bp)
-	if err := h.p.readBlocks(h.v.id, first, *bp, h.seq); err != nil {
+	if err := h.p.readBlocks(h.v, first, *bp, h.seq); err != nil {
 		return 0, err
 	}
 	copy(p, (*bp)[off-int64(first)*bs:])
@@ -245,7 +269,7 @@ func (h *Volume) mergeEdgesLocked(data, meta []byte, off int64, n int, first, la
 		if start <= bstart && end >= bend {
 			continue // covered whole
 		}
-		if err := h.p.readBlocks(h.v.id, b, old[:], Head); err != nil {
+		if err := h.p.readBlocks(h.v, b, old[:], Head); err != nil {
 			return err
 		}
 		blk := data[bstart:bend]
@@ -359,7 +383,7 @@ func (h *Volume) BlockStatus(off, length int64) ([]blockdev.Extent, error) {
 		}
 		pos = upTo
 	}
-	err = visit(h.p.db, h.v.id, first, last, h.seq, func(b uint64, e entry) bool {
+	err = h.p.resolve(h.p.db, h.v, first, last, h.seq, func(b uint64, e entry) bool {
 		add(int64(b)*bs, blockdev.ExtentHole|blockdev.ExtentZero) // unwritten gap
 		var flags uint32
 		switch e.kind {
