@@ -47,6 +47,9 @@ type volMeta struct {
 	// WrittenStale: the written counter is being recounted (after a clone or
 	// rollback, which change a head in O(1) and leave the count to later).
 	WrittenStale bool `json:"written_stale,omitempty"`
+	// Floor: garbage collection may have removed what points older than
+	// this showed; they no longer open (snapshots excepted).
+	Floor uint64 `json:"floor,omitempty"`
 }
 
 func metaKey(vol uint64) []byte { return volumeKey('x', vol) }

@@ -34,8 +34,8 @@ type Point struct {
 // with one seek and a short scan of record headers.
 const (
 	prefixTime   = 'T'
-	markEvery    = 256
-	markInterval = 50 * time.Millisecond
+	markEvery    = 4096
+	markInterval = time.Second
 )
 
 func timeKey(t int64) []byte {
@@ -138,9 +138,7 @@ func (p *Pool) windowLocked(v *volState, now time.Time) (uint64, error) {
 	} else if s > start {
 		start = s
 	}
-	if p.wmu.floor > start {
-		start = p.wmu.floor
-	}
+	start = max(start, p.wmu.floor, v.meta.Floor)
 	return start, nil
 }
 

@@ -62,6 +62,17 @@ type Options struct {
 	// RetentionSize caps the journal (0: no cap). When the cap forces
 	// history out before RetentionTime, status and the log say so.
 	RetentionSize int64
+	// GCInterval is how often garbage collection runs in the background
+	// (default 1 minute; negative disables it: `strata gc --now` still runs).
+	GCInterval time.Duration
+	// GCLiveRatio: a segment whose live data is below this share of its
+	// size is copied forward and deleted (default 0.8, which keeps the
+	// journal within 1.25x of the live data in old segments).
+	GCLiveRatio float64
+	// GCRate bounds relocation, in bytes a second (default 64 MiB/s).
+	GCRate int64
+	// GCBatchBytes bounds the old segments one pass examines (default 1 GiB).
+	GCBatchBytes int64
 	// CheckpointInterval is how often the index is persisted, which bounds
 	// the journal replayed after a crash (default 30s; negative disables).
 	CheckpointInterval time.Duration
@@ -83,6 +94,18 @@ func (o *Options) fill() error {
 	}
 	if o.IndexMemTableSize == 0 {
 		o.IndexMemTableSize = 32 << 20
+	}
+	if o.GCInterval == 0 {
+		o.GCInterval = time.Minute
+	}
+	if o.GCLiveRatio == 0 {
+		o.GCLiveRatio = 0.8
+	}
+	if o.GCRate == 0 {
+		o.GCRate = 64 << 20
+	}
+	if o.GCBatchBytes == 0 {
+		o.GCBatchBytes = 1 << 30
 	}
 	if o.RetentionTime == 0 {
 		o.RetentionTime = 24 * time.Hour
@@ -172,7 +195,11 @@ type Pool struct {
 		floor uint64
 		// pins: points open for reading, kept from garbage collection.
 		pins map[[2]uint64]int
+		// historyCut: when the size cap last moved history out early.
+		historyCut time.Time
 	}
+	// gcMu: one garbage collection pass at a time.
+	gcMu sync.Mutex
 	recountKick chan struct{}
 	recountWG   sync.WaitGroup
 
@@ -226,8 +253,9 @@ func Open(opts Options) (*Pool, error) {
 	p.done = make(chan struct{})
 	go p.checkpointer(p.stop)
 	// Written counts left stale by a crash or by recovery get recounted.
-	p.recountWG.Add(1)
+	p.recountWG.Add(2)
 	go p.recounter(p.stop)
+	go p.gcLoop(p.stop)
 	select {
 	case p.recountKick <- struct{}{}:
 	default:
@@ -348,6 +376,12 @@ func (p *Pool) loadIndexState() (uint64, error) {
 		v.meta = m
 		v.setGens(m.Gens)
 	}
+	if v, closer, err := p.db.Get(floorKey); err == nil {
+		if len(v) == 8 {
+			p.wmu.floor = binary.BigEndian.Uint64(v)
+		}
+		closer.Close()
+	}
 	p.wmu.applied = applied
 	return applied, it.Error()
 }
@@ -454,7 +488,7 @@ func (p *Pool) appendLocked(r *cdp.Record) error {
 	if p.wmu.closed {
 		return fmt.Errorf("%w: %v", blockdev.ErrGone, ErrClosed)
 	}
-	if r.Kind != cdp.KindVolumeCreate && p.volumeByIDLocked(r.Volume) == nil {
+	if r.Kind != cdp.KindVolumeCreate && r.Kind != cdp.KindRelocate && p.volumeByIDLocked(r.Volume) == nil {
 		return fmt.Errorf("%w: volume %d was deleted", blockdev.ErrGone, r.Volume)
 	}
 	j := p.j.Load()
@@ -717,6 +751,8 @@ func (p *Pool) Close() error {
 	p.wmu.Unlock()
 	<-p.done
 	p.recountWG.Wait()
+	p.gcMu.Lock() // a GC pass called directly finishes first
+	defer p.gcMu.Unlock()
 	p.closeMu.Lock()
 	p.isClosed = true
 	p.closeMu.Unlock()
