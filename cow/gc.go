@@ -36,14 +36,14 @@ import (
 
 // GCStats reports one pass.
 type GCStats struct {
-	Versions         int64         `json:"versions"`          // block versions examined
-	DeadVersions     int64         `json:"dead_versions"`     // dropped from the index
-	SegmentsRemoved  int           `json:"segments_removed"`  // journal files deleted
-	BytesFreed       int64         `json:"bytes_freed"`       // their size
-	BytesRelocated   int64         `json:"bytes_relocated"`   // live data copied forward
-	JournalBytes     int64         `json:"journal_bytes"`     // journal size after the pass
-	LiveBytes        int64         `json:"live_bytes"`        // data any retained point sees
-	HistoryCut       bool          `json:"history_cut"`       // the size cap moved history out early
+	Versions         int64         `json:"versions"`         // block versions examined
+	DeadVersions     int64         `json:"dead_versions"`    // dropped from the index
+	SegmentsRemoved  int           `json:"segments_removed"` // journal files deleted
+	BytesFreed       int64         `json:"bytes_freed"`      // their size
+	BytesRelocated   int64         `json:"bytes_relocated"`  // live data copied forward
+	JournalBytes     int64         `json:"journal_bytes"`    // journal size after the pass
+	LiveBytes        int64         `json:"live_bytes"`       // data any retained point sees
+	HistoryCut       bool          `json:"history_cut"`      // the size cap moved history out early
 	Duration         time.Duration `json:"duration"`
 	SegmentsExamined int           `json:"segments_examined"` // candidates this pass
 }

@@ -230,6 +230,11 @@ func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
 		return fmt.Errorf("cow: %s record %d for unknown volume %d", r.Kind, r.Seq, r.Volume)
 	}
 	a.dirty[v.id] = v
+	if r.Kind == cdp.KindWrite || r.Kind == cdp.KindTrim || r.Kind == cdp.KindZero {
+		if err := a.countActivityLocked(v, r.Time); err != nil {
+			return err
+		}
+	}
 	switch r.Kind {
 	case cdp.KindWrite:
 		first := r.Offset / cdp.BlockSize

@@ -143,6 +143,8 @@ type volState struct {
 	// snapshot are also added to delta.
 	recounting bool
 	delta      int64
+	// Write activity of the current minute (history.go).
+	actMinute, actCount int64
 }
 
 // newVolState makes the state of a volume created at seq.
@@ -199,7 +201,7 @@ type Pool struct {
 		historyCut time.Time
 	}
 	// gcMu: one garbage collection pass at a time.
-	gcMu sync.Mutex
+	gcMu        sync.Mutex
 	recountKick chan struct{}
 	recountWG   sync.WaitGroup
 

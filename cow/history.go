@@ -1,0 +1,219 @@
+package cow
+
+import (
+	"encoding/binary"
+	"sort"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/strata-storage/strata/cdp"
+)
+
+// Write activity: per volume and minute, 'a' vol(8) minute(8) -> count(8).
+// Counts are kept in memory for the current minute and stored when the
+// minute turns; a crash may lose the last minute's count (it is a guide for
+// picking a moment, not an audit log).
+const prefixActivity = 'a'
+
+func activityKey(vol uint64, minute int64) []byte {
+	k := binary.BigEndian.AppendUint64([]byte{prefixActivity}, vol)
+	return binary.BigEndian.AppendUint64(k, uint64(minute))
+}
+
+// countActivityLocked counts one change to v at time t.
+func (a *apply) countActivityLocked(v *volState, t int64) error {
+	m := t / int64(time.Minute)
+	if m != v.actMinute {
+		if v.actCount > 0 {
+			if err := a.b.Set(activityKey(v.id, v.actMinute), binary.BigEndian.AppendUint64(nil, uint64(v.actCount)), nil); err != nil {
+				return err
+			}
+		}
+		v.actMinute, v.actCount = m, 0
+	}
+	v.actCount++
+	return nil
+}
+
+// Bucket is the write activity in one stretch of time.
+type Bucket struct {
+	Start  time.Time `json:"start"`
+	Writes int64     `json:"writes"`
+}
+
+// History describes what of a volume's past can be read.
+type History struct {
+	Volume     string        `json:"volume"`
+	Retention  time.Duration `json:"retention"`
+	Oldest     Point         `json:"oldest"` // the oldest readable point (window start)
+	Newest     Point         `json:"newest"` // the head
+	Snapshots  []Snapshot    `json:"snapshots"`
+	Activity   []Bucket      `json:"activity"`
+	HistoryCut time.Time     `json:"history_cut,omitempty"` // when the size cap last cut history short
+}
+
+// History returns a volume's retained window, snapshots and write activity
+// in buckets buckets over the window.
+func (p *Pool) History(vol string, buckets int) (History, error) {
+	p.wmu.Lock()
+	v := p.lookup(vol)
+	if v == nil {
+		p.wmu.Unlock()
+		return History{}, notFound(vol)
+	}
+	now := p.opts.Now()
+	w, err := p.windowLocked(v, now)
+	if err != nil {
+		p.wmu.Unlock()
+		return History{}, err
+	}
+	h := History{Volume: vol, Retention: p.retentionOf(v), HistoryCut: p.wmu.historyCut,
+		Snapshots: append([]Snapshot(nil), v.meta.Snapshots...)}
+	h.Oldest = Point{Volume: vol, Spec: "seq:" + uitoa(w), Seq: w, Size: v.meta.sizeAt(w)}
+	h.Newest = Point{Volume: vol, Spec: "seq:" + uitoa(p.wmu.applied), Seq: p.wmu.applied, Time: now.UTC(), Size: v.size.Load()}
+	curMinute, curCount := v.actMinute, v.actCount
+	p.wmu.Unlock()
+	h.Oldest.Time = p.timeOfSeq(w)
+	if h.Oldest.Time.IsZero() || h.Oldest.Time.Before(time.Unix(0, v.created)) {
+		h.Oldest.Time = time.Unix(0, v.created).UTC()
+	}
+	if buckets < 1 {
+		buckets = 24
+	}
+	from, to := h.Oldest.Time, now
+	span := to.Sub(from)/time.Duration(buckets) + 1
+	h.Activity = make([]Bucket, buckets)
+	for i := range h.Activity {
+		h.Activity[i].Start = from.Add(time.Duration(i) * span).UTC()
+	}
+	add := func(minute, n int64) {
+		t := time.Unix(0, minute*int64(time.Minute))
+		if t.Before(from.Truncate(time.Minute)) || t.After(to) {
+			return
+		}
+		i := int(max(t.Sub(from), 0) / span)
+		h.Activity[min(i, buckets-1)].Writes += n
+	}
+	it, err := p.db.NewIter(&pebble.IterOptions{LowerBound: activityKey(v.id, 0), UpperBound: activityKey(v.id+1, 0)})
+	if err != nil {
+		return History{}, err
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		if len(it.Key()) == 17 && len(it.Value()) == 8 {
+			add(int64(binary.BigEndian.Uint64(it.Key()[9:])), int64(binary.BigEndian.Uint64(it.Value())))
+		}
+	}
+	it.Close()
+	add(curMinute, curCount)
+	return h, nil
+}
+
+func uitoa(n uint64) string { return strconv.FormatUint(n, 10) }
+
+// VolumeSpace is one volume's line of `strata df`.
+type VolumeSpace struct {
+	Name        string `json:"name"`
+	Provisioned int64  `json:"provisioned"` // size
+	Written     int64  `json:"written"`     // data at the head (own or shared with its origin)
+	Unique      int64  `json:"unique"`      // head data in this volume's own journal records
+	Shared      int64  `json:"shared"`      // head data that snapshots also hold
+	History     int64  `json:"history"`     // data only the retention window holds
+	// SnapshotExclusive: data only this snapshot holds (deleting it frees this).
+	SnapshotExclusive map[string]int64 `json:"snapshot_exclusive"`
+}
+
+// Space is `strata df`.
+type Space struct {
+	Volumes      []VolumeSpace `json:"volumes"`
+	JournalBytes int64         `json:"journal_bytes"` // on disk
+	LiveBytes    int64         `json:"live_bytes"`    // data any retained point sees
+	Deleted      int64         `json:"deleted"`       // data of deleted volumes that clones still show
+	IndexBytes   uint64        `json:"index_bytes"`
+	FreeBytes    int64         `json:"free_bytes"` // on the data directory's filesystem
+	HistoryCut   time.Time     `json:"history_cut,omitempty"`
+}
+
+// Space accounts every block version the pool keeps. It reads the whole
+// index (O(versions)): an admin command, not an I/O path.
+func (p *Pool) Space() (Space, error) {
+	p.wmu.Lock()
+	rets, err := p.retainersLocked(p.opts.Now())
+	snap := p.db.NewSnapshot()
+	sp := Space{HistoryCut: p.wmu.historyCut}
+	byID := map[uint64]*VolumeSpace{}
+	for id, r := range rets {
+		if r.window == 0 {
+			continue
+		}
+		vs := &VolumeSpace{Name: r.v.name, Provisioned: r.v.size.Load(), Written: r.v.written * cdp.BlockSize, SnapshotExclusive: map[string]int64{}}
+		for _, sn := range r.v.meta.Snapshots {
+			vs.SnapshotExclusive[sn.Name] = 0
+		}
+		byID[id] = vs
+	}
+	p.wmu.Unlock()
+	defer snap.Close()
+	if err != nil {
+		return sp, err
+	}
+	snapName := map[uint64]map[uint64]string{}
+	for id, r := range rets {
+		m := map[uint64]string{}
+		for _, sn := range r.v.meta.Snapshots {
+			m[sn.Seq] = sn.Name
+		}
+		snapName[id] = m
+	}
+	err = scanVersions(snap, func(vol, _ uint64, e entry, next uint64, _ []byte) error {
+		r := rets[vol]
+		if e.kind != entryData || r == nil || !r.live(e.seq, next) {
+			return nil
+		}
+		sp.LiveBytes += cdp.BlockSize
+		vs := byID[vol]
+		if vs == nil {
+			sp.Deleted += cdp.BlockSize
+			return nil
+		}
+		atHead := next == Head && r.genStart(Head) < e.seq
+		var snaps []string
+		others := 0
+		r.seenByPoints(e.seq, next, func(pt uint64) {
+			if n, ok := snapName[vol][pt]; ok {
+				snaps = append(snaps, n)
+			} else {
+				others++ // a base point or a pinned reader
+			}
+		})
+		switch {
+		case atHead && len(snaps) > 0:
+			vs.Unique += cdp.BlockSize
+			vs.Shared += cdp.BlockSize
+		case atHead:
+			vs.Unique += cdp.BlockSize
+		case len(snaps) == 1 && others == 0:
+			vs.SnapshotExclusive[snaps[0]] += cdp.BlockSize
+		case len(snaps) == 0 && others == 0:
+			vs.History += cdp.BlockSize
+		}
+		return nil
+	})
+	if err != nil {
+		return sp, err
+	}
+	for _, vs := range byID {
+		sp.Volumes = append(sp.Volumes, *vs)
+	}
+	sortSpace(sp.Volumes)
+	sp.JournalBytes = p.j.Load().Stats().Bytes
+	sp.IndexBytes = p.db.Metrics().DiskSpaceUsage()
+	var fs syscall.Statfs_t
+	if syscall.Statfs(p.opts.Dir, &fs) == nil {
+		sp.FreeBytes = int64(fs.Bavail) * int64(fs.Bsize)
+	}
+	return sp, nil
+}
+
+func sortSpace(v []VolumeSpace) { sort.Slice(v, func(a, b int) bool { return v[a].Name < v[b].Name }) }
