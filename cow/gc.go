@@ -461,9 +461,32 @@ func (p *Pool) gcLoop(stop <-chan struct{}) {
 		case <-stop:
 			return
 		case <-t.C:
-			if _, err := p.GC(ctx); err != nil && ctx.Err() == nil {
+			st, err := p.GC(ctx)
+			if err != nil && ctx.Err() == nil {
 				p.opts.Logger.Error("gc pass failed", "err", err)
 			}
+			r := &GCRun{At: time.Now().UTC(), Stats: st}
+			if err != nil {
+				r.Error = err.Error()
+			}
+			p.lastGC.Store(r)
 		}
 	}
+}
+
+// GCRun is a background pass's outcome.
+type GCRun struct {
+	At    time.Time
+	Stats GCStats
+	Error string
+}
+
+// LastGC is the last background pass (nil before the first).
+func (p *Pool) LastGC() *GCRun { return p.lastGC.Load() }
+
+// HistoryCut is when the size cap last cut history short (zero: never).
+func (p *Pool) HistoryCut() time.Time {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	return p.wmu.historyCut
 }

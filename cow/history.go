@@ -120,6 +120,7 @@ type VolumeSpace struct {
 	Unique      int64  `json:"unique"`      // head data in this volume's own journal records
 	Shared      int64  `json:"shared"`      // head data that snapshots also hold
 	History     int64  `json:"history"`     // data only the retention window holds
+	Origin      int64  `json:"origin"`      // old data kept as the origin of clones and rollbacks (or for open readers)
 	// SnapshotExclusive: data only this snapshot holds (deleting it frees this).
 	SnapshotExclusive map[string]int64 `json:"snapshot_exclusive"`
 }
@@ -188,14 +189,18 @@ func (p *Pool) Space() (Space, error) {
 			}
 		})
 		switch {
-		case atHead && len(snaps) > 0:
-			vs.Unique += cdp.BlockSize
-			vs.Shared += cdp.BlockSize
 		case atHead:
 			vs.Unique += cdp.BlockSize
-		case len(snaps) == 1 && others == 0:
+			if len(snaps) > 0 {
+				vs.Shared += cdp.BlockSize
+			}
+		case others > 0:
+			vs.Origin += cdp.BlockSize
+		case len(snaps) == 1:
 			vs.SnapshotExclusive[snaps[0]] += cdp.BlockSize
-		case len(snaps) == 0 && others == 0:
+		case len(snaps) > 1:
+			vs.Shared += cdp.BlockSize
+		default:
 			vs.History += cdp.BlockSize
 		}
 		return nil

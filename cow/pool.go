@@ -202,6 +202,7 @@ type Pool struct {
 	}
 	// gcMu: one garbage collection pass at a time.
 	gcMu        sync.Mutex
+	lastGC      atomic.Pointer[GCRun]
 	recountKick chan struct{}
 	recountWG   sync.WaitGroup
 

@@ -11,7 +11,9 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/strata-storage/strata/blockdev"
@@ -28,6 +30,15 @@ import (
 //	DELETE /v1/volumes/NAME?force=1
 //	POST   /v1/volumes/NAME/resize {size, force}
 //	GET    /v1/status                       -> statusReply
+//	POST   /v1/volumes/NAME/snapshots {name, label} -> cow.Snapshot
+//	GET    /v1/volumes/NAME/snapshots       -> []snapshotInfo
+//	DELETE /v1/volumes/NAME/snapshots/SNAP
+//	POST   /v1/volumes/NAME/rollback {to, force} -> cow.Point
+//	POST   /v1/volumes/NAME/settings {retention}
+//	GET    /v1/volumes/NAME/history?buckets=N -> cow.History
+//	POST   /v1/clones {source: "VOL@POINT", name} -> cow.VolumeInfo
+//	GET    /v1/df                           -> cow.Space
+//	POST   /v1/gc                           -> cow.GCStats
 //	GET    /debug/pprof/...                 -> Go profiles (net/http/pprof)
 //
 // Errors are {"error": "...", "code": "..."} with a matching HTTP status.
@@ -47,6 +58,30 @@ type resizeRequest struct {
 	Force bool  `json:"force"`
 }
 
+type snapshotRequest struct {
+	Name  string `json:"name"`
+	Label string `json:"label"`
+}
+
+type snapshotInfo struct {
+	cow.Snapshot
+	Exclusive int64 `json:"exclusive"` // bytes only this snapshot holds
+}
+
+type rollbackRequest struct {
+	To    string `json:"to"`
+	Force bool   `json:"force"`
+}
+
+type settingsRequest struct {
+	Retention *time.Duration `json:"retention"`
+}
+
+type cloneRequest struct {
+	Source string `json:"source"`
+	Name   string `json:"name"`
+}
+
 type deleteReply struct {
 	Disconnected int `json:"disconnected"`
 }
@@ -60,6 +95,10 @@ type statusReply struct {
 	NBDListen   string           `json:"nbd_listen,omitempty"`
 	Control     string           `json:"control_socket"`
 	Pool        cow.Stats        `json:"pool"`
+	Retention   time.Duration    `json:"retention"`
+	RetainSize  int64            `json:"retention_size,omitempty"`
+	HistoryCut  time.Time        `json:"history_cut,omitempty"`
+	LastGC      *gcReport        `json:"last_gc,omitempty"`
 	Volumes     []cow.VolumeInfo `json:"volumes"`
 	Connections []nbd.ConnInfo   `json:"connections"`
 }
@@ -75,6 +114,8 @@ func errorCode(err error) (int, string) {
 		return http.StatusConflict, "busy"
 	case errors.Is(err, cow.ErrShrinkData):
 		return http.StatusConflict, "shrink_data"
+	case errors.Is(err, cow.ErrPoint):
+		return http.StatusUnprocessableEntity, "point"
 	case errors.Is(err, cow.ErrInvalidName), errors.Is(err, cow.ErrInvalidSize), errors.Is(err, errBadRequest):
 		return http.StatusBadRequest, "invalid"
 	case errors.Is(err, blockdev.ErrNoSpace):
@@ -180,7 +221,130 @@ func (d *daemon) controlHandler() http.Handler {
 			Version: version, PID: os.Getpid(), DataDir: d.cfg.dataDir, Started: d.started,
 			NBDSocket: d.cfg.nbdSocket, NBDListen: d.cfg.listen, Control: d.cfg.controlSocket,
 			Pool: d.pool.Stats(), Volumes: d.pool.Volumes(), Connections: conns,
+			Retention: d.cfg.pool.RetentionTime, RetainSize: d.cfg.pool.RetentionSize,
+			HistoryCut: d.pool.HistoryCut(), LastGC: d.lastGC(),
 		})
+	})
+	mux.HandleFunc("POST /v1/volumes/{name}/snapshots", func(w http.ResponseWriter, r *http.Request) {
+		var req snapshotRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeErr(w, err)
+			return
+		}
+		sn, err := d.pool.CreateSnapshot(r.PathValue("name"), req.Name, req.Label)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		d.cfg.log.Info("created snapshot", "volume", r.PathValue("name"), "name", sn.Name, "seq", sn.Seq)
+		writeJSON(w, http.StatusCreated, sn)
+	})
+	mux.HandleFunc("GET /v1/volumes/{name}/snapshots", func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("name")
+		snaps, err := d.pool.Snapshots(name)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		out := make([]snapshotInfo, 0, len(snaps))
+		var excl map[string]int64
+		if len(snaps) > 0 && r.URL.Query().Get("space") != "0" {
+			sp, err := d.pool.Space()
+			if err != nil {
+				writeErr(w, err)
+				return
+			}
+			for _, vs := range sp.Volumes {
+				if vs.Name == name {
+					excl = vs.SnapshotExclusive
+				}
+			}
+		}
+		for _, sn := range snaps {
+			out = append(out, snapshotInfo{Snapshot: sn, Exclusive: excl[sn.Name]})
+		}
+		writeJSON(w, http.StatusOK, out)
+	})
+	mux.HandleFunc("DELETE /v1/volumes/{name}/snapshots/{snap}", func(w http.ResponseWriter, r *http.Request) {
+		if err := d.pool.DeleteSnapshot(r.PathValue("name"), r.PathValue("snap")); err != nil {
+			writeErr(w, err)
+			return
+		}
+		d.cfg.log.Info("deleted snapshot", "volume", r.PathValue("name"), "name", r.PathValue("snap"))
+		writeJSON(w, http.StatusOK, struct{}{})
+	})
+	mux.HandleFunc("POST /v1/volumes/{name}/rollback", func(w http.ResponseWriter, r *http.Request) {
+		var req rollbackRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeErr(w, err)
+			return
+		}
+		pt, err := d.pool.Rollback(r.PathValue("name"), req.To, req.Force)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		d.cfg.log.Info("rolled back volume", "volume", r.PathValue("name"), "to", req.To, "seq", pt.Seq)
+		writeJSON(w, http.StatusOK, pt)
+	})
+	mux.HandleFunc("POST /v1/volumes/{name}/settings", func(w http.ResponseWriter, r *http.Request) {
+		var req settingsRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeErr(w, err)
+			return
+		}
+		if req.Retention != nil {
+			if err := d.pool.SetRetention(r.PathValue("name"), *req.Retention); err != nil {
+				writeErr(w, err)
+				return
+			}
+		}
+		writeJSON(w, http.StatusOK, struct{}{})
+	})
+	mux.HandleFunc("GET /v1/volumes/{name}/history", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.Atoi(r.URL.Query().Get("buckets"))
+		h, err := d.pool.History(r.PathValue("name"), n)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, h)
+	})
+	mux.HandleFunc("POST /v1/clones", func(w http.ResponseWriter, r *http.Request) {
+		var req cloneRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeErr(w, err)
+			return
+		}
+		vol, point, ok := cow.ParsePoint(req.Source)
+		if !ok {
+			writeErr(w, fmt.Errorf("%w: the source must be VOL@POINT (a snapshot, an RFC 3339 time or seq:N), got %q", errBadRequest, req.Source))
+			return
+		}
+		info, err := d.pool.Clone(vol, point, req.Name)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		d.cfg.log.Info("cloned volume", "source", req.Source, "name", req.Name)
+		writeJSON(w, http.StatusCreated, info)
+	})
+	mux.HandleFunc("GET /v1/df", func(w http.ResponseWriter, r *http.Request) {
+		sp, err := d.pool.Space()
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, sp)
+	})
+	mux.HandleFunc("POST /v1/gc", func(w http.ResponseWriter, r *http.Request) {
+		st, err := d.pool.GC(r.Context())
+		d.noteGC(st, err)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
 	})
 	// Profiles of the running daemon, for performance work:
 	// curl --unix-socket DATA/control.sock http://strata/debug/pprof/profile?seconds=10 > cpu.prof
@@ -253,4 +417,32 @@ func rootCause(err error) error {
 		}
 		err = u
 	}
+}
+
+// gcReport is the last garbage collection pass, for status.
+type gcReport struct {
+	At    time.Time   `json:"at"`
+	Stats cow.GCStats `json:"stats"`
+	Error string      `json:"error,omitempty"`
+}
+
+var gcMu sync.Mutex
+
+func (d *daemon) noteGC(st cow.GCStats, err error) {
+	gcMu.Lock()
+	defer gcMu.Unlock()
+	r := &gcReport{At: time.Now().UTC(), Stats: st}
+	if err != nil {
+		r.Error = userMessage(err)
+	}
+	d.gc = r
+}
+
+func (d *daemon) lastGC() *gcReport {
+	gcMu.Lock()
+	defer gcMu.Unlock()
+	if g := d.pool.LastGC(); g != nil && (d.gc == nil || g.At.After(d.gc.At)) {
+		return &gcReport{At: g.At, Stats: g.Stats, Error: g.Error}
+	}
+	return d.gc
 }

@@ -49,6 +49,7 @@ type daemon struct {
 	lns     []net.Listener
 	socks   []string
 	started time.Time
+	gc      *gcReport // last manual pass
 }
 
 // errDataInUse: another serve holds the data directory.
@@ -204,6 +205,14 @@ func (d *daemon) close(ctx context.Context) error {
 type exporter struct{ p *cow.Pool }
 
 func (e exporter) Open(name string) (nbd.Export, error) {
+	if vol, point, ok := cow.ParsePoint(name); ok {
+		// VOL@POINT: the volume as it was then, read-only.
+		v, err := e.p.OpenVolumeAt(vol, point)
+		if err != nil {
+			return nil, err
+		}
+		return v, nil
+	}
 	if name == "" {
 		vols := e.p.Volumes()
 		if len(vols) != 1 {
@@ -222,6 +231,14 @@ func (e exporter) List() ([]nbd.ExportInfo, error) {
 	var out []nbd.ExportInfo
 	for _, v := range e.p.Volumes() {
 		out = append(out, nbd.ExportInfo{Name: v.Name, Description: fmt.Sprintf("strata volume, %s", formatSize(v.Size))})
+		snaps, err := e.p.Snapshots(v.Name)
+		if err != nil {
+			continue // deleted meanwhile
+		}
+		for _, sn := range snaps {
+			out = append(out, nbd.ExportInfo{Name: v.Name + "@" + sn.Name,
+				Description: fmt.Sprintf("snapshot of %s at %s (read-only)", v.Name, sn.Time.Format(time.RFC3339))})
+		}
 	}
 	return out, nil
 }

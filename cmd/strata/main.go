@@ -56,7 +56,8 @@ Every command finds the data directory from --data or $STRATA_DATA
 				Usage: "control socket path (default DATA/control.sock; set it where DATA cannot hold sockets, e.g. FUSE or NFS)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn, error"},
 		},
-		Commands: []*cli.Command{serveCommand(), volumeCommand(), statusCommand()},
+		Commands: []*cli.Command{serveCommand(), volumeCommand(), snapshotCommand(), rollbackCommand(), cloneCommand(),
+			pitCommand(), dfCommand(), gcCommand(), statusCommand()},
 		// Usage errors print one line too, with where to look.
 		OnUsageError: func(c *cli.Context, err error, isSub bool) error {
 			return fmt.Errorf("%v (see strata --help)", err)
@@ -113,6 +114,9 @@ requests finish, the journal is synced, the lock is released.`,
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:10809", Usage: "NBD TCP address (\"\" disables)"},
 			&cli.StringSliceFlag{Name: "volume", Usage: "create volume NAME of SIZE at start unless it exists (repeatable), e.g. vol0=10GiB"},
 			&cli.StringFlag{Name: "index-cache", Value: "64MiB", Usage: "memory for the block index's cache"},
+			&cli.StringFlag{Name: "retention", Value: "24h", Usage: "how long every write stays readable as a point in time (90m, 24h, 7d); volumes may override it"},
+			&cli.StringFlag{Name: "retention-size", Value: "0", Usage: "cap on the journal (e.g. 20GiB; 0: none): history older than fits is discarded early, and status says so"},
+			&cli.StringFlag{Name: "gc-interval", Value: "1m", Usage: "how often garbage collection runs in the background (0 disables it)"},
 		},
 		Action: runServe,
 	}
@@ -140,6 +144,23 @@ func runServe(c *cli.Context) error {
 	}
 	if cfg.pool.IndexCacheSize, err = parseSize(c.String("index-cache")); err != nil {
 		return fmt.Errorf("--index-cache: %w", err)
+	}
+	if cfg.pool.RetentionTime, err = parseRetention(c.String("retention")); err != nil {
+		return fmt.Errorf("--retention: %w", err)
+	}
+	if cfg.pool.RetentionTime == 0 {
+		return fmt.Errorf("--retention must be more than 0")
+	}
+	if cfg.pool.RetentionSize, err = parseSize(c.String("retention-size")); err != nil {
+		return fmt.Errorf("--retention-size: %w", err)
+	}
+	gcEvery, err := parseRetention(c.String("gc-interval"))
+	if err != nil {
+		return fmt.Errorf("--gc-interval: %w", err)
+	}
+	cfg.pool.GCInterval = gcEvery
+	if gcEvery == 0 {
+		cfg.pool.GCInterval = -1
 	}
 	for _, spec := range c.StringSlice("volume") {
 		name, sz, ok := strings.Cut(spec, "=")
@@ -240,6 +261,7 @@ Examples:
 		Description: `Volumes are thin: unwritten blocks take no space and read as zeros.
 Names use ` + cow.NameRules + `.`,
 		Subcommands: []*cli.Command{
+			volumeSetCommand(),
 			{
 				Name:      "create",
 				Usage:     "create a thin volume",
@@ -407,6 +429,21 @@ the volumes and the connected NBD clients.`,
 				size += v.Size
 			}
 			fmt.Printf("volumes:  %d, %s provisioned, %s written\n", len(st.Volumes), formatSize(size), formatSize(written))
+			fmt.Printf("history:  retention %s", st.Retention)
+			if st.RetainSize > 0 {
+				fmt.Printf(", journal capped at %s", formatSize(st.RetainSize))
+			}
+			fmt.Println()
+			if !st.HistoryCut.IsZero() {
+				fmt.Printf("WARNING:  the retention size cap discarded history before its retention time (last at %s)\n", st.HistoryCut.Format(time.RFC3339))
+			}
+			if g := st.LastGC; g != nil {
+				fmt.Printf("gc:       last pass %s: freed %s, relocated %s", g.At.Format(time.RFC3339), formatSize(g.Stats.BytesFreed), formatSize(g.Stats.BytesRelocated))
+				if g.Error != "" {
+					fmt.Printf(", FAILED: %s", g.Error)
+				}
+				fmt.Println()
+			}
 			fmt.Printf("clients:  %d\n", len(st.Connections))
 			for _, cn := range st.Connections {
 				fmt.Printf("  %s from %s since %s\n", cn.Export, cn.Remote, cn.Since.Format(time.RFC3339))

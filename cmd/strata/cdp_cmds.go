@@ -1,0 +1,364 @@
+package main
+
+import (
+	"fmt"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/strata-storage/strata/cow"
+)
+
+const pointHelp = `POINT is a snapshot name, an RFC 3339 time (2026-11-21T10:04:05Z, with an
+optional fraction and offset: the newest write at or before it), or seq:N
+(the point right after the record with sequence number N). ` + "`strata pit VOL`" + `
+shows which points are available.`
+
+// parseRetention reads a duration with an optional day unit ("7d", "36h").
+func parseRetention(s string) (time.Duration, error) {
+	if d, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.ParseFloat(d, 64)
+		if err == nil && n >= 0 {
+			return time.Duration(n * float64(24*time.Hour)), nil
+		}
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("invalid retention %q: use a duration such as 90m, 24h or 7d", s)
+	}
+	return d, nil
+}
+
+func snapshotCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "snapshot",
+		Usage: "name points in a volume's history (O(1), no data copied)",
+		UsageText: `strata snapshot create VOL NAME [--label TEXT]
+strata snapshot list VOL
+strata snapshot delete VOL NAME
+
+Examples:
+   strata snapshot create vm1 before-upgrade --label "kernel 6.12"
+   strata snapshot list vm1
+   nbdinfo nbd://127.0.0.1:10809/vm1@before-upgrade     # read it, read-only`,
+		Description: `A snapshot names the volume's current point; it stays readable (as the
+read-only NBD export VOL@NAME, for clones and rollbacks) until deleted,
+whatever the retention window. Names follow the volume name rules.`,
+		Subcommands: []*cli.Command{
+			{
+				Name:      "create",
+				Usage:     "snapshot a volume now",
+				ArgsUsage: "VOL NAME",
+				UsageText: "strata snapshot create VOL NAME [--label TEXT]\n\nExample:\n   strata snapshot create vm1 nightly-2026-11-21",
+				Flags:     []cli.Flag{&cli.StringFlag{Name: "label", Usage: "free text kept with the snapshot"}},
+				Action: func(c *cli.Context) error {
+					args, err := nArgs(c, "VOL NAME", 2)
+					if err != nil {
+						return err
+					}
+					var sn cow.Snapshot
+					if err := newClient(controlPath(c)).do("POST", "/v1/volumes/"+url.PathEscape(args[0])+"/snapshots",
+						snapshotRequest{Name: args[1], Label: c.String("label")}, &sn); err != nil {
+						return err
+					}
+					fmt.Printf("created snapshot %s@%s (seq:%d, %s)\n", args[0], sn.Name, sn.Seq, sn.Time.Format(time.RFC3339))
+					return nil
+				},
+			},
+			{
+				Name:      "list",
+				Aliases:   []string{"ls"},
+				Usage:     "list a volume's snapshots with the space each holds alone",
+				ArgsUsage: "VOL",
+				UsageText: "strata snapshot list VOL [--json]\n\nExample:\n   strata snapshot list vm1",
+				Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+				Action: func(c *cli.Context) error {
+					vol, err := oneArg(c, "VOL")
+					if err != nil {
+						return err
+					}
+					var snaps []snapshotInfo
+					if err := newClient(controlPath(c)).do("GET", "/v1/volumes/"+url.PathEscape(vol)+"/snapshots", nil, &snaps); err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(snaps)
+					}
+					w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+					fmt.Fprintln(w, "NAME\tPOINT\tTIME\tEXCLUSIVE\tLABEL")
+					for _, sn := range snaps {
+						fmt.Fprintf(w, "%s\tseq:%d\t%s\t%s\t%s\n", sn.Name, sn.Seq, sn.Time.Format(time.RFC3339), formatSize(sn.Exclusive), sn.Label)
+					}
+					return w.Flush()
+				},
+			},
+			{
+				Name:      "delete",
+				Aliases:   []string{"rm"},
+				Usage:     "delete a snapshot (its exclusive space returns through GC)",
+				ArgsUsage: "VOL NAME",
+				UsageText: "strata snapshot delete VOL NAME\n\nExample:\n   strata snapshot delete vm1 nightly-2026-11-20",
+				Action: func(c *cli.Context) error {
+					args, err := nArgs(c, "VOL NAME", 2)
+					if err != nil {
+						return err
+					}
+					if err := newClient(controlPath(c)).do("DELETE", "/v1/volumes/"+url.PathEscape(args[0])+"/snapshots/"+url.PathEscape(args[1]), nil, nil); err != nil {
+						return err
+					}
+					fmt.Printf("deleted snapshot %s@%s\n", args[0], args[1])
+					return nil
+				},
+			},
+		},
+	}
+}
+
+func rollbackCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "rollback",
+		Usage:     "make a volume's head the content it had at a point (O(1), destroys nothing)",
+		ArgsUsage: "VOL",
+		UsageText: `strata rollback VOL --to POINT [--force]
+
+Examples:
+   strata rollback vm1 --to before-upgrade
+   strata rollback vm1 --to 2026-11-21T10:04:05Z
+   strata rollback vm1 --to seq:123456          # e.g. undo a rollback: the head before it`,
+		Description: `The volume's head becomes the content at POINT at once, whatever its size.
+Nothing is destroyed: snapshots taken after POINT and all history in the
+retention window stay readable, and a rollback is undone by rolling back
+again to a point after it (strata pit VOL shows them).
+
+` + pointHelp + `
+
+A volume attached read-write is refused unless --force. With --force,
+connected clients see the new content from their next request on; a request
+in flight finishes against the old or the new content, never a mix within
+one block. Their caches (page cache, filesystem) still hold the old content:
+unmount or detach them first when you can.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "to", Required: true, Usage: "the POINT to roll back to"},
+			&cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "roll back even while clients are attached read-write"},
+		},
+		Action: func(c *cli.Context) error {
+			vol, err := oneArg(c, "VOL")
+			if err != nil {
+				return err
+			}
+			var pt cow.Point
+			if err := newClient(controlPath(c)).do("POST", "/v1/volumes/"+url.PathEscape(vol)+"/rollback",
+				rollbackRequest{To: c.String("to"), Force: c.Bool("force")}, &pt); err != nil {
+				return err
+			}
+			fmt.Printf("rolled back %s to %s (seq:%d, %s)\n", vol, c.String("to"), pt.Seq, pt.Time.Format(time.RFC3339Nano))
+			return nil
+		},
+	}
+}
+
+func cloneCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "clone",
+		Usage:     "create a writable volume from any point of another (O(1), shares all blocks)",
+		ArgsUsage: "VOL@POINT NEWVOL",
+		UsageText: `strata clone VOL@POINT NEWVOL
+
+Examples:
+   strata clone vm1@before-upgrade vm1-test
+   strata clone vm1@2026-11-21T10:04:05Z vm1-forensics`,
+		Description: `The clone is an ordinary volume: writes to it never show in the source and
+the other way round. Deleting the source keeps clones working.
+
+` + pointHelp,
+		Action: func(c *cli.Context) error {
+			args, err := nArgs(c, "VOL@POINT NEWVOL", 2)
+			if err != nil {
+				return err
+			}
+			var info cow.VolumeInfo
+			if err := newClient(controlPath(c)).do("POST", "/v1/clones", cloneRequest{Source: args[0], Name: args[1]}, &info); err != nil {
+				return err
+			}
+			fmt.Printf("created volume %s (%s) from %s\n", info.Name, formatSize(info.Size), args[0])
+			return nil
+		},
+	}
+}
+
+func pitCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "pit",
+		Aliases:   []string{"history"},
+		Usage:     "show the points in time a volume can be read at, its snapshots and write activity",
+		ArgsUsage: "VOL",
+		UsageText: `strata pit VOL [--buckets N] [--json]
+
+Example:
+   strata pit vm1        # then: nbdinfo 'nbd://127.0.0.1:10809/vm1@2026-11-21T10:04:05Z'`,
+		Description: `Every moment from the oldest point to now can be read (export VOL@TIME),
+cloned or rolled back to. The histogram shows when the volume was written, to
+help pick the moment before an incident.`,
+		Flags: []cli.Flag{
+			&cli.IntFlag{Name: "buckets", Value: 24, Usage: "histogram rows"},
+			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+		},
+		Action: func(c *cli.Context) error {
+			vol, err := oneArg(c, "VOL")
+			if err != nil {
+				return err
+			}
+			var h cow.History
+			if err := newClient(controlPath(c)).do("GET", fmt.Sprintf("/v1/volumes/%s/history?buckets=%d", url.PathEscape(vol), c.Int("buckets")), nil, &h); err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(h)
+			}
+			fmt.Printf("volume %s, retention %s\n", h.Volume, h.Retention)
+			fmt.Printf("oldest point: %s (seq:%d)\n", h.Oldest.Time.Format(time.RFC3339Nano), h.Oldest.Seq)
+			fmt.Printf("newest point: %s (seq:%d)\n", h.Newest.Time.Format(time.RFC3339Nano), h.Newest.Seq)
+			if !h.HistoryCut.IsZero() {
+				fmt.Printf("warning: the pool's --retention-size cap discarded history early (last at %s)\n", h.HistoryCut.Format(time.RFC3339))
+			}
+			if len(h.Snapshots) > 0 {
+				fmt.Println("snapshots:")
+				for _, sn := range h.Snapshots {
+					fmt.Printf("  %-24s seq:%-10d %s %s\n", sn.Name, sn.Seq, sn.Time.Format(time.RFC3339), sn.Label)
+				}
+			}
+			var peak int64
+			for _, b := range h.Activity {
+				peak = max(peak, b.Writes)
+			}
+			fmt.Println("writes:")
+			for _, b := range h.Activity {
+				bar := 0
+				if peak > 0 {
+					bar = int(b.Writes * 40 / peak)
+				}
+				if b.Writes > 0 && bar == 0 {
+					bar = 1
+				}
+				fmt.Printf("  %s %-40s %d\n", b.Start.Format("2006-01-02 15:04:05"), strings.Repeat("#", bar), b.Writes)
+			}
+			return nil
+		},
+	}
+}
+
+func dfCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "df",
+		Usage:     "show what uses space: per volume and for the pool",
+		UsageText: "strata df [--json]\n\nExample:\n   strata df",
+		Description: `Per volume: PROVISIONED (size), WRITTEN (data at the head), SHARED (head
+data that snapshots hold too), HISTORY (old versions only the retention
+window keeps), SNAPSHOTS (data only snapshots keep: deleting them frees it;
+strata snapshot list shows each one's share) and ORIGIN (old data kept
+because clones or rollbacks start from it). For the pool: journal on disk, live data, index, free space. Space
+becomes free when garbage collection runs (strata gc --now).`,
+		Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+		Action: func(c *cli.Context) error {
+			var sp cow.Space
+			if err := newClient(controlPath(c)).do("GET", "/v1/df", nil, &sp); err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(sp)
+			}
+			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "VOLUME\tPROVISIONED\tWRITTEN\tSHARED\tHISTORY\tSNAPSHOTS\tORIGIN")
+			for _, v := range sp.Volumes {
+				var excl int64
+				for _, b := range v.SnapshotExclusive {
+					excl += b
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, formatSize(v.Provisioned), formatSize(v.Written),
+					formatSize(v.Shared), formatSize(v.History), formatSize(excl), formatSize(v.Origin))
+			}
+			w.Flush()
+			fmt.Printf("\njournal %s on disk, %s of it live; index %s; %s free on the filesystem\n",
+				formatSize(sp.JournalBytes), formatSize(sp.LiveBytes), formatSize(int64(sp.IndexBytes)), formatSize(sp.FreeBytes))
+			if sp.Deleted > 0 {
+				fmt.Printf("deleted volumes: %s still shown by their clones\n", formatSize(sp.Deleted))
+			}
+			if !sp.HistoryCut.IsZero() {
+				fmt.Printf("warning: the --retention-size cap discarded history early (last at %s)\n", sp.HistoryCut.Format(time.RFC3339))
+			}
+			return nil
+		},
+	}
+}
+
+func gcCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "gc",
+		Usage:     "run garbage collection now and report what it freed",
+		UsageText: "strata gc --now [--json]\n\nExample:\n   strata gc --now",
+		Description: `Garbage collection also runs in the background (strata serve
+--gc-interval). It frees journal segments no retained point needs (heads,
+snapshots, clones' origins, the retention window), copying the live part of
+mostly dead ones forward first. It never changes what any point reads.`,
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "now", Usage: "run a pass now (required)"},
+			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+		},
+		Action: func(c *cli.Context) error {
+			if !c.Bool("now") {
+				return fmt.Errorf("say --now to run a pass (GC runs in the background anyway); see strata gc --help")
+			}
+			var st cow.GCStats
+			if err := newClient(controlPath(c)).do("POST", "/v1/gc", nil, &st); err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(st)
+			}
+			fmt.Printf("freed %s in %d segment(s), relocated %s, dropped %d dead block versions in %s\n",
+				formatSize(st.BytesFreed), st.SegmentsRemoved, formatSize(st.BytesRelocated), st.DeadVersions, st.Duration.Round(time.Millisecond))
+			fmt.Printf("journal now %s for %s of live data\n", formatSize(st.JournalBytes), formatSize(st.LiveBytes))
+			if st.HistoryCut {
+				fmt.Println("warning: the --retention-size cap discarded history before its retention time")
+			}
+			return nil
+		},
+	}
+}
+
+func volumeSetCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "set",
+		Usage:     "change a volume's settings",
+		ArgsUsage: "VOL",
+		UsageText: "strata volume set VOL --retention DURATION\n\nExamples:\n   strata volume set vm1 --retention 7d\n   strata volume set vm1 --retention 0     # back to the pool's",
+		Flags:     []cli.Flag{&cli.StringFlag{Name: "retention", Required: true, Usage: "how long every write stays readable (90m, 24h, 7d; 0: the pool's)"}},
+		Action: func(c *cli.Context) error {
+			vol, err := oneArg(c, "VOL")
+			if err != nil {
+				return err
+			}
+			d, err := parseRetention(c.String("retention"))
+			if err != nil {
+				return err
+			}
+			if err := newClient(controlPath(c)).do("POST", "/v1/volumes/"+url.PathEscape(vol)+"/settings", settingsRequest{Retention: &d}, nil); err != nil {
+				return err
+			}
+			fmt.Printf("volume %s keeps history for %s\n", vol, map[bool]string{true: "the pool's retention", false: d.String()}[d == 0])
+			return nil
+		},
+	}
+}
+
+func nArgs(c *cli.Context, what string, n int) ([]string, error) {
+	if c.NArg() != n {
+		return nil, fmt.Errorf("expected %s, got %d argument(s); see strata %s --help", what, c.NArg(), c.Command.FullName())
+	}
+	return c.Args().Slice(), nil
+}
