@@ -117,6 +117,7 @@ requests finish, the journal is synced, the lock is released.`,
 			&cli.StringFlag{Name: "retention", Value: "24h", Usage: "how long every write stays readable as a point in time (90m, 24h, 7d); volumes may override it"},
 			&cli.StringFlag{Name: "retention-size", Value: "0", Usage: "cap on the journal (e.g. 20GiB; 0: none): history older than fits is discarded early, and status says so"},
 			&cli.StringFlag{Name: "gc-interval", Value: "1m", Usage: "how often garbage collection runs in the background (0 disables it)"},
+			&cli.StringFlag{Name: "segment-size", Value: "128MiB", Usage: "journal segment file size (1MiB..1GiB); smaller segments let GC free space in finer steps"},
 		},
 		Action: runServe,
 	}
@@ -153,6 +154,12 @@ func runServe(c *cli.Context) error {
 	}
 	if cfg.pool.RetentionSize, err = parseSize(c.String("retention-size")); err != nil {
 		return fmt.Errorf("--retention-size: %w", err)
+	}
+	if cfg.pool.SegmentSize, err = parseSize(c.String("segment-size")); err != nil {
+		return fmt.Errorf("--segment-size: %w", err)
+	}
+	if cfg.pool.SegmentSize < 1<<20 || cfg.pool.SegmentSize > 1<<30 {
+		return fmt.Errorf("--segment-size %s is outside 1MiB..1GiB", c.String("segment-size"))
 	}
 	gcEvery, err := parseRetention(c.String("gc-interval"))
 	if err != nil {
