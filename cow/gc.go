@@ -212,6 +212,7 @@ func (p *Pool) GC(ctx context.Context) (GCStats, error) {
 		p.wmu.Unlock()
 		return st, err
 	}
+	gcStep("floors")
 	minWindow := p.wmu.applied + 1
 	for _, r := range rets {
 		if r.window != 0 && r.window < minWindow {
@@ -284,6 +285,7 @@ func (p *Pool) GC(ctx context.Context) (GCStats, error) {
 	if err != nil {
 		return st, fmt.Errorf("cow: gc scan: %w", err)
 	}
+	gcStep("dead versions dropped")
 
 	// 3. Relocate what is live in mostly dead candidates.
 	var remove []uint64
@@ -312,6 +314,7 @@ func (p *Pool) GC(ctx context.Context) (GCStats, error) {
 	if err := p.Flush(); err != nil {
 		return st, err
 	}
+	gcStep("checkpointed")
 
 	// 5. Remove the files, with no reader in the middle of a lookup.
 	sort.Slice(remove, func(a, b int) bool { return remove[a] < remove[b] })
@@ -327,6 +330,7 @@ func (p *Pool) GC(ctx context.Context) (GCStats, error) {
 		}
 		st.SegmentsRemoved++
 		st.BytesFreed += sizes[id]
+		gcStep("segment removed")
 	}
 	p.closeMu.Unlock()
 	p.dropTimeMarkers(minWindow)
@@ -367,6 +371,7 @@ func (p *Pool) relocate(ctx context.Context, id uint64, links []liveBlock, st *G
 			return fmt.Errorf("cow: gc relocate: %w", err)
 		}
 		st.BytesRelocated += int64(len(data))
+		gcStep("relocated")
 		if p.opts.GCRate > 0 {
 			time.Sleep(time.Duration(float64(len(data)) / float64(p.opts.GCRate) * float64(time.Second)))
 		}
@@ -489,4 +494,10 @@ func (p *Pool) HistoryCut() time.Time {
 	p.wmu.Lock()
 	defer p.wmu.Unlock()
 	return p.wmu.historyCut
+}
+
+func gcStep(step string) {
+	if testHookGC != nil {
+		testHookGC(step)
+	}
 }

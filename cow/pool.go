@@ -504,8 +504,17 @@ func (p *Pool) appendLocked(r *cdp.Record) error {
 		// longer promise reads match. Fail it; recovery re-applies.
 		return fmt.Errorf("%w: %v", blockdev.ErrIO, p.failLocked(err))
 	}
+	if testHookAppended != nil {
+		testHookAppended(r)
+	}
 	return nil
 }
+
+// Test hooks: crash tests take crash images at these moments.
+var (
+	testHookAppended func(r *cdp.Record) // a record is journaled and indexed, not yet synced
+	testHookGC       func(step string)   // garbage collection finished a step
+)
 
 func (p *Pool) failLocked(err error) error {
 	p.opts.Logger.Error("index update failed; refusing further writes until restart", "err", err)
