@@ -702,11 +702,11 @@ func (j *Journal) ReadAt(seg uint64, off int64, p []byte) error {
 
 // Stats describe the journal.
 type Stats struct {
-	Segments  int
-	Bytes     int64
-	LastSeq   uint64
-	SyncedSeq uint64
-	Fsyncs    uint64
+	Segments  int    `json:"segments"`
+	Bytes     int64  `json:"bytes"`
+	LastSeq   uint64 `json:"last_seq"`
+	SyncedSeq uint64 `json:"synced_seq"`
+	Fsyncs    uint64 `json:"fsyncs"`
 }
 
 // Stats returns a snapshot of the journal's counters.

@@ -75,10 +75,7 @@ func (p *Pool) History(vol string, buckets int) (History, error) {
 	h.Newest = Point{Volume: vol, Spec: "seq:" + uitoa(p.wmu.applied), Seq: p.wmu.applied, Time: now.UTC(), Size: v.size.Load()}
 	curMinute, curCount := v.actMinute, v.actCount
 	p.wmu.Unlock()
-	h.Oldest.Time = p.timeOfSeq(w)
-	if h.Oldest.Time.IsZero() || h.Oldest.Time.Before(time.Unix(0, v.created)) {
-		h.Oldest.Time = time.Unix(0, v.created).UTC()
-	}
+	h.Oldest.Time = p.oldestTime(v, w)
 	if buckets < 1 {
 		buckets = 24
 	}

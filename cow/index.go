@@ -205,10 +205,20 @@ func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
 		a.newVolumeLocked(r, gen{Start: r.Seq})
 		return nil
 	case cdp.KindVolumeClone:
-		if a.p.volumeAny(r.Volume) == nil {
+		src := a.p.volumeAny(r.Volume)
+		if src == nil {
 			return fmt.Errorf("cow: clone of unknown volume %d", r.Volume)
 		}
-		a.newVolumeLocked(r, gen{Start: r.Seq, BaseVol: r.Volume, BaseSeq: r.Offset})
+		g := gen{Start: r.Seq, BaseVol: r.Volume, BaseSeq: r.Offset}
+		if !src.meta.WrittenStale && r.Offset >= src.lastChange && int64(r.Length) == src.size.Load() {
+			// A clone of the source's current head: its count is known.
+			v := a.newVolumeLocked(r, gen{Start: r.Seq})
+			v.meta.Gens[0] = g
+			v.setGens(v.meta.Gens)
+			v.written = src.written
+		} else {
+			a.newVolumeLocked(r, g)
+		}
 		return nil
 	case cdp.KindVolumeDelete:
 		v := a.p.volumeByIDLocked(r.Volume)
@@ -230,6 +240,9 @@ func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
 		return fmt.Errorf("cow: %s record %d for unknown volume %d", r.Kind, r.Seq, r.Volume)
 	}
 	a.dirty[v.id] = v
+	if r.Kind != cdp.KindSnapshotCreate && r.Kind != cdp.KindSnapshotDelete && r.Kind != cdp.KindVolumeConfig {
+		v.lastChange = r.Seq
+	}
 	if r.Kind == cdp.KindWrite || r.Kind == cdp.KindTrim || r.Kind == cdp.KindZero {
 		if err := a.countActivityLocked(v, r.Time); err != nil {
 			return err

@@ -121,6 +121,16 @@ func (p *Pool) timeOfSeq(seq uint64) time.Time {
 	return time.Unix(0, best).UTC()
 }
 
+// oldestTime is when the point seq of v was made, at the earliest the
+// volume's creation: a time a user can pass back.
+func (p *Pool) oldestTime(v *volState, seq uint64) time.Time {
+	t := p.timeOfSeq(seq)
+	if c := time.Unix(0, v.created).UTC(); t.Before(c) {
+		return c
+	}
+	return t
+}
+
 // retentionOf is v's time retention.
 func (p *Pool) retentionOf(v *volState) time.Duration {
 	if v.meta.Retention > 0 {
@@ -169,7 +179,7 @@ func (p *Pool) resolvePointLocked(v *volState, spec string) (Point, error) {
 	case strings.HasPrefix(spec, "seq:"):
 		n, err := strconv.ParseUint(strings.TrimPrefix(spec, "seq:"), 10, 64)
 		if err != nil {
-			return Point{}, fmt.Errorf("%w: %q is not a sequence number (use seq:N)", ErrPoint, spec)
+			return Point{}, p.pointErr(v, spec, "is not a sequence number (use seq:N)", window, head)
 		}
 		if n > head {
 			return Point{}, p.pointErr(v, spec, "is in the future", window, head)
@@ -182,7 +192,7 @@ func (p *Pool) resolvePointLocked(v *volState, spec string) (Point, error) {
 			if ValidateName(spec) == nil {
 				return Point{}, p.pointErr(v, spec, "names no snapshot", window, head)
 			}
-			return Point{}, fmt.Errorf("%w: %q is neither a snapshot, an RFC 3339 time (2026-11-21T10:04:05Z) nor seq:N", ErrPoint, spec)
+			return Point{}, p.pointErr(v, spec, "is neither a snapshot, an RFC 3339 time (2026-11-21T10:04:05Z) nor seq:N", window, head)
 		}
 		if t.After(now) {
 			return Point{}, p.pointErr(v, spec, "is in the future", window, head)
@@ -209,7 +219,7 @@ func (p *Pool) pointErr(v *volState, spec, why string, window, head uint64) erro
 		snaps = append(snaps, sn.Name)
 	}
 	msg := fmt.Sprintf("%v: %s@%s %s; %s has points from %s (seq:%d) to now (seq:%d)", ErrPoint, v.name, spec, why,
-		v.name, p.timeOfSeq(window).Format(time.RFC3339), window, head)
+		v.name, p.oldestTime(v, window).Format(time.RFC3339Nano), window, head)
 	if len(snaps) > 0 {
 		msg += ", and snapshots " + strings.Join(snaps, ", ")
 	}
@@ -281,7 +291,7 @@ func (p *Pool) CreateSnapshot(vol, name, label string) (Snapshot, error) {
 	for _, sn := range v.meta.Snapshots {
 		if sn.Name == name {
 			p.wmu.Unlock()
-			return Snapshot{}, fmt.Errorf("%w: snapshot %s@%s", ErrExists, vol, name)
+			return Snapshot{}, fmt.Errorf("snapshot %s@%s %w", vol, name, ErrExists)
 		}
 	}
 	err := p.appendLocked(&cdp.Record{Kind: cdp.KindSnapshotCreate, Volume: v.id, Meta: encodeSnapshotMeta(name, label)})
@@ -347,7 +357,7 @@ func (p *Pool) Clone(vol, spec, newName string) (VolumeInfo, error) {
 	}
 	if p.lookup(newName) != nil {
 		p.wmu.Unlock()
-		return VolumeInfo{}, fmt.Errorf("%w: %q", ErrExists, newName)
+		return VolumeInfo{}, fmt.Errorf("volume %q %w", newName, ErrExists)
 	}
 	pt, err := p.resolvePointLocked(v, spec)
 	if err == nil {

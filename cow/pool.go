@@ -25,8 +25,8 @@ import (
 
 // Error classes (besides blockdev's).
 var (
-	// ErrExists: a volume by that name exists.
-	ErrExists = errors.New("cow: volume already exists")
+	// ErrExists: a volume or snapshot by that name exists.
+	ErrExists = errors.New("cow: already exists")
 	// ErrBusy: the volume is in use (attached) and the operation needs force.
 	ErrBusy = errors.New("cow: volume is in use")
 	// ErrInvalidName: the volume name breaks the naming rules.
@@ -145,6 +145,9 @@ type volState struct {
 	delta      int64
 	// Write activity of the current minute (history.go).
 	actMinute, actCount int64
+	// lastChange is the sequence number of the last record that changed
+	// the head (at most; after a restart, the applied sequence then).
+	lastChange uint64
 }
 
 // newVolState makes the state of a volume created at seq.
@@ -386,6 +389,9 @@ func (p *Pool) loadIndexState() (uint64, error) {
 		closer.Close()
 	}
 	p.wmu.applied = applied
+	for _, v := range p.allVolumesLocked() {
+		v.lastChange = applied
+	}
 	return applied, it.Error()
 }
 
@@ -602,7 +608,7 @@ func (p *Pool) CreateVolume(name string, size int64) (VolumeInfo, error) {
 	p.wmu.Lock()
 	if p.lookup(name) != nil {
 		p.wmu.Unlock()
-		return VolumeInfo{}, fmt.Errorf("%w: %q", ErrExists, name)
+		return VolumeInfo{}, fmt.Errorf("volume %q %w", name, ErrExists)
 	}
 	r := &cdp.Record{Kind: cdp.KindVolumeCreate, Length: uint64(size), Meta: []byte(name)}
 	err := p.appendLocked(r)

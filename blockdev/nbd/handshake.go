@@ -228,20 +228,29 @@ func (c *conn) open(name string) (Export, uint32, error) {
 }
 
 func (c *conn) transmissionFlags(exp Export) uint16 {
-	f := tfHasFlags | tfSendFlush | tfSendFUA | tfCanMultiConn | tfSendCache
+	f := tfHasFlags | tfSendFlush | tfCanMultiConn | tfSendCache
 	if exp.ReadOnly() {
+		// Nothing that writes is offered (as nbdkit does); such requests
+		// still get EPERM.
 		f |= tfReadOnly
+	} else {
+		f |= tfSendFUA | c.writeFlags(exp)
 	}
+	if c.structured {
+		// A successful read is always one OFFSET_DATA chunk.
+		f |= tfSendDF
+	}
+	return f
+}
+
+func (c *conn) writeFlags(exp Export) uint16 {
+	var f uint16
 	if _, ok := exp.(blockdev.Trimmer); ok {
 		f |= tfSendTrim
 	}
 	if _, ok := exp.(blockdev.Zeroer); ok {
 		// Zeroes on a Zeroer are always fast.
 		f |= tfSendWriteZeroes | tfSendFastZero
-	}
-	if c.structured {
-		// A successful read is always one OFFSET_DATA chunk.
-		f |= tfSendDF
 	}
 	return f
 }

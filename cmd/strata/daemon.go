@@ -209,7 +209,7 @@ func (e exporter) Open(name string) (nbd.Export, error) {
 		// VOL@POINT: the volume as it was then, read-only.
 		v, err := e.p.OpenVolumeAt(vol, point)
 		if err != nil {
-			return nil, err
+			return nil, plainError{err}
 		}
 		return v, nil
 	}
@@ -242,3 +242,10 @@ func (e exporter) List() ([]nbd.ExportInfo, error) {
 	}
 	return out, nil
 }
+
+// plainError keeps an error's classes (errors.Is) but shows clients the
+// message without the package prefixes developers read.
+type plainError struct{ err error }
+
+func (e plainError) Error() string { return userMessage(e.err) }
+func (e plainError) Unwrap() error { return e.err }
