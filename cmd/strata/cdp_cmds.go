@@ -320,6 +320,10 @@ mostly dead ones forward first. It never changes what any point reads.`,
 			if c.Bool("json") {
 				return printJSON(st)
 			}
+			if st.SegmentsExamined == 0 {
+				fmt.Printf("nothing to free yet: every journal segment holds points inside the retention window (journal %s)\n", formatSize(st.JournalBytes))
+				return nil
+			}
 			fmt.Printf("freed %s in %d segment(s), relocated %s, dropped %d dead block versions in %s\n",
 				formatSize(st.BytesFreed), st.SegmentsRemoved, formatSize(st.BytesRelocated), st.DeadVersions, st.Duration.Round(time.Millisecond))
 			fmt.Printf("journal now %s for %s of live data\n", formatSize(st.JournalBytes), formatSize(st.LiveBytes))
