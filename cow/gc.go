@@ -54,6 +54,7 @@ type retainers struct {
 	gens   []gen
 	window uint64   // 0: no window (deleted volume)
 	points []uint64 // snapshots, pins, base points: sorted
+	others []uint64 // pins and base points only: sorted (for df)
 }
 
 func (r *retainers) genStart(p uint64) uint64 { return genAt(r.gens, p).Start }
@@ -71,14 +72,17 @@ func (r *retainers) live(s, next uint64) bool {
 	return i < len(r.points) && r.points[i] < next && r.genStart(r.points[i]) < s
 }
 
-// snapshotOf returns the snapshots (by index in points) that see version s.
-func (r *retainers) seenByPoints(s, next uint64, fn func(p uint64)) {
-	i := sort.Search(len(r.points), func(i int) bool { return r.points[i] >= s })
-	for ; i < len(r.points) && r.points[i] < next; i++ {
-		if r.genStart(r.points[i]) < s {
-			fn(r.points[i])
+// seenBy counts the points of the sorted list that see version s (whose
+// next newer version is next).
+func (r *retainers) seenBy(list []uint64, s, next uint64) int {
+	n := 0
+	i := sort.Search(len(list), func(i int) bool { return list[i] >= s })
+	for ; i < len(list) && list[i] < next; i++ {
+		if r.genStart(list[i]) < s {
+			n++
 		}
 	}
+	return n
 }
 
 // retainersLocked fixes, under the write lock, which points each volume
@@ -112,6 +116,7 @@ func (p *Pool) retainersLocked(now time.Time) (map[uint64]*retainers, error) {
 	for k := range p.wmu.pins {
 		if r := out[k[0]]; r != nil {
 			r.points = append(r.points, k[1])
+			r.others = append(r.others, k[1])
 		}
 	}
 	// Base points: of every generation of live volumes, and of deleted
@@ -131,6 +136,7 @@ func (p *Pool) retainersLocked(now time.Time) (map[uint64]*retainers, error) {
 				}
 				if b := out[g.BaseVol]; b != nil {
 					b.points = append(b.points, g.BaseSeq)
+					b.others = append(b.others, g.BaseSeq)
 					if !needed[g.BaseVol] {
 						needed[g.BaseVol] = true
 						changed = true
@@ -144,6 +150,7 @@ func (p *Pool) retainersLocked(now time.Time) (map[uint64]*retainers, error) {
 	}
 	for _, r := range out {
 		sort.Slice(r.points, func(a, b int) bool { return r.points[a] < r.points[b] })
+		sort.Slice(r.others, func(a, b int) bool { return r.others[a] < r.others[b] })
 	}
 	return out, nil
 }
@@ -398,17 +405,32 @@ func (p *Pool) applySizeCapLocked() bool {
 		sum += segs[i].Size
 		if sum > p.opts.RetentionSize && !segs[i].Current {
 			floor := segs[i].LastSeq + 1
-			if floor > p.wmu.floor {
-				p.wmu.floor = floor
-				p.wmu.historyCut = p.opts.Now()
-				p.opts.Logger.Warn("retention size cap reached: history older than the cap is being discarded before its retention time",
-					"cap", p.opts.RetentionSize, "journal", sum, "oldest_kept_seq", floor)
-				b := p.db.NewBatch()
-				b.Set(floorKey, binary.BigEndian.AppendUint64(nil, floor), nil)
-				b.Commit(pebble.NoSync)
-				b.Close()
+			if floor <= p.wmu.floor {
+				return false
 			}
-			return true
+			// Early only if some volume's time window reaches further back.
+			early := false
+			now := p.opts.Now()
+			for _, v := range p.allVolumesLocked() {
+				if w, err := p.windowLocked(v, now); err == nil && w < floor {
+					early = true
+				}
+			}
+			p.wmu.floor = floor
+			if early {
+				p.wmu.historyCut = now
+				p.opts.Logger.Warn("retention size cap reached: history is discarded before its retention time",
+					"cap", p.opts.RetentionSize, "journal", sum, "oldest_kept_seq", floor)
+			}
+			v := binary.BigEndian.AppendUint64(nil, floor)
+			v = binary.BigEndian.AppendUint64(v, uint64(p.wmu.historyCut.UnixNano()))
+			b := p.db.NewBatch()
+			b.Set(floorKey, v, nil)
+			if err := b.Commit(pebble.NoSync); err != nil {
+				p.opts.Logger.Error("saving the retention floor failed", "err", err)
+			}
+			b.Close()
+			return early
 		}
 	}
 	return false

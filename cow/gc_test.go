@@ -123,3 +123,60 @@ func TestGCDeletedVolumeAndClone(t *testing.T) {
 	}
 	c.Close()
 }
+
+// df classifies every live block: exclusive head data, head data shared
+// with snapshots, data only one snapshot holds, data kept as a clone's
+// origin, and history only the window holds.
+func TestSpaceClasses(t *testing.T) {
+	clk := newFakeClock()
+	p := openClockPool(t, vfs.NewMem(), clk, time.Hour)
+	defer p.Close()
+	v := mustVol(t, p, "vol", 1<<20)
+	defer v.Close()
+	const a, b = 64 << 10, 32 << 10
+	v.WriteAt(fill('A', a), 0)
+	if _, err := p.CreateSnapshot("vol", "s1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Clone("vol", "s1", "c"); err != nil {
+		t.Fatal(err)
+	}
+	v.WriteAt(fill('B', b), 0) // B overwrites part of A; the rest of A stays at the head
+	space := func() VolumeSpace {
+		t.Helper()
+		sp, err := p.Space()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, vs := range sp.Volumes {
+			if vs.Name == "vol" {
+				return vs
+			}
+		}
+		t.Fatal("vol missing from df")
+		return VolumeSpace{}
+	}
+	vs := space()
+	// Head: B (own, no snapshot) and A's tail (also in s1). The overwritten
+	// part of A: held by s1 and by the clone's origin: origin, not s1's alone.
+	if vs.Exclusive != b || vs.Shared != a-b || vs.Origin != b || vs.SnapshotExclusive["s1"] != 0 {
+		t.Fatalf("with a clone of s1: %+v", vs)
+	}
+	if err := p.DeleteVolume("c", true); err != nil {
+		t.Fatal(err)
+	}
+	vs = space()
+	if vs.Origin != 0 || vs.SnapshotExclusive["s1"] != b {
+		t.Fatalf("after deleting the clone, s1 alone holds the overwritten A: %+v", vs)
+	}
+	if err := p.DeleteSnapshot("vol", "s1"); err != nil {
+		t.Fatal(err)
+	}
+	vs = space()
+	if vs.History != b || vs.Exclusive != a {
+		t.Fatalf("after deleting s1 the old A is history, the head is exclusive: %+v", vs)
+	}
+	if vs.Written != a {
+		t.Fatalf("written %d, want %d", vs.Written, a)
+	}
+}

@@ -12,9 +12,10 @@ import (
 )
 
 // Write activity: per volume and minute, 'a' vol(8) minute(8) -> count(8).
-// Counts are kept in memory for the current minute and stored when the
-// minute turns; a crash may lose the last minute's count (it is a guide for
-// picking a moment, not an audit log).
+// Counts are kept in memory for the current minute and added to the stored
+// count when the minute turns or the pool closes; a crash loses the
+// current minute's count (it is a guide for picking a moment, not an audit
+// log).
 const prefixActivity = 'a'
 
 func activityKey(vol uint64, minute int64) []byte {
@@ -26,15 +27,40 @@ func activityKey(vol uint64, minute int64) []byte {
 func (a *apply) countActivityLocked(v *volState, t int64) error {
 	m := t / int64(time.Minute)
 	if m != v.actMinute {
-		if v.actCount > 0 {
-			if err := a.b.Set(activityKey(v.id, v.actMinute), binary.BigEndian.AppendUint64(nil, uint64(v.actCount)), nil); err != nil {
-				return err
-			}
+		if err := a.p.addActivity(a.b, v); err != nil {
+			return err
 		}
-		v.actMinute, v.actCount = m, 0
+		v.actMinute = m
 	}
 	v.actCount++
 	return nil
+}
+
+// addActivity adds v's in-memory count to the stored one for its minute.
+func (p *Pool) addActivity(b *pebble.Batch, v *volState) error {
+	if v.actCount == 0 {
+		return nil
+	}
+	k := activityKey(v.id, v.actMinute)
+	n := uint64(v.actCount)
+	if old, closer, err := p.db.Get(k); err == nil {
+		if len(old) == 8 {
+			n += binary.BigEndian.Uint64(old)
+		}
+		closer.Close()
+	}
+	v.actCount = 0
+	return b.Set(k, binary.BigEndian.AppendUint64(nil, n), nil)
+}
+
+// saveActivity stores the current minutes' counts (at close).
+func (p *Pool) saveActivity() {
+	b := p.db.NewBatch()
+	defer b.Close()
+	for _, v := range p.allVolumesLocked() {
+		p.addActivity(b, v)
+	}
+	b.Commit(pebble.NoSync)
 }
 
 // Bucket is the write activity in one stretch of time.
@@ -51,7 +77,7 @@ type History struct {
 	Newest     Point         `json:"newest"` // the head
 	Snapshots  []Snapshot    `json:"snapshots"`
 	Activity   []Bucket      `json:"activity"`
-	HistoryCut time.Time     `json:"history_cut,omitempty"` // when the size cap last cut history short
+	HistoryCut time.Time     `json:"history_cut,omitzero"` // when the size cap last cut history short
 }
 
 // History returns a volume's retained window, snapshots and write activity
@@ -114,12 +140,14 @@ type VolumeSpace struct {
 	Name        string `json:"name"`
 	Provisioned int64  `json:"provisioned"` // size
 	Written     int64  `json:"written"`     // data at the head (own or shared with its origin)
-	Unique      int64  `json:"unique"`      // head data in this volume's own journal records
+	Exclusive   int64  `json:"exclusive"`   // head data no snapshot holds (its own records)
 	Shared      int64  `json:"shared"`      // head data that snapshots also hold
 	History     int64  `json:"history"`     // data only the retention window holds
 	Origin      int64  `json:"origin"`      // old data kept as the origin of clones and rollbacks (or for open readers)
 	// SnapshotExclusive: data only this snapshot holds (deleting it frees this).
 	SnapshotExclusive map[string]int64 `json:"snapshot_exclusive"`
+	// SnapshotsShared: old data that several snapshots hold (and nothing else).
+	SnapshotsShared int64 `json:"snapshots_shared"`
 }
 
 // Space is `strata df`.
@@ -130,7 +158,7 @@ type Space struct {
 	Deleted      int64         `json:"deleted"`       // data of deleted volumes that clones still show
 	IndexBytes   uint64        `json:"index_bytes"`
 	FreeBytes    int64         `json:"free_bytes"` // on the data directory's filesystem
-	HistoryCut   time.Time     `json:"history_cut,omitempty"`
+	HistoryCut   time.Time     `json:"history_cut,omitzero"`
 }
 
 // Space accounts every block version the pool keeps. It reads the whole
@@ -156,12 +184,15 @@ func (p *Pool) Space() (Space, error) {
 	if err != nil {
 		return sp, err
 	}
-	snapName := map[uint64]map[uint64]string{}
+	snapSeqs := map[uint64][]uint64{}
+	snapName := map[uint64]map[uint64][]string{}
 	for id, r := range rets {
-		m := map[uint64]string{}
+		m := map[uint64][]string{}
 		for _, sn := range r.v.meta.Snapshots {
-			m[sn.Seq] = sn.Name
+			m[sn.Seq] = append(m[sn.Seq], sn.Name)
+			snapSeqs[id] = append(snapSeqs[id], sn.Seq)
 		}
+		sort.Slice(snapSeqs[id], func(a, b int) bool { return snapSeqs[id][a] < snapSeqs[id][b] })
 		snapName[id] = m
 	}
 	err = scanVersions(snap, func(vol, _ uint64, e entry, next uint64, _ []byte) error {
@@ -176,27 +207,22 @@ func (p *Pool) Space() (Space, error) {
 			return nil
 		}
 		atHead := next == Head && r.genStart(Head) < e.seq
-		var snaps []string
-		others := 0
-		r.seenByPoints(e.seq, next, func(pt uint64) {
-			if n, ok := snapName[vol][pt]; ok {
-				snaps = append(snaps, n)
-			} else {
-				others++ // a base point or a pinned reader
-			}
-		})
+		snaps := r.seenBy(snapSeqs[vol], e.seq, next)
+		others := r.seenBy(r.others, e.seq, next)
 		switch {
+		case atHead && snaps > 0:
+			vs.Shared += cdp.BlockSize
 		case atHead:
-			vs.Unique += cdp.BlockSize
-			if len(snaps) > 0 {
-				vs.Shared += cdp.BlockSize
-			}
+			vs.Exclusive += cdp.BlockSize
 		case others > 0:
 			vs.Origin += cdp.BlockSize
-		case len(snaps) == 1:
-			vs.SnapshotExclusive[snaps[0]] += cdp.BlockSize
-		case len(snaps) > 1:
-			vs.Shared += cdp.BlockSize
+		case snaps == 1:
+			// The one snapshot that sees it: the first at or after it.
+			seqs := snapSeqs[vol]
+			i := sort.Search(len(seqs), func(i int) bool { return seqs[i] >= e.seq })
+			vs.SnapshotExclusive[snapName[vol][seqs[i]][0]] += cdp.BlockSize
+		case snaps > 1:
+			vs.SnapshotsShared += cdp.BlockSize
 		default:
 			vs.History += cdp.BlockSize
 		}

@@ -24,7 +24,7 @@ type Point struct {
 	Volume   string    `json:"volume"`
 	Spec     string    `json:"spec"`
 	Seq      uint64    `json:"seq"`
-	Time     time.Time `json:"time"` // when the record at Seq was written
+	Time     time.Time `json:"time"` // the time asked for, or when the record at Seq was written
 	Snapshot string    `json:"snapshot,omitempty"`
 	Size     int64     `json:"size"`
 }

@@ -330,7 +330,7 @@ func (p *Pool) open() error {
 		// (the pool had already failed). The journal is the truth.
 		j.Close()
 		p.db.Close()
-		return fmt.Errorf("%w: the index has applied sequence %d but the journal ends at %d; move %s aside to rebuild the index from the journal",
+		return fmt.Errorf("%w: the index has applied sequence %d but the journal ends at %d; if the journal still starts at sequence 1, move %s aside to rebuild the index from it",
 			cdp.ErrCorrupt, p.wmu.applied, last, p.indexDir())
 	}
 	p.j.Store(j)
@@ -383,8 +383,13 @@ func (p *Pool) loadIndexState() (uint64, error) {
 		v.setGens(m.Gens)
 	}
 	if v, closer, err := p.db.Get(floorKey); err == nil {
-		if len(v) == 8 {
+		if len(v) >= 8 {
 			p.wmu.floor = binary.BigEndian.Uint64(v)
+		}
+		if len(v) == 16 {
+			if t := int64(binary.BigEndian.Uint64(v[8:])); t > 0 {
+				p.wmu.historyCut = time.Unix(0, t).UTC()
+			}
 		}
 		closer.Close()
 	}
@@ -775,6 +780,7 @@ func (p *Pool) Close() error {
 	p.isClosed = true
 	p.closeMu.Unlock()
 	j := p.j.Load()
+	p.saveActivity()
 	err := j.Sync()
 	if err == nil {
 		// With the journal synced, persisting the index lets the next

@@ -257,11 +257,13 @@ func dfCommand() *cli.Command {
 		Name:      "df",
 		Usage:     "show what uses space: per volume and for the pool",
 		UsageText: "strata df [--json]\n\nExample:\n   strata df",
-		Description: `Per volume: PROVISIONED (size), WRITTEN (data at the head), SHARED (head
-data that snapshots hold too), HISTORY (old versions only the retention
-window keeps), SNAPSHOTS (data only snapshots keep: deleting them frees it;
-strata snapshot list shows each one's share) and ORIGIN (old data kept
-because clones or rollbacks start from it). For the pool: journal on disk, live data, index, free space. Space
+		Description: `Per volume: PROVISIONED (size), WRITTEN (data at the head, including what a
+clone shows of its origin), EXCLUSIVE (head data in the volume's own records
+that no snapshot holds), SHARED (head data that snapshots hold too), HISTORY
+(old versions only the retention window keeps), SNAPSHOTS (old data only
+snapshots keep: deleting them frees it; strata snapshot list shows what each
+one holds alone) and ORIGIN (old data kept because clones or rollbacks start
+from it). For the pool: journal on disk, live data, index, free space. Space
 becomes free when garbage collection runs (strata gc --now).`,
 		Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
 		Action: func(c *cli.Context) error {
@@ -273,14 +275,14 @@ becomes free when garbage collection runs (strata gc --now).`,
 				return printJSON(sp)
 			}
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "VOLUME\tPROVISIONED\tWRITTEN\tSHARED\tHISTORY\tSNAPSHOTS\tORIGIN")
+			fmt.Fprintln(w, "VOLUME\tPROVISIONED\tWRITTEN\tEXCLUSIVE\tSHARED\tHISTORY\tSNAPSHOTS\tORIGIN")
 			for _, v := range sp.Volumes {
-				var excl int64
+				snaps := v.SnapshotsShared
 				for _, b := range v.SnapshotExclusive {
-					excl += b
+					snaps += b
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, formatSize(v.Provisioned), formatSize(v.Written),
-					formatSize(v.Shared), formatSize(v.History), formatSize(excl), formatSize(v.Origin))
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, formatSize(v.Provisioned), formatSize(v.Written),
+					formatSize(v.Exclusive), formatSize(v.Shared), formatSize(v.History), formatSize(snaps), formatSize(v.Origin))
 			}
 			w.Flush()
 			fmt.Printf("\njournal %s on disk, %s of it live; index %s; %s free on the filesystem\n",

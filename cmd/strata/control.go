@@ -97,7 +97,7 @@ type statusReply struct {
 	Pool        cow.Stats        `json:"pool"`
 	Retention   time.Duration    `json:"retention"`
 	RetainSize  int64            `json:"retention_size,omitempty"`
-	HistoryCut  time.Time        `json:"history_cut,omitempty"`
+	HistoryCut  time.Time        `json:"history_cut,omitzero"`
 	LastGC      *gcReport        `json:"last_gc,omitempty"`
 	Volumes     []cow.VolumeInfo `json:"volumes"`
 	Connections []nbd.ConnInfo   `json:"connections"`
@@ -182,9 +182,17 @@ func (d *daemon) controlHandler() http.Handler {
 		force := r.URL.Query().Get("force") == "1"
 		var n int
 		if force {
-			// Connections go first: their in-flight requests finish or
-			// fail with "gone", never write into a deleted volume.
+			// Connections go first (the volume's and its VOL@POINT
+			// readers'): their in-flight requests finish or fail with
+			// "gone", never write into a deleted volume.
 			n = d.nbd.DisconnectExport(name)
+			seen := map[string]bool{}
+			for _, c := range d.nbd.Connections() {
+				if strings.HasPrefix(c.Export, name+"@") && !seen[c.Export] {
+					seen[c.Export] = true
+					n += d.nbd.DisconnectExport(c.Export)
+				}
+			}
 		}
 		if err := d.pool.DeleteVolume(name, force); err != nil {
 			writeErr(w, err)
