@@ -38,7 +38,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 func openClockPool(t testing.TB, fs vfs.FS, clk *fakeClock, retention time.Duration) *Pool {
 	t.Helper()
 	p, err := Open(Options{Dir: "data", FS: fs, SegmentSize: 1 << 20, IndexMemTableSize: 256 << 10,
-		CheckpointInterval: -1, Now: clk.Now, RetentionTime: retention})
+		CheckpointInterval: -1, Now: clk.Now, RetentionTime: retention, CacheSize: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/strata-storage/strata/blockdev"
+	"github.com/strata-storage/strata/cache"
 	"github.com/strata-storage/strata/cdp"
 )
 
@@ -54,6 +55,8 @@ type Options struct {
 	SegmentSize int64
 	// IndexCacheSize is pebble's block cache (default 64 MiB).
 	IndexCacheSize int64
+	// CacheSize bounds the read cache of journal blocks (0: no cache).
+	CacheSize int64
 	// IndexMemTableSize is pebble's memtable size (default 32 MiB).
 	IndexMemTableSize uint64
 	// RetentionTime is how long every write stays readable as a point in
@@ -221,6 +224,8 @@ type Pool struct {
 	closeMu  sync.RWMutex
 	isClosed bool
 
+	cache *cache.Cache
+
 	stop chan struct{}
 	done chan struct{}
 }
@@ -252,7 +257,13 @@ func Open(opts Options) (*Pool, error) {
 		recountKick: make(chan struct{}, 1)}
 	p.wmu.apply = apply{p: p, dirty: map[uint64]*volState{}, metaDirty: map[uint64]*volState{}}
 	p.wmu.pins = map[[2]uint64]int{}
+	c, err := cache.New(opts.CacheSize)
+	if err != nil {
+		return nil, fmt.Errorf("cow: read cache: %w", err)
+	}
+	p.cache = c
 	if err := p.open(); err != nil {
+		c.Close()
 		return nil, err
 	}
 	p.stop = make(chan struct{})
@@ -738,11 +749,12 @@ func (p *Pool) checkpointer(stop <-chan struct{}) {
 
 // Stats describe the pool.
 type Stats struct {
-	Volumes      int       `json:"volumes"`
-	Journal      cdp.Stats `json:"journal"`
-	AppliedSeq   uint64    `json:"applied_seq"`
-	IndexBytes   uint64    `json:"index_bytes"`
-	JournalError string    `json:"journal_error,omitempty"`
+	Volumes      int         `json:"volumes"`
+	Journal      cdp.Stats   `json:"journal"`
+	Cache        cache.Stats `json:"cache"`
+	AppliedSeq   uint64      `json:"applied_seq"`
+	IndexBytes   uint64      `json:"index_bytes"`
+	JournalError string      `json:"journal_error,omitempty"`
 }
 
 // Stats returns the pool's counters.
@@ -754,7 +766,7 @@ func (p *Pool) Stats() Stats {
 	n := len(p.byName)
 	p.vmu.RUnlock()
 	j := p.j.Load()
-	st := Stats{Volumes: n, Journal: j.Stats(), AppliedSeq: applied, IndexBytes: p.db.Metrics().DiskSpaceUsage()}
+	st := Stats{Volumes: n, Journal: j.Stats(), Cache: p.cache.Stats(), AppliedSeq: applied, IndexBytes: p.db.Metrics().DiskSpaceUsage()}
 	if err := j.Err(); err != nil {
 		st.JournalError = err.Error()
 	}
@@ -798,6 +810,7 @@ func (p *Pool) Close() error {
 		v.gone.Store(true)
 	}
 	p.vmu.RUnlock()
+	p.cache.Close()
 	return err
 }
 

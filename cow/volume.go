@@ -24,6 +24,68 @@ type Volume struct {
 	fixedSize int64  // a point's size (0 for the head, whose size can change)
 	point     *Point // the point this handle reads, if not the head
 	closed    sync.Once
+	ra        readAhead
+}
+
+// readAhead spots streaming reads on a handle and reads ahead into the
+// cache: bounded (raMax bytes past the read, one prefetch at a time).
+type readAhead struct {
+	mu       sync.Mutex
+	next     int64 // where a sequential read would start
+	streak   int   // sequential reads in a row
+	ahead    int64 // prefetched up to here
+	inflight bool
+}
+
+const (
+	raStreak = 2       // sequential reads before reading ahead
+	raMax    = 4 << 20 // how far ahead
+)
+
+// noteRead records a read and, for a stream, starts a prefetch.
+func (h *Volume) noteRead(off, n int64) {
+	if h.p.cache == nil {
+		return
+	}
+	ra := &h.ra
+	ra.mu.Lock()
+	if off == ra.next {
+		ra.streak++
+	} else {
+		ra.streak, ra.ahead = 0, 0
+	}
+	end := off + n
+	ra.next = end
+	if ra.streak < raStreak || ra.inflight || ra.ahead >= end+raMax/2 {
+		ra.mu.Unlock()
+		return
+	}
+	from := max(end, ra.ahead)
+	to := min(end+raMax, h.Size())
+	if to <= from {
+		ra.mu.Unlock()
+		return
+	}
+	ra.inflight, ra.ahead = true, to
+	ra.mu.Unlock()
+	go func() {
+		defer func() {
+			ra.mu.Lock()
+			ra.inflight = false
+			ra.mu.Unlock()
+		}()
+		unlock, err := h.p.readLock()
+		if err != nil {
+			return
+		}
+		defer unlock()
+		first := uint64(from) / bs
+		last := uint64(to-1) / bs
+		bp := getBuf(int(last-first+1) * bs)
+		defer bufPool.Put(bp)
+		// Errors are the real read's business.
+		_ = h.p.readBlocks(h.v, first, *bp, h.seq)
+	}()
 }
 
 // OpenVolume opens the head of a volume for reading and writing.
@@ -115,14 +177,30 @@ func (p *Pool) readBlocks(v *volState, first uint64, buf []byte, seq uint64) err
 		return fmt.Errorf("%w: %v", blockdev.ErrIO, err)
 	}
 	j := p.j.Load()
-	// Zero what holds no data, then read runs of blocks that sit next to
-	// each other in one segment with one read each.
+	// Zero what holds no data, take what the cache has, then read runs of
+	// missing blocks that sit next to each other in one segment with one
+	// read each, check them and cache them.
+	hit := hitPool.Get().(*[]bool)
+	defer hitPool.Put(hit)
+	*hit = append((*hit)[:0], make([]bool, len(es))...)
 	next := first
-	for i := 0; i < len(es); {
+	for i := range es {
 		b := blocks[i]
 		clear(buf[(next-first)*bs : (b-first)*bs])
+		next = b + 1
+		if p.cache != nil {
+			(*hit)[i] = p.cache.Get(es[i].seg, es[i].off, buf[(b-first)*bs:(b-first+1)*bs])
+		}
+	}
+	clear(buf[(next-first)*bs:])
+	for i := 0; i < len(es); {
+		if (*hit)[i] {
+			i++
+			continue
+		}
+		b := blocks[i]
 		k := i + 1
-		for k < len(es) && blocks[k] == blocks[k-1]+1 && es[k].seg == es[i].seg && es[k].off == es[k-1].off+bs {
+		for k < len(es) && !(*hit)[k] && blocks[k] == blocks[k-1]+1 && es[k].seg == es[i].seg && es[k].off == es[k-1].off+bs {
 			k++
 		}
 		dst := buf[(b-first)*bs : (blocks[k-1]-first+1)*bs]
@@ -134,13 +212,14 @@ func (p *Pool) readBlocks(v *volState, first uint64, buf []byte, seq uint64) err
 			if cdp.Checksum(blk) != es[m].crc {
 				return fmt.Errorf("%w: checksum mismatch in volume %q block %d (journal segment %d offset %d)", blockdev.ErrIO, v.name, blocks[m], es[m].seg, es[m].off)
 			}
+			p.cache.Put(es[m].seg, es[m].off, blk)
 		}
-		next = blocks[k-1] + 1
 		i = k
 	}
-	clear(buf[(next-first)*bs:])
 	return nil
 }
+
+var hitPool = sync.Pool{New: func() any { s := make([]bool, 0, 256); return &s }}
 
 var blockPool = sync.Pool{New: func() any { s := make([]uint64, 0, 256); return &s }}
 
@@ -168,6 +247,7 @@ func (h *Volume) ReadAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	defer unlock()
+	h.noteRead(off, int64(len(p)))
 	first := uint64(off) / bs
 	last := uint64(off+int64(len(p))-1) / bs
 	if off%bs == 0 && len(p)%bs == 0 {

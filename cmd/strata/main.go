@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -113,6 +114,7 @@ requests finish, the journal is synced, the lock is released.`,
 			&cli.StringFlag{Name: "socket", Usage: "NBD Unix socket (default DATA/nbd.sock; \"\" disables)"},
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:10809", Usage: "NBD TCP address (\"\" disables)"},
 			&cli.StringSliceFlag{Name: "volume", Usage: "create volume NAME of SIZE at start unless it exists (repeatable), e.g. vol0=10GiB"},
+			&cli.StringFlag{Name: "cache-size", Value: "256MiB", Usage: "memory for the read cache of data blocks (0 turns it off); with --index-cache it bounds the daemon's memory"},
 			&cli.StringFlag{Name: "index-cache", Value: "64MiB", Usage: "memory for the block index's cache"},
 			&cli.StringFlag{Name: "retention", Value: "24h", Usage: "how long every write stays readable as a point in time (90m, 24h, 7d); volumes may override it"},
 			&cli.StringFlag{Name: "retention-size", Value: "0", Usage: "cap on the journal (e.g. 20GiB; 0: none): history older than fits is discarded early, and status says so"},
@@ -142,6 +144,9 @@ func runServe(c *cli.Context) error {
 	cfg.nbdSocket = filepath.Join(data, "nbd.sock")
 	if c.IsSet("socket") {
 		cfg.nbdSocket = c.String("socket")
+	}
+	if cfg.pool.CacheSize, err = parseSize(c.String("cache-size")); err != nil {
+		return fmt.Errorf("--cache-size: %w", err)
 	}
 	if cfg.pool.IndexCacheSize, err = parseSize(c.String("index-cache")); err != nil {
 		return fmt.Errorf("--index-cache: %w", err)
@@ -185,6 +190,13 @@ func runServe(c *cli.Context) error {
 			return fmt.Errorf("--volume %s: %w", name, err)
 		}
 		cfg.volumes = append(cfg.volumes, volumeSpec{name, size})
+	}
+	// Keep the Go heap near what the flags allow (the read cache, the index
+	// cache and memtables, plus a fixed allowance for buffers), unless
+	// GOMEMLIMIT says otherwise: the garbage collector works harder before
+	// the daemon grows past it.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(cfg.pool.CacheSize + cfg.pool.IndexCacheSize + 96<<20 + 256<<20)
 	}
 	d, err := startDaemon(cfg)
 	if err != nil {
@@ -427,6 +439,12 @@ the volumes and the connected NBD clients.`,
 			fmt.Printf("journal:  %s in %d segment(s), last seq %d, durable through %d, %d fsyncs\n",
 				formatSize(j.Bytes), j.Segments, j.LastSeq, j.SyncedSeq, j.Fsyncs)
 			fmt.Printf("index:    %s, applied through seq %d\n", formatSize(int64(st.Pool.IndexBytes)), st.Pool.AppliedSeq)
+			if cs := st.Pool.Cache; cs.Enabled {
+				fmt.Printf("cache:    %s of %s, hit ratio %.1f%% (%d hits, %d misses), %d evictions\n",
+					formatSize(cs.Bytes), formatSize(cs.MaxBytes), 100*cs.HitRatio, cs.Hits, cs.Misses, cs.Evictions)
+			} else {
+				fmt.Println("cache:    off")
+			}
 			if st.Pool.JournalError != "" {
 				fmt.Printf("FAILED:   %s\n", st.Pool.JournalError)
 			}
