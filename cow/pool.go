@@ -148,6 +148,9 @@ type volState struct {
 	delta      int64
 	// Write activity of the current minute (history.go).
 	actMinute, actCount int64
+	// changes counts index changes to this volume (bumped after each
+	// commit): the location cache's stamp.
+	changes atomic.Uint64
 	// lastChange is the sequence number of the last record that changed
 	// the head (at most; after a restart, the applied sequence then).
 	lastChange uint64
@@ -225,6 +228,8 @@ type Pool struct {
 	isClosed bool
 
 	cache *cache.Cache
+	locs  *locCache
+	moves atomic.Uint64 // relocations applied (the location cache's stamp)
 
 	stop chan struct{}
 	done chan struct{}
@@ -262,6 +267,7 @@ func Open(opts Options) (*Pool, error) {
 		return nil, fmt.Errorf("cow: read cache: %w", err)
 	}
 	p.cache = c
+	p.locs = newLocCache(int(opts.IndexCacheSize / 256))
 	if err := p.open(); err != nil {
 		c.Close()
 		return nil, err
@@ -501,6 +507,12 @@ func (p *Pool) applyLocked(r *cdp.Record, loc cdp.Location) error {
 	}
 	if err := a.b.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("cow: index commit: %w", err)
+	}
+	// After the commit: a reader that sees the new stamps sees the new index.
+	if r.Kind == cdp.KindRelocate {
+		p.moves.Add(1)
+	} else if v := p.volumeAny(r.Volume); v != nil {
+		v.changes.Add(1)
 	}
 	p.wmu.applied = r.Seq
 	return nil

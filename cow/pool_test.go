@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -544,4 +545,56 @@ func TestReadCacheAndReadAhead(t *testing.T) {
 	if _, err := v.ReadAt(blk, 300*4096); err != nil || blk[7] != byte(300%256) {
 		t.Fatalf("cached block: %v, byte %d", err, blk[7])
 	}
+}
+
+// A read that starts after a write completed sees that write or a newer one:
+// the location cache never serves a superseded version, whatever the
+// interleaving of readers and writers.
+func TestReadsNeverGoBack(t *testing.T) {
+	p := openPool(t, vfs.NewMem())
+	defer p.Close()
+	v := mustVol(t, p, "a", 64*4096)
+	defer v.Close()
+	const blocks = 8
+	var acked [blocks]atomic.Uint32
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // writer: block b gets values 1, 2, 3, ...
+		defer wg.Done()
+		for i := uint32(1); i < 2000; i++ {
+			b := int(i % blocks)
+			if _, err := v.WriteAt(bytes.Repeat([]byte{byte(i / blocks % 250)}, 4096), int64(b)*4096); err != nil {
+				t.Error(err)
+				return
+			}
+			acked[b].Store(i / blocks % 250)
+		}
+		close(stop)
+	}()
+	for r := 0; r < 4; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 4096)
+			for k := 0; ; k++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				b := k % blocks
+				min := byte(acked[b].Load())
+				if _, err := v.ReadAt(buf, int64(b)*4096); err != nil {
+					t.Error(err)
+					return
+				}
+				if buf[0] < min {
+					t.Errorf("block %d read %d after %d was acknowledged", b, buf[0], min)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }

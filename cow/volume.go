@@ -10,6 +10,9 @@ import (
 
 const bs = cdp.BlockSize
 
+// locCacheMaxBlocks: reads up to this many blocks use the location cache.
+const locCacheMaxBlocks = 4
+
 // maxChunk bounds one write record: larger writes become several records.
 const maxChunk = 8 << 20
 
@@ -165,13 +168,49 @@ func (p *Pool) readBlocks(v *volState, first uint64, buf []byte, seq uint64) err
 	bp := blockPool.Get().(*[]uint64)
 	defer blockPool.Put(bp)
 	blocks = (*bp)[:0]
-	err := p.resolve(p.db, v, first, first+n-1, seq, func(b uint64, e entry) bool {
-		if e.kind == entryData {
-			es = append(es, e)
-			blocks = append(blocks, b)
+	var err error
+	// Small head reads: where the blocks are may be known already.
+	small := seq == Head && n <= locCacheMaxBlocks && p.locs != nil
+	var changes, moves uint64
+	known := false
+	if small {
+		changes, moves = p.stamps(v)
+		known = true
+		for b := first; b < first+n; b++ {
+			e, ok := p.locs.get(locKey{v.id, b}, changes, moves)
+			if !ok {
+				known = false
+				es, blocks = es[:0], blocks[:0]
+				break
+			}
+			if e.kind == entryData {
+				es = append(es, e)
+				blocks = append(blocks, b)
+			}
 		}
-		return true
-	})
+	}
+	if !known {
+		next := first
+		err = p.resolve(p.db, v, first, first+n-1, seq, func(b uint64, e entry) bool {
+			if small {
+				for ; next < b; next++ {
+					p.locs.put(locKey{v.id, next}, entry{kind: entryNone}, changes, moves)
+				}
+				next = b + 1
+				p.locs.put(locKey{v.id, b}, e, changes, moves)
+			}
+			if e.kind == entryData {
+				es = append(es, e)
+				blocks = append(blocks, b)
+			}
+			return true
+		})
+		if small && err == nil {
+			for ; next < first+n; next++ {
+				p.locs.put(locKey{v.id, next}, entry{kind: entryNone}, changes, moves)
+			}
+		}
+	}
 	*esp, *bp = es, blocks
 	if err != nil {
 		return fmt.Errorf("%w: %v", blockdev.ErrIO, err)
