@@ -7,6 +7,7 @@
 package cache
 
 import (
+	"sync"
 	"sync/atomic"
 
 	"github.com/dgraph-io/ristretto/v2"
@@ -28,6 +29,9 @@ type Cache struct {
 	misses atomic.Uint64
 }
 
+// blockPool recycles entries that never entered the cache.
+var blockPool sync.Pool
+
 type entry struct {
 	seg  uint64
 	off  int64
@@ -46,6 +50,13 @@ func New(size int64) (*Cache, error) {
 		BufferItems:        64,
 		Metrics:            true,
 		IgnoreInternalCost: false,
+		// A rejected entry never was visible to a reader: its buffer can be
+		// reused. (An evicted one may still be being copied by a Get.)
+		OnReject: func(it *ristretto.Item[*entry]) {
+			if it.Value != nil {
+				blockPool.Put(it.Value)
+			}
+		},
 	})
 	if err != nil {
 		return nil, err
@@ -81,8 +92,15 @@ func (c *Cache) Put(seg uint64, off int64, block []byte) {
 	if c == nil {
 		return
 	}
-	e := &entry{seg: seg, off: off, data: append([]byte(nil), block...)}
-	c.c.Set(key(seg, off), e, BlockSize+entryOverhead)
+	e, _ := blockPool.Get().(*entry)
+	if e == nil {
+		e = &entry{data: make([]byte, BlockSize)}
+	}
+	e.seg, e.off = seg, off
+	copy(e.data, block)
+	if !c.c.Set(key(seg, off), e, BlockSize+entryOverhead) {
+		blockPool.Put(e) // dropped at once: nobody saw it
+	}
 }
 
 // Stats describe the cache.

@@ -700,6 +700,17 @@ func (j *Journal) ReadAt(seg uint64, off int64, p []byte) error {
 	return nil
 }
 
+// Prefetch asks the OS to read length bytes at off of segment seg into its
+// page cache in the background (readahead(2) on Linux). Only a hint.
+func (j *Journal) Prefetch(seg uint64, off, length int64) {
+	j.segMu.RLock()
+	s := j.segs[seg]
+	j.segMu.RUnlock()
+	if s != nil {
+		_ = s.f.Prefetch(off, length)
+	}
+}
+
 // Stats describe the journal.
 type Stats struct {
 	Segments  int    `json:"segments"`

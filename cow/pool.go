@@ -230,6 +230,8 @@ type Pool struct {
 	cache *cache.Cache
 	locs  *locCache
 	moves atomic.Uint64 // relocations applied (the location cache's stamp)
+	// prefetched counts bytes of journal hinted by read-ahead.
+	prefetched atomic.Int64
 
 	stop chan struct{}
 	done chan struct{}
@@ -764,6 +766,7 @@ type Stats struct {
 	Volumes      int         `json:"volumes"`
 	Journal      cdp.Stats   `json:"journal"`
 	Cache        cache.Stats `json:"cache"`
+	ReadAhead    int64       `json:"read_ahead_bytes"` // journal bytes hinted by read-ahead
 	AppliedSeq   uint64      `json:"applied_seq"`
 	IndexBytes   uint64      `json:"index_bytes"`
 	JournalError string      `json:"journal_error,omitempty"`
@@ -778,7 +781,7 @@ func (p *Pool) Stats() Stats {
 	n := len(p.byName)
 	p.vmu.RUnlock()
 	j := p.j.Load()
-	st := Stats{Volumes: n, Journal: j.Stats(), Cache: p.cache.Stats(), AppliedSeq: applied, IndexBytes: p.db.Metrics().DiskSpaceUsage()}
+	st := Stats{Volumes: n, Journal: j.Stats(), Cache: p.cache.Stats(), ReadAhead: p.prefetched.Load(), AppliedSeq: applied, IndexBytes: p.db.Metrics().DiskSpaceUsage()}
 	if err := j.Err(); err != nil {
 		st.JournalError = err.Error()
 	}

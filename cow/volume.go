@@ -13,6 +13,9 @@ const bs = cdp.BlockSize
 // locCacheMaxBlocks: reads up to this many blocks use the location cache.
 const locCacheMaxBlocks = 4
 
+// cacheMaxBlocks: reads up to this many blocks (64 KiB) use the read cache.
+const cacheMaxBlocks = 16
+
 // maxChunk bounds one write record: larger writes become several records.
 const maxChunk = 8 << 20
 
@@ -30,13 +33,17 @@ type Volume struct {
 	ra        readAhead
 }
 
-// readAhead spots streaming reads on a handle and reads ahead into the
-// cache: bounded (raMax bytes past the read, one prefetch at a time).
+// readAhead spots streaming reads on a handle and asks the OS to read the
+// journal ranges that hold what comes next into its page cache (readahead
+// hints, no copies): bounded to raMax bytes past the read, one at a time.
+// Journal data written sequentially is laid out sequentially and the kernel
+// reads it ahead on its own; this matters for data written randomly and
+// read back as a stream, which is scattered over the journal.
 type readAhead struct {
 	mu       sync.Mutex
 	next     int64 // where a sequential read would start
 	streak   int   // sequential reads in a row
-	ahead    int64 // prefetched up to here
+	ahead    int64 // hinted up to here
 	inflight bool
 }
 
@@ -45,11 +52,8 @@ const (
 	raMax    = 4 << 20 // how far ahead
 )
 
-// noteRead records a read and, for a stream, starts a prefetch.
+// noteRead records a read and, for a stream, starts read-ahead.
 func (h *Volume) noteRead(off, n int64) {
-	if h.p.cache == nil {
-		return
-	}
 	ra := &h.ra
 	ra.mu.Lock()
 	if off == ra.next {
@@ -77,18 +81,40 @@ func (h *Volume) noteRead(off, n int64) {
 			ra.inflight = false
 			ra.mu.Unlock()
 		}()
-		unlock, err := h.p.readLock()
-		if err != nil {
-			return
-		}
-		defer unlock()
-		first := uint64(from) / bs
-		last := uint64(to-1) / bs
-		bp := getBuf(int(last-first+1) * bs)
-		defer bufPool.Put(bp)
-		// Errors are the real read's business.
-		_ = h.p.readBlocks(h.v, first, *bp, h.seq)
+		h.p.readAhead(h.v, uint64(from)/bs, uint64(to-1)/bs, h.seq)
 	}()
+}
+
+// readAhead hints the journal ranges holding blocks [first, last] of v.
+func (p *Pool) readAhead(v *volState, first, last, seq uint64) {
+	unlock, err := p.readLock()
+	if err != nil {
+		return
+	}
+	defer unlock()
+	j := p.j.Load()
+	var seg uint64
+	var start, end int64
+	flush := func() {
+		if end > start {
+			j.Prefetch(seg, start, end-start)
+			p.prefetched.Add(end - start)
+		}
+	}
+	// Errors are the real read's business.
+	_ = p.resolve(p.db, v, first, last, seq, func(_ uint64, e entry) bool {
+		if e.kind != entryData {
+			return true
+		}
+		if e.seg == seg && e.off == end {
+			end += bs
+			return true
+		}
+		flush()
+		seg, start, end = e.seg, e.off, e.off+bs
+		return true
+	})
+	flush()
 }
 
 // OpenVolume opens the head of a volume for reading and writing.
@@ -219,6 +245,9 @@ func (p *Pool) readBlocks(v *volState, first uint64, buf []byte, seq uint64) err
 	// Zero what holds no data, take what the cache has, then read runs of
 	// missing blocks that sit next to each other in one segment with one
 	// read each, check them and cache them.
+	// Only small reads use the read cache: streams would churn it for
+	// nothing (the page cache holds them, and read-ahead warms it).
+	useCache := p.cache != nil && n <= cacheMaxBlocks
 	hit := hitPool.Get().(*[]bool)
 	defer hitPool.Put(hit)
 	*hit = append((*hit)[:0], make([]bool, len(es))...)
@@ -227,7 +256,7 @@ func (p *Pool) readBlocks(v *volState, first uint64, buf []byte, seq uint64) err
 		b := blocks[i]
 		clear(buf[(next-first)*bs : (b-first)*bs])
 		next = b + 1
-		if p.cache != nil {
+		if useCache {
 			(*hit)[i] = p.cache.Get(es[i].seg, es[i].off, buf[(b-first)*bs:(b-first+1)*bs])
 		}
 	}
@@ -251,7 +280,9 @@ func (p *Pool) readBlocks(v *volState, first uint64, buf []byte, seq uint64) err
 			if cdp.Checksum(blk) != es[m].crc {
 				return fmt.Errorf("%w: checksum mismatch in volume %q block %d (journal segment %d offset %d)", blockdev.ErrIO, v.name, blocks[m], es[m].seg, es[m].off)
 			}
-			p.cache.Put(es[m].seg, es[m].off, blk)
+			if useCache {
+				p.cache.Put(es[m].seg, es[m].off, blk)
+			}
 		}
 		i = k
 	}
