@@ -1,0 +1,393 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+type bench struct {
+	cfg       config
+	tmp       string
+	strataBin string
+	serveHelp string
+	machine   []string // "key: value" lines
+	jobs      []*job
+	systems   []*system
+	results   []result
+	csv       *csvWriter
+	report    io.Writer // stdout and table.txt
+
+	mu       sync.Mutex
+	notes    []string
+	cleanups []func()
+}
+
+type result struct {
+	round  int
+	job    string
+	system string
+	r      fioResult
+	note   string
+	start  time.Time
+}
+
+func (b *bench) notef(format string, args ...any) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.notes = append(b.notes, fmt.Sprintf(format, args...))
+}
+
+func (b *bench) atExit(f func()) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.cleanups = append(b.cleanups, f)
+}
+
+// cleanup undoes everything in reverse: servers stop, files go.
+func (b *bench) cleanup() {
+	b.mu.Lock()
+	fs := b.cleanups
+	b.cleanups = nil
+	b.mu.Unlock()
+	for i := len(fs) - 1; i >= 0; i-- {
+		fs[i]()
+	}
+}
+
+func (b *bench) main(ctx context.Context) error {
+	cfg := &b.cfg
+	if cfg.from != "" {
+		return b.redraw()
+	}
+	if _, err := command(ctx, "fio", "--version"); err != nil {
+		return fmt.Errorf("fio is not installed (make test-deps): %v", err)
+	}
+	if out, _ := command(ctx, "fio", "--enghelp"); !strings.Contains(out, "nbd") {
+		return errors.New("this fio has no nbd engine (Debian's fio has it: make test-deps)")
+	}
+	all, err := loadJobs(cfg.jobDir)
+	if err != nil {
+		return err
+	}
+	if b.jobs, err = selectJobs(all, cfg.jobs, cfg.quick); err != nil {
+		return err
+	}
+	names := cfg.systems
+	if len(names) == 0 {
+		names = systemNames
+	}
+	for _, n := range names {
+		if !slices.Contains(systemNames, n) {
+			return fmt.Errorf("unknown system %q (systems: %s)", n, strings.Join(systemNames, ", "))
+		}
+	}
+	if err := os.MkdirAll(cfg.out, 0o755); err != nil {
+		return err
+	}
+
+	parent := cfg.tmp
+	if parent == "" {
+		parent = os.TempDir()
+	}
+	if b.tmp, err = os.MkdirTemp(parent, "strata-bench-"); err != nil {
+		return err
+	}
+	if cfg.keep {
+		b.atExit(func() { fmt.Fprintf(os.Stderr, "bench: kept %s\n", b.tmp) })
+	} else {
+		b.atExit(func() { os.RemoveAll(b.tmp) })
+	}
+
+	b.strataBin = cfg.strata
+	if b.strataBin == "" {
+		b.strataBin = filepath.Join(b.tmp, "bin", "strata")
+		fmt.Println("building strata (go build ./cmd/strata) ...")
+		build, err := command(ctx, "go", "build", "-C", cfg.repoRoot, "-o", b.strataBin, "./cmd/strata")
+		if err != nil {
+			return fmt.Errorf("building strata: %v\n%s", err, build)
+		}
+	} else if b.strataBin, err = filepath.Abs(b.strataBin); err != nil {
+		return err
+	}
+	if b.serveHelp, err = command(ctx, b.strataBin, "serve", "--help"); err != nil {
+		return fmt.Errorf("strata serve --help: %v", err)
+	}
+
+	for _, n := range names {
+		if why := b.available(ctx, n); why != "" {
+			b.notef("%s skipped: %s", n, why)
+			fmt.Printf("skipping %s: %s\n", n, why)
+			continue
+		}
+		b.systems = append(b.systems, newSystem(b, n))
+	}
+	if len(b.systems) == 0 {
+		return errors.New("no system to run")
+	}
+
+	// Everything printed from here on also goes to table.txt.
+	tableFile, err := os.Create(filepath.Join(cfg.out, "table.txt"))
+	if err != nil {
+		return err
+	}
+	defer tableFile.Close()
+	b.report = io.MultiWriter(os.Stdout, tableFile)
+
+	b.collectMachine(ctx)
+	if err := os.WriteFile(filepath.Join(cfg.out, "machine.txt"), []byte(strings.Join(b.machine, "\n")+"\n"), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintln(b.report, strings.Join(b.machine, "\n"))
+	fmt.Fprintln(b.report)
+
+	plan := b.plan()
+	est := time.Duration(len(plan)) * (cfg.runtime + 800*time.Millisecond)
+	fmt.Printf("%d runs: %d job(s) x %d system(s) x %d round(s), %s each, working set %s; about %s plus setup\n",
+		len(plan), len(b.jobs), len(b.systems), cfg.rounds, cfg.runtime, formatSize(cfg.size), est.Round(time.Second))
+	if len(plan) == 0 {
+		return errors.New("no job applies to the selected systems (see -all)")
+	}
+
+	if b.csv, err = newCSV(filepath.Join(cfg.out, "results.csv")); err != nil {
+		return err
+	}
+	defer b.csv.close()
+
+	b.warmMemory(cfg.warmMB)
+
+	for _, s := range b.systems {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		s := s
+		fmt.Printf("starting %s and prefilling %s ... ", s.name, formatSize(cfg.size))
+		t0 := time.Now()
+		b.atExit(s.stop)
+		if err := s.start(ctx); err != nil {
+			fmt.Println()
+			return fmt.Errorf("starting %s: %w", s.name, err)
+		}
+		if err := s.prefill(ctx); err != nil {
+			fmt.Println()
+			return fmt.Errorf("prefilling %s: %w", s.name, err)
+		}
+		fmt.Printf("%.1fs\n", time.Since(t0).Seconds())
+	}
+	// Write the prefill back to disk now, not during the first measurements.
+	syscall.Sync()
+
+	stopped := ""
+	for i, p := range plan {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if free := freeBytes(b.tmp); free < cfg.minFree {
+			stopped = fmt.Sprintf("stopped after %d of %d runs: only %s free under %s (Strata's journal keeps every write: GC is off)",
+				i, len(plan), humanBytes(float64(free)), parent)
+			break
+		}
+		res, err := b.runOne(ctx, p)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("%s on %s (round %d): %w", p.job.name, p.sys.name, p.round, err)
+		}
+		b.results = append(b.results, res)
+		b.csv.write(res)
+		fmt.Printf("[%3d/%d r%d] %-24s %-15s %10.0f IOPS %9.1f MB/s  p99 %9s  %s\n", i+1, len(plan), p.round,
+			p.job.name, p.sys.name, res.r.iops, res.r.bw/1e6, fmtLatency(res.r.p99), res.note)
+	}
+	if stopped != "" {
+		b.notef("%s", stopped)
+	}
+	b.diskUsage()
+
+	fmt.Fprintln(b.report)
+	b.printTable()
+	if err := b.drawChart(filepath.Join(cfg.out, "chart.png")); err != nil {
+		b.notef("chart: %v", err)
+	}
+	if len(b.notes) > 0 {
+		fmt.Fprintln(b.report, "\nNotes:")
+		for _, n := range b.notes {
+			fmt.Fprintln(b.report, "  -", n)
+		}
+	}
+	fmt.Printf("\nwrote %s/{results.csv,chart.png,machine.txt,table.txt}\n", cfg.out)
+	return nil
+}
+
+func selectJobs(all []*job, names []string, quick bool) ([]*job, error) {
+	if len(names) == 0 {
+		var out []*job
+		for _, j := range all {
+			if !quick || j.key {
+				out = append(out, j)
+			}
+		}
+		return out, nil
+	}
+	var out []*job
+	for _, n := range names {
+		i := slices.IndexFunc(all, func(j *job) bool { return j.name == n })
+		if i < 0 {
+			var known []string
+			for _, j := range all {
+				known = append(known, j.name)
+			}
+			return nil, fmt.Errorf("unknown job %q (jobs: %s)", n, strings.Join(known, ", "))
+		}
+		out = append(out, all[i])
+	}
+	return out, nil
+}
+
+type planned struct {
+	round int
+	job   *job
+	sys   *system
+}
+
+// applies says whether a job runs on a system by default (this keeps a full
+// run near 20 minutes): the peers and plain Strata run everything; the
+// ceiling and the scenarios run the key jobs, a scenario only those its
+// feature can change. -all runs everything everywhere.
+func (b *bench) applies(s *system, j *job) bool {
+	if b.cfg.all {
+		return true
+	}
+	switch s.name {
+	case "io_uring":
+		// A fresh sparse file would measure ext4's allocation, which
+		// nbdkit's fresh run already includes.
+		return j.key && !j.fresh
+	case "strata-nocache":
+		return j.key && j.reads && !j.fresh
+	case "strata-snap10":
+		// Snapshots cost writes (the next write to a block a snapshot
+		// holds); the mixed jobs are mostly reads.
+		return j.key && j.writes && !j.reads && !j.fresh
+	}
+	return true
+}
+
+// plan orders the runs: round by round, job by job, and within a job every
+// system in turn (A B C A B C ...).
+func (b *bench) plan() []planned {
+	var out []planned
+	for r := 1; r <= b.cfg.rounds; r++ {
+		for _, j := range b.jobs {
+			for _, s := range b.systems {
+				if b.applies(s, j) {
+					out = append(out, planned{r, j, s})
+				}
+			}
+		}
+	}
+	return out
+}
+
+func (b *bench) runOne(ctx context.Context, p planned) (result, error) {
+	cfg := &b.cfg
+	t, size := p.sys.main, cfg.size
+	if p.job.fresh {
+		size = 4 * cfg.size
+		ft, done, err := p.sys.fresh(ctx, size)
+		if err != nil {
+			return result{}, fmt.Errorf("fresh target: %w", err)
+		}
+		defer done()
+		t = ft
+	}
+	// Dirty pages left by the previous run (another system's, maybe) are
+	// written back now, not during this measurement.
+	syscall.Sync()
+	args := append(t.fioArgs(), "--size="+fioSize(size), "--time_based",
+		fmt.Sprintf("--runtime=%dms", cfg.runtime.Milliseconds()), p.job.file)
+	var sn *snapshotter
+	if p.sys.snapshots > 0 && t.volume != "" {
+		sn = p.sys.startSnapshots(ctx, t.volume, p.sys.snapshots, cfg.runtime)
+	}
+	res := result{round: p.round, job: p.job.name, system: p.sys.name, start: time.Now()}
+	jsonPath := filepath.Join(p.sys.dir, fmt.Sprintf("r%d-%s.json", p.round, p.job.name))
+	r, err := runFio(ctx, args, jsonPath)
+	if sn != nil {
+		res.note = sn.finish()
+	}
+	if err != nil {
+		if p.sys.proc != nil && p.sys.proc.exited() {
+			err = fmt.Errorf("%w\n%s exited (%v); its log:\n%s", err, p.sys.name, p.sys.proc.waitErr, p.sys.proc.logTail())
+		}
+		return res, err
+	}
+	res.r = r
+	return res, nil
+}
+
+// warmMemory touches mb MiB of memory once through /dev/shm: virtual
+// machines fault fresh guest memory in slowly the first time, and no system
+// should pay that inside its measurements.
+func (b *bench) warmMemory(mb int) {
+	if mb <= 0 {
+		return
+	}
+	if free := freeBytes("/dev/shm"); free < int64(mb)<<20+(1<<30) {
+		return
+	}
+	path := fmt.Sprintf("/dev/shm/strata-bench-warm-%d", os.Getpid())
+	f, err := os.Create(path)
+	if err != nil {
+		return
+	}
+	defer os.Remove(path)
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for i := 0; i < mb; i++ {
+		if _, err := f.Write(buf); err != nil {
+			return
+		}
+	}
+}
+
+func freeBytes(dir string) int64 {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 1 << 62
+	}
+	return int64(st.Bavail) * st.Bsize
+}
+
+// diskUsage notes how much disk each system's files took (Strata keeps
+// every write in its journal; GC is off during the run).
+func (b *bench) diskUsage() {
+	var parts []string
+	for _, s := range b.systems {
+		var n int64
+		filepath.WalkDir(s.dir, func(_ string, d os.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				if fi, err := d.Info(); err == nil {
+					if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+						n += st.Blocks * 512
+					}
+				}
+			}
+			return nil
+		})
+		parts = append(parts, fmt.Sprintf("%s %s", s.name, humanBytes(float64(n))))
+	}
+	b.notef("disk used at the end (allocated blocks): %s", strings.Join(parts, ", "))
+}
+
+	return ""
+}
