@@ -388,6 +388,3 @@ func (b *bench) diskUsage() {
 	}
 	b.notef("disk used at the end (allocated blocks): %s", strings.Join(parts, ", "))
 }
-
-	return ""
-}
