@@ -191,12 +191,13 @@ func runServe(c *cli.Context) error {
 		}
 		cfg.volumes = append(cfg.volumes, volumeSpec{name, size})
 	}
-	// Keep the Go heap near what the flags allow (the read cache, the index
-	// cache and memtables, plus a fixed allowance for buffers), unless
-	// GOMEMLIMIT says otherwise: the garbage collector works harder before
-	// the daemon grows past it.
+	// A backstop on the Go heap from what the flags allow, unless
+	// GOMEMLIMIT says otherwise. Twice the caches: Go's collector lets the
+	// heap reach twice what is live, and a limit close to the live cache
+	// would make it collect without pause (measured: random reads at half
+	// speed with a 1.25 GiB cache).
 	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(cfg.pool.CacheSize + cfg.pool.IndexCacheSize + 96<<20 + 256<<20)
+		debug.SetMemoryLimit(2*(cfg.pool.CacheSize+cfg.pool.IndexCacheSize) + 512<<20)
 	}
 	d, err := startDaemon(cfg)
 	if err != nil {
