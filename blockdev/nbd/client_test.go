@@ -54,7 +54,11 @@ func startServer(t testing.TB, x *memExporter, opts Options) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := &testServer{Server: NewServer(x, opts), sock: sock, x: x, errc: make(chan error, 1)}
+	srv, err := NewServer(x, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := &testServer{Server: srv, sock: sock, x: x, errc: make(chan error, 1)}
 	go func() { ts.errc <- ts.Serve(l) }()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

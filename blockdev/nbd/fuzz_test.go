@@ -164,7 +164,10 @@ func serveStream(t *testing.T, in []byte) *memExporter {
 	x := newMemExporter()
 	x.add("vol", newMemDev(1<<20), "v")
 	x.add("other", newMemDev(8192), "")
-	s := NewServer(x, Options{Logger: slog.New(slog.DiscardHandler)})
+	s, err := NewServer(x, Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
 	cli, srv := socketPair(t)
 	done := make(chan struct{})
 	go func() {

@@ -134,15 +134,15 @@ type Server struct {
 
 // NewServer returns a server for exp. It panics if opts are invalid (a
 // programming error); zero fields take their defaults.
-func NewServer(exp Exporter, opts Options) *Server {
+func NewServer(exp Exporter, opts Options) (*Server, error) {
 	o, err := opts.withDefaults()
 	if err != nil {
-		panic("nbd: invalid Options: " + err.Error())
+		return nil, fmt.Errorf("nbd: invalid Options: %w", err)
 	}
 	s := &Server{exp: exp, opts: o, log: o.Logger}
 	s.mu.listeners = make(map[net.Listener]struct{})
 	s.mu.conns = make(map[*conn]struct{})
-	return s
+	return s, nil
 }
 
 // Serve accepts connections on l and serves each in its own goroutine. It

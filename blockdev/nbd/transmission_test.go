@@ -790,16 +790,14 @@ func TestOptionsValidation(t *testing.T) {
 		{MaxBlockSize: 1000},
 		{MaxBlockSize: 2 << 30},
 	} {
-		func() {
-			defer func() {
-				if recover() == nil {
-					t.Errorf("NewServer(%+v) accepted invalid options", o)
-				}
-			}()
-			NewServer(newTestExporter(), o)
-		}()
+		if _, err := NewServer(newTestExporter(), o); err == nil {
+			t.Errorf("NewServer(%+v) accepted invalid options", o)
+		}
 	}
-	s := NewServer(newTestExporter(), Options{MinBlockSize: 1, PreferredBlockSize: 512, MaxBlockSize: 1 << 20})
+	s, err := NewServer(newTestExporter(), Options{MinBlockSize: 1, PreferredBlockSize: 512, MaxBlockSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if s.opts.MaxRequestsInFlight != 64 || s.opts.MaxBytesInFlight != 128<<20 || s.opts.Logger == nil {
 		t.Fatalf("defaults %+v", s.opts)
 	}

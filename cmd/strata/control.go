@@ -39,6 +39,7 @@ import (
 //	POST   /v1/clones {source: "VOL@POINT", name} -> cow.VolumeInfo
 //	GET    /v1/df                           -> cow.Space
 //	POST   /v1/gc                           -> cow.GCStats
+//	GET    /metrics                         -> Prometheus text format
 //	GET    /debug/pprof/...                 -> Go profiles (net/http/pprof)
 //
 // Errors are {"error": "...", "code": "..."} with a matching HTTP status.
@@ -354,6 +355,7 @@ func (d *daemon) controlHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, st)
 	})
+	mux.HandleFunc("GET /metrics", d.metrics)
 	// Profiles of the running daemon, for performance work:
 	// curl --unix-socket DATA/control.sock http://strata/debug/pprof/profile?seconds=10 > cpu.prof
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)

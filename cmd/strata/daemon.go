@@ -134,7 +134,9 @@ func startDaemon(cfg daemonConfig) (*daemon, error) {
 		cfg.log.Info("created volume", "name", v.name, "size", formatSize(v.size))
 	}
 
-	d.nbd = nbd.NewServer(exporter{pool}, nbd.Options{Logger: cfg.log})
+	if d.nbd, err = nbd.NewServer(exporter{pool}, nbd.Options{Logger: cfg.log}); err != nil {
+		return nil, err
+	}
 	if cfg.nbdSocket != "" {
 		l, err := listenUnix(cfg.nbdSocket, 0o660)
 		if err != nil {

@@ -1,0 +1,57 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+)
+
+// metrics serves the daemon's counters in the Prometheus text format on the
+// control socket (GET /metrics). A TCP listener for scrapers
+// (--metrics-listen) is a later addition; this endpoint is its content.
+func (d *daemon) metrics(w http.ResponseWriter, _ *http.Request) {
+	st := d.pool.Stats()
+	var b strings.Builder
+	metric := func(name, typ, help string, v any, labels ...string) {
+		if !strings.Contains(b.String(), "# TYPE "+name+" ") {
+			fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
+		}
+		l := ""
+		if len(labels) == 2 {
+			l = fmt.Sprintf("{%s=%q}", labels[0], labels[1])
+		}
+		fmt.Fprintf(&b, "%s%s %v\n", name, l, v)
+	}
+	c := st.Cache
+	metric("strata_cache_max_bytes", "gauge", "Read cache capacity (0: off).", c.MaxBytes)
+	metric("strata_cache_bytes", "gauge", "Bytes in the read cache.", c.Bytes)
+	metric("strata_cache_hits_total", "counter", "Read cache hits.", c.Hits)
+	metric("strata_cache_misses_total", "counter", "Read cache misses.", c.Misses)
+	metric("strata_cache_evictions_total", "counter", "Blocks evicted from the read cache.", c.Evictions)
+	metric("strata_cache_hit_ratio", "gauge", "Read cache hits / lookups since start.", c.HitRatio)
+	metric("strata_read_ahead_bytes_total", "counter", "Journal bytes hinted to the kernel by read-ahead.", st.ReadAhead)
+	j := st.Journal
+	metric("strata_journal_bytes", "gauge", "Journal size on disk.", j.Bytes)
+	metric("strata_journal_segments", "gauge", "Journal segment files.", j.Segments)
+	metric("strata_journal_last_seq", "gauge", "Sequence number of the newest record.", j.LastSeq)
+	metric("strata_journal_synced_seq", "gauge", "Every record up to this one is durable.", j.SyncedSeq)
+	metric("strata_journal_fsyncs_total", "counter", "Journal fsyncs (group commits).", j.Fsyncs)
+	metric("strata_index_bytes", "gauge", "Block index size on disk.", st.IndexBytes)
+	failed := 0
+	if st.JournalError != "" {
+		failed = 1
+	}
+	metric("strata_pool_failed", "gauge", "1 after a failed fsync: the pool refuses writes until restarted.", failed)
+	metric("strata_nbd_connections", "gauge", "Open NBD connections.", len(d.nbd.Connections()))
+	for _, v := range d.pool.Volumes() {
+		metric("strata_volume_size_bytes", "gauge", "Volume size.", v.Size, "volume", v.Name)
+		metric("strata_volume_written_bytes", "gauge", "Bytes whose newest version holds data.", v.Written, "volume", v.Name)
+	}
+	if g := d.lastGC(); g != nil {
+		metric("strata_gc_last_bytes_freed", "gauge", "Bytes freed by the last garbage collection pass.", g.Stats.BytesFreed)
+		metric("strata_gc_last_bytes_relocated", "gauge", "Bytes copied forward by the last pass.", g.Stats.BytesRelocated)
+		metric("strata_gc_last_run_timestamp_seconds", "gauge", "When the last pass ran.", g.At.Unix())
+	}
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+	fmt.Fprint(w, b.String())
+}

@@ -1,0 +1,60 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+)
+
+// TestE2EMetrics: the control socket serves the counters, the read cache's
+// among them, in the Prometheus text format.
+func TestE2EMetrics(t *testing.T) {
+	need(t, "qemu-io")
+	s := startServer(t)
+	s.createVolume("m", "16MiB")
+	mustQemuIO(t, s.uri("m"), "write -P 0x5a 0 1M")
+	// Small reads, twice: the second pass hits the read cache.
+	for i := 0; i < 2; i++ {
+		mustQemuIO(t, s.uri("m"), "read -P 0x5a 0 4k", "read -P 0x5a 4k 4k", "read -P 0x5a 8k 4k")
+	}
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", filepath.Join(s.dir, "control.sock"))
+	}}}
+	resp, err := hc.Get("http://strata/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	text := string(body)
+	value := func(re string) float64 {
+		m := regexp.MustCompile(`(?m)^` + re + ` (\S+)$`).FindStringSubmatch(text)
+		if m == nil {
+			t.Fatalf("metrics lack %s:\n%s", re, text)
+		}
+		v, _ := strconv.ParseFloat(m[1], 64)
+		return v
+	}
+	if v := value(`strata_volume_written_bytes\{volume="m"\}`); v != 1<<20 {
+		t.Errorf("written %v, want 1 MiB", v)
+	}
+	if v := value(`strata_cache_hits_total`); v < 3 {
+		t.Errorf("cache hits %v after reading the same blocks twice", v)
+	}
+	if v := value(`strata_cache_max_bytes`); v != 256<<20 {
+		t.Errorf("cache capacity %v, want the 256 MiB default", v)
+	}
+	if v := value(`strata_journal_fsyncs_total`); v < 1 {
+		t.Errorf("fsyncs %v", v)
+	}
+	value(`strata_pool_failed`)
+	if resp.Header.Get("Content-Type") == "" || !regexp.MustCompile(`# TYPE strata_cache_hits_total counter`).MatchString(text) {
+		t.Errorf("not the Prometheus text format:\n%s", text)
+	}
+}
