@@ -6,7 +6,7 @@ BIN       := bin/strata
 DATA      ?= ./strata-data
 VOLUME    ?= vol0=10GiB
 # Packages with concurrency run under the race detector.
-RACE_PKGS := ./cdp/... ./cow/... ./blockdev/...
+RACE_PKGS := ./cdp/... ./cow/... ./cache/... ./blockdev/...
 TEST_DEBS := fio qemu-utils libnbd-bin nbdkit python3-libnbd fuse3 e2fsprogs util-linux
 
 .PHONY: all build run test test-deps vet fmt-check unit race e2e fuzz bench clean
