@@ -102,62 +102,55 @@ var writtenSizes = []struct {
 	n    int64
 }{{"written=4MiB", 4 << 20}, {"written=4GiB", 4 << 30}}
 
-// BenchmarkSnapshotCreate: O(1) in data written (P2): compare the two sizes.
-func BenchmarkSnapshotCreate(b *testing.B) {
-	for _, w := range writtenSizes {
-		b.Run(w.name, func(b *testing.B) {
-			if testing.Short() && w.n > 1<<30 {
-				b.Skip("-short")
-			}
-			p, _ := benchWritten(b, w.n)
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				if _, err := p.CreateSnapshot("bench", "s"+strconv.Itoa(i), ""); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-	}
-}
-
-// BenchmarkClone: O(1) in data written (P2).
-func BenchmarkClone(b *testing.B) {
-	for _, w := range writtenSizes {
-		b.Run(w.name, func(b *testing.B) {
-			if testing.Short() && w.n > 1<<30 {
-				b.Skip("-short")
-			}
-			p, _ := benchWritten(b, w.n)
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				if _, err := p.Clone("bench", "seq:"+strconv.FormatUint(p.wmu.applied, 10), "c"+strconv.Itoa(i)); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-	}
-}
-
-// BenchmarkRollback: O(1) in data written (P2).
-func BenchmarkRollback(b *testing.B) {
+// benchO1 runs op on a volume with 4 MiB and with 4 GiB written: P2 says
+// the two must take about the same time. setup runs once per size.
+func benchO1(b *testing.B, setup func(p *Pool, v *Volume), op func(p *Pool, i int) error) {
 	for _, w := range writtenSizes {
 		b.Run(w.name, func(b *testing.B) {
 			if testing.Short() && w.n > 1<<30 {
 				b.Skip("-short")
 			}
 			p, v := benchWritten(b, w.n)
-			v.Close()
-			if _, err := p.CreateSnapshot("bench", "base", ""); err != nil {
-				b.Fatal(err)
+			if setup != nil {
+				setup(p, v)
 			}
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				if _, err := p.Rollback("bench", "base", false); err != nil {
+				if err := op(p, i); err != nil {
 					b.Fatal(err)
 				}
 			}
 		})
 	}
+}
+
+// BenchmarkSnapshotCreate: O(1) in data written (P2).
+func BenchmarkSnapshotCreate(b *testing.B) {
+	benchO1(b, nil, func(p *Pool, i int) error {
+		_, err := p.CreateSnapshot("bench", "s"+strconv.Itoa(i), "")
+		return err
+	})
+}
+
+// BenchmarkClone: O(1) in data written (P2).
+func BenchmarkClone(b *testing.B) {
+	benchO1(b, nil, func(p *Pool, i int) error {
+		_, err := p.Clone("bench", "seq:"+strconv.FormatUint(p.wmu.applied, 10), "c"+strconv.Itoa(i))
+		return err
+	})
+}
+
+// BenchmarkRollback: O(1) in data written (P2).
+func BenchmarkRollback(b *testing.B) {
+	benchO1(b, func(p *Pool, v *Volume) {
+		v.Close()
+		if _, err := p.CreateSnapshot("bench", "base", ""); err != nil {
+			b.Fatal(err)
+		}
+	}, func(p *Pool, i int) error {
+		_, err := p.Rollback("bench", "base", false)
+		return err
+	})
 }
 
 // BenchmarkWriteRand4KSnapshots: random 4 KiB writes with 0 and with 10
