@@ -188,6 +188,14 @@ func scanVersions(r reader, fn func(vol, block uint64, e entry, next uint64, key
 	return it.Error()
 }
 
+// candidate is an old segment garbage collection may free: its size and
+// the live blocks in it.
+type candidate struct {
+	size  int64
+	live  int64
+	links []liveBlock
+}
+
 type liveBlock struct {
 	vol, block, seq uint64
 	off             int64
@@ -233,21 +241,13 @@ func (p *Pool) GC(ctx context.Context) (GCStats, error) {
 
 	// Candidates: whole segments before every window (oldest first, a
 	// bounded amount per pass so memory stays bounded).
-	cand := map[uint64]*struct {
-		size  int64
-		live  int64
-		links []liveBlock
-	}{}
+	cand := map[uint64]*candidate{}
 	var candBytes int64
 	for _, s := range segs {
 		if s.Current || s.LastSeq >= minWindow || candBytes >= p.opts.GCBatchBytes {
 			continue
 		}
-		cand[s.ID] = &struct {
-			size  int64
-			live  int64
-			links []liveBlock
-		}{size: s.Size}
+		cand[s.ID] = &candidate{size: s.Size}
 		candBytes += s.Size
 	}
 	st.SegmentsExamined = len(cand)
