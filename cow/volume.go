@@ -250,7 +250,11 @@ func (p *Pool) readBlocks(v *volState, first uint64, buf []byte, seq uint64) err
 	useCache := p.cache != nil && n <= cacheMaxBlocks
 	hit := hitPool.Get().(*[]bool)
 	defer hitPool.Put(hit)
-	*hit = append((*hit)[:0], make([]bool, len(es))...)
+	if cap(*hit) < len(es) {
+		*hit = make([]bool, len(es))
+	}
+	*hit = (*hit)[:len(es)]
+	clear(*hit)
 	next := first
 	for i := range es {
 		b := blocks[i]
