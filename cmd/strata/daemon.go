@@ -29,6 +29,7 @@ type daemonConfig struct {
 	nbdSocket     string // "" disables
 	listen        string // "" disables
 	controlSocket string
+	metricsListen string       // "" disables
 	volumes       []volumeSpec // created at start when missing
 	pool          cow.Options
 	log           *slog.Logger
@@ -41,15 +42,16 @@ type volumeSpec struct {
 
 // daemon owns a data directory while it runs.
 type daemon struct {
-	cfg     daemonConfig
-	lock    *os.File
-	pool    *cow.Pool
-	nbd     *nbd.Server
-	control *http.Server
-	lns     []net.Listener
-	socks   []string
-	started time.Time
-	gc      *gcReport // last manual pass
+	cfg        daemonConfig
+	lock       *os.File
+	pool       *cow.Pool
+	nbd        *nbd.Server
+	control    *http.Server
+	metricsSrv *http.Server
+	lns        []net.Listener
+	socks      []string
+	started    time.Time
+	gc         *gcReport // last manual pass
 }
 
 // errDataInUse: another serve holds the data directory.
@@ -160,6 +162,16 @@ func startDaemon(cfg daemonConfig) (*daemon, error) {
 	d.socks = append(d.socks, cfg.controlSocket)
 	d.control = &http.Server{Handler: d.controlHandler(), ReadHeaderTimeout: 10 * time.Second}
 	go d.control.Serve(cl)
+	if cfg.metricsListen != "" {
+		ml, err := net.Listen("tcp", cfg.metricsListen)
+		if err != nil {
+			return nil, fmt.Errorf("--metrics-listen %s: %w", cfg.metricsListen, err)
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("GET /metrics", d.metrics)
+		d.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go d.metricsSrv.Serve(ml)
+	}
 	ok = true
 	return d, nil
 }
@@ -179,6 +191,9 @@ func (d *daemon) close(ctx context.Context) error {
 	var firstErr error
 	if d.control != nil {
 		d.control.Shutdown(ctx)
+	}
+	if d.metricsSrv != nil {
+		d.metricsSrv.Shutdown(ctx)
 	}
 	if d.nbd != nil {
 		if err := d.nbd.Shutdown(ctx); err != nil {

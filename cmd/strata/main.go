@@ -119,6 +119,7 @@ requests finish, the journal is synced, the lock is released.`,
 			&cli.StringFlag{Name: "retention", Value: "24h", Usage: "how long every write stays readable as a point in time (90m, 24h, 7d); volumes may override it"},
 			&cli.StringFlag{Name: "retention-size", Value: "0", Usage: "cap on the journal (e.g. 20GiB; 0: none): history older than fits is discarded early, and status says so"},
 			&cli.StringFlag{Name: "gc-interval", Value: "1m", Usage: "how often garbage collection runs in the background (0 disables it)"},
+			&cli.StringFlag{Name: "metrics-listen", Usage: "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9510; default off; they are always on the control socket)"},
 			&cli.StringFlag{Name: "segment-size", Value: "128MiB", Usage: "journal segment file size (1MiB..1GiB); smaller segments let GC free space in finer steps"},
 		},
 		Action: runServe,
@@ -137,7 +138,8 @@ func runServe(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("data directory %q: %w", c.String("data"), err)
 	}
-	cfg := daemonConfig{dataDir: data, listen: c.String("listen"), controlSocket: controlPath(c), log: log}
+	cfg := daemonConfig{dataDir: data, listen: c.String("listen"), controlSocket: controlPath(c), log: log,
+		metricsListen: c.String("metrics-listen")}
 	if !c.IsSet("control-socket") {
 		cfg.controlSocket = filepath.Join(data, "control.sock")
 	}

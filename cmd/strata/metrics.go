@@ -6,9 +6,9 @@ import (
 	"strings"
 )
 
-// metrics serves the daemon's counters in the Prometheus text format on the
-// control socket (GET /metrics). A TCP listener for scrapers
-// (--metrics-listen) is a later addition; this endpoint is its content.
+// metrics serves the daemon's counters in the Prometheus text format, on the
+// control socket (GET /metrics) and, with --metrics-listen, on TCP for
+// scrapers.
 func (d *daemon) metrics(w http.ResponseWriter, _ *http.Request) {
 	st := d.pool.Stats()
 	var b strings.Builder

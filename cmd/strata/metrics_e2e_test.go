@@ -58,3 +58,28 @@ func TestE2EMetrics(t *testing.T) {
 		t.Errorf("not the Prometheus text format:\n%s", text)
 	}
 }
+
+// The same metrics over TCP with --metrics-listen, for scrapers.
+func TestE2EMetricsListen(t *testing.T) {
+	port := freePort(t)
+	s := startServer(t, "--metrics-listen", "127.0.0.1:"+strconv.Itoa(port))
+	s.createVolume("x", "4MiB")
+	resp, err := http.Get("http://127.0.0.1:" + strconv.Itoa(port) + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if !regexp.MustCompile(`(?m)^strata_volume_size_bytes\{volume="x"\} 4194304$`).Match(body) {
+		t.Fatalf("TCP metrics lack the volume:\n%s", body)
+	}
+	// Only /metrics: the control API stays on the control socket.
+	r2, err := http.Get("http://127.0.0.1:" + strconv.Itoa(port) + "/v1/volumes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2.Body.Close()
+	if r2.StatusCode != http.StatusNotFound {
+		t.Fatalf("the metrics listener answers the control API: %s", r2.Status)
+	}
+}
