@@ -10,6 +10,7 @@
 // Options.MaxRequestsInFlight and Options.MaxBytesInFlight. Replies go out in
 // completion order under a per-connection write lock.
 //
-// Oldstyle negotiation, TLS (NBD_OPT_STARTTLS answers NBD_REP_ERR_UNSUP) and
-// extended headers are not supported.
+// TLS is negotiated with NBD_OPT_STARTTLS when Options.TLS is set
+// (Options.RequireTLS refuses plaintext option haggling). Oldstyle
+// negotiation and extended headers are not supported.
 package nbd

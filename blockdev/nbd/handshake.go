@@ -1,6 +1,8 @@
 package nbd
 
 import (
+	"bufio"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -123,6 +125,16 @@ func (c *conn) logEnd(phase string, err error) {
 // option answers one option. enter is true when transmission begins; an
 // error closes the connection.
 func (c *conn) option(opt uint32, data []byte) (enter bool, err error) {
+	if c.s.opts.RequireTLS && !c.tls {
+		switch opt {
+		case optStartTLS, optAbort:
+		case optExportName:
+			// No error reply exists for EXPORT_NAME: the spec says close.
+			return false, errors.New("nbd: EXPORT_NAME in the clear where TLS is required")
+		default:
+			return false, c.optError(opt, repErrTLSReqd, "TLS is required: send NBD_OPT_STARTTLS first")
+		}
+	}
 	switch opt {
 	case optExportName:
 		return c.optExportName(data)
@@ -155,12 +167,33 @@ func (c *conn) option(opt uint32, data []byte) (enter bool, err error) {
 	return false, c.optError(opt, repErrUnsup, fmt.Sprintf("option %d not supported", opt))
 }
 
-// startTLS is where TLS will be negotiated: with a TLS configuration it will
-// ACK, wrap c.nc in tls.Server, reset c.br and c.bw on it and forget all
-// negotiation state, as the spec requires. Until then the server runs in
-// NOTLS mode.
+// startTLS upgrades the connection (NBD_OPT_STARTTLS): ACK, then a TLS
+// handshake on the socket, then every later byte goes through TLS. What was
+// negotiated in the clear is forgotten, as the spec requires. c.nc stays the
+// raw socket, so deadlines and Close from other goroutines still apply.
 func (c *conn) startTLS() error {
-	return c.optError(optStartTLS, repErrUnsup, "TLS not supported")
+	cfg := c.s.opts.TLS
+	if cfg == nil {
+		return c.optError(optStartTLS, repErrUnsup, "TLS is not configured on this server")
+	}
+	if c.tls {
+		return c.optError(optStartTLS, repErrInvalid, "TLS is already negotiated")
+	}
+	if err := c.optReply(optStartTLS, repAck, nil); err != nil {
+		return err
+	}
+	if c.br.Buffered() > 0 {
+		return errors.New("nbd: client sent data before the TLS handshake")
+	}
+	tc := tls.Server(c.nc, cfg)
+	if err := tc.Handshake(); err != nil {
+		return fmt.Errorf("nbd: TLS handshake: %w", err)
+	}
+	c.br = bufio.NewReaderSize(tc, 64<<10)
+	c.bw = bufio.NewWriterSize(tc, 64<<10)
+	c.tls = true
+	c.structured, c.metaSet, c.metaExport = false, false, ""
+	return nil
 }
 
 func (c *conn) optReply(opt, typ uint32, payload []byte) error {

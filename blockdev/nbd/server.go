@@ -3,6 +3,7 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -66,6 +67,12 @@ type Options struct {
 	// at least Preferred, at most 1 GiB (default 32 MiB); READ and WRITE
 	// longer than Maximum fail with EINVAL.
 	MinBlockSize, PreferredBlockSize, MaxBlockSize uint32
+	// TLS, when set, lets clients upgrade with NBD_OPT_STARTTLS (nil: the
+	// option is answered NBD_REP_ERR_UNSUP).
+	TLS *tls.Config
+	// RequireTLS refuses every option but STARTTLS and ABORT in the clear
+	// (NBD_REP_ERR_TLS_REQD; EXPORT_NAME closes the connection).
+	RequireTLS bool
 	// HandshakeTimeout bounds the whole option haggling, so a client that
 	// connects and goes quiet does not hold a goroutine forever. Default
 	// 30s; the transmission phase has no timeout (clients idle legitimately).
@@ -76,6 +83,9 @@ func (o *Options) withDefaults() (Options, error) {
 	r := *o
 	if r.Logger == nil {
 		r.Logger = slog.Default()
+	}
+	if r.RequireTLS && r.TLS == nil {
+		return r, errors.New("RequireTLS needs a TLS configuration")
 	}
 	if r.HandshakeTimeout == 0 {
 		r.HandshakeTimeout = 30 * time.Second
@@ -317,6 +327,7 @@ type conn struct {
 	inTransmission bool
 
 	// Negotiation state, owned by the connection goroutine.
+	tls         bool // STARTTLS done: br and bw go through TLS
 	noZeroes    bool
 	structured  bool
 	metaSet     bool   // SET_META_CONTEXT selected base:allocation
