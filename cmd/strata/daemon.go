@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -29,7 +30,9 @@ type daemonConfig struct {
 	nbdSocket     string // "" disables
 	listen        string // "" disables
 	controlSocket string
-	metricsListen string       // "" disables
+	metricsListen string      // "" disables
+	tls           *tls.Config // NBD over TLS (nil: off)
+	requireTLS    bool
 	volumes       []volumeSpec // created at start when missing
 	pool          cow.Options
 	log           *slog.Logger
@@ -136,7 +139,7 @@ func startDaemon(cfg daemonConfig) (*daemon, error) {
 		cfg.log.Info("created volume", "name", v.name, "size", formatSize(v.size))
 	}
 
-	if d.nbd, err = nbd.NewServer(exporter{pool}, nbd.Options{Logger: cfg.log}); err != nil {
+	if d.nbd, err = nbd.NewServer(exporter{pool}, nbd.Options{Logger: cfg.log, TLS: cfg.tls, RequireTLS: cfg.requireTLS}); err != nil {
 		return nil, err
 	}
 	if cfg.nbdSocket != "" {

@@ -5,6 +5,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -105,7 +107,8 @@ Examples:
    strata serve --data /var/lib/strata
    strata serve --volume vol0=10GiB                  # create vol0 if missing
    strata serve --listen 0.0.0.0:10809               # serve NBD beyond loopback
-   strata serve --listen ""                          # Unix socket only`,
+   strata serve --listen ""                          # Unix socket only
+   strata serve --listen 0.0.0.0:10809 --tls-cert server-cert.pem --tls-key server-key.pem --tls=require`,
 		Description: `Serves every volume as an NBD export named after it, on a Unix socket
 (DATA/nbd.sock) and on TCP (127.0.0.1:10809). A flush on any connection
 makes every completed write durable. Stop with SIGTERM or Ctrl-C: in-flight
@@ -119,6 +122,10 @@ requests finish, the journal is synced, the lock is released.`,
 			&cli.StringFlag{Name: "retention", Value: "24h", Usage: "how long every write stays readable as a point in time (90m, 24h, 7d); volumes may override it"},
 			&cli.StringFlag{Name: "retention-size", Value: "0", Usage: "cap on the journal (e.g. 20GiB; 0: none): history older than fits is discarded early, and status says so"},
 			&cli.StringFlag{Name: "gc-interval", Value: "1m", Usage: "how often garbage collection runs in the background (0 disables it)"},
+			&cli.StringFlag{Name: "tls-cert", Usage: "PEM certificate for NBD over TLS (NBD_OPT_STARTTLS; clients use nbds:// URIs)"},
+			&cli.StringFlag{Name: "tls-key", Usage: "PEM private key of --tls-cert"},
+			&cli.StringFlag{Name: "tls-ca", Usage: "PEM CA bundle: require client certificates signed by it"},
+			&cli.StringFlag{Name: "tls", Usage: "off, on (clients may upgrade) or require (no plaintext option haggling); default: on with --tls-cert, else off"},
 			&cli.StringFlag{Name: "metrics-listen", Usage: "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9510; default off; they are always on the control socket)"},
 			&cli.StringFlag{Name: "segment-size", Value: "128MiB", Usage: "journal segment file size (1MiB..1GiB); smaller segments let GC free space in finer steps"},
 		},
@@ -146,6 +153,9 @@ func runServe(c *cli.Context) error {
 	cfg.nbdSocket = filepath.Join(data, "nbd.sock")
 	if c.IsSet("socket") {
 		cfg.nbdSocket = c.String("socket")
+	}
+	if cfg.tls, cfg.requireTLS, err = tlsConfig(c); err != nil {
+		return err
 	}
 	if cfg.pool.CacheSize, err = parseSize(c.String("cache-size")); err != nil {
 		return fmt.Errorf("--cache-size: %w", err)
@@ -225,6 +235,48 @@ func runServe(c *cli.Context) error {
 }
 
 func userErr(err error) error { return fmt.Errorf("%s", userMessage(err)) }
+
+// tlsConfig builds the NBD server's TLS settings from the serve flags.
+func tlsConfig(c *cli.Context) (*tls.Config, bool, error) {
+	mode := c.String("tls")
+	cert, key := c.String("tls-cert"), c.String("tls-key")
+	if mode == "" {
+		mode = "off"
+		if cert != "" {
+			mode = "on"
+		}
+	}
+	switch mode {
+	case "off":
+		if cert != "" || c.String("tls-ca") != "" {
+			return nil, false, fmt.Errorf("--tls=off with --tls-cert or --tls-ca: say --tls=on or --tls=require, or drop the certificate flags")
+		}
+		return nil, false, nil
+	case "on", "require":
+	default:
+		return nil, false, fmt.Errorf("--tls %q: use off, on or require", mode)
+	}
+	if cert == "" || key == "" {
+		return nil, false, fmt.Errorf("--tls=%s needs --tls-cert and --tls-key", mode)
+	}
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return nil, false, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	if ca := c.String("tls-ca"); ca != "" {
+		b, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, false, fmt.Errorf("--tls-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, false, fmt.Errorf("--tls-ca %s: no PEM certificate in it", ca)
+		}
+		cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	return cfg, mode == "require", nil
+}
 
 func printBanner(d *daemon) {
 	abs := func(p string) string {
