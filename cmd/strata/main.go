@@ -60,7 +60,7 @@ Every command finds the data directory from --data or $STRATA_DATA
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn, error"},
 		},
 		Commands: []*cli.Command{serveCommand(), volumeCommand(), snapshotCommand(), rollbackCommand(), cloneCommand(),
-			pitCommand(), dfCommand(), gcCommand(), statusCommand()},
+			pitCommand(), dfCommand(), gcCommand(), attachCommand(), detachCommand(), statusCommand()},
 		// Usage errors print one line too, with where to look.
 		OnUsageError: func(c *cli.Context, err error, isSub bool) error {
 			return fmt.Errorf("%v (see strata --help)", err)
