@@ -39,8 +39,9 @@ func noModuleError(vol, sock string) error {
 
 // nbdClientArgs is the nbd-client command line that attaches vol.
 func nbdClientArgs(sock, vol, dev string, conns, timeout int) []string {
-	return []string{"nbd-client", "-unix", sock, "-N", vol, "-b", "4096",
-		"-C", strconv.Itoa(conns), "-t", strconv.Itoa(timeout), "-persist", dev}
+	// The order of nbd-client(8)'s synopsis: -unix path nbd-device [options].
+	return []string{"nbd-client", "-unix", sock, dev, "-N", vol, "-b", "4096",
+		"-C", strconv.Itoa(conns), "-t", strconv.Itoa(timeout), "-persist"}
 }
 
 func attachCommand() *cli.Command {

@@ -12,7 +12,7 @@ import (
 func TestE2EAttach(t *testing.T) {
 	dir := shortTempDir(t)
 	r := runSpec(t, cmdSpec{name: strataBin, args: []string{"--data", dir, "attach", "vm1", "/dev/nbd3", "--connections", "2", "--print"}, timeout: 10 * time.Second})
-	want := "nbd-client -unix " + dir + "/nbd.sock -N vm1 -b 4096 -C 2 -t 30 -persist /dev/nbd3"
+	want := "nbd-client -unix " + dir + "/nbd.sock /dev/nbd3 -N vm1 -b 4096 -C 2 -t 30 -persist"
 	if r.code != 0 || strings.TrimSpace(r.stdout) != want {
 		t.Fatalf("attach --print: %s\nwant %q", r, want)
 	}
