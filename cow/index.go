@@ -322,6 +322,8 @@ func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
 				return fmt.Errorf("cow: bad retention setting %q", val)
 			}
 			v.meta.Retention = time.Duration(d)
+		case "readonly":
+			v.meta.ReadOnly = val == "1"
 		default:
 			return fmt.Errorf("cow: unknown volume setting %q", key)
 		}

@@ -44,6 +44,8 @@ type volMeta struct {
 	// Retention overrides the pool's time retention for this volume (0: the
 	// pool's).
 	Retention time.Duration `json:"retention,omitempty"`
+	// ReadOnly: the head is served read-only (writes get EPERM).
+	ReadOnly bool `json:"read_only,omitempty"`
 	// WrittenStale: the written counter is being recounted (after a clone or
 	// rollback, which change a head in O(1) and leave the count to later).
 	WrittenStale bool `json:"written_stale,omitempty"`

@@ -401,6 +401,27 @@ func (p *Pool) Rollback(vol, spec string, force bool) (Point, error) {
 	return pt, p.Flush()
 }
 
+// SetReadOnly makes a volume's head read-only (or writable again). Handles
+// opened before keep their mode; new ones (new NBD connections) follow it.
+func (p *Pool) SetReadOnly(vol string, ro bool) error {
+	val := "0"
+	if ro {
+		val = "1"
+	}
+	p.wmu.Lock()
+	v := p.lookup(vol)
+	if v == nil {
+		p.wmu.Unlock()
+		return notFound(vol)
+	}
+	err := p.appendLocked(&cdp.Record{Kind: cdp.KindVolumeConfig, Volume: v.id, Meta: []byte("readonly=" + val)})
+	p.wmu.Unlock()
+	if err != nil {
+		return err
+	}
+	return p.Flush()
+}
+
 // SetRetention overrides the pool's time retention for one volume (0 goes
 // back to the pool's).
 func (p *Pool) SetRetention(vol string, d time.Duration) error {

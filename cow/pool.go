@@ -579,11 +579,13 @@ type VolumeInfo struct {
 	Written int64     `json:"written"` // bytes in blocks whose newest version holds data
 	Created time.Time `json:"created"`
 	Handles int64     `json:"attached"` // open devices (NBD connections)
+	// ReadOnly: the volume's head is served read-only.
+	ReadOnly bool `json:"read_only,omitempty"`
 }
 
 func (p *Pool) infoLocked(v *volState) VolumeInfo {
 	return VolumeInfo{Name: v.name, ID: v.id, Size: v.size.Load(), Written: v.written * cdp.BlockSize,
-		Created: time.Unix(0, v.created).UTC(), Handles: v.handles.Load()}
+		Created: time.Unix(0, v.created).UTC(), Handles: v.handles.Load(), ReadOnly: v.meta.ReadOnly}
 }
 
 // Volumes lists the volumes, by name.

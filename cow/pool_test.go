@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -605,4 +606,35 @@ func TestReadsNeverGoBack(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// A read-only volume opens read-only (writes refused) until set back, and
+// the setting survives a reopen.
+func TestReadOnlyVolume(t *testing.T) {
+	fs := vfs.NewMem()
+	p := openPool(t, fs)
+	if _, err := p.CreateVolume("g", 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.SetReadOnly("g", true); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	p = openPool(t, fs)
+	defer p.Close()
+	h, _ := p.OpenVolume("g")
+	if _, err := h.WriteAt(make([]byte, 4096), 0); !errors.Is(err, blockdev.ErrReadOnly) || !h.ReadOnly() {
+		t.Fatalf("write to a read-only volume: %v", err)
+	}
+	h.Close()
+	// A read-only handle does not count as attached read-write.
+	if _, err := p.Rollback("g", "seq:"+strconv.FormatUint(p.wmu.applied, 10), false); err != nil {
+		t.Fatalf("rollback with only read-only handles: %v", err)
+	}
+	p.SetReadOnly("g", false)
+	h, _ = p.OpenVolume("g")
+	defer h.Close()
+	if _, err := h.WriteAt(make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
 }

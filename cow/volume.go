@@ -123,9 +123,14 @@ func (p *Pool) OpenVolume(name string) (*Volume, error) {
 	if v == nil {
 		return nil, notFound(name)
 	}
+	p.wmu.Lock()
+	ro := v.meta.ReadOnly
+	p.wmu.Unlock()
 	v.handles.Add(1)
-	v.rwHandles.Add(1)
-	return &Volume{p: p, v: v, seq: Head}, nil
+	if !ro {
+		v.rwHandles.Add(1)
+	}
+	return &Volume{p: p, v: v, seq: Head, readOnly: ro}, nil
 }
 
 // Point is the point in time this handle reads (nil for the head).
@@ -146,9 +151,9 @@ func (h *Volume) ReadOnly() bool { return h.readOnly }
 func (h *Volume) Close() error {
 	h.closed.Do(func() {
 		h.v.handles.Add(-1)
-		if h.point == nil {
+		if h.point == nil && !h.readOnly {
 			h.v.rwHandles.Add(-1)
-		} else {
+		} else if h.point != nil {
 			h.p.unpin(h.v.id, h.seq)
 		}
 	})

@@ -342,21 +342,48 @@ func volumeSetCommand() *cli.Command {
 		Name:      "set",
 		Usage:     "change a volume's settings",
 		ArgsUsage: "VOL",
-		UsageText: "strata volume set VOL --retention DURATION\n\nExamples:\n   strata volume set vm1 --retention 7d\n   strata volume set vm1 --retention 0     # back to the pool's",
-		Flags:     []cli.Flag{&cli.StringFlag{Name: "retention", Required: true, Usage: "how long every write stays readable (90m, 24h, 7d; 0: the pool's)"}},
+		UsageText: `strata volume set VOL [--retention DURATION] [--read-only true|false]
+
+Examples:
+   strata volume set vm1 --retention 7d
+   strata volume set vm1 --retention 0          # back to the pool's
+   strata volume set golden --read-only true    # new connections get a read-only export`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "retention", Usage: "how long every write stays readable (90m, 24h, 7d; 0: the pool's)"},
+			&cli.StringFlag{Name: "read-only", Usage: "true: serve the volume read-only (new connections; writes get EPERM); false: writable"},
+		},
 		Action: func(c *cli.Context) error {
 			vol, err := oneArg(c, "VOL")
 			if err != nil {
 				return err
 			}
-			d, err := parseRetention(c.String("retention"))
-			if err != nil {
+			var req settingsRequest
+			if c.IsSet("retention") {
+				d, err := parseRetention(c.String("retention"))
+				if err != nil {
+					return err
+				}
+				req.Retention = &d
+			}
+			if c.IsSet("read-only") {
+				ro, err := strconv.ParseBool(c.String("read-only"))
+				if err != nil {
+					return fmt.Errorf("--read-only %q: use true or false", c.String("read-only"))
+				}
+				req.ReadOnly = &ro
+			}
+			if req.Retention == nil && req.ReadOnly == nil {
+				return fmt.Errorf("nothing to set: give --retention or --read-only; see strata volume set --help")
+			}
+			if err := newClient(controlPath(c)).do("POST", "/v1/volumes/"+url.PathEscape(vol)+"/settings", req, nil); err != nil {
 				return err
 			}
-			if err := newClient(controlPath(c)).do("POST", "/v1/volumes/"+url.PathEscape(vol)+"/settings", settingsRequest{Retention: &d}, nil); err != nil {
-				return err
+			if req.Retention != nil {
+				fmt.Printf("volume %s keeps history for %s\n", vol, map[bool]string{true: "the pool's retention", false: req.Retention.String()}[*req.Retention == 0])
 			}
-			fmt.Printf("volume %s keeps history for %s\n", vol, map[bool]string{true: "the pool's retention", false: d.String()}[d == 0])
+			if req.ReadOnly != nil {
+				fmt.Printf("volume %s is %s for new connections\n", vol, map[bool]string{true: "read-only", false: "writable"}[*req.ReadOnly])
+			}
 			return nil
 		},
 	}

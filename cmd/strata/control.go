@@ -76,6 +76,7 @@ type rollbackRequest struct {
 
 type settingsRequest struct {
 	Retention *time.Duration `json:"retention"`
+	ReadOnly  *bool          `json:"read_only"`
 }
 
 type cloneRequest struct {
@@ -304,6 +305,12 @@ func (d *daemon) controlHandler() http.Handler {
 		}
 		if req.Retention != nil {
 			if err := d.pool.SetRetention(r.PathValue("name"), *req.Retention); err != nil {
+				writeErr(w, err)
+				return
+			}
+		}
+		if req.ReadOnly != nil {
+			if err := d.pool.SetReadOnly(r.PathValue("name"), *req.ReadOnly); err != nil {
 				writeErr(w, err)
 				return
 			}

@@ -33,6 +33,7 @@ type daemonConfig struct {
 	metricsListen string      // "" disables
 	tls           *tls.Config // NBD over TLS (nil: off)
 	requireTLS    bool
+	allow         []*net.IPNet // TCP clients allowed (nil: all)
 	volumes       []volumeSpec // created at start when missing
 	pool          cow.Options
 	log           *slog.Logger
@@ -155,6 +156,9 @@ func startDaemon(cfg daemonConfig) (*daemon, error) {
 		if err != nil {
 			return nil, fmt.Errorf("listen on %s: %w", cfg.listen, err)
 		}
+		if cfg.allow != nil {
+			l = &allowListener{Listener: l, allow: cfg.allow, log: cfg.log}
+		}
 		d.serveNBD(l)
 	}
 
@@ -269,3 +273,62 @@ type plainError struct{ err error }
 
 func (e plainError) Error() string { return userMessage(e.err) }
 func (e plainError) Unwrap() error { return e.err }
+
+// allowListener drops TCP connections from addresses outside the allowed
+// networks before a byte of NBD is exchanged.
+type allowListener struct {
+	net.Listener
+	allow []*net.IPNet
+	log   *slog.Logger
+}
+
+func (l *allowListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if a, ok := c.RemoteAddr().(*net.TCPAddr); ok && allowed(l.allow, a.IP) {
+			return c, nil
+		}
+		l.log.Warn("NBD client refused: address not in --allow", "remote", c.RemoteAddr().String())
+		c.Close()
+	}
+}
+
+func allowed(nets []*net.IPNet, ip net.IP) bool {
+	for _, n := range nets {
+		if n.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// parseAllow reads "10.0.0.0/8,192.168.1.5": networks or single addresses.
+func parseAllow(s string) ([]*net.IPNet, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var out []*net.IPNet
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if !strings.Contains(part, "/") {
+			ip := net.ParseIP(part)
+			if ip == nil {
+				return nil, fmt.Errorf("--allow %q: not an address or network (use e.g. 10.0.0.0/8,192.168.1.5)", part)
+			}
+			bits := 32
+			if ip.To4() == nil {
+				bits = 128
+			}
+			part = fmt.Sprintf("%s/%d", part, bits)
+		}
+		_, n, err := net.ParseCIDR(part)
+		if err != nil {
+			return nil, fmt.Errorf("--allow %q: not an address or network (use e.g. 10.0.0.0/8,192.168.1.5)", part)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}

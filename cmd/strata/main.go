@@ -126,6 +126,7 @@ requests finish, the journal is synced, the lock is released.`,
 			&cli.StringFlag{Name: "tls-key", Usage: "PEM private key of --tls-cert"},
 			&cli.StringFlag{Name: "tls-ca", Usage: "PEM CA bundle: require client certificates signed by it"},
 			&cli.StringFlag{Name: "tls", Usage: "off, on (clients may upgrade) or require (no plaintext option haggling); default: on with --tls-cert, else off"},
+			&cli.StringFlag{Name: "allow", Usage: "TCP clients allowed, as networks or addresses (e.g. 10.0.0.0/24,192.168.1.5; default: all); Unix-socket clients are local"},
 			&cli.StringFlag{Name: "metrics-listen", Usage: "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9510; default off; they are always on the control socket)"},
 			&cli.StringFlag{Name: "segment-size", Value: "128MiB", Usage: "journal segment file size (1MiB..1GiB); smaller segments let GC free space in finer steps"},
 		},
@@ -155,6 +156,9 @@ func runServe(c *cli.Context) error {
 		cfg.nbdSocket = c.String("socket")
 	}
 	if cfg.tls, cfg.requireTLS, err = tlsConfig(c); err != nil {
+		return err
+	}
+	if cfg.allow, err = parseAllow(c.String("allow")); err != nil {
 		return err
 	}
 	if cfg.pool.CacheSize, err = parseSize(c.String("cache-size")); err != nil {
@@ -379,9 +383,13 @@ a multiple of 4 KiB. The volume is served at once as NBD export NAME.`,
 						return printJSON(vols)
 					}
 					w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-					fmt.Fprintln(w, "NAME\tSIZE\tWRITTEN\tATTACHED\tCREATED")
+					fmt.Fprintln(w, "NAME\tSIZE\tWRITTEN\tATTACHED\tMODE\tCREATED")
 					for _, v := range vols {
-						fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\n", v.Name, formatSize(v.Size), formatSize(v.Written), v.Handles, v.Created.Format(time.RFC3339))
+						mode := "rw"
+						if v.ReadOnly {
+							mode = "ro"
+						}
+						fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\n", v.Name, formatSize(v.Size), formatSize(v.Written), v.Handles, mode, v.Created.Format(time.RFC3339))
 					}
 					return w.Flush()
 				},
