@@ -145,6 +145,29 @@ type Journal struct {
 	appended  atomic.Uint64 // every record <= appended is written
 	failed    atomic.Pointer[error]
 	syncCount atomic.Uint64
+	fsyncLat  [13]atomic.Uint64 // len(FsyncBuckets)+1
+	fsyncSum  atomic.Int64
+}
+
+// FsyncBuckets are the upper bounds of the fsync latency histogram.
+var FsyncBuckets = []time.Duration{100 * time.Microsecond, 250 * time.Microsecond, 500 * time.Microsecond,
+	time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond, 10 * time.Millisecond,
+	25 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond, time.Second}
+
+// FsyncStats is the fsync latency histogram: Counts[i] fsyncs took at most
+// FsyncBuckets[i] (and more than the bucket before); the last is the rest.
+type FsyncStats struct {
+	Counts []uint64
+	Sum    time.Duration
+}
+
+// FsyncLatency returns the histogram of group-commit fsyncs.
+func (j *Journal) FsyncLatency() FsyncStats {
+	f := FsyncStats{Counts: make([]uint64, len(j.fsyncLat)), Sum: time.Duration(j.fsyncSum.Load())}
+	for i := range j.fsyncLat {
+		f.Counts[i] = j.fsyncLat[i].Load()
+	}
+	return f
 }
 
 // ReplayFunc receives each record at or after the replay start, in order.
@@ -672,9 +695,14 @@ func (j *Journal) Sync() error {
 		return ErrClosed
 	}
 	// Records in earlier segments were synced when their segment rotated.
+	t := time.Now()
 	if err := cur.f.SyncData(); err != nil {
 		return j.fail(fmt.Errorf("sync segment %s: %w", cur.name, err))
 	}
+	d := time.Since(t)
+	i := sort.Search(len(FsyncBuckets), func(i int) bool { return FsyncBuckets[i] >= d })
+	j.fsyncLat[i].Add(1)
+	j.fsyncSum.Add(int64(d))
 	j.syncCount.Add(1)
 	cur.synced.Store(curSize)
 	if upTo > j.synced.Load() {

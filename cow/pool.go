@@ -763,6 +763,9 @@ func (p *Pool) checkpointer(stop <-chan struct{}) {
 	}
 }
 
+// FsyncLatency is the journal's fsync latency histogram.
+func (p *Pool) FsyncLatency() cdp.FsyncStats { return p.j.Load().FsyncLatency() }
+
 // Stats describe the pool.
 type Stats struct {
 	Volumes      int         `json:"volumes"`

@@ -56,6 +56,7 @@ type daemon struct {
 	socks      []string
 	started    time.Time
 	gc         *gcReport // last manual pass
+	io         *ioMetrics
 }
 
 // errDataInUse: another serve holds the data directory.
@@ -140,7 +141,8 @@ func startDaemon(cfg daemonConfig) (*daemon, error) {
 		cfg.log.Info("created volume", "name", v.name, "size", formatSize(v.size))
 	}
 
-	if d.nbd, err = nbd.NewServer(exporter{pool}, nbd.Options{Logger: cfg.log, TLS: cfg.tls, RequireTLS: cfg.requireTLS}); err != nil {
+	d.io = &ioMetrics{}
+	if d.nbd, err = nbd.NewServer(exporter{pool, d.io}, nbd.Options{Logger: cfg.log, TLS: cfg.tls, RequireTLS: cfg.requireTLS}); err != nil {
 		return nil, err
 	}
 	if cfg.nbdSocket != "" {
@@ -226,7 +228,11 @@ func (d *daemon) close(ctx context.Context) error {
 
 // exporter serves the pool's volumes as NBD exports, one per volume, named
 // after it. The empty (default) name means the only volume, if there is one.
-type exporter struct{ p *cow.Pool }
+// The head of a volume is metered (its I/O shows in the metrics).
+type exporter struct {
+	p  *cow.Pool
+	io *ioMetrics
+}
 
 func (e exporter) Open(name string) (nbd.Export, error) {
 	if vol, point, ok := cow.ParsePoint(name); ok {
@@ -248,7 +254,7 @@ func (e exporter) Open(name string) (nbd.Export, error) {
 	if err != nil {
 		return nil, err
 	}
-	return v, nil
+	return &meteredVolume{Volume: v, ops: e.io.forVolume(name)}, nil
 }
 
 func (e exporter) List() ([]nbd.ExportInfo, error) {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+
+	"github.com/strata-storage/strata/cdp"
 	"net/http"
 	"strings"
 )
@@ -52,6 +54,22 @@ func (d *daemon) metrics(w http.ResponseWriter, _ *http.Request) {
 		metric("strata_gc_last_bytes_relocated", "gauge", "Bytes copied forward by the last pass.", g.Stats.BytesRelocated)
 		metric("strata_gc_last_run_timestamp_seconds", "gauge", "When the last pass ran.", g.At.Unix())
 	}
+	d.io.write(&b)
+	fmt.Fprintf(&b, "# HELP strata_journal_fsync_seconds Journal fsync latency.\n# TYPE strata_journal_fsync_seconds histogram\n")
+	writeFsyncHistogram(&b, d.pool.FsyncLatency())
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 	fmt.Fprint(w, b.String())
+}
+
+// writeFsyncHistogram writes the journal's fsync latency histogram.
+func writeFsyncHistogram(b *strings.Builder, f cdp.FsyncStats) {
+	var cum uint64
+	for i, le := range cdp.FsyncBuckets {
+		cum += f.Counts[i]
+		fmt.Fprintf(b, "strata_journal_fsync_seconds_bucket{le=\"%g\"} %d\n", le.Seconds(), cum)
+	}
+	cum += f.Counts[len(cdp.FsyncBuckets)]
+	fmt.Fprintf(b, "strata_journal_fsync_seconds_bucket{le=\"+Inf\"} %d\n", cum)
+	fmt.Fprintf(b, "strata_journal_fsync_seconds_sum %g\n", f.Sum.Seconds())
+	fmt.Fprintf(b, "strata_journal_fsync_seconds_count %d\n", cum)
 }

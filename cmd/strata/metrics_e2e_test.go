@@ -54,6 +54,19 @@ func TestE2EMetrics(t *testing.T) {
 		t.Errorf("fsyncs %v", v)
 	}
 	value(`strata_pool_failed`)
+	// Per-volume I/O: bytes and latency histograms by operation.
+	if v := value(`strata_io_bytes_total\{volume="m",op="write"\}`); v != 1<<20 {
+		t.Errorf("io write bytes %v, want 1 MiB", v)
+	}
+	if v := value(`strata_io_seconds_count\{volume="m",op="read"\}`); v < 6 {
+		t.Errorf("read latency count %v, want the 6 reads", v)
+	}
+	if v := value(`strata_io_seconds_bucket\{volume="m",op="read",le="\+Inf"\}`); v != value(`strata_io_seconds_count\{volume="m",op="read"\}`) {
+		t.Errorf("+Inf bucket %v differs from the count", v)
+	}
+	if v := value(`strata_journal_fsync_seconds_count`); v < 1 {
+		t.Errorf("fsync latency count %v", v)
+	}
 	if resp.Header.Get("Content-Type") == "" || !regexp.MustCompile(`# TYPE strata_cache_hits_total counter`).MatchString(text) {
 		t.Errorf("not the Prometheus text format:\n%s", text)
 	}
