@@ -13,11 +13,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/strata-storage/strata/blockdev"
 	"github.com/strata-storage/strata/blockdev/nbd"
+	"github.com/strata-storage/strata/blockdev/ublk"
 	"github.com/strata-storage/strata/cow"
 )
 
@@ -34,6 +36,8 @@ type daemonConfig struct {
 	tls           *tls.Config // NBD over TLS (nil: off)
 	requireTLS    bool
 	allow         []*net.IPNet // TCP clients allowed (nil: all)
+	ublkVolumes   []string     // volumes to serve as /dev/ublkbN
+	ublkOpts      ublk.Options
 	volumes       []volumeSpec // created at start when missing
 	pool          cow.Options
 	log           *slog.Logger
@@ -57,6 +61,8 @@ type daemon struct {
 	started    time.Time
 	gc         *gcReport // last manual pass
 	io         *ioMetrics
+	ublkStop   context.CancelFunc
+	ublkWG     sync.WaitGroup
 }
 
 // errDataInUse: another serve holds the data directory.
@@ -164,6 +170,10 @@ func startDaemon(cfg daemonConfig) (*daemon, error) {
 		d.serveNBD(l)
 	}
 
+	if err := d.startUblk(); err != nil {
+		return nil, err
+	}
+
 	cl, err := listenUnix(cfg.controlSocket, 0o600)
 	if err != nil {
 		return nil, err
@@ -203,6 +213,10 @@ func (d *daemon) close(ctx context.Context) error {
 	}
 	if d.metricsSrv != nil {
 		d.metricsSrv.Shutdown(ctx)
+	}
+	if d.ublkStop != nil {
+		d.ublkStop()
+		d.ublkWG.Wait()
 	}
 	if d.nbd != nil {
 		if err := d.nbd.Shutdown(ctx); err != nil {
@@ -337,4 +351,31 @@ func parseAllow(s string) ([]*net.IPNet, error) {
 		out = append(out, n)
 	}
 	return out, nil
+}
+
+// startUblk serves the --ublk volumes as /dev/ublkbN devices.
+func (d *daemon) startUblk() error {
+	if len(d.cfg.ublkVolumes) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d.ublkStop = cancel
+	for _, name := range d.cfg.ublkVolumes {
+		v, err := d.pool.OpenVolume(name)
+		if err != nil {
+			return fmt.Errorf("--ublk %s: %w", name, err)
+		}
+		d.ublkWG.Add(1)
+		go func() {
+			defer d.ublkWG.Done()
+			defer v.Close()
+			err := ublk.Serve(ctx, v, d.cfg.ublkOpts, func(path string) {
+				d.cfg.log.Info("serving volume over ublk", "volume", name, "device", path)
+			})
+			if err != nil {
+				d.cfg.log.Error("ublk device stopped", "volume", name, "err", err)
+			}
+		}()
+	}
+	return nil
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/strata-storage/strata/blockdev/ublk"
 	"github.com/strata-storage/strata/cow"
 )
 
@@ -127,6 +128,9 @@ requests finish, the journal is synced, the lock is released.`,
 			&cli.StringFlag{Name: "tls-ca", Usage: "PEM CA bundle: require client certificates signed by it"},
 			&cli.StringFlag{Name: "tls", Usage: "off, on (clients may upgrade) or require (no plaintext option haggling); default: on with --tls-cert, else off"},
 			&cli.StringFlag{Name: "allow", Usage: "TCP clients allowed, as networks or addresses (e.g. 10.0.0.0/24,192.168.1.5; default: all); Unix-socket clients are local"},
+			&cli.StringSliceFlag{Name: "ublk", Usage: "also serve volume VOL as a ublk block device /dev/ublkbN (repeatable; needs the kernel's ublk driver)"},
+			&cli.IntFlag{Name: "ublk-queues", Usage: "ublk queues per device (default: one per CPU)"},
+			&cli.IntFlag{Name: "ublk-depth", Value: 128, Usage: "ublk queue depth"},
 			&cli.StringFlag{Name: "metrics-listen", Usage: "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9510; default off; they are always on the control socket)"},
 			&cli.StringFlag{Name: "segment-size", Value: "128MiB", Usage: "journal segment file size (1MiB..1GiB); smaller segments let GC free space in finer steps"},
 		},
@@ -160,6 +164,15 @@ func runServe(c *cli.Context) error {
 	}
 	if cfg.allow, err = parseAllow(c.String("allow")); err != nil {
 		return err
+	}
+	if vols := c.StringSlice("ublk"); len(vols) > 0 {
+		// Before taking the data directory: fail at once where the kernel
+		// has no ublk, saying what is missing.
+		if err := ublk.Available(); err != nil {
+			return fmt.Errorf("--ublk: %s", oneLine(err.Error()))
+		}
+		cfg.ublkVolumes = vols
+		cfg.ublkOpts = ublk.Options{Queues: uint16(c.Int("ublk-queues")), QueueDepth: uint16(c.Int("ublk-depth"))}
 	}
 	if cfg.pool.CacheSize, err = parseSize(c.String("cache-size")); err != nil {
 		return fmt.Errorf("--cache-size: %w", err)
