@@ -6,6 +6,7 @@ require (
 	github.com/cockroachdb/pebble/v2 v2.1.5
 	github.com/dgraph-io/ristretto/v2 v2.1.0
 	github.com/pojntfx/go-nbd v0.3.2
+	github.com/semistrict/go-ublk v0.2.0
 	github.com/urfave/cli/v2 v2.27.5
 	golang.org/x/image v0.15.0
 )
@@ -40,7 +41,6 @@ require (
 	github.com/prometheus/procfs v0.10.1 // indirect
 	github.com/rogpeppe/go-internal v1.9.0 // indirect
 	github.com/russross/blackfriday/v2 v2.1.0 // indirect
-	github.com/semistrict/go-ublk v0.2.0 // indirect
 	github.com/xrash/smetrics v0.0.0-20240521201337-686a1a2994c1 // indirect
 	golang.org/x/exp v0.0.0-20230626212559-97b1e661b5df // indirect
 	golang.org/x/sys v0.29.0 // indirect
