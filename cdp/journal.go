@@ -860,7 +860,7 @@ func (j *Journal) Scan(from Location, fn func(r *Record, loc Location) bool) err
 			continue
 		}
 		off := int64(segmentHeaderSize)
-		if si.ID == from.Segment {
+		if si.ID == from.Segment && from.Offset > off {
 			off = from.Offset
 		}
 		for off+RecordHeaderSize <= si.Size {

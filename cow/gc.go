@@ -113,6 +113,7 @@ func (p *Pool) retainersLocked(now time.Time) (map[uint64]*retainers, error) {
 		}
 		out[v.id] = r
 	}
+	p.shipFloorsLocked(out)
 	for k := range p.wmu.pins {
 		if r := out[k[0]]; r != nil {
 			r.points = append(r.points, k[1])

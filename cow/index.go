@@ -324,6 +324,10 @@ func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
 			v.meta.Retention = time.Duration(d)
 		case "readonly":
 			v.meta.ReadOnly = val == "1"
+		case "replica":
+			if err := applyReplicaSetting(v, val, r.Seq); err != nil {
+				return err
+			}
 		default:
 			return fmt.Errorf("cow: unknown volume setting %q", key)
 		}

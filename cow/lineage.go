@@ -52,6 +52,8 @@ type volMeta struct {
 	// Floor: garbage collection may have removed what points older than
 	// this showed; they no longer open (snapshots excepted).
 	Floor uint64 `json:"floor,omitempty"`
+	// Replica: the volume is (or was, if promoted) a replica.
+	Replica *ReplicaState `json:"replica,omitempty"`
 }
 
 func metaKey(vol uint64) []byte { return volumeKey('x', vol) }

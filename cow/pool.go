@@ -187,6 +187,7 @@ func decodeVolume(id uint64, b []byte) (*volState, error) {
 // for concurrent use.
 type Pool struct {
 	opts Options
+	id   string // the pool's identity (replication)
 	db   *pebble.DB
 	j    atomic.Pointer[cdp.Journal]
 
@@ -208,6 +209,8 @@ type Pool struct {
 		pins map[[2]uint64]int
 		// historyCut: when the size cap last moved history out early.
 		historyCut time.Time
+		// ship: replication targets' pins (replication.go).
+		ship map[string]ShipPin
 	}
 	// gcMu: one garbage collection pass at a time.
 	gcMu        sync.Mutex
@@ -327,6 +330,12 @@ func (p *Pool) open() error {
 		return err
 	}
 	applied, err := p.loadIndexState()
+	if err == nil {
+		err = p.loadID()
+	}
+	if err == nil {
+		err = p.loadShipPins()
+	}
 	if err != nil {
 		p.db.Close()
 		return err
@@ -581,11 +590,13 @@ type VolumeInfo struct {
 	Handles int64     `json:"attached"` // open devices (NBD connections)
 	// ReadOnly: the volume's head is served read-only.
 	ReadOnly bool `json:"read_only,omitempty"`
+	// Replica links a replica to its source.
+	Replica *ReplicaState `json:"replica,omitempty"`
 }
 
 func (p *Pool) infoLocked(v *volState) VolumeInfo {
 	return VolumeInfo{Name: v.name, ID: v.id, Size: v.size.Load(), Written: v.written * cdp.BlockSize,
-		Created: time.Unix(0, v.created).UTC(), Handles: v.handles.Load(), ReadOnly: v.meta.ReadOnly}
+		Created: time.Unix(0, v.created).UTC(), Handles: v.handles.Load(), ReadOnly: v.meta.ReadOnly, Replica: v.meta.Replica.clone()}
 }
 
 // Volumes lists the volumes, by name.

@@ -362,6 +362,7 @@ func (d *daemon) controlHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, st)
 	})
+	d.replicationHandlers(mux)
 	mux.HandleFunc("GET /metrics", d.metrics)
 	// Profiles of the running daemon, for performance work:
 	// curl --unix-socket DATA/control.sock http://strata/debug/pprof/profile?seconds=10 > cpu.prof

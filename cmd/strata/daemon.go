@@ -21,6 +21,7 @@ import (
 	"github.com/strata-storage/strata/blockdev/nbd"
 	"github.com/strata-storage/strata/blockdev/ublk"
 	"github.com/strata-storage/strata/cow"
+	"github.com/strata-storage/strata/replica"
 )
 
 // maxSocketPath is the longest path a Unix socket address holds on Linux.
@@ -33,6 +34,8 @@ type daemonConfig struct {
 	listen        string // "" disables
 	controlSocket string
 	metricsListen string      // "" disables
+	replicaListen string      // "" disables
+	replicaToken  string
 	tls           *tls.Config // NBD over TLS (nil: off)
 	requireTLS    bool
 	allow         []*net.IPNet // TCP clients allowed (nil: all)
@@ -63,6 +66,8 @@ type daemon struct {
 	io         *ioMetrics
 	ublkStop   context.CancelFunc
 	ublkWG     sync.WaitGroup
+	repl       *replManager
+	replSrv    *replica.Server
 }
 
 // errDataInUse: another serve holds the data directory.
@@ -174,6 +179,22 @@ func startDaemon(cfg daemonConfig) (*daemon, error) {
 		return nil, err
 	}
 
+	if d.repl, err = newReplManager(d); err != nil {
+		return nil, fmt.Errorf("replication: %w", err)
+	}
+	if cfg.replicaListen != "" {
+		l, err := net.Listen("tcp", cfg.replicaListen)
+		if err != nil {
+			return nil, fmt.Errorf("--replica-listen %s: %w", cfg.replicaListen, err)
+		}
+		if cfg.tls != nil {
+			l = tls.NewListener(l, cfg.tls)
+		}
+		d.lns = append(d.lns, l)
+		d.replSrv = &replica.Server{Receiver: replica.NewReceiver(pool, cfg.log), Token: cfg.replicaToken, Logger: cfg.log}
+		go d.replSrv.Serve(l)
+	}
+
 	cl, err := listenUnix(cfg.controlSocket, 0o600)
 	if err != nil {
 		return nil, err
@@ -225,6 +246,12 @@ func (d *daemon) close(ctx context.Context) error {
 	}
 	for _, l := range d.lns {
 		l.Close()
+	}
+	if d.repl != nil {
+		d.repl.close()
+	}
+	if d.replSrv != nil {
+		d.replSrv.Close()
 	}
 	if d.pool != nil {
 		if err := d.pool.Close(); err != nil {

@@ -4,6 +4,7 @@
 package main
 
 import (
+	"errors"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/strata-storage/strata/blockdev/ublk"
 	"github.com/strata-storage/strata/cow"
+	"github.com/strata-storage/strata/replica"
 )
 
 var version = "0.1.0-dev"
@@ -31,6 +33,10 @@ func main() {
 	app := newApp()
 	if err := app.Run(permuteArgs(app, os.Args)); err != nil {
 		fmt.Fprintf(os.Stderr, "strata: %s\n", oneLine(err.Error()))
+		var ee *exitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.code)
+		}
 		os.Exit(1)
 	}
 }
@@ -61,7 +67,8 @@ Every command finds the data directory from --data or $STRATA_DATA
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn, error"},
 		},
 		Commands: []*cli.Command{serveCommand(), volumeCommand(), snapshotCommand(), rollbackCommand(), cloneCommand(),
-			pitCommand(), dfCommand(), gcCommand(), attachCommand(), detachCommand(), statusCommand()},
+			pitCommand(), dfCommand(), gcCommand(), attachCommand(), detachCommand(), statusCommand(),
+			replicateCommand(), replicationCommand(), promoteCommand(), demoteCommand(), restoreCommand()},
 		// Usage errors print one line too, with where to look.
 		OnUsageError: func(c *cli.Context, err error, isSub bool) error {
 			return fmt.Errorf("%v (see strata --help)", err)
@@ -132,6 +139,9 @@ requests finish, the journal is synced, the lock is released.`,
 			&cli.IntFlag{Name: "ublk-queues", Usage: "ublk queues per device (default: one per CPU)"},
 			&cli.IntFlag{Name: "ublk-depth", Value: 128, Usage: "ublk queue depth"},
 			&cli.StringFlag{Name: "metrics-listen", Usage: "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9510; default off; they are always on the control socket)"},
+			&cli.StringFlag{Name: "replica-listen", Usage: "accept replication streams from other sites on ADDR (e.g. 0.0.0.0:10810; TLS with --tls-cert/--tls-key)"},
+			&cli.StringFlag{Name: "replica-token-file", Usage: "file holding the token shippers must present (required with --replica-listen)"},
+			&cli.BoolFlag{Name: "insecure", Usage: "allow --replica-listen off loopback without TLS"},
 			&cli.StringFlag{Name: "segment-size", Value: "128MiB", Usage: "journal segment file size (1MiB..1GiB); smaller segments let GC free space in finer steps"},
 		},
 		Action: runServe,
@@ -164,6 +174,18 @@ func runServe(c *cli.Context) error {
 	}
 	if cfg.allow, err = parseAllow(c.String("allow")); err != nil {
 		return err
+	}
+	if cfg.replicaListen = c.String("replica-listen"); cfg.replicaListen != "" {
+		tf := c.String("replica-token-file")
+		if tf == "" {
+			return fmt.Errorf("--replica-listen needs --replica-token-file (a file holding a shared token, e.g. head -c 24 /dev/urandom | base64 > token)")
+		}
+		if cfg.replicaToken, err = readToken(tf); err != nil {
+			return fmt.Errorf("--replica-token-file: %w", err)
+		}
+		if cfg.tls == nil && !replica.IsLoopback(cfg.replicaListen) && !c.Bool("insecure") {
+			return fmt.Errorf("--replica-listen %s is off loopback: give --tls-cert/--tls-key, or --insecure to accept plaintext streams", cfg.replicaListen)
+		}
 	}
 	if vols := c.StringSlice("ublk"); len(vols) > 0 {
 		// Before taking the data directory: fail at once where the kernel

@@ -1,0 +1,614 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/strata-storage/strata/blockdev"
+	"github.com/strata-storage/strata/cow"
+	"github.com/strata-storage/strata/replica"
+)
+
+// targetSpec says where and how to ship: a strata:// site or S3 URLs.
+type targetSpec struct {
+	To        string `json:"to"`
+	TokenFile string `json:"token_file,omitempty"`
+	TLSCA     string `json:"tls_ca,omitempty"`
+	Insecure  bool   `json:"insecure,omitempty"`
+	EC        string `json:"ec,omitempty"`
+	BWLimit   int64  `json:"bwlimit,omitempty"`
+}
+
+// redacted is the target without credentials, for keys and messages.
+func (t targetSpec) redacted() string {
+	var parts []string
+	for _, s := range strings.Split(t.To, ",") {
+		if u, err := url.Parse(strings.TrimSpace(s)); err == nil {
+			u.User = nil
+			u.RawQuery = ""
+			s = u.String()
+		}
+		parts = append(parts, s)
+	}
+	return strings.Join(parts, ",")
+}
+
+// pinID names a (volume, target) pair: the key of its pin and its lock.
+func pinID(vol string, t targetSpec) string { return vol + " -> " + t.redacted() }
+
+// open makes the target, and says the volume's name there.
+func (t targetSpec) open(vol string) (replica.Target, string, error) {
+	switch {
+	case strings.HasPrefix(t.To, "strata://"):
+		addr, remote, err := replica.ParseStrataURL(t.To)
+		if err != nil {
+			return nil, "", err
+		}
+		if remote == "" {
+			remote = vol
+		}
+		if t.TokenFile == "" {
+			return nil, "", fmt.Errorf("%w: strata:// targets need --token-file (a file holding the token the target's --replica-token-file holds)", errBadRequest)
+		}
+		token, err := readToken(t.TokenFile)
+		if err != nil {
+			return nil, "", err
+		}
+		o := replica.RemoteOptions{Addr: addr, Token: token}
+		switch {
+		case t.TLSCA != "":
+			b, err := os.ReadFile(t.TLSCA)
+			if err != nil {
+				return nil, "", fmt.Errorf("--tls-ca: %w", err)
+			}
+			roots := x509.NewCertPool()
+			if !roots.AppendCertsFromPEM(b) {
+				return nil, "", fmt.Errorf("--tls-ca %s: no PEM certificate in it", t.TLSCA)
+			}
+			host := addr
+			if i := strings.LastIndex(addr, ":"); i >= 0 {
+				host = strings.Trim(addr[:i], "[]")
+			}
+			o.TLS = &tls.Config{RootCAs: roots, ServerName: host, MinVersion: tls.VersionTLS12}
+		case replica.IsLoopback(addr) || t.Insecure:
+			// Plaintext: loopback, or the user said so.
+		default:
+			host := addr[:strings.LastIndex(addr, ":")]
+			o.TLS = &tls.Config{ServerName: strings.Trim(host, "[]"), MinVersion: tls.VersionTLS12}
+		}
+		return replica.NewRemote(o), remote, nil
+	case strings.HasPrefix(t.To, "s3://"):
+		s3, err := replica.ParseS3Targets(t.To, t.EC)
+		if err != nil {
+			return nil, "", err
+		}
+		return s3, vol, nil
+	}
+	return nil, "", fmt.Errorf("%w: target %q: use strata://HOST:PORT[/VOLUME] or s3://BUCKET/PREFIX[,s3://...]", errBadRequest, t.To)
+}
+
+func readToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if len(tok) < 8 {
+		return "", fmt.Errorf("token file %s holds %d characters; use at least 8 (e.g. head -c 24 /dev/urandom | base64 > %s)", path, len(tok), path)
+	}
+	return tok, nil
+}
+
+// replEntry is a configured replication (`strata replication add`).
+type replEntry struct {
+	ID     string `json:"id"`
+	Volume string `json:"volume"`
+	targetSpec
+	Mode  string        `json:"mode"` // continuous or interval
+	Every time.Duration `json:"every,omitempty"`
+}
+
+// replStatus is what status shows of one target.
+type replStatus struct {
+	ID         string    `json:"id"`
+	Volume     string    `json:"volume"`
+	Target     string    `json:"target"`
+	Mode       string    `json:"mode"` // continuous, interval, or once (pinned by replicate --once)
+	Acked      uint64    `json:"acked_seq"`
+	LagRecords int64     `json:"lag_records"`
+	LagBytes   int64     `json:"lag_bytes"`
+	LagSeconds float64   `json:"lag_seconds"`
+	Running    bool      `json:"running"`
+	LastRun    time.Time `json:"last_run,omitempty"`
+	LastOK     time.Time `json:"last_ok,omitempty"`
+	LastError  string    `json:"last_error,omitempty"`
+	Shipped    int64     `json:"shipped_bytes"` // data shipped since the daemon started
+}
+
+// replManager runs shipping for the daemon: --once runs and configured
+// continuous or interval replications.
+type replManager struct {
+	d    *daemon
+	path string // DATA/replication.json
+
+	mu      sync.Mutex
+	running map[string]time.Time // pin ids being shipped
+	entries map[string]*replEntry
+	status  map[string]*replStatus
+	stops   map[string]context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+func newReplManager(d *daemon) (*replManager, error) {
+	m := &replManager{d: d, path: filepath.Join(d.cfg.dataDir, "replication.json"), running: map[string]time.Time{},
+		entries: map[string]*replEntry{}, status: map[string]*replStatus{}, stops: map[string]context.CancelFunc{}}
+	b, err := os.ReadFile(m.path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	if len(b) > 0 {
+		var list []*replEntry
+		if err := json.Unmarshal(b, &list); err != nil {
+			return nil, fmt.Errorf("%s: %w", m.path, err)
+		}
+		for _, e := range list {
+			m.entries[e.ID] = e
+		}
+	}
+	for _, e := range m.entries {
+		m.start(e)
+	}
+	return m, nil
+}
+
+// save writes the entries: temp file, fsync, rename, fsync the directory.
+func (m *replManager) saveLocked() error {
+	list := make([]*replEntry, 0, len(m.entries))
+	for _, e := range m.entries {
+		list = append(list, e)
+	}
+	sort.Slice(list, func(a, b int) bool { return list[a].ID < list[b].ID })
+	b, err := json.MarshalIndent(list, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := m.path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	f.Close()
+	if err := os.Rename(tmp, m.path); err != nil {
+		return err
+	}
+	dir, err := os.Open(filepath.Dir(m.path))
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	return dir.Sync()
+}
+
+func (m *replManager) close() {
+	m.mu.Lock()
+	for _, stop := range m.stops {
+		stop()
+	}
+	m.mu.Unlock()
+	m.wg.Wait()
+}
+
+// run ships vol to t once, holding the pair's lock.
+func (m *replManager) run(ctx context.Context, vol string, t targetSpec, progress func(replica.Progress)) (replica.Result, error) {
+	id := pinID(vol, t)
+	m.mu.Lock()
+	if since, busy := m.running[id]; busy {
+		m.mu.Unlock()
+		return replica.Result{}, fmt.Errorf("%w: a replication of %s to %s has been running since %s", replica.ErrBusy, vol, t.redacted(), since.Format(time.RFC3339))
+	}
+	m.running[id] = time.Now()
+	st := m.statusLocked(id, vol, t, "")
+	st.Running, st.LastRun = true, time.Now().UTC()
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		delete(m.running, id)
+		m.status[id].Running = false
+		m.mu.Unlock()
+	}()
+	tgt, remote, err := t.open(vol)
+	var res replica.Result
+	if err == nil {
+		res, err = replica.Ship(ctx, replica.ShipOptions{Pool: m.d.pool, Volume: vol, RemoteName: remote, Target: tgt, PinID: id,
+			BWLimit: t.BWLimit, Progress: progress, Logger: m.d.cfg.log})
+		tgt.Close()
+	}
+	m.mu.Lock()
+	st = m.status[id]
+	st.Shipped += res.DataBytes
+	if err != nil {
+		st.LastError = userMessage(err)
+	} else {
+		st.LastError, st.LastOK = "", time.Now().UTC()
+	}
+	m.mu.Unlock()
+	return res, err
+}
+
+func (m *replManager) statusLocked(id, vol string, t targetSpec, mode string) *replStatus {
+	st := m.status[id]
+	if st == nil {
+		st = &replStatus{ID: id, Volume: vol, Target: t.redacted(), Mode: "once"}
+		m.status[id] = st
+	}
+	if mode != "" {
+		st.Mode = mode
+	}
+	return st
+}
+
+// start runs a configured replication in the background.
+func (m *replManager) start(e *replEntry) {
+	ctx, cancel := context.WithCancel(context.Background())
+	m.mu.Lock()
+	m.stops[e.ID] = cancel
+	m.statusLocked(e.ID, e.Volume, e.targetSpec, e.Mode)
+	m.mu.Unlock()
+	log := m.d.cfg.log.With("volume", e.Volume, "target", e.redacted())
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		backoff := time.Second
+		var lastUpto uint64
+		for {
+			upto := m.d.pool.AppliedSeq()
+			var err error
+			if upto != lastUpto || e.Mode == "interval" {
+				var res replica.Result
+				res, err = m.run(ctx, e.Volume, e.targetSpec, nil)
+				if err == nil {
+					lastUpto = upto
+					backoff = time.Second
+					if res.Batches > 0 {
+						log.Debug("replication: shipped", "records", res.Records, "bytes", res.DataBytes, "acked", res.Acked)
+					}
+				} else if ctx.Err() == nil {
+					log.Warn("replication failed; retrying", "err", err, "in", backoff)
+				}
+			}
+			wait := 200 * time.Millisecond
+			switch {
+			case err != nil:
+				wait = backoff
+				backoff = min(2*backoff, 30*time.Second)
+			case e.Mode == "interval":
+				wait = e.Every
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+		}
+	}()
+}
+
+// statuses reports every target with its lag.
+func (m *replManager) statuses(ctx context.Context) []replStatus {
+	pins := m.d.pool.ShipPins()
+	m.mu.Lock()
+	for id := range pins {
+		if m.status[id] == nil {
+			vol, target, _ := strings.Cut(id, " -> ")
+			m.status[id] = &replStatus{ID: id, Volume: vol, Target: target, Mode: "once"}
+		}
+	}
+	out := make([]replStatus, 0, len(m.status))
+	for _, st := range m.status {
+		out = append(out, *st)
+	}
+	m.mu.Unlock()
+	for i := range out {
+		st := &out[i]
+		pin, ok := pins[st.ID]
+		if !ok {
+			continue
+		}
+		st.Acked = pin.Seq
+		n, b, oldest, err := m.d.pool.Pending(ctx, st.Volume, pin.Seq)
+		if err != nil {
+			if errors.Is(err, cow.ErrHistoryGone) && st.LastError == "" {
+				st.LastError = "the journal no longer holds every unshipped record; the next run copies the difference"
+			}
+			continue
+		}
+		st.LagRecords, st.LagBytes = n, b
+		if n > 0 {
+			st.LagSeconds = time.Since(oldest).Seconds()
+		}
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
+	return out
+}
+
+// Control API.
+
+type replicateRequest struct {
+	Volume string `json:"volume"`
+	targetSpec
+}
+
+type replicationAddRequest struct {
+	Volume string `json:"volume"`
+	targetSpec
+	Mode  string `json:"mode"`
+	Every string `json:"every"`
+}
+
+type restoreRequest struct {
+	targetSpec
+	Volume string `json:"volume"` // the volume's name at the target
+	At     string `json:"at"`
+	New    string `json:"new"`
+}
+
+type demoteRequest struct {
+	DiscardLocal bool `json:"discard_local"`
+}
+
+// streamEvent is one line of a streamed reply (replicate, restore).
+type streamEvent struct {
+	Progress *replica.Progress `json:"progress,omitempty"`
+	Result   *replica.Result   `json:"result,omitempty"`
+	Restore  *replica.Restored `json:"restore,omitempty"`
+	Error    string            `json:"error,omitempty"`
+	Code     string            `json:"code,omitempty"`
+}
+
+func replErrorCode(err error) (int, string) {
+	switch {
+	case errors.Is(err, replica.ErrBusy):
+		return http.StatusConflict, "busy"
+	case errors.Is(err, replica.ErrAuth):
+		return http.StatusForbidden, "auth"
+	case errors.Is(err, replica.ErrRefused):
+		return http.StatusConflict, "refused"
+	case errors.Is(err, replica.ErrNoSpace):
+		return http.StatusInsufficientStorage, "no_space"
+	case errors.Is(err, replica.ErrCorrupt):
+		return http.StatusBadGateway, "corrupt"
+	case errors.Is(err, replica.ErrNotFound):
+		return http.StatusNotFound, "not_found"
+	}
+	return errorCode(err)
+}
+
+// streamer writes NDJSON events as they happen.
+type streamer struct {
+	w  http.ResponseWriter
+	mu sync.Mutex
+}
+
+func newStreamer(w http.ResponseWriter) *streamer {
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	return &streamer{w: w}
+}
+
+func (s *streamer) send(ev streamEvent) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	json.NewEncoder(s.w).Encode(ev)
+	if f, ok := s.w.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (s *streamer) fail(err error) {
+	_, code := replErrorCode(err)
+	s.send(streamEvent{Error: userMessage(err), Code: code})
+}
+
+func (d *daemon) replicationHandlers(mux *http.ServeMux) {
+	m := d.repl
+	mux.HandleFunc("POST /v1/replicate", func(w http.ResponseWriter, r *http.Request) {
+		var req replicateRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeErr(w, err)
+			return
+		}
+		if _, err := d.pool.VolumeInfo(req.Volume); err != nil {
+			writeErr(w, err)
+			return
+		}
+		s := newStreamer(w)
+		last := time.Time{}
+		res, err := m.run(r.Context(), req.Volume, req.targetSpec, func(p replica.Progress) {
+			if time.Since(last) > 200*time.Millisecond {
+				last = time.Now()
+				s.send(streamEvent{Progress: &p})
+			}
+		})
+		if err != nil {
+			d.cfg.log.Warn("replicate --once failed", "volume", req.Volume, "target", req.redacted(), "err", err)
+			s.fail(err)
+			return
+		}
+		d.cfg.log.Info("replicated", "volume", req.Volume, "target", req.redacted(), "records", res.Records, "bytes", res.DataBytes, "acked", res.Acked)
+		s.send(streamEvent{Result: &res})
+	})
+	mux.HandleFunc("GET /v1/replication", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, m.statuses(r.Context()))
+	})
+	mux.HandleFunc("POST /v1/replication", func(w http.ResponseWriter, r *http.Request) {
+		var req replicationAddRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeErr(w, err)
+			return
+		}
+		e, err := m.add(req)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusCreated, e)
+	})
+	mux.HandleFunc("DELETE /v1/replication", func(w http.ResponseWriter, r *http.Request) {
+		if err := m.remove(r.URL.Query().Get("id")); err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, struct{}{})
+	})
+	mux.HandleFunc("POST /v1/volumes/{name}/promote", func(w http.ResponseWriter, r *http.Request) {
+		st, err := replica.Promote(r.Context(), d.pool, r.PathValue("name"))
+		if err != nil {
+			status, code := replErrorCode(err)
+			writeJSON(w, status, apiError{Error: userMessage(err), Code: code})
+			return
+		}
+		d.cfg.log.Info("promoted replica", "volume", r.PathValue("name"), "source_seq", st.Acked)
+		writeJSON(w, http.StatusOK, st)
+	})
+	mux.HandleFunc("POST /v1/volumes/{name}/demote", func(w http.ResponseWriter, r *http.Request) {
+		var req demoteRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeErr(w, err)
+			return
+		}
+		msg, err := replica.Demote(r.Context(), d.pool, r.PathValue("name"), req.DiscardLocal)
+		if err != nil {
+			status, code := replErrorCode(err)
+			writeJSON(w, status, apiError{Error: userMessage(err), Code: code})
+			return
+		}
+		d.cfg.log.Info("demoted", "volume", r.PathValue("name"), "discard_local", req.DiscardLocal)
+		writeJSON(w, http.StatusOK, map[string]string{"message": msg})
+	})
+	mux.HandleFunc("POST /v1/restore", func(w http.ResponseWriter, r *http.Request) {
+		var req restoreRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeErr(w, err)
+			return
+		}
+		if err := cow.ValidateName(req.New); err != nil {
+			writeErr(w, err)
+			return
+		}
+		if _, err := d.pool.VolumeInfo(req.New); err == nil {
+			writeErr(w, fmt.Errorf("volume %q %w here; restore into a new name", req.New, cow.ErrExists))
+			return
+		}
+		s := newStreamer(w)
+		res, err := d.restore(r.Context(), req, func(p replica.Progress) { s.send(streamEvent{Progress: &p}) })
+		if err != nil {
+			s.fail(err)
+			return
+		}
+		d.cfg.log.Info("restored volume", "volume", req.New, "from", req.redacted(), "at", res.Point)
+		s.send(streamEvent{Restore: &res})
+	})
+}
+
+func (d *daemon) restore(ctx context.Context, req restoreRequest, progress func(replica.Progress)) (replica.Restored, error) {
+	tgt, _, err := req.targetSpec.open(req.Volume)
+	if err != nil {
+		return replica.Restored{}, err
+	}
+	defer tgt.Close()
+	return replica.Restore(ctx, replica.RestoreOptions{Pool: d.pool, From: tgt, Volume: req.Volume, At: req.At, NewName: req.New, Progress: progress})
+}
+
+func (m *replManager) add(req replicationAddRequest) (*replEntry, error) {
+	if _, err := m.d.pool.VolumeInfo(req.Volume); err != nil {
+		return nil, err
+	}
+	e := &replEntry{Volume: req.Volume, targetSpec: req.targetSpec, Mode: req.Mode}
+	switch req.Mode {
+	case "", "continuous":
+		e.Mode = "continuous"
+	case "interval":
+		d, err := parseRetention(req.Every)
+		if err != nil || d < time.Second {
+			return nil, fmt.Errorf("%w: --every %q: use a duration of a second or more, e.g. 5m", errBadRequest, req.Every)
+		}
+		e.Every = d
+	default:
+		return nil, fmt.Errorf("%w: --mode %q: use continuous or interval", errBadRequest, req.Mode)
+	}
+	// Check the target parses (and its token reads) before saving it.
+	if t, _, err := req.targetSpec.open(req.Volume); err != nil {
+		return nil, err
+	} else {
+		t.Close()
+	}
+	e.ID = pinID(req.Volume, req.targetSpec)
+	m.mu.Lock()
+	if m.entries[e.ID] != nil {
+		m.mu.Unlock()
+		return nil, fmt.Errorf("replication %s %w", e.ID, cow.ErrExists)
+	}
+	m.entries[e.ID] = e
+	err := m.saveLocked()
+	if err != nil {
+		delete(m.entries, e.ID)
+	}
+	m.mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("save %s: %w", m.path, err)
+	}
+	m.start(e)
+	m.d.cfg.log.Info("replication added", "id", e.ID, "mode", e.Mode)
+	return e, nil
+}
+
+// remove stops a configured replication and drops its pin (the journal no
+// longer keeps records for it). It also drops the pin of a --once target.
+func (m *replManager) remove(id string) error {
+	m.mu.Lock()
+	e := m.entries[id]
+	_, pinned := m.d.pool.ShipPins()[id]
+	if e == nil && !pinned {
+		var ids []string
+		for k := range m.status {
+			ids = append(ids, fmt.Sprintf("%q", k))
+		}
+		m.mu.Unlock()
+		return fmt.Errorf("%w: no replication %q; `strata replication list` shows them (%s)", blockdev.ErrNotFound, id, strings.Join(ids, ", "))
+	}
+	if e != nil {
+		delete(m.entries, id)
+		if err := m.saveLocked(); err != nil {
+			m.entries[id] = e
+			m.mu.Unlock()
+			return err
+		}
+		if stop := m.stops[id]; stop != nil {
+			stop()
+			delete(m.stops, id)
+		}
+	}
+	delete(m.status, id)
+	m.mu.Unlock()
+	return m.d.pool.UnpinShipped(id)
+}

@@ -1,0 +1,476 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/strata-storage/strata/replica"
+	"github.com/urfave/cli/v2"
+)
+
+// exitBusy is the exit status of a run that found another one active
+// (EX_TEMPFAIL: cron may simply try again later).
+const exitBusy = 75
+
+// exitError carries an exit status.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func targetFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "to", Required: true, Usage: "target: strata://HOST:PORT[/REMOTEVOL] (another site's serve --replica-listen) or s3://BUCKET/PREFIX (comma-separated list with --ec)"},
+		&cli.StringFlag{Name: "token-file", Usage: "file holding the shared token (strata:// targets; the target's --replica-token-file)"},
+		&cli.StringFlag{Name: "tls-ca", Usage: "PEM CA that signed the target's certificate (strata:// over TLS)"},
+		&cli.BoolFlag{Name: "insecure", Usage: "allow plaintext to a strata:// target off loopback"},
+		&cli.StringFlag{Name: "ec", Usage: "erasure coding K+M over K+M S3 targets, e.g. 2+1: any M of them may be lost"},
+		&cli.StringFlag{Name: "bwlimit", Usage: "cap on bandwidth, e.g. 50MiB/s (default: none)"},
+	}
+}
+
+func readTargetSpec(c *cli.Context) (targetSpec, error) {
+	t := targetSpec{To: c.String("to"), TokenFile: c.String("token-file"), TLSCA: c.String("tls-ca"), Insecure: c.Bool("insecure"), EC: c.String("ec")}
+	if bw := c.String("bwlimit"); bw != "" {
+		n, err := parseSize(strings.TrimSuffix(strings.TrimSuffix(bw, "/s"), "ps"))
+		if err != nil || n <= 0 {
+			return t, fmt.Errorf("--bwlimit %q: use a rate such as 50MiB/s", bw)
+		}
+		t.BWLimit = n
+	}
+	// The daemon reads these files: give it absolute paths.
+	for _, p := range []*string{&t.TokenFile, &t.TLSCA} {
+		if *p != "" {
+			abs, err := absPath(*p)
+			if err != nil {
+				return t, err
+			}
+			*p = abs
+		}
+	}
+	return t, nil
+}
+
+// stream posts a request whose reply is NDJSON events, calling fn for each.
+func (c *client) stream(path string, body any, fn func(streamEvent) error) error {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequest("POST", "http://strata"+path, bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	hc := *c.http
+	hc.Timeout = 0 // runs take as long as they take
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("%w: no strata serve answers on %s (%v); start one with `strata serve`, or point at it with --data, --control-socket or STRATA_CONTROL",
+			errNoDaemon, c.socket, rootCause(err))
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		var ae apiError
+		rb, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if json.Unmarshal(rb, &ae) == nil && ae.Error != "" {
+			return codeError(ae)
+		}
+		return fmt.Errorf("daemon answered %s", resp.Status)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		var ev streamEvent
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			return fmt.Errorf("bad reply from the daemon: %w", err)
+		}
+		if ev.Error != "" {
+			return codeError(apiError{Error: ev.Error, Code: ev.Code})
+		}
+		if err := fn(ev); err != nil {
+			return err
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("the daemon stopped answering: %w", err)
+	}
+	return nil
+}
+
+func codeError(ae apiError) error {
+	err := errors.New(ae.Error)
+	if ae.Code == "busy" {
+		return &exitError{code: exitBusy, err: err}
+	}
+	return err
+}
+
+// progressPrinter draws a bar on a terminal and plain lines otherwise.
+type progressPrinter struct {
+	tty   bool
+	start time.Time
+	last  time.Time
+	drawn bool
+}
+
+func newProgressPrinter() *progressPrinter {
+	return &progressPrinter{tty: isTerminal(os.Stderr), start: time.Now()}
+}
+
+func (p *progressPrinter) show(pr replica.Progress) {
+	el := time.Since(p.start)
+	rate := float64(pr.DataBytes) / max(el.Seconds(), 0.001)
+	if p.tty {
+		frac := 0.0
+		if pr.Upto > pr.Start {
+			frac = float64(pr.Acked-pr.Start) / float64(pr.Upto-pr.Start)
+		}
+		if pr.Phase != "records" {
+			frac = -1
+		}
+		bar := ""
+		if frac >= 0 {
+			n := int(frac * 30)
+			bar = "[" + strings.Repeat("=", n) + strings.Repeat(" ", 30-n) + "] "
+		}
+		fmt.Fprintf(os.Stderr, "\r%s%s %s shipped, %s/s, seq %d of %d   ", bar, pr.Phase, formatSize(pr.DataBytes), formatSize(int64(rate)), pr.Acked, pr.Upto)
+		p.drawn = true
+		return
+	}
+	if time.Since(p.last) < 2*time.Second {
+		return
+	}
+	p.last = time.Now()
+	fmt.Fprintf(os.Stderr, "progress: %s: %s shipped in %d batches, acked seq %d of %d, %s/s\n", pr.Phase, formatSize(pr.DataBytes), pr.Batches, pr.Acked, pr.Upto, formatSize(int64(rate)))
+}
+
+func (p *progressPrinter) done() {
+	if p.drawn {
+		fmt.Fprint(os.Stderr, "\r\033[K")
+	}
+}
+
+func replicateCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "replicate",
+		Usage:     "ship a volume's journal to a remote Strata site or to S3, once (for cron)",
+		UsageText: "strata replicate VOL --to TARGET --once [--token-file F] [--ec K+M] [--bwlimit RATE]",
+		Description: `Ships everything up to the point the run starts at (a consistent point of
+the volume) past what the target already holds, waits until the target has
+made it durable, prints what travelled, and exits 0. The first run copies
+the volume; later runs send only the journal records written since, so the
+replica has every point in between. A run that is interrupted (killed, the
+network cut) resumes where it stopped. A second run of the same volume and
+target while one is active exits at once with status 75.
+
+Targets:
+   strata://HOST:PORT[/REMOTEVOL]   another site's strata serve --replica-listen
+                                    (token from --token-file; TLS with --tls-ca)
+   s3://BUCKET/PREFIX               S3-compatible storage; credentials from the
+                                    AWS environment variables or ~/.aws files,
+                                    endpoint from AWS_ENDPOINT_URL or ?endpoint=
+   s3://B1/P,s3://B2/P,s3://B3/P --ec 2+1
+                                    erasure coded: any one of the three may be lost
+
+Examples:
+   strata replicate vol0 --to strata://dr-site:10810 --token-file /etc/strata/token --once
+   */5 * * * *  strata replicate vol0 --to s3://backups/strata --once
+   strata replicate vol0 --to s3://b1/s,s3://b2/s,s3://b3/s --ec 2+1 --once --bwlimit 50MiB/s
+
+For continuous shipping by the daemon, see strata replication add.`,
+		Flags: append(targetFlags(),
+			&cli.BoolFlag{Name: "once", Usage: "ship up to now and exit (required: continuous shipping is `strata replication add`)"},
+			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
+		),
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return fmt.Errorf("name one volume: strata replicate VOL --to TARGET --once")
+			}
+			if !c.Bool("once") {
+				return fmt.Errorf("say --once to ship up to now and exit; for continuous shipping use `strata replication add %s --to %s`", c.Args().First(), c.String("to"))
+			}
+			t, err := readTargetSpec(c)
+			if err != nil {
+				return err
+			}
+			pp := newProgressPrinter()
+			var res *replica.Result
+			err = newClient(controlPath(c)).stream("/v1/replicate", replicateRequest{Volume: c.Args().First(), targetSpec: t}, func(ev streamEvent) error {
+				if ev.Progress != nil && !c.Bool("json") {
+					pp.show(*ev.Progress)
+				}
+				if ev.Result != nil {
+					res = ev.Result
+				}
+				return nil
+			})
+			pp.done()
+			if err != nil {
+				return err
+			}
+			if res == nil {
+				return fmt.Errorf("the daemon ended the run without a result")
+			}
+			if c.Bool("json") {
+				return printJSON(res)
+			}
+			printShipResult(c.Args().First(), t, res)
+			return nil
+		},
+	}
+}
+
+func printShipResult(vol string, t targetSpec, r *replica.Result) {
+	if r.Message != "" {
+		fmt.Println(r.Message)
+	}
+	if r.Batches == 0 {
+		fmt.Printf("%s: %s already holds seq %d; nothing to ship\n", vol, t.redacted(), r.Acked)
+	} else {
+		kind := "records"
+		if r.Full {
+			kind = "full copy + records"
+		}
+		ratio := 0.0
+		if r.StoredBytes > 0 {
+			ratio = float64(r.RawBytes) / float64(r.StoredBytes)
+		}
+		rate := float64(r.DataBytes) / max(r.Duration.Seconds(), 0.001)
+		fmt.Printf("%s -> %s: shipped seq %d..%d (%s): %d records, %s of data in %d batches\n", vol, t.redacted(), r.Start, r.Acked, kind, r.Records, formatSize(r.DataBytes), r.Batches)
+		fmt.Printf("  %s before compression, %s sent (%.2fx), in %s (%s/s)\n", formatSize(r.RawBytes), formatSize(r.StoredBytes), ratio,
+			r.Duration.Round(time.Millisecond), formatSize(int64(rate)))
+	}
+	if r.LagSeq > 0 {
+		fmt.Printf("  lag: the volume was written during the run; %d sequence numbers newer than seq %d are left for the next run\n", r.LagSeq, r.Acked)
+	} else {
+		fmt.Println("  lag: none (the target holds the volume's newest point)")
+	}
+}
+
+func replicationCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "replication",
+		Usage: "configure continuous or interval shipping by the daemon",
+		Description: `The daemon ships continuously (within about a second of each write: RPO
+of seconds) or every --every. strata status shows each target's lag in
+sequence numbers, bytes and seconds, and its last error. Unshipped records
+stay in the journal (garbage collection keeps them) until the target has
+them, or until the replication is removed.`,
+		Subcommands: []*cli.Command{
+			{
+				Name:      "add",
+				Usage:     "ship a volume continuously (or on an interval)",
+				UsageText: "strata replication add VOL --to TARGET [--mode continuous|interval --every 5m] [target flags]",
+				Description: `Examples:
+   strata replication add vol0 --to strata://dr-site:10810 --token-file /etc/strata/token
+   strata replication add vol0 --to s3://backups/strata --mode interval --every 15m`,
+				Flags: append(targetFlags(),
+					&cli.StringFlag{Name: "mode", Value: "continuous", Usage: "continuous or interval"},
+					&cli.StringFlag{Name: "every", Usage: "interval between runs in interval mode, e.g. 5m"},
+				),
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return fmt.Errorf("name one volume: strata replication add VOL --to TARGET")
+					}
+					t, err := readTargetSpec(c)
+					if err != nil {
+						return err
+					}
+					var e replEntry
+					if err := newClient(controlPath(c)).do("POST", "/v1/replication", replicationAddRequest{Volume: c.Args().First(), targetSpec: t, Mode: c.String("mode"), Every: c.String("every")}, &e); err != nil {
+						return err
+					}
+					fmt.Printf("replicating %s to %s (%s", e.Volume, e.redacted(), e.Mode)
+					if e.Mode == "interval" {
+						fmt.Printf(", every %s", e.Every)
+					}
+					fmt.Println("); strata status shows its lag")
+					return nil
+				},
+			},
+			{
+				Name:      "list",
+				Usage:     "list replication targets with their lag",
+				UsageText: "strata replication list [--json]",
+				Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+				Action: func(c *cli.Context) error {
+					var list []replStatus
+					if err := newClient(controlPath(c)).do("GET", "/v1/replication", nil, &list); err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(list)
+					}
+					printReplStatus(os.Stdout, list)
+					return nil
+				},
+			},
+			{
+				Name:      "remove",
+				Usage:     "stop a replication and release the journal it keeps",
+				UsageText: "strata replication remove VOL --to TARGET",
+				Flags:     []cli.Flag{&cli.StringFlag{Name: "to", Required: true, Usage: "the target, as given to add (or to replicate --once)"}},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return fmt.Errorf("name one volume: strata replication remove VOL --to TARGET")
+					}
+					id := pinID(c.Args().First(), targetSpec{To: c.String("to")})
+					if err := newClient(controlPath(c)).do("DELETE", "/v1/replication?id="+url.QueryEscape(id), nil, nil); err != nil {
+						return err
+					}
+					fmt.Printf("removed %s\n", id)
+					return nil
+				},
+			},
+		},
+	}
+}
+
+func printReplStatus(w io.Writer, list []replStatus) {
+	if len(list) == 0 {
+		fmt.Fprintln(w, "no replication targets")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VOLUME\tTARGET\tMODE\tACKED\tLAG RECORDS\tLAG BYTES\tLAG\tLAST OK\tLAST ERROR")
+	for _, s := range list {
+		ok := "-"
+		if !s.LastOK.IsZero() {
+			ok = s.LastOK.Format(time.RFC3339)
+		}
+		mode := s.Mode
+		if s.Running {
+			mode += " (running)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\tseq:%d\t%d\t%s\t%s\t%s\t%s\n", s.Volume, s.Target, mode, s.Acked, s.LagRecords, formatSize(s.LagBytes),
+			(time.Duration(s.LagSeconds * float64(time.Second))).Round(time.Millisecond), ok, s.LastError)
+	}
+	tw.Flush()
+}
+
+func promoteCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "promote",
+		Usage:     "make a replica writable (failover)",
+		UsageText: "strata promote VOL",
+		Description: `Run on the replica's site. The replica stops following its source and
+serves read-write. If a batch was being applied, the replica first goes
+back to its last complete point. Failback: replicate it back to the old
+primary (strata replicate VOL --to strata://OLD-PRIMARY --once); only what
+was written since the last common point travels.`,
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return fmt.Errorf("name one volume: strata promote VOL")
+			}
+			var st struct {
+				Acked      uint64 `json:"acked"`
+				SourceName string `json:"source_name"`
+			}
+			if err := newClient(controlPath(c)).do("POST", "/v1/volumes/"+url.PathEscape(c.Args().First())+"/promote", struct{}{}, &st); err != nil {
+				return err
+			}
+			fmt.Printf("%s is writable; it holds %s up to source seq %d (the last point in common)\n", c.Args().First(), st.SourceName, st.Acked)
+			return nil
+		},
+	}
+}
+
+func demoteCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "demote",
+		Usage:     "make a volume follow its replication partner again (after a failover)",
+		UsageText: "strata demote VOL [--discard-local]",
+		Description: `On a promoted replica: it follows its source again. On an old primary:
+it waits, read-only, for the failback stream from the promoted replica.
+Writes made since the last common point are refused (split brain) unless
+--discard-local, which rolls the head back; they stay readable as points
+in time (VOL@seq:N) within the retention window.`,
+		Flags: []cli.Flag{&cli.BoolFlag{Name: "discard-local", Usage: "pick the other side: roll back this side's writes since the last common point"}},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return fmt.Errorf("name one volume: strata demote VOL [--discard-local]")
+			}
+			var out map[string]string
+			if err := newClient(controlPath(c)).do("POST", "/v1/volumes/"+url.PathEscape(c.Args().First())+"/demote", demoteRequest{DiscardLocal: c.Bool("discard-local")}, &out); err != nil {
+				return err
+			}
+			fmt.Println(out["message"])
+			return nil
+		},
+	}
+}
+
+func restoreCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "restore",
+		Usage:     "rebuild a volume from an S3 target or a remote site at a point",
+		UsageText: "strata restore TARGET VOL [--at POINT] NEWVOL",
+		Description: `VOL is the volume's name at the target; NEWVOL is created here. POINT is
+a snapshot name, an RFC 3339 time, or seq:N (default: the newest shipped).
+
+Examples:
+   strata restore s3://backups/strata vol0 --at nightly-3 vol0-restored
+   strata restore s3://b1/s,s3://b2/s,s3://b3/s --ec 2+1 vol0 --at 2026-11-21T10:00:00Z vol0-old
+   strata restore strata://dr-site:10810 vol0 --token-file /etc/strata/token vol0-back`,
+		Flags: append(targetFlags()[1:], &cli.StringFlag{Name: "at", Usage: "the point to restore (default: the newest)"}),
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 3 {
+				return fmt.Errorf("usage: strata restore TARGET VOL [--at POINT] NEWVOL")
+			}
+			t, err := readTargetSpec(c)
+			if err != nil {
+				return err
+			}
+			t.To = c.Args().Get(0)
+			pp := newProgressPrinter()
+			var res *replica.Restored
+			err = newClient(controlPath(c)).stream("/v1/restore", restoreRequest{targetSpec: t, Volume: c.Args().Get(1), At: c.String("at"), New: c.Args().Get(2)}, func(ev streamEvent) error {
+				if ev.Progress != nil {
+					pp.show(*ev.Progress)
+				}
+				if ev.Restore != nil {
+					res = ev.Restore
+				}
+				return nil
+			})
+			pp.done()
+			if err != nil {
+				return err
+			}
+			if res == nil {
+				return fmt.Errorf("the daemon ended the restore without a result")
+			}
+			fmt.Printf("restored %s@%s from %s into %s: %s, %s of data from %d batches in %s\n", c.Args().Get(1), res.Point, t.redacted(), res.Volume,
+				formatSize(res.Size), formatSize(res.DataBytes), res.Batches, res.Duration.Round(time.Millisecond))
+			return nil
+		},
+	}
+}
+
+// isTerminal reports whether f is a character device (a terminal).
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+func absPath(p string) (string, error) {
+	a, err := filepath.Abs(p)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", p, err)
+	}
+	return a, nil
+}

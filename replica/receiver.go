@@ -1,0 +1,382 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/strata-storage/strata/blockdev"
+	"github.com/strata-storage/strata/cow"
+)
+
+// Receiver applies streams to a pool's replica volumes. A replica is
+// read-only to everyone but its receiver, and at every acknowledged batch
+// it reads as the source did at that batch's point.
+type Receiver struct {
+	Pool   *cow.Pool
+	Logger *slog.Logger
+
+	mu     sync.Mutex
+	active map[string]*Session // volumes a stream is applying to
+}
+
+// NewReceiver makes a receiver for pool.
+func NewReceiver(pool *cow.Pool, log *slog.Logger) *Receiver {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Receiver{Pool: pool, Logger: log, active: map[string]*Session{}}
+}
+
+// Session is one stream into one volume.
+type Session struct {
+	r    *Receiver
+	name string
+	src  VolumeID
+	st   cow.ReplicaState
+	stop func()
+	done chan struct{}
+}
+
+// Open starts a stream into volume h.Target: it creates the replica on the
+// first stream, checks that an existing one follows this source, puts a
+// replica interrupted mid-batch back at its last complete point, and
+// accepts a failback onto the volume the source was promoted from when
+// that volume has not been written since the last common point. A stream
+// from the same source replaces one still open (its connection may be dead
+// without either side knowing yet): stop ends the new one in turn.
+func (r *Receiver) Open(ctx context.Context, h Hello, stop func()) (*Session, State, error) {
+	if err := cow.ValidateName(h.Target); err != nil {
+		return nil, State{}, fmt.Errorf("%w: target volume: %v", ErrRefused, err)
+	}
+	s := &Session{r: r, name: h.Target, src: h.Source, stop: stop, done: make(chan struct{})}
+	for {
+		r.mu.Lock()
+		old := r.active[h.Target]
+		if old == nil {
+			r.active[h.Target] = s
+			r.mu.Unlock()
+			break
+		}
+		r.mu.Unlock()
+		if old.src != h.Source {
+			return nil, State{}, fmt.Errorf("%w: a stream from %s (pool %s) into %q is running", ErrBusy, old.src.Name, old.src.Pool, h.Target)
+		}
+		r.Logger.Info("replication: a new stream from the same source replaces the open one", "volume", h.Target)
+		if old.stop != nil {
+			old.stop()
+		}
+		select {
+		case <-old.done:
+		case <-time.After(time.Minute):
+			return nil, State{}, fmt.Errorf("%w: the previous stream into %q does not stop", ErrBusy, h.Target)
+		case <-ctx.Done():
+			return nil, State{}, ctx.Err()
+		}
+	}
+	st, err := r.open(ctx, s, h)
+	if err != nil {
+		s.Close()
+		return nil, State{}, err
+	}
+	return s, st, nil
+}
+
+func (r *Receiver) open(ctx context.Context, s *Session, h Hello) (State, error) {
+	p := r.Pool
+	info, err := p.VolumeInfo(h.Target)
+	if errors.Is(err, blockdev.ErrNotFound) {
+		if _, err := p.CreateVolume(h.Target, h.Size); err != nil {
+			return State{}, err
+		}
+		if err := p.SetReadOnly(h.Target, true); err != nil {
+			return State{}, err
+		}
+		s.st = cow.ReplicaState{SourcePool: h.Source.Pool, SourceVol: h.Source.Vol, SourceName: h.Source.Name}
+		if err := p.SetReplicaState(h.Target, &s.st); err != nil {
+			return State{}, err
+		}
+		r.Logger.Info("replication: new replica", "volume", h.Target, "source", h.Source.Name, "source_pool", h.Source.Pool)
+		return State{Message: fmt.Sprintf("created replica %s", h.Target)}, nil
+	}
+	if err != nil {
+		return State{}, err
+	}
+	rs := info.Replica
+	if h.Origin != nil && h.Origin.Source.Pool == p.ID() && h.Origin.Source.Vol == info.ID {
+		return r.failback(ctx, s, h, info)
+	}
+	if rs == nil || rs.SourcePool != h.Source.Pool || rs.SourceVol != h.Source.Vol {
+		return State{}, fmt.Errorf("%w: volume %q exists at the target and is not a replica of %s (pool %s); name another remote volume (strata://HOST:PORT/NAME) or delete it there",
+			ErrRefused, h.Target, h.Source.Name, h.Source.Pool)
+	}
+	if rs.Promoted {
+		return State{}, fmt.Errorf("%w: replica %q was promoted at %s and no longer follows %s; run `strata demote %s` at the target to make it follow again",
+			ErrRefused, h.Target, time.Unix(0, rs.PromotedAt).UTC().Format(time.RFC3339), h.Source.Name, h.Target)
+	}
+	s.st = *rs
+	if err := r.backToLocal(ctx, s); err != nil {
+		return State{}, err
+	}
+	return State{Acked: s.st.Acked}, nil
+}
+
+// backToLocal rolls the replica's head back to its last complete point
+// when an interrupted batch left changes after it.
+func (r *Receiver) backToLocal(ctx context.Context, s *Session) error {
+	p := r.Pool
+	changed := s.st.Diff
+	if !changed {
+		var err error
+		if changed, err = p.ChangedSince(ctx, s.name, s.st.Local); err != nil {
+			return err
+		}
+	}
+	if !changed {
+		return nil
+	}
+	r.Logger.Info("replication: an interrupted batch left changes; going back to the last complete point", "volume", s.name, "local_seq", s.st.Local, "source_seq", s.st.Acked)
+	if _, err := p.Rollback(s.name, fmt.Sprintf("seq:%d", s.st.Local), true); err != nil {
+		return fmt.Errorf("replica %q: back to its last complete point: %w", s.name, err)
+	}
+	s.st.Diff = false
+	s.st.Local = 0 // the record storing the state marks the point now
+	return p.SetReplicaState(s.name, &s.st)
+}
+
+func (r *Receiver) failback(ctx context.Context, s *Session, h Hello, info cow.VolumeInfo) (State, error) {
+	p := r.Pool
+	rs := info.Replica
+	if rs != nil && !rs.Promoted && (rs.SourcePool != h.Source.Pool || rs.SourceVol != h.Source.Vol) {
+		return State{}, fmt.Errorf("%w: volume %q follows %s; it cannot take a stream from %s", ErrRefused, h.Target, rs.SourceName, h.Source.Name)
+	}
+	if rs != nil && !rs.Promoted {
+		// Already following the promoted side: an ordinary resume.
+		s.st = *rs
+		if err := r.backToLocal(ctx, s); err != nil {
+			return State{}, err
+		}
+		return State{Acked: s.st.Acked}, nil
+	}
+	common := h.Origin.Seq
+	changed, err := p.ChangedSince(ctx, h.Target, common)
+	if err != nil {
+		return State{}, err
+	}
+	if changed && (rs == nil || !rs.DiscardLocal) {
+		return State{}, fmt.Errorf("%w: split brain: %q here has been written since the last point in common with %s (seq:%d here), and %s was promoted from it; "+
+			"to keep the promoted side's data, run `strata demote %s --discard-local` here (the writes since stay readable as points in time), then replicate again; "+
+			"to keep this side's data instead, demote the other side with --discard-local and replicate from here",
+			ErrRefused, h.Target, h.Source.Name, common, h.Source.Name, h.Target)
+	}
+	if info.Handles > 0 && !info.ReadOnly {
+		return State{}, fmt.Errorf("%w: volume %q is attached here (%d connections); detach it before failing back onto it", ErrRefused, h.Target, info.Handles)
+	}
+	if changed {
+		if _, err := p.Rollback(h.Target, fmt.Sprintf("seq:%d", common), true); err != nil {
+			return State{}, fmt.Errorf("back to the common point seq:%d: %w", common, err)
+		}
+	}
+	if err := p.SetReadOnly(h.Target, true); err != nil {
+		return State{}, err
+	}
+	s.st = cow.ReplicaState{SourcePool: h.Source.Pool, SourceVol: h.Source.Vol, SourceName: h.Source.Name, Acked: h.Origin.Local}
+	if err := p.SetReplicaState(h.Target, &s.st); err != nil {
+		return State{}, err
+	}
+	msg := fmt.Sprintf("failback: %s now follows %s from the last common point (seq:%d here, seq:%d there)", h.Target, h.Source.Name, common, h.Origin.Local)
+	if changed {
+		msg += "; the writes made here since are discarded from the head and stay readable as points in time"
+	}
+	r.Logger.Info("replication: "+msg, "volume", h.Target)
+	st, err := p.ReplicaStateOf(h.Target)
+	if err != nil {
+		return State{}, err
+	}
+	s.st = *st
+	return State{Acked: s.st.Acked, Message: msg}, nil
+}
+
+// Apply applies one batch and makes it durable. On an error nothing of the
+// batch stays in the head: it goes back to the last complete point.
+func (s *Session) Apply(ctx context.Context, b *Batch) error {
+	p := s.r.Pool
+	if b.From != s.st.Acked {
+		return fmt.Errorf("%w: batch starts at source seq %d but the replica holds seq %d", ErrRefused, b.From, s.st.Acked)
+	}
+	if b.To < b.From {
+		return fmt.Errorf("%w: batch ends (seq %d) before it starts (seq %d)", ErrCorrupt, b.To, b.From)
+	}
+	if b.Diff && !s.st.Diff {
+		s.st.Diff = true
+		if err := p.SetReplicaState(s.name, &s.st); err != nil {
+			return err
+		}
+	}
+	if err := applyOps(ctx, p, s.name, b, true, s.r.Logger); err != nil {
+		if rerr := s.r.backToLocal(context.Background(), s); rerr != nil {
+			s.r.Logger.Error("replication: could not go back to the last complete point after a failed batch", "volume", s.name, "err", rerr)
+		}
+		return err
+	}
+	if err := p.Flush(); err != nil {
+		return err
+	}
+	if b.Partial {
+		return nil
+	}
+	s.st.Acked, s.st.AckedTime, s.st.Diff, s.st.Local = b.To, b.Time, false, 0
+	return p.SetReplicaState(s.name, &s.st)
+}
+
+// applyOps applies a batch's ops to volume name's head.
+func applyOps(ctx context.Context, p *cow.Pool, name string, b *Batch, replica bool, log *slog.Logger) error {
+	open := p.OpenVolume
+	if replica {
+		open = p.OpenReplicaHead
+	}
+	h, err := open(name)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	for i := range b.Ops {
+		op := &b.Ops[i]
+		if i%64 == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		var err error
+		switch op.Kind {
+		case OpWrite:
+			if uint64(len(op.Data)) != op.Length {
+				return fmt.Errorf("%w: write op of %d bytes carries %d", ErrCorrupt, op.Length, len(op.Data))
+			}
+			_, err = h.WriteAt(op.Data, int64(op.Offset))
+		case OpZero:
+			err = h.WriteZeroes(int64(op.Offset), int64(op.Length), op.NoHole)
+		case OpTrim:
+			err = h.Trim(int64(op.Offset), int64(op.Length))
+		case OpResize:
+			if int64(op.Length) != h.Size() {
+				err = p.ResizeVolume(name, int64(op.Length), true)
+			}
+		case OpSnapshot:
+			if _, err = p.CreateSnapshot(name, op.Name, op.Label); errors.Is(err, cow.ErrExists) {
+				log.Info("replication: snapshot already exists at the target; kept", "volume", name, "snapshot", op.Name)
+				err = nil
+			}
+		case OpPoint:
+		}
+		if err != nil {
+			return fmt.Errorf("apply %s op (source seq %d) to %q: %w", op.Kind, op.Seq, name, err)
+		}
+	}
+	return nil
+}
+
+// Close ends the session.
+func (s *Session) Close() {
+	s.r.mu.Lock()
+	if s.r.active[s.name] == s {
+		delete(s.r.active, s.name)
+	}
+	s.r.mu.Unlock()
+	close(s.done)
+}
+
+// Promote makes replica vol writable: failover. A replica caught in the
+// middle of a batch goes back to its last complete point first. Its link
+// to the source stays as the last common point, for failback.
+func Promote(ctx context.Context, p *cow.Pool, vol string) (*cow.ReplicaState, error) {
+	rs, err := p.ReplicaStateOf(vol)
+	if err != nil {
+		return nil, err
+	}
+	if rs == nil {
+		return nil, fmt.Errorf("%w: %q is not a replica", ErrRefused, vol)
+	}
+	if rs.Promoted {
+		return nil, fmt.Errorf("%w: %q was already promoted at %s", ErrRefused, vol, time.Unix(0, rs.PromotedAt).UTC().Format(time.RFC3339))
+	}
+	changed := rs.Diff
+	if !changed {
+		if changed, err = p.ChangedSince(ctx, vol, rs.Local); err != nil {
+			return nil, err
+		}
+	}
+	if changed {
+		if _, err := p.Rollback(vol, fmt.Sprintf("seq:%d", rs.Local), true); err != nil {
+			return nil, err
+		}
+	}
+	rs.Promoted, rs.PromotedAt, rs.Diff = true, time.Now().UnixNano(), false
+	if changed {
+		// The head is now the rollback's point: it reads as Acked.
+		rs.Local = p.AppliedSeq()
+	}
+	if err := p.SetReplicaState(vol, rs); err != nil {
+		return nil, err
+	}
+	if err := p.SetReadOnly(vol, false); err != nil {
+		return nil, err
+	}
+	return rs, nil
+}
+
+// Demote makes a promoted replica, or a volume a replica was promoted from,
+// read-only and ready to follow a source again. Writes made since the last
+// point in common are refused unless discardLocal, which rolls the head
+// back (they stay readable as points in time).
+func Demote(ctx context.Context, p *cow.Pool, vol string, discardLocal bool) (string, error) {
+	info, err := p.VolumeInfo(vol)
+	if err != nil {
+		return "", err
+	}
+	rs := info.Replica
+	if info.Handles > 0 && !info.ReadOnly {
+		return "", fmt.Errorf("%w: volume %q is attached (%d connections); detach it first", ErrRefused, vol, info.Handles)
+	}
+	if rs != nil && !rs.Promoted {
+		return "", fmt.Errorf("%w: %q already follows %s", ErrRefused, vol, rs.SourceName)
+	}
+	if rs != nil && rs.Promoted {
+		changed, err := p.ChangedSince(ctx, vol, rs.Local)
+		if err != nil {
+			return "", err
+		}
+		if changed && !discardLocal {
+			return "", fmt.Errorf("%w: %q has been written since it was promoted (since seq:%d); run with --discard-local to roll those writes back (they stay readable as points in time)", ErrRefused, vol, rs.Local)
+		}
+		if err := p.SetReadOnly(vol, true); err != nil {
+			return "", err
+		}
+		if changed {
+			if _, err := p.Rollback(vol, fmt.Sprintf("seq:%d", rs.Local), true); err != nil {
+				return "", err
+			}
+		}
+		rs.Promoted, rs.PromotedAt, rs.Local = false, 0, 0
+		if err := p.SetReplicaState(vol, rs); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("%s follows %s again from source seq:%d", vol, rs.SourceName, rs.Acked), nil
+	}
+	// A volume that was the source of a promoted replica: it waits for the
+	// failback stream, which checks and (with discardLocal) rolls back.
+	if err := p.SetReadOnly(vol, true); err != nil {
+		return "", err
+	}
+	if err := p.SetReplicaState(vol, &cow.ReplicaState{Promoted: true, DiscardLocal: discardLocal}); err != nil {
+		return "", err
+	}
+	msg := fmt.Sprintf("%s is read-only and waits for a failback stream from the promoted replica", vol)
+	if discardLocal {
+		msg += "; writes since the last common point will be rolled back (they stay readable as points in time)"
+	}
+	return msg, nil
+}

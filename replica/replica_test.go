@@ -1,0 +1,479 @@
+package replica
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/strata-storage/strata/cow"
+)
+
+const testToken = "s3cret-token"
+
+type site struct {
+	t    *testing.T
+	pool *cow.Pool
+	srv  *Server
+	addr string
+}
+
+func newSite(t *testing.T) *site {
+	t.Helper()
+	p, err := cow.Open(cow.Options{Dir: t.TempDir(), SegmentSize: 4 << 20, GCInterval: -1, CheckpointInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &site{t: t, pool: p, addr: l.Addr().String()}
+	s.srv = &Server{Receiver: NewReceiver(p, nil), Token: testToken}
+	go s.srv.Serve(l)
+	t.Cleanup(func() {
+		l.Close()
+		s.srv.Close()
+		p.Close()
+	})
+	return s
+}
+
+func (s *site) ship(to *site, vol, remote string) (Result, error) {
+	s.t.Helper()
+	tgt := NewRemote(RemoteOptions{Addr: to.addr, Token: testToken})
+	defer tgt.Close()
+	return Ship(context.Background(), ShipOptions{Pool: s.pool, Volume: vol, RemoteName: remote, Target: tgt, PinID: "test:" + to.addr, BatchBytes: 1 << 20})
+}
+
+// read returns a volume's whole content at a point ("" for the head).
+func (s *site) read(vol, point string) []byte {
+	s.t.Helper()
+	var h *cow.Volume
+	var err error
+	if point == "" {
+		h, err = s.pool.OpenVolume(vol)
+	} else {
+		h, err = s.pool.OpenVolumeAt(vol, point)
+	}
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer h.Close()
+	b := make([]byte, h.Size())
+	if _, err := h.ReadAt(b, 0); err != nil {
+		s.t.Fatal(err)
+	}
+	return b
+}
+
+// scribble makes n random changes to vol (writes of 1-64 blocks, some
+// unaligned, trims, zeroes).
+func scribble(t *testing.T, p *cow.Pool, vol string, rng *rand.Rand, n int) {
+	t.Helper()
+	h, err := p.OpenVolume(vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	size := h.Size()
+	for i := 0; i < n; i++ {
+		off := rng.Int63n(size/4096) * 4096
+		l := int64(1+rng.Intn(64)) * 4096
+		if off+l > size {
+			l = size - off
+		}
+		switch rng.Intn(10) {
+		case 0:
+			err = h.Trim(off, l)
+		case 1:
+			err = h.WriteZeroes(off, l, rng.Intn(2) == 0)
+		case 2:
+			b := make([]byte, 100+rng.Intn(5000))
+			rng.Read(b)
+			_, err = h.WriteAt(b, off+int64(rng.Intn(4000)))
+		default:
+			b := make([]byte, l)
+			rng.Read(b)
+			_, err = h.WriteAt(b, off)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func seed(t *testing.T) *rand.Rand {
+	s := time.Now().UnixNano()
+	if v := os.Getenv("STRATA_SEED"); v != "" {
+		s, _ = strconv.ParseInt(v, 10, 64)
+	}
+	t.Logf("STRATA_SEED=%d", s)
+	return rand.New(rand.NewSource(s))
+}
+
+func TestShipPointsAndDelta(t *testing.T) {
+	a, b := newSite(t), newSite(t)
+	rng := seed(t)
+	if _, err := a.pool.CreateVolume("v", 16<<20); err != nil {
+		t.Fatal(err)
+	}
+	snaps := []string{}
+	snap := func(name string) {
+		if _, err := a.pool.CreateSnapshot("v", name, "label of "+name); err != nil {
+			t.Fatal(err)
+		}
+		snaps = append(snaps, name)
+	}
+	scribble(t, a.pool, "v", rng, 200)
+	snap("s1")
+	scribble(t, a.pool, "v", rng, 100)
+	if err := a.pool.ResizeVolume("v", 20<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	snap("s2")
+	res, err := a.ship(b, "v", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Full || res.Acked != a.pool.AppliedSeq() {
+		t.Fatalf("first run: %+v", res)
+	}
+	t.Logf("first run: %d batches, %d data bytes, %d raw, %d stored", res.Batches, res.DataBytes, res.RawBytes, res.StoredBytes)
+	if !bytes.Equal(a.read("v", ""), b.read("v", "")) {
+		t.Fatal("head differs after the first run")
+	}
+	// Later points travel as records: every snapshot shipped since reads the same.
+	scribble(t, a.pool, "v", rng, 50)
+	snap("s3")
+	if _, err := a.pool.Rollback("v", "s1", false); err != nil {
+		t.Fatal(err)
+	}
+	snap("s4-after-rollback")
+	scribble(t, a.pool, "v", rng, 50)
+	if err := a.pool.ResizeVolume("v", 12<<20, true); err != nil {
+		t.Fatal(err)
+	}
+	snap("s5")
+	before := a.pool.AppliedSeq()
+	scribble(t, a.pool, "v", rng, 20)
+	res, err = a.ship(b, "v", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Start != before-0 && res.Start == 0 {
+		t.Fatalf("second run started from scratch: %+v", res)
+	}
+	t.Logf("second run: %d records, %d batches, %d data bytes", res.Records, res.Batches, res.DataBytes)
+	for _, sn := range snaps[2:] {
+		if !bytes.Equal(a.read("v", sn), b.read("v", sn)) {
+			t.Fatalf("snapshot %s differs", sn)
+		}
+	}
+	if !bytes.Equal(a.read("v", ""), b.read("v", "")) {
+		t.Fatal("head differs after the second run")
+	}
+	// Only the delta travels: 4 KiB more, then a run that carries 4 KiB.
+	h, _ := a.pool.OpenVolume("v")
+	h.WriteAt(bytes.Repeat([]byte{7}, 4096), 8192)
+	h.Close()
+	res, err = a.ship(b, "v", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.DataBytes != 4096 || res.Records != 1 || res.Full {
+		t.Fatalf("delta run shipped %+v, want one record of 4096 bytes", res)
+	}
+	// Nothing new: nothing travels, and the run still succeeds.
+	res, err = a.ship(b, "v", "")
+	if err != nil || res.DataBytes != 0 || res.Batches != 0 {
+		t.Fatalf("idle run: %+v %v", res, err)
+	}
+	// The replica is read-only over NBD-like handles.
+	rh, err := b.pool.OpenVolume("v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rh.WriteAt(make([]byte, 4096), 0); err == nil {
+		t.Fatal("a replica accepted a write")
+	}
+	rh.Close()
+}
+
+func TestWrongTokenAndBadInput(t *testing.T) {
+	a, b := newSite(t), newSite(t)
+	a.pool.CreateVolume("v", 4<<20)
+	scribble(t, a.pool, "v", seed(t), 20)
+	tgt := NewRemote(RemoteOptions{Addr: b.addr, Token: "wrong"})
+	_, err := Ship(context.Background(), ShipOptions{Pool: a.pool, Volume: "v", Target: tgt})
+	tgt.Close()
+	if !errors.Is(err, ErrAuth) {
+		t.Fatalf("wrong token: %v", err)
+	}
+	if len(b.pool.Volumes()) != 0 {
+		t.Fatal("a refused stream created a volume")
+	}
+	if _, err := a.ship(b, "v", ""); err != nil {
+		t.Fatal(err)
+	}
+	good := b.read("v", "")
+	acked := func() uint64 {
+		st, _ := b.pool.ReplicaStateOf("v")
+		return st.Acked
+	}
+	before := acked()
+	scribble(t, a.pool, "v", seed(t), 10)
+
+	// A corrupt batch and a truncated one are refused; nothing applies.
+	for _, mode := range []string{"corrupt", "truncated", "wrong-from"} {
+		c, err := net.Dial("tcp", b.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, _ := a.pool.VolumeInfo("v")
+		writeJSON(c, msgHello, helloMsg{Token: testToken, Hello: Hello{Source: VolumeID{Pool: a.pool.ID(), Vol: info.ID, Name: "v"}, Target: "v", Size: info.Size}})
+		br := newReader(c)
+		if typ, _, err := readMsg(br); err != nil || typ != msgState {
+			t.Fatalf("%s: hello: %c %v", mode, typ, err)
+		}
+		bt := &Batch{From: before, To: before + 5, Ops: []Op{{Kind: OpWrite, Offset: 0, Length: 4096, Data: bytes.Repeat([]byte{9}, 4096)}, {Kind: OpPoint, Seq: before + 5}}}
+		if mode == "wrong-from" {
+			bt.From = before + 1
+		}
+		frame, _, _ := EncodeBatch(bt)
+		switch mode {
+		case "corrupt":
+			frame[len(frame)-3] ^= 0x40
+			writeMsg(c, msgBatch, frame)
+		case "truncated":
+			var hdr [5]byte
+			hdr[0] = msgBatch
+			hdr[1] = byte(len(frame))
+			hdr[2] = byte(len(frame) >> 8)
+			c.Write(hdr[:])
+			c.Write(frame[:len(frame)/2])
+			c.(*net.TCPConn).CloseWrite()
+		case "wrong-from":
+			writeMsg(c, msgBatch, frame)
+		}
+		typ, msg, _ := readMsg(br)
+		c.Close()
+		if mode != "truncated" && typ != msgError {
+			t.Fatalf("%s: got %c %s, want an error", mode, typ, msg)
+		}
+		t.Logf("%s: %s", mode, msg)
+		// The server's handler finishes before the next stream opens.
+		waitFor(t, func() bool { return b.srv.idle() })
+		if acked() != before || !bytes.Equal(good, b.read("v", "")) {
+			t.Fatalf("%s: the replica changed", mode)
+		}
+	}
+	// The source lost nothing: a real run brings the replica up to date.
+	if _, err := a.ship(b, "v", ""); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a.read("v", ""), b.read("v", "")) {
+		t.Fatal("head differs after recovery")
+	}
+}
+
+func waitFor(t *testing.T, f func() bool) {
+	t.Helper()
+	for i := 0; i < 500; i++ {
+		if f() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("timed out")
+}
+
+func (s *Server) idle() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns) == 0
+}
+
+func newReader(c net.Conn) io.Reader { return c }
+
+// cutProxy forwards to addr and closes every connection after limit bytes
+// from the client.
+type cutProxy struct {
+	l     net.Listener
+	mu    sync.Mutex
+	limit int64
+}
+
+func newCutProxy(t *testing.T, addr string) *cutProxy {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{l: l, limit: -1}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				u, err := net.Dial("tcp", addr)
+				if err != nil {
+					return
+				}
+				defer u.Close()
+				p.mu.Lock()
+				limit := p.limit
+				p.mu.Unlock()
+				go io.Copy(c, u)
+				if limit < 0 {
+					io.Copy(u, c)
+				} else {
+					io.CopyN(u, c, limit)
+				}
+			}()
+		}
+	}()
+	return p
+}
+
+func TestInterruptedRunResumes(t *testing.T) {
+	a, b := newSite(t), newSite(t)
+	rng := seed(t)
+	a.pool.CreateVolume("v", 32<<20)
+	h, _ := a.pool.OpenVolume("v")
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < 24<<20; off += 1 << 20 {
+		rng.Read(buf)
+		h.WriteAt(buf, off)
+	}
+	h.Close()
+	a.pool.CreateSnapshot("v", "base", "")
+	proxy := newCutProxy(t, b.addr)
+	ship := func() (Result, error) {
+		tgt := NewRemote(RemoteOptions{Addr: proxy.l.Addr().String(), Token: testToken})
+		defer tgt.Close()
+		return Ship(context.Background(), ShipOptions{Pool: a.pool, Volume: "v", Target: tgt, PinID: "p", BatchBytes: 2 << 20})
+	}
+	// First run: cut after ~10 MiB of the full copy.
+	proxy.limit = 10 << 20
+	if _, err := ship(); err == nil {
+		t.Fatal("a cut run succeeded")
+	} else {
+		t.Logf("cut run: %v", err)
+	}
+	proxy.limit = -1
+	if _, err := ship(); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a.read("v", ""), b.read("v", "")) {
+		t.Fatal("head differs after a resumed full copy")
+	}
+	// Incremental: 8 MiB of writes, cut after 3 MiB; the rerun sends no
+	// more than what was not acknowledged.
+	scribble(t, a.pool, "v", rng, 150)
+	proxy.limit = 3 << 20
+	r1, err := ship()
+	if err == nil {
+		t.Fatal("a cut run succeeded")
+	}
+	proxy.limit = -1
+	r2, err := ship()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("cut run shipped %d bytes acked to %d; rerun %d bytes from %d", r1.DataBytes, r1.Acked, r2.DataBytes, r2.Start)
+	if r2.Start == 0 || r2.Full {
+		t.Fatalf("rerun started over: %+v", r2)
+	}
+	if !bytes.Equal(a.read("v", ""), b.read("v", "")) {
+		t.Fatal("head differs after a resumed incremental run")
+	}
+	if !bytes.Equal(a.read("v", "base"), b.read("v", "base")) {
+		t.Fatal("snapshot differs")
+	}
+}
+
+func TestPromoteFailbackSplitBrain(t *testing.T) {
+	a, b := newSite(t), newSite(t)
+	rng := seed(t)
+	a.pool.CreateVolume("v", 8<<20)
+	scribble(t, a.pool, "v", rng, 50)
+	if _, err := a.ship(b, "v", ""); err != nil {
+		t.Fatal(err)
+	}
+	// Failover: B takes over and is written.
+	if _, err := Promote(context.Background(), b.pool, "v"); err != nil {
+		t.Fatal(err)
+	}
+	scribble(t, b.pool, "v", rng, 30)
+	// A (not written since) keeps shipping from cron: refused.
+	if _, err := a.ship(b, "v", ""); !errors.Is(err, ErrRefused) {
+		t.Fatalf("shipping onto a promoted replica: %v", err)
+	}
+	// Failback: B ships back to A; only B's writes since travel.
+	res, err := b.ship(a, "v", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("failback: %s; %d data bytes, full=%v", res.Message, res.DataBytes, res.Full)
+	if res.Full || res.Start == 0 {
+		t.Fatalf("failback copied everything: %+v", res)
+	}
+	if !bytes.Equal(a.read("v", ""), b.read("v", "")) {
+		t.Fatal("head differs after failback")
+	}
+	// Split brain: promote A's copy back, write on both sides.
+	if _, err := Promote(context.Background(), a.pool, "v"); err != nil {
+		t.Fatal(err)
+	}
+	scribble(t, a.pool, "v", rng, 10)
+	scribble(t, b.pool, "v", rng, 10)
+	if _, err := a.ship(b, "v", ""); !errors.Is(err, ErrRefused) {
+		t.Fatalf("split brain not refused: %v", err)
+	} else {
+		t.Logf("split brain: %v", err)
+	}
+	// The user keeps A's side: B discards its writes.
+	if _, err := Demote(context.Background(), b.pool, "v", false); !errors.Is(err, ErrRefused) {
+		t.Fatalf("demote without --discard-local: %v", err)
+	}
+	bHead := b.read("v", "")
+	if _, err := Demote(context.Background(), b.pool, "v", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.ship(b, "v", ""); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a.read("v", ""), b.read("v", "")) {
+		t.Fatal("head differs after resolving the split brain")
+	}
+	// B's discarded writes stay readable as a point in time.
+	found := false
+	for s := b.pool.AppliedSeq(); s > 0 && !found; s-- {
+		h, err := b.pool.OpenVolumeAt("v", fmt.Sprintf("seq:%d", s))
+		if err != nil {
+			continue
+		}
+		got := make([]byte, h.Size())
+		h.ReadAt(got, 0)
+		h.Close()
+		found = bytes.Equal(got, bHead)
+	}
+	if !found {
+		t.Fatal("the discarded writes are not readable as a point in time")
+	}
+}

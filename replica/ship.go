@@ -1,0 +1,345 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/strata-storage/strata/cdp"
+	"github.com/strata-storage/strata/cow"
+)
+
+// DefaultBatchBytes is how much data one batch carries at most: large
+// enough that an S3 target gets few, large objects.
+const DefaultBatchBytes = 32 << 20
+
+// maxOpData bounds one write op (the pool splits larger writes anyway).
+const maxOpData = 8 << 20
+
+// ShipOptions configure one shipping run.
+type ShipOptions struct {
+	Pool   *cow.Pool
+	Volume string
+	// RemoteName is the volume's name at the target (default: Volume).
+	RemoteName string
+	Target     Target
+	// PinID names this target's pin on the volume: records it has not
+	// acknowledged stay in the journal ("" for none).
+	PinID string
+	// Upto is the point to ship to (0: the pool's point when the run
+	// starts, which makes the run a consistent snapshot).
+	Upto uint64
+	// BatchBytes bounds a batch's data (default DefaultBatchBytes).
+	BatchBytes int64
+	// BWLimit caps bytes sent a second (0: no cap), for targets that count.
+	BWLimit int64
+	// Progress is called after each batch.
+	Progress func(Progress)
+	Logger   *slog.Logger
+	// AllowReplica ships a replica's content as is (a pull for restore).
+	AllowReplica bool
+}
+
+// Progress of a run.
+type Progress struct {
+	Acked     uint64 `json:"acked"`      // the target holds the source up to here
+	Upto      uint64 `json:"upto"`       // the run's end point
+	Start     uint64 `json:"start"`      // the target's point when the run began
+	DataBytes int64  `json:"data_bytes"` // data shipped so far
+	// TotalBytes estimates the data of the whole run (diffs: exact).
+	Batches int   `json:"batches"`
+	Records int64 `json:"records"`
+	Full    bool  `json:"full,omitempty"` // a copy by difference (first run, history gone)
+	Phase   string `json:"phase,omitempty"`
+}
+
+// Result of a run.
+type Result struct {
+	Progress
+	RawBytes    int64         `json:"raw_bytes"`    // batches before compression
+	StoredBytes int64         `json:"stored_bytes"` // after compression (as sent)
+	Duration    time.Duration `json:"duration_ns"`
+	// LagSeq is how far the volume's head is past the shipped point when
+	// the run ends (writes that came in during the run).
+	LagSeq  uint64 `json:"lag_seq"`
+	Message string `json:"message,omitempty"` // the target's note (a failback accepted)
+}
+
+// Ship sends volume opts.Volume to opts.Target past the point the target
+// holds, up to opts.Upto, and returns once the target has made it durable.
+// An interrupted run leaves the target at its last acknowledged batch; the
+// next run continues from there.
+func Ship(ctx context.Context, o ShipOptions) (Result, error) {
+	start := time.Now()
+	if o.BatchBytes <= 0 {
+		o.BatchBytes = DefaultBatchBytes
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.RemoteName == "" {
+		o.RemoteName = o.Volume
+	}
+	p := o.Pool
+	if o.Upto == 0 {
+		o.Upto = p.AppliedSeq()
+	}
+	info, err := p.VolumeInfo(o.Volume)
+	if err != nil {
+		return Result{}, err
+	}
+	h := Hello{Source: VolumeID{Pool: p.ID(), Vol: info.ID, Name: info.Name}, Target: o.RemoteName, Size: info.Size}
+	if rs := info.Replica; o.AllowReplica || rs == nil || rs.SourcePool == "" {
+		// An ordinary volume (or one waiting for a failback).
+	} else if rs.Promoted {
+		h.Origin = &Origin{Source: VolumeID{Pool: rs.SourcePool, Vol: rs.SourceVol, Name: rs.SourceName}, Seq: rs.Acked, Local: rs.Local}
+	} else {
+		return Result{}, fmt.Errorf("%w: %q is a replica of %s; promote it before shipping it on", ErrRefused, o.Volume, rs.SourceName)
+	}
+	st, err := o.Target.Open(ctx, h)
+	if err != nil {
+		return Result{}, fmt.Errorf("%s: %w", o.Target, err)
+	}
+	s := &shipper{o: o, ctx: ctx, res: Result{Progress: Progress{Start: st.Acked, Acked: st.Acked, Upto: o.Upto}, Message: st.Message}}
+	if c, ok := o.Target.(Counter); ok {
+		s.counter = c
+		s.raw0, s.stored0 = c.Counters()
+	}
+	if o.PinID != "" {
+		if err := p.PinShipped(o.PinID, o.Volume, st.Acked); err != nil {
+			return s.res, err
+		}
+	}
+	if st.Acked < o.Upto {
+		err = s.run(st.Acked, info)
+	}
+	s.count()
+	s.res.Duration = time.Since(start)
+	if last := p.AppliedSeq(); last > s.res.Acked {
+		if changed, cerr := p.ChangedSince(ctx, o.Volume, s.res.Acked); cerr == nil && changed {
+			s.res.LagSeq = last - s.res.Acked
+		}
+	}
+	return s.res, err
+}
+
+type shipper struct {
+	o       ShipOptions
+	ctx     context.Context
+	res     Result
+	counter Counter
+	raw0    int64
+	stored0 int64
+	pace    time.Time // when the bytes sent so far may have left, at BWLimit
+	b       *Batch
+}
+
+func (s *shipper) count() {
+	if s.counter != nil {
+		raw, stored := s.counter.Counters()
+		s.res.RawBytes, s.res.StoredBytes = raw-s.raw0, stored-s.stored0
+	}
+}
+
+func (s *shipper) run(acked uint64, info cow.VolumeInfo) error {
+	p := s.o.Pool
+	if acked == 0 || acked < info.ID {
+		return s.diff(0, s.o.Upto, "full copy")
+	}
+	err := s.incremental(acked)
+	if !errors.Is(err, cow.ErrHistoryGone) {
+		return err
+	}
+	s.o.Logger.Info("replication: the journal no longer holds every record to ship; copying the difference", "volume", s.o.Volume, "target", s.o.Target.String(), "reason", err)
+	from := s.res.Acked
+	if _, perr := p.ResolvePoint(s.o.Volume, fmt.Sprintf("seq:%d", from)); perr != nil {
+		from = 0 // that point is gone too: copy everything
+	}
+	phase := "difference"
+	if from == 0 {
+		phase = "full copy"
+	}
+	return s.diff(from, s.o.Upto, phase)
+}
+
+// send ships a batch and waits for the target to make it durable.
+func (s *shipper) send(b *Batch) error {
+	if err := s.ctx.Err(); err != nil {
+		return err
+	}
+	if err := s.o.Target.Send(s.ctx, b); err != nil {
+		return fmt.Errorf("%s: %w", s.o.Target, err)
+	}
+	s.res.Batches++
+	s.res.DataBytes += b.DataBytes()
+	if !b.Partial {
+		s.res.Acked = b.To
+		if s.o.PinID != "" {
+			if err := s.o.Pool.PinShipped(s.o.PinID, s.o.Volume, b.To); err != nil {
+				return err
+			}
+		}
+	}
+	s.count()
+	if s.o.BWLimit > 0 {
+		sent := s.res.StoredBytes
+		if s.counter == nil {
+			sent = s.res.DataBytes
+		}
+		if s.pace.IsZero() {
+			s.pace = time.Now()
+		}
+		due := s.pace.Add(time.Duration(float64(sent) / float64(s.o.BWLimit) * float64(time.Second)))
+		if d := time.Until(due); d > 0 {
+			select {
+			case <-time.After(d):
+			case <-s.ctx.Done():
+				return s.ctx.Err()
+			}
+		}
+	}
+	if s.o.Progress != nil {
+		s.o.Progress(s.res.Progress)
+	}
+	return nil
+}
+
+// incremental ships the journal's records after acked, in order.
+func (s *shipper) incremental(acked uint64) error {
+	p := s.o.Pool
+	s.res.Phase = "records"
+	size := int64(0)
+	if info, err := p.VolumeInfo(s.o.Volume); err == nil {
+		size = info.Size
+	}
+	s.b = &Batch{From: acked, Size: size}
+	var data int64
+	flush := func(to uint64, t int64) error {
+		b := s.b
+		b.To, b.Time = to, t
+		if err := s.send(b); err != nil {
+			return err
+		}
+		s.b = &Batch{From: to, Size: b.Size}
+		data = 0
+		return nil
+	}
+	last, lastTime := acked, int64(0)
+	err := p.Changes(s.ctx, s.o.Volume, acked, s.o.Upto, func(c *cow.Change) error {
+		b := s.b
+		switch c.Kind {
+		case cdp.KindWrite:
+			for off := 0; off < len(c.Data); off += maxOpData {
+				end := min(off+maxOpData, len(c.Data))
+				d := append([]byte(nil), c.Data[off:end]...)
+				b.Ops = append(b.Ops, Op{Kind: OpWrite, Seq: c.Seq, Time: c.Time, Offset: c.Offset + uint64(off), Length: uint64(len(d)), Data: d})
+			}
+			data += int64(len(c.Data))
+		case cdp.KindZero:
+			b.Ops = append(b.Ops, Op{Kind: OpZero, Seq: c.Seq, Time: c.Time, Offset: c.Offset, Length: c.Length, NoHole: c.NoHole})
+		case cdp.KindTrim:
+			b.Ops = append(b.Ops, Op{Kind: OpTrim, Seq: c.Seq, Time: c.Time, Offset: c.Offset, Length: c.Length})
+		case cdp.KindVolumeResize:
+			b.Ops = append(b.Ops, Op{Kind: OpResize, Seq: c.Seq, Time: c.Time, Length: c.Length})
+			b.Size = int64(c.Length)
+		case cdp.KindSnapshotCreate:
+			b.Ops = append(b.Ops, Op{Kind: OpSnapshot, Seq: c.Seq, Time: c.Time, Name: c.Name, Label: c.Label})
+		case cdp.KindSnapshotDelete:
+			// Not mirrored: the replica keeps its own history.
+			return nil
+		case cdp.KindVolumeRollback:
+			// The head becomes an earlier point: ship what differs, as
+			// a batch consistent at its end. The replica keeps every
+			// point it had.
+			if len(b.Ops) > 0 || b.From < c.Seq-1 {
+				if err := flush(c.Seq-1, lastTime); err != nil {
+					return err
+				}
+			}
+			if err := s.diff(c.Seq-1, c.Seq, "rollback"); err != nil {
+				return err
+			}
+			s.b = &Batch{From: c.Seq, Size: int64(c.Length)}
+			s.res.Phase = "records"
+			last, lastTime = c.Seq, c.Time
+			s.res.Records++
+			return nil
+		default:
+			return nil
+		}
+		b.Ops = append(b.Ops, Op{Kind: OpPoint, Seq: c.Seq, Time: c.Time})
+		s.res.Records++
+		last, lastTime = c.Seq, c.Time
+		if data >= s.o.BatchBytes {
+			return flush(c.Seq, c.Time)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	_ = last
+	if lastTime == 0 {
+		lastTime = time.Now().UnixNano()
+	}
+	return flush(s.o.Upto, lastTime)
+}
+
+// diff ships the difference between points from and to (from 0: every
+// block) as a diff batch, in parts of at most BatchBytes.
+func (s *shipper) diff(from, to uint64, phase string) error {
+	p := s.o.Pool
+	s.res.Phase = phase
+	s.res.Full = s.res.Full || from == 0
+	h, err := p.OpenVolumeSeq(s.o.Volume, to)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	size := h.Size()
+	now := time.Now().UnixNano()
+	if pt := h.Point(); pt != nil && !pt.Time.IsZero() {
+		now = pt.Time.UnixNano()
+	}
+	base := s.res.Acked
+	b := &Batch{From: base, To: to, Diff: true, Partial: true, Size: size, Time: now}
+	b.Ops = append(b.Ops, Op{Kind: OpResize, Seq: to, Time: now, Length: uint64(size)})
+	var data int64
+	err = p.Diff(s.ctx, s.o.Volume, from, to, func(first, n uint64, kind cow.ExtentKind) error {
+		off, length := first*cdp.BlockSize, n*cdp.BlockSize
+		switch kind {
+		case cow.ExtentHole:
+			b.Ops = append(b.Ops, Op{Kind: OpTrim, Seq: to, Time: now, Offset: off, Length: length})
+			return nil
+		case cow.ExtentZero:
+			b.Ops = append(b.Ops, Op{Kind: OpZero, Seq: to, Time: now, Offset: off, Length: length, NoHole: true})
+			return nil
+		}
+		for done := uint64(0); done < length; {
+			chunk := min(length-done, maxOpData)
+			d := make([]byte, chunk)
+			if _, err := h.ReadAt(d, int64(off+done)); err != nil {
+				return fmt.Errorf("read %s@seq:%d: %w", s.o.Volume, to, err)
+			}
+			b.Ops = append(b.Ops, Op{Kind: OpWrite, Seq: to, Time: now, Offset: off + done, Length: chunk, Data: d})
+			done += chunk
+			data += int64(chunk)
+			if data >= s.o.BatchBytes {
+				if err := s.send(b); err != nil {
+					return err
+				}
+				b = &Batch{From: base, To: to, Diff: true, Partial: true, Size: size, Time: now}
+				data = 0
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	b.Partial = false
+	b.Ops = append(b.Ops, Op{Kind: OpPoint, Seq: to, Time: now})
+	return s.send(b)
+}
