@@ -49,9 +49,9 @@ type Progress struct {
 	Start     uint64 `json:"start"`      // the target's point when the run began
 	DataBytes int64  `json:"data_bytes"` // data shipped so far
 	// TotalBytes estimates the data of the whole run (diffs: exact).
-	Batches int   `json:"batches"`
-	Records int64 `json:"records"`
-	Full    bool  `json:"full,omitempty"` // a copy by difference (first run, history gone)
+	Batches int    `json:"batches"`
+	Records int64  `json:"records"`
+	Full    bool   `json:"full,omitempty"` // a copy by difference (first run, history gone)
 	Phase   string `json:"phase,omitempty"`
 }
 

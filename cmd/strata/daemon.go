@@ -33,8 +33,8 @@ type daemonConfig struct {
 	nbdSocket     string // "" disables
 	listen        string // "" disables
 	controlSocket string
-	metricsListen string      // "" disables
-	replicaListen string      // "" disables
+	metricsListen string // "" disables
+	replicaListen string // "" disables
 	replicaToken  string
 	tls           *tls.Config // NBD over TLS (nil: off)
 	requireTLS    bool

@@ -4,11 +4,11 @@
 package main
 
 import (
-	"errors"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
