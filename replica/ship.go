@@ -75,6 +75,10 @@ func Ship(ctx context.Context, o ShipOptions) (Result, error) {
 	start := time.Now()
 	if o.BatchBytes <= 0 {
 		o.BatchBytes = DefaultBatchBytes
+		if o.BWLimit > 0 {
+			// About a second of transfer per batch keeps the pace smooth.
+			o.BatchBytes = min(max(o.BWLimit, 1<<20), DefaultBatchBytes)
+		}
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

@@ -103,6 +103,7 @@ type statusReply struct {
 	LastGC      *gcReport        `json:"last_gc,omitempty"`
 	Volumes     []cow.VolumeInfo `json:"volumes"`
 	Connections []nbd.ConnInfo   `json:"connections"`
+	Replication []replStatus     `json:"replication,omitempty"`
 }
 
 // errorCode classifies an error for the API (and so the CLI's exit).
@@ -232,7 +233,7 @@ func (d *daemon) controlHandler() http.Handler {
 			NBDSocket: d.cfg.nbdSocket, NBDListen: d.cfg.listen, Control: d.cfg.controlSocket,
 			Pool: d.pool.Stats(), Volumes: d.pool.Volumes(), Connections: conns,
 			Retention: d.cfg.pool.RetentionTime, RetainSize: d.cfg.pool.RetentionSize,
-			HistoryCut: d.pool.HistoryCut(), LastGC: d.lastGC(),
+			HistoryCut: d.pool.HistoryCut(), LastGC: d.lastGC(), Replication: d.repl.statuses(r.Context()),
 		})
 	})
 	mux.HandleFunc("POST /v1/volumes/{name}/snapshots", func(w http.ResponseWriter, r *http.Request) {

@@ -571,6 +571,19 @@ the volumes and the connected NBD clients.`,
 			for _, cn := range st.Connections {
 				fmt.Printf("  %s from %s since %s\n", cn.Export, cn.Remote, cn.Since.Format(time.RFC3339))
 			}
+			if len(st.Replication) > 0 {
+				fmt.Println("replication:")
+				printReplStatus(os.Stdout, st.Replication)
+			}
+			for _, v := range st.Volumes {
+				if r := v.Replica; r != nil && r.SourcePool != "" {
+					state := "replica (read-only)"
+					if r.Promoted {
+						state = "promoted"
+					}
+					fmt.Printf("%s: %s of %s (pool %s), holds source seq %d\n", v.Name, state, r.SourceName, r.SourcePool, r.Acked)
+				}
+			}
 			return nil
 		},
 	}
