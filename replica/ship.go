@@ -150,7 +150,24 @@ func (s *shipper) count() {
 func (s *shipper) run(acked uint64, info cow.VolumeInfo) error {
 	p := s.o.Pool
 	if acked == 0 || acked < info.ID {
-		return s.diff(0, s.o.Upto, "full copy")
+		// The first run copies the volume at its oldest snapshot, then
+		// ships the records since, so the replica gets every snapshot
+		// and point in between; if the journal no longer holds them, the
+		// fallback below copies the difference up to Upto instead.
+		base, snaps := s.o.Upto, []cow.Snapshot(nil)
+		all, _ := p.Snapshots(s.o.Volume)
+		if len(all) > 0 && all[0].Seq < base {
+			base = all[0].Seq
+		}
+		for _, sn := range all {
+			if sn.Seq == base {
+				snaps = append(snaps, sn)
+			}
+		}
+		if err := s.diff(0, base, "full copy", snaps...); err != nil || base == s.o.Upto {
+			return err
+		}
+		acked = base
 	}
 	err := s.incremental(acked)
 	if !errors.Is(err, cow.ErrHistoryGone) {
@@ -293,7 +310,7 @@ func (s *shipper) incremental(acked uint64) error {
 
 // diff ships the difference between points from and to (from 0: every
 // block) as a diff batch, in parts of at most BatchBytes.
-func (s *shipper) diff(from, to uint64, phase string) error {
+func (s *shipper) diff(from, to uint64, phase string, snaps ...cow.Snapshot) error {
 	p := s.o.Pool
 	s.res.Phase = phase
 	s.res.Full = s.res.Full || from == 0
@@ -344,6 +361,9 @@ func (s *shipper) diff(from, to uint64, phase string) error {
 		return err
 	}
 	b.Partial = false
+	for _, sn := range snaps {
+		b.Ops = append(b.Ops, Op{Kind: OpSnapshot, Seq: to, Time: sn.Time.UnixNano(), Name: sn.Name, Label: sn.Label})
+	}
 	b.Ops = append(b.Ops, Op{Kind: OpPoint, Seq: to, Time: now})
 	return s.send(b)
 }

@@ -11,7 +11,7 @@ import (
 // metrics serves the daemon's counters in the Prometheus text format, on the
 // control socket (GET /metrics) and, with --metrics-listen, on TCP for
 // scrapers.
-func (d *daemon) metrics(w http.ResponseWriter, _ *http.Request) {
+func (d *daemon) metrics(w http.ResponseWriter, req *http.Request) {
 	st := d.pool.Stats()
 	var b strings.Builder
 	metric := func(name, typ, help string, v any, labels ...string) {
@@ -19,7 +19,9 @@ func (d *daemon) metrics(w http.ResponseWriter, _ *http.Request) {
 			fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
 		}
 		l := ""
-		if len(labels) == 2 {
+		if len(labels) == 2 && labels[0] == "" {
+			l = labels[1] // preformatted
+		} else if len(labels) == 2 {
 			l = fmt.Sprintf("{%s=%q}", labels[0], labels[1])
 		}
 		fmt.Fprintf(&b, "%s%s %v\n", name, l, v)
@@ -53,6 +55,18 @@ func (d *daemon) metrics(w http.ResponseWriter, _ *http.Request) {
 		metric("strata_gc_last_bytes_freed", "gauge", "Bytes freed by the last garbage collection pass.", g.Stats.BytesFreed)
 		metric("strata_gc_last_bytes_relocated", "gauge", "Bytes copied forward by the last pass.", g.Stats.BytesRelocated)
 		metric("strata_gc_last_run_timestamp_seconds", "gauge", "When the last pass ran.", g.At.Unix())
+	}
+	for _, r := range d.repl.statuses(req.Context()) {
+		l := fmt.Sprintf("{volume=%q,target=%q}", r.Volume, r.Target)
+		metric("strata_replication_acked_seq", "gauge", "The source point the target holds.", r.Acked, "", l)
+		metric("strata_replication_lag_records", "gauge", "Changes of the volume the target does not hold yet.", r.LagRecords, "", l)
+		metric("strata_replication_lag_bytes", "gauge", "Data bytes the target does not hold yet.", r.LagBytes, "", l)
+		metric("strata_replication_lag_seconds", "gauge", "Age of the oldest change the target does not hold (0: up to date).", r.LagSeconds, "", l)
+		failing := 0
+		if r.LastError != "" {
+			failing = 1
+		}
+		metric("strata_replication_failing", "gauge", "1 when the last run to the target failed.", failing, "", l)
 	}
 	d.io.write(&b)
 	fmt.Fprintf(&b, "# HELP strata_journal_fsync_seconds Journal fsync latency.\n# TYPE strata_journal_fsync_seconds histogram\n")

@@ -176,6 +176,15 @@ func TestE2EReplication(t *testing.T) {
 		px.refuse(false)
 		waitLag("after the connection came back")
 		sameContent(t, "head after continuous shipping", a.uri("v"), b.uri("v"))
+		resp, err := newClient(filepath.Join(a.dir, "control.sock")).http.Get("http://strata/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		mb, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := fmt.Sprintf("strata_replication_lag_records{volume=%q,target=%q} 0", "v", pto); !strings.Contains(string(mb), want) {
+			t.Fatalf("metrics lack %s:\n%s", want, mb)
+		}
 		out := a.mustCLI("status")
 		if !strings.Contains(out, pto) {
 			t.Fatalf("status does not show the target:\n%s", out)
