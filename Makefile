@@ -6,7 +6,8 @@ BIN       := bin/strata
 DATA      ?= ./strata-data
 VOLUME    ?= vol0=10GiB
 # Packages with concurrency run under the race detector.
-RACE_PKGS := ./cdp/... ./cow/... ./cache/... ./blockdev/...
+RACE_PKGS := ./cdp/... ./cow/... ./cache/... ./blockdev/... ./replica/...
+VERSITYGW := v1.0.14
 TEST_DEBS := fio qemu-utils libnbd-bin nbdkit python3-libnbd fuse3 e2fsprogs util-linux
 
 .PHONY: all build run test test-deps vet fmt-check unit race e2e fuzz bench clean
@@ -30,6 +31,9 @@ test-deps:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $(TEST_DEBS); \
 	fi
+	@# A real S3 server for the S3 replication tests (about 3 minutes to build).
+	@if [ -x "$$($(GO) env GOPATH)/bin/versitygw" ]; then echo "versitygw present"; else \
+		$(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW); fi
 
 vet:
 	$(GO) vet ./...
