@@ -350,6 +350,12 @@ func newCutProxy(t *testing.T, addr string) *cutProxy {
 	return p
 }
 
+func (p *cutProxy) setLimit(n int64) {
+	p.mu.Lock()
+	p.limit = n
+	p.mu.Unlock()
+}
+
 func TestInterruptedRunResumes(t *testing.T) {
 	a, b := newSite(t), newSite(t)
 	rng := seed(t)
@@ -369,13 +375,13 @@ func TestInterruptedRunResumes(t *testing.T) {
 		return Ship(context.Background(), ShipOptions{Pool: a.pool, Volume: "v", Target: tgt, PinID: "p", BatchBytes: 2 << 20})
 	}
 	// First run: cut after ~10 MiB of the full copy.
-	proxy.limit = 10 << 20
+	proxy.setLimit(10 << 20)
 	if _, err := ship(); err == nil {
 		t.Fatal("a cut run succeeded")
 	} else {
 		t.Logf("cut run: %v", err)
 	}
-	proxy.limit = -1
+	proxy.setLimit(-1)
 	if _, err := ship(); err != nil {
 		t.Fatal(err)
 	}
@@ -385,12 +391,12 @@ func TestInterruptedRunResumes(t *testing.T) {
 	// Incremental: 8 MiB of writes, cut after 3 MiB; the rerun sends no
 	// more than what was not acknowledged.
 	scribble(t, a.pool, "v", rng, 150)
-	proxy.limit = 3 << 20
+	proxy.setLimit(3 << 20)
 	r1, err := ship()
 	if err == nil {
 		t.Fatal("a cut run succeeded")
 	}
-	proxy.limit = -1
+	proxy.setLimit(-1)
 	r2, err := ship()
 	if err != nil {
 		t.Fatal(err)
