@@ -483,3 +483,42 @@ func TestPromoteFailbackSplitBrain(t *testing.T) {
 		t.Fatal("the discarded writes are not readable as a point in time")
 	}
 }
+
+func TestRestoreFromSite(t *testing.T) {
+	a, b := newSite(t), newSite(t)
+	rng := seed(t)
+	a.pool.CreateVolume("v", 8<<20)
+	scribble(t, a.pool, "v", rng, 60)
+	a.pool.CreateSnapshot("v", "s1", "")
+	scribble(t, a.pool, "v", rng, 60)
+	if _, err := a.ship(b, "v", ""); err != nil {
+		t.Fatal(err)
+	}
+	// Pull from the replica site at a snapshot and at its newest point.
+	for _, at := range []string{"s1", ""} {
+		name := "back-" + at
+		if at == "" {
+			name = "back-head"
+		}
+		res, err := Restore(context.Background(), RestoreOptions{Pool: a.pool, From: NewRemote(RemoteOptions{Addr: b.addr, Token: testToken}), Volume: "v", At: at, NewName: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := a.read("v", "")
+		if at != "" {
+			want = a.read("v", at)
+		}
+		if !bytes.Equal(want, a.read(name, "")) {
+			t.Fatalf("restore at %q differs", at)
+		}
+		t.Logf("restored %+v", res)
+	}
+	// A point the site does not have: a clear error, no volume left behind.
+	_, err := Restore(context.Background(), RestoreOptions{Pool: a.pool, From: NewRemote(RemoteOptions{Addr: b.addr, Token: testToken}), Volume: "v", At: "nope", NewName: "bad"})
+	if !errors.Is(err, cow.ErrPoint) {
+		t.Fatalf("restore at a missing point: %v", err)
+	}
+	if _, err := a.pool.VolumeInfo("bad"); err == nil {
+		t.Fatal("a failed restore left its volume")
+	}
+}
