@@ -48,11 +48,10 @@ type Progress struct {
 	Upto      uint64 `json:"upto"`       // the run's end point
 	Start     uint64 `json:"start"`      // the target's point when the run began
 	DataBytes int64  `json:"data_bytes"` // data shipped so far
-	// TotalBytes estimates the data of the whole run (diffs: exact).
-	Batches int    `json:"batches"`
-	Records int64  `json:"records"`
-	Full    bool   `json:"full,omitempty"` // a copy by difference (first run, history gone)
-	Phase   string `json:"phase,omitempty"`
+	Batches   int    `json:"batches"`
+	Records   int64  `json:"records"`
+	Full      bool   `json:"full,omitempty"` // a copy by difference (first run, history gone)
+	Phase     string `json:"phase,omitempty"`
 }
 
 // Result of a run.
@@ -247,7 +246,7 @@ func (s *shipper) incremental(acked uint64) error {
 		data = 0
 		return nil
 	}
-	last, lastTime := acked, int64(0)
+	lastTime := int64(0)
 	err := p.Changes(s.ctx, s.o.Volume, acked, s.o.Upto, func(c *cow.Change) error {
 		b := s.b
 		switch c.Kind {
@@ -284,7 +283,7 @@ func (s *shipper) incremental(acked uint64) error {
 			}
 			s.b = &Batch{From: c.Seq, Size: int64(c.Length)}
 			s.res.Phase = "records"
-			last, lastTime = c.Seq, c.Time
+			lastTime = c.Time
 			s.res.Records++
 			return nil
 		default:
@@ -292,7 +291,7 @@ func (s *shipper) incremental(acked uint64) error {
 		}
 		b.Ops = append(b.Ops, Op{Kind: OpPoint, Seq: c.Seq, Time: c.Time})
 		s.res.Records++
-		last, lastTime = c.Seq, c.Time
+		lastTime = c.Time
 		if data >= s.o.BatchBytes {
 			return flush(c.Seq, c.Time)
 		}
@@ -301,7 +300,6 @@ func (s *shipper) incremental(acked uint64) error {
 	if err != nil {
 		return err
 	}
-	_ = last
 	if lastTime == 0 {
 		lastTime = time.Now().UnixNano()
 	}

@@ -196,6 +196,7 @@ type Remote struct {
 	raw     int64
 	stored  int64
 	counter sync.Mutex
+	unwatch func() bool // stops the context watch of the connection
 }
 
 // NewRemote makes a strata:// target; it connects on Open.
@@ -232,11 +233,9 @@ func (r *Remote) dial(ctx context.Context) error {
 	}
 	r.conn = c
 	r.br = bufio.NewReaderSize(c, 64<<10)
-	// A cancelled context unblocks any read or write.
-	go func(c net.Conn) {
-		<-ctx.Done()
-		c.SetDeadline(time.Unix(1, 0))
-	}(c)
+	// A cancelled context unblocks any read or write (Close stops the
+	// watch, so long-lived contexts do not collect one per connection).
+	r.unwatch = context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
 	return nil
 }
 
@@ -308,6 +307,10 @@ func (r *Remote) Send(ctx context.Context, b *Batch) error {
 
 // Close implements Target.
 func (r *Remote) Close() error {
+	if r.unwatch != nil {
+		r.unwatch()
+		r.unwatch = nil
+	}
 	if r.conn == nil {
 		return nil
 	}

@@ -188,7 +188,11 @@ func startDaemon(cfg daemonConfig) (*daemon, error) {
 			return nil, fmt.Errorf("--replica-listen %s: %w", cfg.replicaListen, err)
 		}
 		if cfg.tls != nil {
-			l = tls.NewListener(l, cfg.tls)
+			// Shippers authenticate with the token; --tls-ca's client
+			// certificates are for NBD clients.
+			rt := cfg.tls.Clone()
+			rt.ClientAuth, rt.ClientCAs = tls.NoClientCert, nil
+			l = tls.NewListener(l, rt)
 		}
 		d.lns = append(d.lns, l)
 		d.replSrv = &replica.Server{Receiver: replica.NewReceiver(pool, cfg.log), Token: cfg.replicaToken, Logger: cfg.log}

@@ -588,7 +588,7 @@ func (m *replManager) remove(id string) error {
 	m.mu.Lock()
 	e := m.entries[id]
 	_, pinned := m.d.pool.ShipPins()[id]
-	if e == nil && !pinned {
+	if e == nil && !pinned && m.status[id] == nil {
 		var ids []string
 		for k := range m.status {
 			ids = append(ids, fmt.Sprintf("%q", k))

@@ -290,3 +290,30 @@ func (p *e2eProxy) refuse(on bool) {
 	p.refused = on
 	p.mu.Unlock()
 }
+
+// TestE2EReplicationTLS: strata:// over TLS, verified with --tls-ca, while
+// the target also requires NBD client certificates (--tls-ca on serve must
+// not apply to shippers, who authenticate with the token). A plaintext
+// shipper is refused.
+func TestE2EReplicationTLS(t *testing.T) {
+	need(t, "qemu-img", "qemu-io")
+	pki := shortTempDir(t)
+	writePKI(t, pki, true)
+	tok := filepath.Join(pki, "token")
+	os.WriteFile(tok, []byte("e2e-replication-token\n"), 0o600)
+	bAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	a := startServer(t)
+	b := startServer(t, "--replica-listen", bAddr, "--replica-token-file", tok,
+		"--tls-cert", filepath.Join(pki, "server-cert.pem"), "--tls-key", filepath.Join(pki, "server-key.pem"),
+		"--tls-ca", filepath.Join(pki, "ca-cert.pem"))
+	a.createVolume("v", "8MiB")
+	fillRandom(t, a.uri("v"), 0, 2<<20)
+	to := "strata://" + bAddr
+	if r := a.cli("replicate", "v", "--to", to, "--token-file", tok, "--tls-ca", filepath.Join(pki, "ca-cert.pem"), "--once"); r.code != 0 {
+		t.Fatalf("replicate over TLS: %s", r)
+	}
+	sameContent(t, "head over TLS", a.uri("v"), b.uri("v"))
+	if r := a.cli("replicate", "v", "--to", to, "--token-file", tok, "--once"); r.code == 0 {
+		t.Fatalf("a plaintext shipper was accepted by a TLS listener: %s", r)
+	}
+}
