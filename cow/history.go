@@ -2,9 +2,9 @@ package cow
 
 import (
 	"encoding/binary"
+	"fmt"
 	"sort"
 	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -237,11 +237,18 @@ func (p *Pool) Space() (Space, error) {
 	sortSpace(sp.Volumes)
 	sp.JournalBytes = p.j.Load().Stats().Bytes
 	sp.IndexBytes = p.db.Metrics().DiskSpaceUsage()
-	var fs syscall.Statfs_t
-	if syscall.Statfs(p.opts.Dir, &fs) == nil {
-		sp.FreeBytes = int64(fs.Bavail) * int64(fs.Bsize)
-	}
+	sp.FreeBytes, _ = p.FreeBytes()
 	return sp, nil
+}
+
+// FreeBytes is the space left for the pool's files: what its filesystem
+// has free for unprivileged users.
+func (p *Pool) FreeBytes() (int64, error) {
+	u, err := p.opts.FS.GetDiskUsage(p.opts.Dir)
+	if err != nil {
+		return 0, fmt.Errorf("cow: free space of %s: %w", p.opts.Dir, err)
+	}
+	return int64(u.AvailBytes), nil
 }
 
 func sortSpace(v []VolumeSpace) { sort.Slice(v, func(a, b int) bool { return v[a].Name < v[b].Name }) }

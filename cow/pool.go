@@ -213,10 +213,12 @@ type Pool struct {
 		ship map[string]ShipPin
 	}
 	// gcMu: one garbage collection pass at a time.
-	gcMu        sync.Mutex
-	lastGC      atomic.Pointer[GCRun]
-	recountKick chan struct{}
-	recountWG   sync.WaitGroup
+	gcMu   sync.Mutex
+	lastGC atomic.Pointer[GCRun]
+	// indexFlushFails counts failed index flushes (pebble retries them).
+	indexFlushFails atomic.Int64
+	recountKick     chan struct{}
+	recountWG       sync.WaitGroup
 
 	// vmu guards the volume maps (read by the I/O path to resolve names).
 	// retired holds deleted volumes, which clones may still use as bases.
@@ -303,7 +305,7 @@ func (p *Pool) openIndex() error {
 		DisableWAL:         true,
 		MemTableSize:       p.opts.IndexMemTableSize,
 		FormatMajorVersion: pebble.FormatNewest,
-		Logger:             pebbleLogger{p.opts.Logger},
+		Logger:             &pebbleLogger{l: p.opts.Logger},
 		EventListener: &pebble.EventListener{
 			// The index on disk must never get ahead of the durable
 			// journal: before pebble persists a memtable, sync the
@@ -314,6 +316,11 @@ func (p *Pool) openIndex() error {
 					if err := j.Sync(); err != nil {
 						p.opts.Logger.Error("index flush: journal sync failed", "err", err)
 					}
+				}
+			},
+			FlushEnd: func(info pebble.FlushInfo) {
+				if info.Err != nil {
+					p.indexFlushFails.Add(1)
 				}
 			},
 		},
@@ -828,7 +835,7 @@ func (p *Pool) Close() error {
 	if err == nil {
 		// With the journal synced, persisting the index lets the next
 		// open skip replay.
-		err = p.db.Flush()
+		p.flushIndexOnClose()
 	}
 	if cerr := p.db.Close(); err == nil {
 		err = cerr
@@ -845,17 +852,62 @@ func (p *Pool) Close() error {
 	return err
 }
 
-// pebbleLogger sends pebble's messages to slog at debug level (errors at
-// error level).
-type pebbleLogger struct{ l *slog.Logger }
+// flushIndexOnClose persists the index's memtables, unless a flush fails
+// (a full disk): pebble would retry forever, and the journal, synced,
+// holds every record the next open re-indexes.
+func (p *Pool) flushIndexOnClose() {
+	fails := p.indexFlushFails.Load()
+	done, err := p.db.AsyncFlush()
+	if err != nil {
+		p.opts.Logger.Warn("index: not persisted at close; the next start re-indexes the journal's tail", "err", err)
+		return
+	}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-tick.C:
+			if p.indexFlushFails.Load() > fails {
+				p.opts.Logger.Warn("index: could not be persisted at close (is the disk full?); the next start re-indexes the journal's tail")
+				return
+			}
+		}
+	}
+}
 
-func (l pebbleLogger) Infof(format string, args ...interface{}) {
+// pebbleLogger sends pebble's messages to slog at debug level (errors at
+// error level, at most one every 10 seconds: pebble retries a failed flush
+// every few milliseconds, e.g. while the disk is full).
+type pebbleLogger struct {
+	l *slog.Logger
+
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+func (l *pebbleLogger) Infof(format string, args ...interface{}) {
 	l.l.Debug("index: " + fmt.Sprintf(format, args...))
 }
-func (l pebbleLogger) Errorf(format string, args ...interface{}) {
+func (l *pebbleLogger) Errorf(format string, args ...interface{}) {
+	l.mu.Lock()
+	if time.Since(l.last) < 10*time.Second {
+		l.suppressed++
+		l.mu.Unlock()
+		return
+	}
+	n := l.suppressed
+	l.last, l.suppressed = time.Now(), 0
+	l.mu.Unlock()
+	if n > 0 {
+		l.l.Error("index: "+fmt.Sprintf(format, args...), "similar_errors_not_logged", n)
+		return
+	}
 	l.l.Error("index: " + fmt.Sprintf(format, args...))
 }
-func (l pebbleLogger) Fatalf(format string, args ...interface{}) {
+func (l *pebbleLogger) Fatalf(format string, args ...interface{}) {
 	// Pebble calls Fatalf on a broken internal invariant and must not
 	// continue; exiting keeps the journal (the truth) untouched.
 	l.l.Error("index: fatal: " + fmt.Sprintf(format, args...))

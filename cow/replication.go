@@ -424,7 +424,9 @@ type ReplicaState struct {
 }
 
 // SetReplicaState stores a volume's replica state (nil: it is no longer a
-// replica) and makes it durable along with every write before it.
+// replica) and makes it durable along with every write before it. A zero
+// st.Local is set to the sequence number of the record storing it, as it
+// reads back.
 func (p *Pool) SetReplicaState(vol string, st *ReplicaState) error {
 	val := []byte("replica=")
 	if st != nil {
@@ -440,10 +442,14 @@ func (p *Pool) SetReplicaState(vol string, st *ReplicaState) error {
 		p.wmu.Unlock()
 		return notFound(vol)
 	}
-	err := p.appendLocked(&cdp.Record{Kind: cdp.KindVolumeConfig, Volume: v.id, Meta: val})
+	rec := &cdp.Record{Kind: cdp.KindVolumeConfig, Volume: v.id, Meta: val}
+	err := p.appendLocked(rec)
 	p.wmu.Unlock()
 	if err != nil {
 		return err
+	}
+	if st != nil && st.Local == 0 {
+		st.Local = rec.Seq
 	}
 	return p.Flush()
 }

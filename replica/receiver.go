@@ -18,6 +18,10 @@ import (
 type Receiver struct {
 	Pool   *cow.Pool
 	Logger *slog.Logger
+	// Reserve is the free space a batch must leave in the pool's
+	// filesystem (index flushes, and the rollback record that takes the
+	// replica back to its last complete point if a batch fails anyway).
+	Reserve int64
 
 	mu     sync.Mutex
 	active map[string]*Session // volumes a stream is applying to
@@ -28,7 +32,29 @@ func NewReceiver(pool *cow.Pool, log *slog.Logger) *Receiver {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Receiver{Pool: pool, Logger: log, active: map[string]*Session{}}
+	return &Receiver{Pool: pool, Logger: log, Reserve: DefaultReserve, active: map[string]*Session{}}
+}
+
+// testHookApply runs before a batch is applied (tests fill the disk).
+var testHookApply func(b *Batch)
+
+// DefaultReserve is the free space a receiver keeps after each batch.
+const DefaultReserve = 16 << 20
+
+// room refuses a batch that would not fit, before any of it is applied.
+// Records cost their data plus headers and block checksums (under 1/16).
+func (r *Receiver) room(b *Batch) error {
+	free, err := r.Pool.FreeBytes()
+	if err != nil {
+		return err
+	}
+	data := b.DataBytes()
+	need := data + data/16 + int64(len(b.Ops))*128 + r.Reserve
+	if need > free {
+		return fmt.Errorf("%w: the batch (source seq %d to %d) carries %s and needs %s free with the %s reserve; the replica site has %s free",
+			ErrNoSpace, b.From, b.To, fmtBytes(data), fmtBytes(need), fmtBytes(r.Reserve), fmtBytes(free))
+	}
+	return nil
 }
 
 // Session is one stream into one volume.
@@ -210,6 +236,12 @@ func (s *Session) Apply(ctx context.Context, b *Batch) error {
 	if b.To < b.From {
 		return fmt.Errorf("%w: batch ends (seq %d) before it starts (seq %d)", ErrCorrupt, b.To, b.From)
 	}
+	if err := s.r.room(b); err != nil {
+		return err
+	}
+	if testHookApply != nil {
+		testHookApply(b)
+	}
 	if b.Diff && !s.st.Diff {
 		s.st.Diff = true
 		if err := p.SetReplicaState(s.name, &s.st); err != nil {
@@ -380,3 +412,6 @@ func Demote(ctx context.Context, p *cow.Pool, vol string, discardLocal bool) (st
 	}
 	return msg, nil
 }
+
+// fmtBytes prints n in MiB, the unit batches are sized in.
+func fmtBytes(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }

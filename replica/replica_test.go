@@ -9,8 +9,10 @@ import (
 	"math/rand"
 	"net"
 	"os"
+	"os/exec"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,7 +30,13 @@ type site struct {
 
 func newSite(t *testing.T) *site {
 	t.Helper()
-	p, err := cow.Open(cow.Options{Dir: t.TempDir(), SegmentSize: 4 << 20, GCInterval: -1, CheckpointInterval: -1})
+	return newSiteIn(t, t.TempDir())
+}
+
+// newSiteIn makes a site whose pool lives in dir.
+func newSiteIn(t *testing.T, dir string) *site {
+	t.Helper()
+	p, err := cow.Open(cow.Options{Dir: dir, SegmentSize: 4 << 20, GCInterval: -1, CheckpointInterval: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -519,5 +527,102 @@ func TestRestoreFromSite(t *testing.T) {
 	}
 	if _, err := a.pool.VolumeInfo("bad"); err == nil {
 		t.Fatal("a failed restore left its volume")
+	}
+}
+
+// TestTargetFullMidBatch: the replica site's disk fills up while a batch is
+// being applied (something else took the space after the receiver checked
+// it). The batch fails with a no-space error, the replica goes back to its
+// last complete point, and a rerun once there is room completes.
+func TestTargetFullMidBatch(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs for the replica site")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs here: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() }) // after the pool closes
+	a, b := newSite(t), newSiteIn(t, dir+"/pool")
+	rng := seed(t)
+	a.pool.CreateVolume("v", 32<<20)
+	h, _ := a.pool.OpenVolume("v")
+	buf := make([]byte, 256<<10)
+	write := func(from, to int64) {
+		for off := from; off < to; off += int64(len(buf)) {
+			rng.Read(buf)
+			if _, err := h.WriteAt(buf, off); err != nil {
+				t.Fatal(err)
+			}
+		}
+		h.Flush()
+	}
+	write(0, 2<<20)
+	if _, err := a.ship(b, "v", ""); err != nil {
+		t.Fatal(err)
+	}
+	write(4<<20, 12<<20)
+	h.Close()
+
+	// Fill the disk when the third batch (four 256 KiB writes) starts,
+	// leaving room for about two of its writes.
+	filler := dir + "/filler"
+	batches := 0
+	var before *cow.ReplicaState // at the start of the third batch
+	testHookApply = func(*Batch) {
+		if batches++; batches != 3 {
+			return
+		}
+		before, _ = b.pool.ReplicaStateOf("v")
+		free, err := b.pool.FreeBytes()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		f, err := os.Create(filler)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer f.Close()
+		if err := syscall.Fallocate(int(f.Fd()), 0, 0, free-640<<10); err != nil {
+			t.Error(err)
+		}
+	}
+	defer func() { testHookApply = nil }()
+	r1, err := a.ship(b, "v", "")
+	if !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("a run onto a full disk: got %v, want a no-space error", err)
+	}
+	t.Logf("full mid-batch: %v (acked seq %d)", err, r1.Acked)
+	rs, err := b.pool.ReplicaStateOf("v")
+	if err != nil || rs == nil {
+		t.Fatal(rs, err)
+	}
+	if rs.Acked != r1.Acked || rs.Diff {
+		t.Fatalf("replica state after the failed batch: %+v, the shipper saw seq %d acknowledged", rs, r1.Acked)
+	}
+	want := a.read("v", fmt.Sprintf("seq:%d", rs.Acked))
+	if !bytes.Equal(want, b.read("v", "")) {
+		t.Fatalf("the replica's head is not the source at seq %d: the failed batch was partly applied", rs.Acked)
+	}
+	// Part of the batch did land (the first write after the last complete
+	// point) and was rolled back.
+	if before == nil || before.Acked != rs.Acked {
+		t.Fatalf("replica state when the failed batch started: %+v; now %+v", before, rs)
+	}
+	if bytes.Equal(want, b.read("v", fmt.Sprintf("seq:%d", before.Local+1))) {
+		t.Fatalf("no write of the failed batch landed before the disk was full (local seq %d): the test missed the rollback", before.Local)
+	}
+	os.Remove(filler)
+	r2, err := a.ship(b, "v", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r2.Start != r1.Acked {
+		t.Fatalf("rerun started at seq %d, want %d", r2.Start, r1.Acked)
+	}
+	if !bytes.Equal(a.read("v", ""), b.read("v", "")) {
+		t.Fatal("head differs after the rerun")
 	}
 }

@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 // e2eTests are this package's end-to-end tests; TestMain skips the build
 // when -run selects none of them (the package's unit tests need no binary).
 var e2eTests = []string{"TestE2ENbdinfo", "TestE2EFioVerify", "TestE2ENbdcopy", "TestE2EQemu",
-	"TestE2EExt4", "TestE2EKill9", "TestE2ECLI", "TestE2ETCP", "TestE2EMemoryBounded", "TestE2EMetrics", "TestE2EMetricsListen", "TestE2ETLS", "TestE2ETLSClientCerts", "TestE2ETLSFlags", "TestE2EAttach", "TestE2EReadOnlyVolume", "TestE2EAllow", "TestE2EUblk", "TestE2EReplication", "TestE2EReplicationS3", "TestE2EReplicationTLS"}
+	"TestE2EExt4", "TestE2EKill9", "TestE2ECLI", "TestE2ETCP", "TestE2EMemoryBounded", "TestE2EMetrics", "TestE2EMetricsListen", "TestE2ETLS", "TestE2ETLSClientCerts", "TestE2ETLSFlags", "TestE2EAttach", "TestE2EReadOnlyVolume", "TestE2EAllow", "TestE2EUblk", "TestE2EReplication", "TestE2EReplicationS3", "TestE2EReplicationTLS", "TestE2EReplicationTargetFull"}
 
 func e2eSelected() bool {
 	f := flag.Lookup("test.run")
@@ -354,10 +354,15 @@ func startServer(t *testing.T, serveArgs ...string) *server {
 // go before the command name.
 func startServerWith(t *testing.T, global []string, serveArgs ...string) *server {
 	t.Helper()
+	return startServerAt(t, shortTempDir(t), global, serveArgs...)
+}
+
+// startServerAt starts the daemon on data directory dir.
+func startServerAt(t *testing.T, dir string, global []string, serveArgs ...string) *server {
+	t.Helper()
 	if strataBin == "" {
 		t.Fatal("the strata binary was not built: TestMain builds it only when -run selects a TestE2E test")
 	}
-	dir := shortTempDir(t)
 	s := &server{t: t, dir: dir, global: global}
 	listen := false
 	for _, a := range serveArgs {

@@ -317,3 +317,78 @@ func TestE2EReplicationTLS(t *testing.T) {
 		t.Fatalf("a plaintext shipper was accepted by a TLS listener: %s", r)
 	}
 }
+
+// TestE2EReplicationTargetFull: the replica site's data directory is a
+// small tmpfs. A run that does not fit fails with a clear no-space error;
+// the replica stays at a complete point of the source (no batch half
+// applied), keeps serving, and the source keeps every unshipped record
+// (through GC); once the target has room, a rerun ships the rest.
+func TestE2EReplicationTargetFull(t *testing.T) {
+	need(t, "qemu-img", "qemu-io", "mount", "umount")
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs as the replica site's data directory")
+	}
+	tok := filepath.Join(shortTempDir(t), "token")
+	os.WriteFile(tok, []byte("e2e-replication-token\n"), 0o600)
+	bDir := shortTempDir(t)
+	if r := run(t, "mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", bDir); r.code != 0 {
+		t.Skipf("cannot mount a tmpfs here: %s", r)
+	}
+	t.Cleanup(func() { run(t, "umount", bDir) }) // after the daemon stops (cleanups run last first)
+	bAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	a := startServer(t)
+	b := startServerAt(t, bDir, nil, "--replica-listen", bAddr, "--replica-token-file", tok, "--segment-size", "8MiB")
+	to := "strata://" + bAddr
+	a.createVolume("v", "128MiB")
+	fillRandom(t, a.uri("v"), 0, 4<<20)
+	a.mustCLI("snapshot", "create", "v", "s1")
+	if r := a.cli("replicate", "v", "--to", to, "--token-file", tok, "--once"); r.code != 0 {
+		t.Fatalf("first run: %s", r)
+	}
+
+	// 80 MiB of incompressible data do not fit in what is left of 64 MiB.
+	fillRandom(t, a.uri("v"), 8<<20, 80<<20)
+	a.mustCLI("snapshot", "create", "v", "s2")
+	r := a.cli("replicate", "v", "--to", to, "--token-file", tok, "--once")
+	// Progress lines, then the error.
+	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+	last := lines[len(lines)-1]
+	if r.code != 1 || !strings.HasPrefix(last, "strata: ") || !strings.Contains(last, "out of space") || !strings.Contains(last, "free") {
+		t.Fatalf("target full: want exit 1 and a no-space error naming the free space: %s", r)
+	}
+	t.Logf("target full:\n%s", r.stderr)
+	if !b.running() {
+		t.Fatal("the replica site's daemon died when its disk filled up")
+	}
+	// The replica reads as the source did at the point it acknowledged.
+	var vols []struct {
+		Name    string `json:"name"`
+		Replica *struct {
+			Acked uint64 `json:"acked"`
+		} `json:"replica"`
+	}
+	if err := json.Unmarshal([]byte(b.mustCLI("volume", "list", "--json")), &vols); err != nil {
+		t.Fatal(err)
+	}
+	if len(vols) != 1 || vols[0].Replica == nil || vols[0].Replica.Acked == 0 {
+		t.Fatalf("replica site volumes: %+v", vols)
+	}
+	acked := vols[0].Replica.Acked
+	t.Logf("replica holds source seq %d", acked)
+	sameContent(t, "replica at its last complete point", a.uri(fmt.Sprintf("v@seq:%d", acked)), b.uri("v"))
+	if out := b.mustCLI("snapshot", "list", "v"); strings.Contains(out, "s2") {
+		t.Fatalf("the replica lists s2, which did not arrive whole:\n%s", out)
+	}
+
+	// The source loses nothing: GC keeps what the target has not taken.
+	a.mustCLI("gc", "--now")
+	if r := run(t, "mount", "-o", "remount,size=512m", bDir); r.code != 0 {
+		t.Fatalf("grow the tmpfs: %s", r)
+	}
+	res := shipJSON(t, a, "v", "--to", to, "--token-file", tok)
+	if res.Start != acked {
+		t.Errorf("the rerun started at seq %d, want the acknowledged %d", res.Start, acked)
+	}
+	sameContent(t, "s2 after the target got room", a.uri("v@s2"), b.uri("v@s2"))
+	sameContent(t, "head after the target got room", a.uri("v"), b.uri("v"))
+}

@@ -1,0 +1,83 @@
+package cow
+
+import (
+	"bytes"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/strata-storage/strata/blockdev"
+)
+
+// TestFullDisk: on a filesystem that fills up, writes fail with ErrNoSpace
+// (nothing else breaks), the pool closes (pebble's index flush fails and
+// would be retried forever), and after the disk grows every flushed write
+// reads back and writes work again.
+func TestFullDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs here: %v: %s", err, out)
+	}
+	defer exec.Command("umount", dir).Run()
+	opts := Options{Dir: dir + "/pool", FS: vfs.Default, SegmentSize: 2 << 20, IndexMemTableSize: 4 << 20, CheckpointInterval: -1, GCInterval: -1}
+	p, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := mustVol(t, p, "a", 64<<20)
+	rng := rand.New(rand.NewPCG(1, 2))
+	want := make([]byte, 64<<20)
+	buf := make([]byte, 64<<10)
+	var full error
+	off := int64(0)
+	for ; off < int64(len(want)); off += int64(len(buf)) {
+		for i := range buf {
+			buf[i] = byte(rng.Uint32())
+		}
+		if _, err := v.WriteAt(buf, off); err != nil {
+			full = err
+			break
+		}
+		if err := v.Flush(); err != nil {
+			full = err
+			break
+		}
+		copy(want[off:], buf)
+	}
+	if !errors.Is(full, blockdev.ErrNoSpace) {
+		t.Fatalf("filling the disk: got %v after %d MiB, want ErrNoSpace", full, off>>20)
+	}
+	t.Logf("full after %d MiB: %v", off>>20, full)
+	if free, err := p.FreeBytes(); err != nil || free > 1<<20 {
+		t.Fatalf("free space: %d, %v", free, err)
+	}
+	v.Close()
+	if err := p.Close(); err != nil {
+		t.Logf("close on a full disk: %v", err)
+	}
+	if out, err := exec.Command("mount", "-o", "remount,size=128m", dir).CombinedOutput(); err != nil {
+		t.Fatalf("grow the tmpfs: %v: %s", err, out)
+	}
+	p, err = Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	v, err = p.OpenVolume("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if got := readAll(t, v); !bytes.Equal(got[:off], want[:off]) {
+		t.Fatal("flushed writes differ after reopening")
+	}
+	if _, err := v.WriteAt(buf, off); err != nil {
+		t.Fatalf("write after the disk grew: %v", err)
+	}
+}
