@@ -243,6 +243,9 @@ func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
 	if r.Kind != cdp.KindSnapshotCreate && r.Kind != cdp.KindSnapshotDelete && r.Kind != cdp.KindVolumeConfig {
 		v.lastChange = r.Seq
 	}
+	if r.Kind != cdp.KindSnapshotDelete && r.Kind != cdp.KindVolumeConfig {
+		v.lastStreamed = r.Seq
+	}
 	if r.Kind == cdp.KindWrite || r.Kind == cdp.KindTrim || r.Kind == cdp.KindZero {
 		if err := a.countActivityLocked(v, r.Time); err != nil {
 			return err

@@ -154,6 +154,10 @@ type volState struct {
 	// lastChange is the sequence number of the last record that changed
 	// the head (at most; after a restart, the applied sequence then).
 	lastChange uint64
+	// lastStreamed is the sequence number of the last record Changes
+	// reports (lastChange's records and snapshot creates; after a
+	// restart, the applied sequence then).
+	lastStreamed uint64
 }
 
 // newVolState makes the state of a volume created at seq.
@@ -430,7 +434,7 @@ func (p *Pool) loadIndexState() (uint64, error) {
 	}
 	p.wmu.applied = applied
 	for _, v := range p.allVolumesLocked() {
-		v.lastChange = applied
+		v.lastChange, v.lastStreamed = applied, applied
 	}
 	return applied, it.Error()
 }

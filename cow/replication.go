@@ -240,6 +240,19 @@ func (p *Pool) ChangedSince(ctx context.Context, vol string, seq uint64) (bool, 
 	return changed, nil
 }
 
+// LastChange is the sequence number of volume vol's newest record that
+// Changes reports (at most: after the pool opens it is the pool's point
+// then), and when that was.
+func (p *Pool) LastChange(vol string) (uint64, error) {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	v := p.lookup(vol)
+	if v == nil {
+		return 0, notFound(vol)
+	}
+	return v.lastStreamed, nil
+}
+
 // AppliedSeq is the newest sequence number: the pool's current point.
 func (p *Pool) AppliedSeq() uint64 {
 	p.wmu.Lock()

@@ -147,7 +147,7 @@ func (r *Receiver) open(ctx context.Context, s *Session, h Hello) (State, error)
 	if err := r.backToLocal(ctx, s); err != nil {
 		return State{}, err
 	}
-	return State{Acked: s.st.Acked}, nil
+	return State{Acked: s.st.Acked, AckedTime: s.st.AckedTime}, nil
 }
 
 // backToLocal rolls the replica's head back to its last complete point
@@ -185,7 +185,7 @@ func (r *Receiver) failback(ctx context.Context, s *Session, h Hello, info cow.V
 		if err := r.backToLocal(ctx, s); err != nil {
 			return State{}, err
 		}
-		return State{Acked: s.st.Acked}, nil
+		return State{Acked: s.st.Acked, AckedTime: s.st.AckedTime}, nil
 	}
 	common := h.Origin.Seq
 	changed, err := p.ChangedSince(ctx, h.Target, common)
@@ -223,7 +223,7 @@ func (r *Receiver) failback(ctx context.Context, s *Session, h Hello, info cow.V
 		return State{}, err
 	}
 	s.st = *st
-	return State{Acked: s.st.Acked, Message: msg}, nil
+	return State{Acked: s.st.Acked, AckedTime: s.st.AckedTime, Message: msg}, nil
 }
 
 // Apply applies one batch and makes it durable. On an error nothing of the

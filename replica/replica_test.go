@@ -107,7 +107,8 @@ func scribble(t *testing.T, p *cow.Pool, vol string, rng *rand.Rand, n int) {
 		case 2:
 			b := make([]byte, 100+rng.Intn(5000))
 			rng.Read(b)
-			_, err = h.WriteAt(b, off+int64(rng.Intn(4000)))
+			at := min(off+int64(rng.Intn(4000)), size-int64(len(b)))
+			_, err = h.WriteAt(b, at)
 		default:
 			b := make([]byte, l)
 			rng.Read(b)
@@ -624,5 +625,62 @@ func TestTargetFullMidBatch(t *testing.T) {
 	}
 	if !bytes.Equal(a.read("v", ""), b.read("v", "")) {
 		t.Fatal("head differs after the rerun")
+	}
+}
+
+// TestShipSkipsUnchanged: writes to other volumes of the pool do not make
+// a run send anything (the target already holds the volume's content),
+// until the target's point is older than IdleAdvance: then one empty batch
+// moves it along. A snapshot alone is a change and travels.
+func TestShipSkipsUnchanged(t *testing.T) {
+	a, b := newSite(t), newSite(t)
+	a.pool.CreateVolume("v", 8<<20)
+	a.pool.CreateVolume("other", 8<<20)
+	rng := seed(t)
+	scribble(t, a.pool, "v", rng, 20)
+	first, err := a.ship(b, "v", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	scribble(t, a.pool, "other", rng, 20)
+	idle, err := a.ship(b, "v", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if idle.Batches != 0 || idle.Acked != first.Acked || idle.LagSeq != 0 {
+		t.Fatalf("a run after writes to another volume: %+v, want nothing sent (first run acked %d)", idle, first.Acked)
+	}
+	rs, _ := b.pool.ReplicaStateOf("v")
+	if rs.Acked != first.Acked {
+		t.Fatalf("the replica moved to %d", rs.Acked)
+	}
+
+	// An old target point is moved along by an empty batch.
+	tgt := NewRemote(RemoteOptions{Addr: b.addr, Token: testToken})
+	adv, err := Ship(context.Background(), ShipOptions{Pool: a.pool, Volume: "v", Target: tgt, PinID: "test:" + b.addr, IdleAdvance: time.Nanosecond})
+	tgt.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if adv.Batches != 1 || adv.DataBytes != 0 || adv.Acked != a.pool.AppliedSeq() {
+		t.Fatalf("an advancing run: %+v, want one empty batch to seq %d", adv, a.pool.AppliedSeq())
+	}
+	if pins := a.pool.ShipPins(); pins["test:"+b.addr].Seq != adv.Acked {
+		t.Fatalf("pin after an advancing run: %+v", pins)
+	}
+
+	// A snapshot alone travels.
+	if _, err := a.pool.CreateSnapshot("v", "snap", ""); err != nil {
+		t.Fatal(err)
+	}
+	r, err := a.ship(b, "v", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Batches != 1 {
+		t.Fatalf("a snapshot alone: %+v", r)
+	}
+	if !bytes.Equal(a.read("v", "snap"), b.read("v", "snap")) {
+		t.Fatal("snapshot differs")
 	}
 }

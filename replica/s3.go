@@ -484,7 +484,7 @@ func (s *S3) Open(ctx context.Context, h Hello) (State, error) {
 		return State{}, err
 	}
 	s.vol, s.man = h.Target, m
-	return State{Acked: m.Acked}, nil
+	return State{Acked: m.Acked, AckedTime: m.Time}, nil
 }
 
 // completeLen returns how many of m's entries end with a complete batch:

@@ -780,3 +780,36 @@ func TestS3ErrorClasses(t *testing.T) {
 		t.Errorf("NoSuchBucket: %v", err)
 	}
 }
+
+// TestS3ShipSkipsUnchanged: on S3 a run after writes to other volumes of
+// the pool stores no object and rewrites no manifest.
+func TestS3ShipSkipsUnchanged(t *testing.T) {
+	endpoint, _, _ := testServer(t, "bkt")
+	s := mustParse(t, s3Spec(endpoint, "bkt/p"), "")
+	a := newSite(t)
+	a.pool.CreateVolume("v", 8<<20)
+	a.pool.CreateVolume("other", 8<<20)
+	rng := seed(t)
+	scribble(t, a.pool, "v", rng, 20)
+	ship := func() Result {
+		t.Helper()
+		r, err := Ship(context.Background(), ShipOptions{Pool: a.pool, Volume: "v", Target: s, PinID: "s3"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	ship()
+	before := s.Stats()
+	scribble(t, a.pool, "other", rng, 20)
+	if r := ship(); r.Batches != 0 {
+		t.Fatalf("run after writes to another volume: %+v", r)
+	}
+	if after := s.Stats(); after.Objects != before.Objects || after.Manifests != before.Manifests {
+		t.Fatalf("S3 stats went from %+v to %+v", before, after)
+	}
+	scribble(t, a.pool, "v", rng, 5)
+	if r := ship(); r.Batches != 1 || r.Acked != a.pool.AppliedSeq() {
+		t.Fatalf("run after writes to the volume: %+v", r)
+	}
+}

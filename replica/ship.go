@@ -40,7 +40,16 @@ type ShipOptions struct {
 	Logger   *slog.Logger
 	// AllowReplica ships a replica's content as is (a pull for restore).
 	AllowReplica bool
+	// IdleAdvance: when the volume has not changed since the point the
+	// target holds, nothing is sent unless that point is older than this
+	// (default DefaultIdleAdvance); then an empty batch moves the target
+	// to Upto, so the next run's journal scan starts there.
+	IdleAdvance time.Duration
 }
+
+// DefaultIdleAdvance is how often an unchanged volume's target is moved to
+// the pool's current point.
+const DefaultIdleAdvance = 10 * time.Minute
 
 // Progress of a run.
 type Progress struct {
@@ -115,7 +124,7 @@ func Ship(ctx context.Context, o ShipOptions) (Result, error) {
 			return s.res, err
 		}
 	}
-	if st.Acked < o.Upto {
+	if st.Acked < o.Upto && !s.unchanged(st) {
 		err = s.run(st.Acked, info)
 	}
 	s.count()
@@ -126,6 +135,24 @@ func Ship(ctx context.Context, o ShipOptions) (Result, error) {
 		}
 	}
 	return s.res, err
+}
+
+// unchanged says the target already holds the volume's current content
+// and was moved along recently: the run has nothing to send (on S3 even an
+// empty batch costs an object and a manifest).
+func (s *shipper) unchanged(st State) bool {
+	if st.Acked == 0 {
+		return false
+	}
+	last, err := s.o.Pool.LastChange(s.o.Volume)
+	if err != nil || last > st.Acked {
+		return false
+	}
+	idle := s.o.IdleAdvance
+	if idle <= 0 {
+		idle = DefaultIdleAdvance
+	}
+	return time.Since(time.Unix(0, st.AckedTime)) < idle
 }
 
 type shipper struct {

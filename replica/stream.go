@@ -145,6 +145,9 @@ type Hello struct {
 type State struct {
 	// Acked: the source point the target holds durably (0: nothing yet).
 	Acked uint64 `json:"acked"`
+	// AckedTime: when the source wrote point Acked (Unix nanoseconds; an
+	// empty batch moves it to when it was shipped).
+	AckedTime int64 `json:"acked_time,omitempty"`
 	// Message: what the target did on Open (a failback accepted), for the
 	// user.
 	Message string `json:"message,omitempty"`

@@ -279,15 +279,21 @@ func (m *replManager) start(e *replEntry) {
 	go func() {
 		defer m.wg.Done()
 		backoff := time.Second
-		var lastUpto uint64
+		var acked uint64 // what the last good run left the target at
+		var lastRun time.Time
+		failed := false
 		for {
-			upto := m.d.pool.AppliedSeq()
+			// A run is due when the volume changed since the point the
+			// target holds (not when other volumes did), and now and then
+			// to move an idle volume's target along.
+			last, lerr := m.d.pool.LastChange(e.Volume)
 			var err error
-			if upto != lastUpto || e.Mode == "interval" {
+			if e.Mode == "interval" || failed || lerr != nil || last > acked || time.Since(lastRun) >= replica.DefaultIdleAdvance {
 				var res replica.Result
 				res, err = m.run(ctx, e.Volume, e.targetSpec, nil)
+				failed = err != nil
 				if err == nil {
-					lastUpto = upto
+					acked, lastRun = res.Acked, time.Now()
 					backoff = time.Second
 					if res.Batches > 0 {
 						log.Debug("replication: shipped", "records", res.Records, "bytes", res.DataBytes, "acked", res.Acked)
