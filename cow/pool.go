@@ -692,6 +692,18 @@ func (p *Pool) DeleteVolume(name string, force bool) error {
 		return fmt.Errorf("%w: volume %q is attached by %d connection(s)", ErrBusy, name, n)
 	}
 	err := p.appendLocked(&cdp.Record{Kind: cdp.KindVolumeDelete, Volume: v.id})
+	if err == nil {
+		// Its replication pins go with it (ShipPins hides any left by a
+		// crash before they were deleted).
+		for id, pin := range p.wmu.ship {
+			if pin.Vol == v.id {
+				delete(p.wmu.ship, id)
+				if derr := p.db.Delete(append([]byte{prefixShipPin}, id...), pebble.NoSync); derr != nil {
+					p.opts.Logger.Warn("could not drop a deleted volume's replication pin", "pin", id, "err", derr)
+				}
+			}
+		}
+	}
 	p.wmu.Unlock()
 	if err != nil {
 		return err

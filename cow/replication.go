@@ -549,7 +549,9 @@ func (p *Pool) ShipPins() map[string]ShipPin {
 	defer p.wmu.Unlock()
 	out := make(map[string]ShipPin, len(p.wmu.ship))
 	for k, v := range p.wmu.ship {
-		out[k] = v
+		if p.volumeByIDLocked(v.Vol) != nil {
+			out[k] = v
+		}
 	}
 	return out
 }

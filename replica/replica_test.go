@@ -683,4 +683,11 @@ func TestShipSkipsUnchanged(t *testing.T) {
 	if !bytes.Equal(a.read("v", "snap"), b.read("v", "snap")) {
 		t.Fatal("snapshot differs")
 	}
+	// A deleted volume's pins go with it.
+	if err := a.pool.DeleteVolume("v", false); err != nil {
+		t.Fatal(err)
+	}
+	if pins := a.pool.ShipPins(); len(pins) != 0 {
+		t.Fatalf("pins after the volume was deleted: %+v", pins)
+	}
 }

@@ -31,11 +31,11 @@ var (
 	ErrAuth = errors.New("replica: authentication failed")
 	// ErrRefused: the target refuses the stream (split brain, promoted
 	// replica, volume in use, not a replica of this source).
-	ErrRefused = errors.New("replica: refused by the target")
+	ErrRefused = errors.New("replica: refused")
 	// ErrBusy: another replication of the same volume and target runs.
 	ErrBusy = errors.New("replica: already running")
 	// ErrNoSpace: the target is full.
-	ErrNoSpace = errors.New("replica: target is out of space")
+	ErrNoSpace = errors.New("replica: out of space")
 	// ErrNotFound: nothing was shipped for that volume (restore).
 	ErrNotFound = errors.New("replica: not found")
 )

@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/strata-storage/strata/blockdev"
@@ -226,6 +227,9 @@ func (r *Remote) dial(ctx context.Context) error {
 		tc.SetDeadline(time.Now().Add(30 * time.Second))
 		if err := tc.HandshakeContext(ctx); err != nil {
 			c.Close()
+			if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+				return fmt.Errorf("TLS handshake: %w (the target closed the connection: is its --replica-listen plaintext, without --tls-cert/--tls-key?)", err)
+			}
 			return fmt.Errorf("TLS handshake: %w", err)
 		}
 		tc.SetDeadline(time.Time{})
@@ -363,6 +367,9 @@ type Server struct {
 	// Token every client must present.
 	Token  string
 	Logger *slog.Logger
+	// TLS, when set, is required of every connection; a plaintext client
+	// gets a plaintext error saying so.
+	TLS *tls.Config
 
 	mu    sync.Mutex
 	conns map[net.Conn]bool
@@ -422,12 +429,45 @@ func (s *Server) checkToken(t string) error {
 	return nil
 }
 
+// bufConn reads a connection through the reader that peeked at it.
+type bufConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c bufConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// tlsRecordHandshake is the first byte of a TLS client's first record.
+const tlsRecordHandshake = 0x16
+
 func (s *Server) handle(c net.Conn) {
 	log := s.Logger.With("peer", c.RemoteAddr().String())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	br := bufio.NewReaderSize(c, 64<<10)
 	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	first, err := br.Peek(1)
+	if err != nil {
+		log.Info("replication: connection closed before its hello", "err", err)
+		return
+	}
+	switch {
+	case s.TLS != nil && first[0] != tlsRecordHandshake:
+		log.Warn("replication: refused a plaintext connection: this listener requires TLS")
+		s.fail(c, fmt.Errorf("%w: this replication listener requires TLS: ship with --tls-ca FILE (or with the system's CAs when its certificate is public)", ErrRefused))
+		return
+	case s.TLS == nil && first[0] == tlsRecordHandshake:
+		log.Warn("replication: refused a TLS connection: this listener is plaintext (serve has no --tls-cert/--tls-key)")
+		return // the client's handshake fails; it says what that may mean
+	case s.TLS != nil:
+		tc := tls.Server(bufConn{c, br}, s.TLS)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			log.Info("replication: TLS handshake failed", "err", err)
+			return
+		}
+		c = tc
+		br = bufio.NewReaderSize(c, 64<<10)
+	}
 	typ, b, err := readMsg(br)
 	if err != nil {
 		log.Info("replication: connection closed before its hello", "err", err)

@@ -316,7 +316,8 @@ mostly dead ones forward first. It never changes what any point reads.`,
 				return fmt.Errorf("say --now to run a pass (GC runs in the background anyway); see strata gc --help")
 			}
 			var st cow.GCStats
-			if err := newClient(controlPath(c)).do("POST", "/v1/gc", nil, &st); err != nil {
+			cl := newClient(controlPath(c))
+			if err := cl.do("POST", "/v1/gc", nil, &st); err != nil {
 				return err
 			}
 			if c.Bool("json") {
@@ -324,13 +325,23 @@ mostly dead ones forward first. It never changes what any point reads.`,
 			}
 			if st.SegmentsExamined == 0 {
 				fmt.Printf("nothing to free yet: every journal segment holds points inside the retention window (journal %s)\n", formatSize(st.JournalBytes))
-				return nil
+			} else {
+				fmt.Printf("freed %s in %d segment(s), relocated %s, dropped %d dead block versions in %s\n",
+					formatSize(st.BytesFreed), st.SegmentsRemoved, formatSize(st.BytesRelocated), st.DeadVersions, st.Duration.Round(time.Millisecond))
+				fmt.Printf("journal now %s for %s of live data\n", formatSize(st.JournalBytes), formatSize(st.LiveBytes))
 			}
-			fmt.Printf("freed %s in %d segment(s), relocated %s, dropped %d dead block versions in %s\n",
-				formatSize(st.BytesFreed), st.SegmentsRemoved, formatSize(st.BytesRelocated), st.DeadVersions, st.Duration.Round(time.Millisecond))
-			fmt.Printf("journal now %s for %s of live data\n", formatSize(st.JournalBytes), formatSize(st.LiveBytes))
 			if st.HistoryCut {
 				fmt.Println("warning: the --retention-size cap discarded history before its retention time")
+			}
+			// Unshipped records are kept whatever the retention: say so.
+			var repl []replStatus
+			if err := cl.do("GET", "/v1/replication", nil, &repl); err == nil {
+				for _, r := range repl {
+					if r.LagRecords > 0 {
+						fmt.Printf("kept for replication: %s of %s not yet shipped to %s (%s); they stay until it takes them or `strata replication remove %s --to TARGET`\n",
+							plural(int(r.LagRecords), "record", "records"), r.Volume, r.Target, formatSize(r.LagBytes), r.Volume)
+					}
+				}
 			}
 			return nil
 		},

@@ -187,15 +187,15 @@ func startDaemon(cfg daemonConfig) (*daemon, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--replica-listen %s: %w", cfg.replicaListen, err)
 		}
+		d.lns = append(d.lns, l)
+		d.replSrv = &replica.Server{Receiver: replica.NewReceiver(pool, cfg.log), Token: cfg.replicaToken, Logger: cfg.log}
 		if cfg.tls != nil {
 			// Shippers authenticate with the token; --tls-ca's client
 			// certificates are for NBD clients.
 			rt := cfg.tls.Clone()
 			rt.ClientAuth, rt.ClientCAs = tls.NoClientCert, nil
-			l = tls.NewListener(l, rt)
+			d.replSrv.TLS = rt
 		}
-		d.lns = append(d.lns, l)
-		d.replSrv = &replica.Server{Receiver: replica.NewReceiver(pool, cfg.log), Token: cfg.replicaToken, Logger: cfg.log}
 		go d.replSrv.Serve(l)
 	}
 

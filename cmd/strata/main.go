@@ -332,6 +332,13 @@ func printBanner(d *daemon) {
 	if d.cfg.listen != "" {
 		fmt.Fprintf(&b, "  NBD TCP:        %s\n", d.cfg.listen)
 	}
+	if d.cfg.replicaListen != "" {
+		tls := "plaintext"
+		if d.cfg.tls != nil {
+			tls = "TLS"
+		}
+		fmt.Fprintf(&b, "  replication:    %s (%s; ship here with strata replicate VOL --to strata://%s --token-file FILE)\n", d.cfg.replicaListen, tls, d.cfg.replicaListen)
+	}
 	fmt.Fprintf(&b, "  control socket: %s\n", abs(d.cfg.controlSocket))
 	vols := d.pool.Volumes()
 	for _, v := range vols {
@@ -577,11 +584,12 @@ the volumes and the connected NBD clients.`,
 			}
 			for _, v := range st.Volumes {
 				if r := v.Replica; r != nil && r.SourcePool != "" {
-					state := "replica (read-only)"
 					if r.Promoted {
-						state = "promoted"
+						fmt.Printf("%s: promoted (writable) at %s; was a replica of %s (pool %s) up to source seq %d\n",
+							v.Name, time.Unix(0, r.PromotedAt).UTC().Format(time.RFC3339), r.SourceName, r.SourcePool, r.Acked)
+						continue
 					}
-					fmt.Printf("%s: %s of %s (pool %s), holds source seq %d\n", v.Name, state, r.SourceName, r.SourcePool, r.Acked)
+					fmt.Printf("%s: read-only replica of %s (pool %s), holds source seq %d\n", v.Name, r.SourceName, r.SourcePool, r.Acked)
 				}
 			}
 			return nil

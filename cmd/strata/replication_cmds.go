@@ -147,7 +147,7 @@ func (p *progressPrinter) show(pr replica.Progress) {
 			n := int(frac * 30)
 			bar = "[" + strings.Repeat("=", n) + strings.Repeat(" ", 30-n) + "] "
 		}
-		fmt.Fprintf(os.Stderr, "\r%s%s %s shipped, %s/s, seq %d of %d   ", bar, pr.Phase, formatSize(pr.DataBytes), formatSize(int64(rate)), pr.Acked, pr.Upto)
+		fmt.Fprintf(os.Stderr, "\r%s%s %s %s, %s/s, %s   ", bar, pr.Phase, formatSize(pr.DataBytes), progressVerb(pr), formatSize(int64(rate)), progressSeq(pr))
 		p.drawn = true
 		return
 	}
@@ -155,7 +155,31 @@ func (p *progressPrinter) show(pr replica.Progress) {
 		return
 	}
 	p.last = time.Now()
-	fmt.Fprintf(os.Stderr, "progress: %s: %s shipped in %d batches, acked seq %d of %d, %s/s\n", pr.Phase, formatSize(pr.DataBytes), pr.Batches, pr.Acked, pr.Upto, formatSize(int64(rate)))
+	fmt.Fprintf(os.Stderr, "progress: %s: %s %s in %s, %s, %s/s\n", pr.Phase, formatSize(pr.DataBytes), progressVerb(pr), plural(pr.Batches, "batch", "batches"), progressSeq(pr), formatSize(int64(rate)))
+}
+
+func progressVerb(pr replica.Progress) string {
+	if pr.Phase == "restore" {
+		return "restored"
+	}
+	return "shipped"
+}
+
+// progressSeq says where a run is: "acked seq 7 of 14" when its end is
+// known, "at seq 7" otherwise (a restore).
+func progressSeq(pr replica.Progress) string {
+	if pr.Upto == 0 {
+		return fmt.Sprintf("at seq %d", pr.Acked)
+	}
+	return fmt.Sprintf("acked seq %d of %d", pr.Acked, pr.Upto)
+}
+
+// plural prints n with the singular or plural noun.
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }
 
 func (p *progressPrinter) done() {
@@ -250,12 +274,13 @@ func printShipResult(vol string, t targetSpec, r *replica.Result) {
 			ratio = float64(r.RawBytes) / float64(r.StoredBytes)
 		}
 		rate := float64(r.DataBytes) / max(r.Duration.Seconds(), 0.001)
-		fmt.Printf("%s -> %s: shipped seq %d..%d (%s): %d records, %s of data in %d batches\n", vol, t.redacted(), r.Start, r.Acked, kind, r.Records, formatSize(r.DataBytes), r.Batches)
+		fmt.Printf("%s -> %s: shipped seq %d..%d (%s): %s, %s of data in %s\n", vol, t.redacted(), r.Start, r.Acked, kind,
+			plural(int(r.Records), "record", "records"), formatSize(r.DataBytes), plural(r.Batches, "batch", "batches"))
 		fmt.Printf("  %s before compression, %s sent (%.2fx), in %s (%s/s)\n", formatSize(r.RawBytes), formatSize(r.StoredBytes), ratio,
 			r.Duration.Round(time.Millisecond), formatSize(int64(rate)))
 	}
 	if r.LagSeq > 0 {
-		fmt.Printf("  lag: the volume was written during the run; %d sequence numbers newer than seq %d are left for the next run\n", r.LagSeq, r.Acked)
+		fmt.Printf("  lag: the volume was written during the run; %s newer than seq %d left for the next run\n", plural(int(r.LagSeq), "sequence number", "sequence numbers"), r.Acked)
 	} else {
 		fmt.Println("  lag: none (the target holds the volume's newest point)")
 	}
@@ -454,8 +479,8 @@ Examples:
 			if res == nil {
 				return fmt.Errorf("the daemon ended the restore without a result")
 			}
-			fmt.Printf("restored %s@%s from %s into %s: %s, %s of data from %d batches in %s\n", c.Args().Get(1), res.Point, t.redacted(), res.Volume,
-				formatSize(res.Size), formatSize(res.DataBytes), res.Batches, res.Duration.Round(time.Millisecond))
+			fmt.Printf("restored %s@%s from %s into %s: %s, %s of data from %s in %s\n", c.Args().Get(1), res.Point, t.redacted(), res.Volume,
+				formatSize(res.Size), formatSize(res.DataBytes), plural(res.Batches, "batch", "batches"), res.Duration.Round(time.Millisecond))
 			return nil
 		},
 	}

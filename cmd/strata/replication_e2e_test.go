@@ -313,9 +313,15 @@ func TestE2EReplicationTLS(t *testing.T) {
 		t.Fatalf("replicate over TLS: %s", r)
 	}
 	sameContent(t, "head over TLS", a.uri("v"), b.uri("v"))
-	if r := a.cli("replicate", "v", "--to", to, "--token-file", tok, "--once"); r.code == 0 {
-		t.Fatalf("a plaintext shipper was accepted by a TLS listener: %s", r)
+	if banner, _ := os.ReadFile(b.logs[0]); !strings.Contains(string(banner), "replication:    "+bAddr+" (TLS;") {
+		t.Errorf("the serve banner does not show the TLS replication listener:\n%s", banner)
 	}
+	// Mismatches say what is wrong.
+	checkOneLineError(t, "plaintext shipper, TLS listener", a.cli("replicate", "v", "--to", to, "--token-file", tok, "--once"), "requires TLS", "--tls-ca")
+	cAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	startServer(t, "--replica-listen", cAddr, "--replica-token-file", tok)
+	checkOneLineError(t, "TLS shipper, plaintext listener",
+		a.cli("replicate", "v", "--to", "strata://"+cAddr, "--token-file", tok, "--tls-ca", filepath.Join(pki, "ca-cert.pem"), "--once"), "TLS handshake", "plaintext")
 }
 
 // TestE2EReplicationTargetFull: the replica site's data directory is a
@@ -381,7 +387,9 @@ func TestE2EReplicationTargetFull(t *testing.T) {
 	}
 
 	// The source loses nothing: GC keeps what the target has not taken.
-	a.mustCLI("gc", "--now")
+	if out := a.mustCLI("gc", "--now"); !strings.Contains(out, "kept for replication: ") || !strings.Contains(out, "of v not yet shipped to "+to) {
+		t.Errorf("gc does not say what replication keeps:\n%s", out)
+	}
 	if r := run(t, "mount", "-o", "remount,size=512m", bDir); r.code != 0 {
 		t.Fatalf("grow the tmpfs: %s", r)
 	}
