@@ -22,7 +22,7 @@ import (
 const testToken = "s3cret-token"
 
 type site struct {
-	t    *testing.T
+	t    testing.TB
 	pool *cow.Pool
 	srv  *Server
 	addr string
@@ -34,7 +34,7 @@ func newSite(t *testing.T) *site {
 }
 
 // newSiteIn makes a site whose pool lives in dir.
-func newSiteIn(t *testing.T, dir string) *site {
+func newSiteIn(t testing.TB, dir string) *site {
 	t.Helper()
 	p, err := cow.Open(cow.Options{Dir: dir, SegmentSize: 4 << 20, GCInterval: -1, CheckpointInterval: -1})
 	if err != nil {

@@ -114,7 +114,7 @@ func Ship(ctx context.Context, o ShipOptions) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("%s: %w", o.Target, err)
 	}
-	s := &shipper{o: o, ctx: ctx, res: Result{Progress: Progress{Start: st.Acked, Acked: st.Acked, Upto: o.Upto}, Message: st.Message}}
+	s := &shipper{o: o, ctx: ctx, pos: st.Acked, res: Result{Progress: Progress{Start: st.Acked, Acked: st.Acked, Upto: o.Upto}, Message: st.Message}}
 	if c, ok := o.Target.(Counter); ok {
 		s.counter = c
 		s.raw0, s.stored0 = c.Counters()
@@ -126,6 +126,11 @@ func Ship(ctx context.Context, o ShipOptions) (Result, error) {
 	}
 	if st.Acked < o.Upto && !s.unchanged(st) {
 		err = s.run(st.Acked, info)
+		// Batches still in flight: their acks count even after an
+		// error (the target applies what it received, in order).
+		if derr := s.drain(); err == nil {
+			err = derr
+		}
 	}
 	s.count()
 	s.res.Duration = time.Since(start)
@@ -156,14 +161,16 @@ func (s *shipper) unchanged(st State) bool {
 }
 
 type shipper struct {
-	o       ShipOptions
-	ctx     context.Context
-	res     Result
-	counter Counter
-	raw0    int64
-	stored0 int64
-	pace    time.Time // when the bytes sent so far may have left, at BWLimit
-	b       *Batch
+	o        ShipOptions
+	ctx      context.Context
+	res      Result
+	counter  Counter
+	raw0     int64
+	stored0  int64
+	pace     time.Time // when the bytes sent so far may have left, at BWLimit
+	b        *Batch
+	inflight []sent // batches sent to a Pipeliner, not yet acknowledged
+	pos      uint64 // where the stream stands: the last whole batch sent ends here
 }
 
 func (s *shipper) count() {
@@ -200,7 +207,7 @@ func (s *shipper) run(acked uint64, info cow.VolumeInfo) error {
 		return err
 	}
 	s.o.Logger.Info("replication: the journal no longer holds every record to ship; copying the difference", "volume", s.o.Volume, "target", s.o.Target.String(), "reason", err)
-	from := s.res.Acked
+	from := s.pos
 	if _, perr := p.ResolvePoint(s.o.Volume, fmt.Sprintf("seq:%d", from)); perr != nil {
 		from = 0 // that point is gone too: copy everything
 	}
@@ -211,20 +218,80 @@ func (s *shipper) run(acked uint64, info cow.VolumeInfo) error {
 	return s.diff(from, s.o.Upto, phase)
 }
 
-// send ships a batch and waits for the target to make it durable.
+// pipelineDepth is how many batches a shipper keeps in flight to a
+// target that takes them so: the next is read, compressed and sent while
+// the target applies the previous one.
+const pipelineDepth = 2
+
+// sent is a batch in flight.
+type sent struct {
+	to      uint64
+	partial bool
+	data    int64
+}
+
+// send ships a batch. To a Pipeliner it returns once the batch is on its
+// way and at most pipelineDepth-1 earlier ones wait for their acks;
+// otherwise once the target has made it durable.
 func (s *shipper) send(b *Batch) error {
 	if err := s.ctx.Err(); err != nil {
 		return err
 	}
-	if err := s.o.Target.Send(s.ctx, b); err != nil {
+	if !b.Partial {
+		s.pos = b.To
+	}
+	pl, ok := s.o.Target.(Pipeliner)
+	if !ok {
+		if err := s.o.Target.Send(s.ctx, b); err != nil {
+			return fmt.Errorf("%s: %w", s.o.Target, err)
+		}
+		return s.acked(sent{to: b.To, partial: b.Partial, data: b.DataBytes()})
+	}
+	if err := pl.Submit(s.ctx, b); err != nil {
+		// The target may have stopped on an earlier batch and said why.
+		if derr := s.drain(); derr != nil {
+			return derr
+		}
 		return fmt.Errorf("%s: %w", s.o.Target, err)
 	}
+	s.inflight = append(s.inflight, sent{to: b.To, partial: b.Partial, data: b.DataBytes()})
+	for len(s.inflight) >= pipelineDepth {
+		if err := s.wait(pl); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// drain waits for every batch in flight.
+func (s *shipper) drain() error {
+	pl, ok := s.o.Target.(Pipeliner)
+	for ok && len(s.inflight) > 0 {
+		if err := s.wait(pl); err != nil {
+			s.inflight = nil
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *shipper) wait(pl Pipeliner) error {
+	f := s.inflight[0]
+	s.inflight = s.inflight[1:]
+	if err := pl.Wait(s.ctx); err != nil {
+		return fmt.Errorf("%s: %w", s.o.Target, err)
+	}
+	return s.acked(f)
+}
+
+// acked counts a batch the target made durable.
+func (s *shipper) acked(b sent) error {
 	s.res.Batches++
-	s.res.DataBytes += b.DataBytes()
-	if !b.Partial {
-		s.res.Acked = b.To
+	s.res.DataBytes += b.data
+	if !b.partial {
+		s.res.Acked = b.to
 		if s.o.PinID != "" {
-			if err := s.o.Pool.PinShipped(s.o.PinID, s.o.Volume, b.To); err != nil {
+			if err := s.o.Pool.PinShipped(s.o.PinID, s.o.Volume, b.to); err != nil {
 				return err
 			}
 		}
@@ -349,7 +416,7 @@ func (s *shipper) diff(from, to uint64, phase string, snaps ...cow.Snapshot) err
 	if pt := h.Point(); pt != nil && !pt.Time.IsZero() {
 		now = pt.Time.UnixNano()
 	}
-	base := s.res.Acked
+	base := s.pos
 	b := &Batch{From: base, To: to, Diff: true, Partial: true, Size: size, Time: now}
 	b.Ops = append(b.Ops, Op{Kind: OpResize, Seq: to, Time: now, Length: uint64(size)})
 	var data int64

@@ -172,6 +172,15 @@ type Target interface {
 	String() string
 }
 
+// Pipeliner is implemented by targets that take the next batch while
+// earlier ones are still being applied. Submit sends b without waiting;
+// Wait returns once the oldest batch not yet waited for is durable (or
+// with the error that stopped the target), in the order submitted.
+type Pipeliner interface {
+	Submit(ctx context.Context, b *Batch) error
+	Wait(ctx context.Context) error
+}
+
 // Batch encoding: a frame is
 //
 //	magic "SRB1" (4) | raw length (4) | stored length (4) | CRC32C of raw (4) | zstd(raw)
@@ -255,7 +264,7 @@ func EncodeBatch(b *Batch) (frame []byte, raw int, err error) {
 	}
 	e, _ := codecs()
 	rb := appendRaw(make([]byte, 0, 64+b.DataBytes()+int64(len(b.Ops))*opHeaderSize), b)
-	frame = make([]byte, frameHeaderSize, frameHeaderSize+len(rb)/2+64)
+	frame = make([]byte, frameHeaderSize, frameHeaderSize+e.MaxEncodedSize(len(rb)))
 	frame = e.EncodeAll(rb, frame)
 	copy(frame, frameMagic)
 	binary.LittleEndian.PutUint32(frame[4:], uint32(len(rb)))

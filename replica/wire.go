@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -198,6 +199,7 @@ type Remote struct {
 	stored  int64
 	counter sync.Mutex
 	unwatch func() bool // stops the context watch of the connection
+	pending []inflight  // submitted, not yet acknowledged
 }
 
 // NewRemote makes a strata:// target; it connects on Open.
@@ -287,6 +289,21 @@ func (r *Remote) Open(ctx context.Context, h Hello) (State, error) {
 
 // Send implements Target.
 func (r *Remote) Send(ctx context.Context, b *Batch) error {
+	if err := r.Submit(ctx, b); err != nil {
+		return err
+	}
+	return r.Wait(ctx)
+}
+
+// inflight is a batch sent and not yet acknowledged.
+type inflight struct {
+	to          uint64
+	partial     bool
+	raw, stored int
+}
+
+// Submit implements Pipeliner: it sends b; Wait takes its ack.
+func (r *Remote) Submit(ctx context.Context, b *Batch) error {
 	frame, raw, err := EncodeBatch(b)
 	if err != nil {
 		return err
@@ -295,16 +312,27 @@ func (r *Remote) Send(ctx context.Context, b *Batch) error {
 	if err := writeMsg(r.conn, msgBatch, frame); err != nil {
 		return err
 	}
+	r.pending = append(r.pending, inflight{to: b.To, partial: b.Partial, raw: raw, stored: len(frame)})
+	return nil
+}
+
+// Wait implements Pipeliner.
+func (r *Remote) Wait(ctx context.Context) error {
+	if len(r.pending) == 0 {
+		return errors.New("replica: no batch in flight")
+	}
+	f := r.pending[0]
+	r.pending = r.pending[1:]
 	var a ackMsg
 	if err := r.reply(msgAck, &a); err != nil {
 		return err
 	}
-	if !b.Partial && a.Acked != b.To {
-		return fmt.Errorf("%w: the target acknowledged seq %d for a batch to %d", ErrCorrupt, a.Acked, b.To)
+	if !f.partial && a.Acked != f.to {
+		return fmt.Errorf("%w: the target acknowledged seq %d for a batch to %d", ErrCorrupt, a.Acked, f.to)
 	}
 	r.counter.Lock()
-	r.raw += int64(raw)
-	r.stored += int64(len(frame))
+	r.raw += int64(f.raw)
+	r.stored += int64(f.stored)
 	r.counter.Unlock()
 	return nil
 }
@@ -518,30 +546,77 @@ func (s *Server) handle(c net.Conn) {
 	}
 	log = log.With("volume", m.Hello.Target, "source", m.Hello.Source.Name)
 	log.Info("replication: stream opened", "acked", st.Acked)
-	for {
-		c.SetReadDeadline(time.Now().Add(ioTimeout))
-		typ, b, err := readMsg(br)
-		if err != nil {
-			if !errors.Is(err, io.EOF) {
-				log.Warn("replication: stream ended", "err", err)
+	// A reader receives and decodes the next batch while one is applied
+	// (shippers keep two in flight).
+	in := make(chan frameIn, 1)
+	var draining atomic.Bool
+	go readBatches(ctx, c, br, in, &draining)
+	for f := range in {
+		if f.connErr != nil {
+			if !errors.Is(f.connErr, io.EOF) {
+				log.Warn("replication: stream ended", "err", f.connErr)
 			}
 			return
 		}
-		if typ != msgBatch {
-			s.fail(c, fmt.Errorf("%w: expected a batch, got %q", ErrCorrupt, typ))
-			return
-		}
-		bt, err := DecodeBatch(b)
+		err := f.err
 		if err == nil {
-			err = sess.Apply(ctx, bt)
+			err = sess.Apply(ctx, f.b)
 		}
 		if err != nil {
 			log.Warn("replication: batch refused", "err", err)
 			s.fail(c, err)
+			// Let the shipper read the error: batches it sent after the
+			// failed one are read and dropped until it hangs up (closing
+			// with them unread would reset the connection first).
+			draining.Store(true)
+			if cw, ok := c.(interface{ CloseWrite() error }); ok {
+				cw.CloseWrite()
+			}
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			for range in {
+			}
 			return
 		}
 		c.SetWriteDeadline(time.Now().Add(ioTimeout))
 		if err := writeJSON(c, msgAck, ackMsg{Acked: sess.st.Acked}); err != nil {
+			return
+		}
+	}
+}
+
+// frameIn is a batch read from a stream: connErr when the connection
+// failed (or ended), err when the message was not a valid batch.
+type frameIn struct {
+	b       *Batch
+	err     error
+	connErr error
+}
+
+// readBatches reads and decodes batches from a stream into in until the
+// connection fails or ctx ends; it closes in. Once draining, it keeps the
+// read deadline its caller set.
+func readBatches(ctx context.Context, c net.Conn, br *bufio.Reader, in chan<- frameIn, draining *atomic.Bool) {
+	defer close(in)
+	for {
+		if !draining.Load() {
+			c.SetReadDeadline(time.Now().Add(ioTimeout))
+		}
+		var f frameIn
+		typ, b, err := readMsg(br)
+		switch {
+		case err != nil:
+			f.connErr = err
+		case typ != msgBatch:
+			f.err = fmt.Errorf("%w: expected a batch, got %q", ErrCorrupt, typ)
+		default:
+			f.b, f.err = DecodeBatch(b)
+		}
+		select {
+		case in <- f:
+		case <-ctx.Done():
+			return
+		}
+		if f.connErr != nil {
 			return
 		}
 	}
