@@ -427,6 +427,11 @@ type ReplicaState struct {
 	// Diff: a batch consistent only at its end is being applied after
 	// Local: the head is not a source point until it completes.
 	Diff bool `json:"diff,omitempty"`
+	// DiffTo and DiffNext: the diff being applied ends at source point
+	// DiffTo, and its parts are applied up to byte offset DiffNext; a
+	// stream can resume it there.
+	DiffTo   uint64 `json:"diff_to,omitempty"`
+	DiffNext uint64 `json:"diff_next,omitempty"`
 	// Promoted: the replica was made writable (failover) at PromotedAt;
 	// Acked and Local stay as the last point in common with the source.
 	Promoted   bool  `json:"promoted,omitempty"`

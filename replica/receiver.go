@@ -144,6 +144,12 @@ func (r *Receiver) open(ctx context.Context, s *Session, h Hello) (State, error)
 			ErrRefused, h.Target, time.Unix(0, rs.PromotedAt).UTC().Format(time.RFC3339), h.Source.Name, h.Target)
 	}
 	s.st = *rs
+	if s.st.Diff && s.st.DiffTo != 0 {
+		// An interrupted diff: offer to resume it. Writes of a part cut
+		// off mid-way lie past DiffNext, where the resumed diff rewrites
+		// them; a stream that does not resume undoes it (Apply).
+		return State{Acked: s.st.Acked, AckedTime: s.st.AckedTime, DiffTo: s.st.DiffTo, DiffNext: s.st.DiffNext}, nil
+	}
 	if err := r.backToLocal(ctx, s); err != nil {
 		return State{}, err
 	}
@@ -168,7 +174,7 @@ func (r *Receiver) backToLocal(ctx context.Context, s *Session) error {
 	if _, err := p.Rollback(s.name, fmt.Sprintf("seq:%d", s.st.Local), true); err != nil {
 		return fmt.Errorf("replica %q: back to its last complete point: %w", s.name, err)
 	}
-	s.st.Diff = false
+	s.st.Diff, s.st.DiffTo, s.st.DiffNext = false, 0, 0
 	s.st.Local = 0 // the record storing the state marks the point now
 	return p.SetReplicaState(s.name, &s.st)
 }
@@ -242,8 +248,14 @@ func (s *Session) Apply(ctx context.Context, b *Batch) error {
 	if testHookApply != nil {
 		testHookApply(b)
 	}
+	if s.st.Diff && !(b.Diff && b.To == s.st.DiffTo) {
+		// Not the interrupted diff's continuation: undo that first.
+		if err := s.r.backToLocal(ctx, s); err != nil {
+			return err
+		}
+	}
 	if b.Diff && !s.st.Diff {
-		s.st.Diff = true
+		s.st.Diff, s.st.DiffTo, s.st.DiffNext = true, b.To, 0
 		if err := p.SetReplicaState(s.name, &s.st); err != nil {
 			return err
 		}
@@ -258,9 +270,11 @@ func (s *Session) Apply(ctx context.Context, b *Batch) error {
 		return err
 	}
 	if b.Partial {
-		return nil
+		// Record how far the diff got, so a new stream can resume it.
+		s.st.DiffNext = max(s.st.DiffNext, b.extentEnd())
+		return p.SetReplicaState(s.name, &s.st)
 	}
-	s.st.Acked, s.st.AckedTime, s.st.Diff, s.st.Local = b.To, b.Time, false, 0
+	s.st.Acked, s.st.AckedTime, s.st.Diff, s.st.DiffTo, s.st.DiffNext, s.st.Local = b.To, b.Time, false, 0, 0, 0
 	return p.SetReplicaState(s.name, &s.st)
 }
 
@@ -346,7 +360,7 @@ func Promote(ctx context.Context, p *cow.Pool, vol string) (*cow.ReplicaState, e
 			return nil, err
 		}
 	}
-	rs.Promoted, rs.PromotedAt, rs.Diff = true, time.Now().UnixNano(), false
+	rs.Promoted, rs.PromotedAt, rs.Diff, rs.DiffTo, rs.DiffNext = true, time.Now().UnixNano(), false, 0, 0
 	if changed {
 		// The head is now the rollback's point: it reads as Acked.
 		rs.Local = p.AppliedSeq()

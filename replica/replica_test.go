@@ -382,16 +382,24 @@ func TestInterruptedRunResumes(t *testing.T) {
 		defer tgt.Close()
 		return Ship(context.Background(), ShipOptions{Pool: a.pool, Volume: "v", Target: tgt, PinID: "p", BatchBytes: 2 << 20})
 	}
-	// First run: cut after ~10 MiB of the full copy.
+	// First run: cut after ~10 MiB of the full copy. The rerun sends only
+	// the parts the target did not acknowledge.
 	proxy.setLimit(10 << 20)
-	if _, err := ship(); err == nil {
+	r0, err := ship()
+	if err == nil {
 		t.Fatal("a cut run succeeded")
-	} else {
-		t.Logf("cut run: %v", err)
 	}
+	t.Logf("cut run: %d bytes acknowledged: %v", r0.DataBytes, err)
 	proxy.setLimit(-1)
-	if _, err := ship(); err != nil {
+	r1, err := ship()
+	if err != nil {
 		t.Fatal(err)
+	}
+	t.Logf("rerun: %d bytes, resumed at byte %d", r1.DataBytes, r1.Resumed)
+	// (The cut may also lose acks of parts the target applied: it resumes
+	// after those too.)
+	if r1.Resumed == 0 || r1.Resumed < uint64(r0.DataBytes) || r1.Resumed+uint64(r1.DataBytes) != 24<<20 {
+		t.Fatalf("the rerun of an interrupted full copy sent %d bytes from byte %d; the cut run had %d acknowledged of 24 MiB", r1.DataBytes, r1.Resumed, r0.DataBytes)
 	}
 	if !bytes.Equal(a.read("v", ""), b.read("v", "")) {
 		t.Fatal("head differs after a resumed full copy")
@@ -400,7 +408,7 @@ func TestInterruptedRunResumes(t *testing.T) {
 	// more than what was not acknowledged.
 	scribble(t, a.pool, "v", rng, 150)
 	proxy.setLimit(3 << 20)
-	r1, err := ship()
+	r1, err = ship()
 	if err == nil {
 		t.Fatal("a cut run succeeded")
 	}
@@ -689,5 +697,60 @@ func TestShipSkipsUnchanged(t *testing.T) {
 	}
 	if pins := a.pool.ShipPins(); len(pins) != 0 {
 		t.Fatalf("pins after the volume was deleted: %+v", pins)
+	}
+}
+
+// TestInterruptedDiffUndone: a replica holding part of a diff offers to
+// resume it; a stream that sends something else instead gets the part
+// undone first (the replica goes back to its last complete point).
+func TestInterruptedDiffUndone(t *testing.T) {
+	a, b := newSite(t), newSite(t)
+	rng := seed(t)
+	a.pool.CreateVolume("v", 8<<20)
+	h, _ := a.pool.OpenVolume("v")
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < 8<<20; off += 1 << 20 {
+		rng.Read(buf)
+		h.WriteAt(buf, off)
+	}
+	h.Close()
+	proxy := newCutProxy(t, b.addr)
+	proxy.setLimit(5 << 20)
+	tgt := NewRemote(RemoteOptions{Addr: proxy.l.Addr().String(), Token: testToken})
+	if _, err := Ship(context.Background(), ShipOptions{Pool: a.pool, Volume: "v", Target: tgt, BatchBytes: 1 << 20}); err == nil {
+		t.Fatal("a cut run succeeded")
+	}
+	tgt.Close()
+	// A new stream waits for the cut one to end at the target.
+	info, _ := a.pool.VolumeInfo("v")
+	direct := NewRemote(RemoteOptions{Addr: b.addr, Token: testToken})
+	defer direct.Close()
+	ctx := context.Background()
+	st, err := direct.Open(ctx, Hello{Source: VolumeID{Pool: a.pool.ID(), Vol: info.ID, Name: "v"}, Target: "v", Size: 8 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, _ := b.pool.ReplicaStateOf("v")
+	if rs == nil || !rs.Diff || rs.DiffTo == 0 || rs.DiffNext == 0 {
+		t.Fatalf("replica state after a cut full copy: %+v", rs)
+	}
+	if st.DiffTo != rs.DiffTo || st.DiffNext != rs.DiffNext || st.Acked != 0 {
+		t.Fatalf("state offered %+v, replica holds %+v", st, rs)
+	}
+	data := bytes.Repeat([]byte{0xab}, 4096)
+	err = direct.Send(ctx, &Batch{From: 0, To: st.DiffTo + 5, Size: 8 << 20, Time: time.Now().UnixNano(), Ops: []Op{
+		{Kind: OpWrite, Seq: st.DiffTo + 5, Offset: 0, Length: 4096, Data: data},
+		{Kind: OpPoint, Seq: st.DiffTo + 5},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, 8<<20)
+	copy(want, data)
+	if !bytes.Equal(b.read("v", ""), want) {
+		t.Fatal("the part of the interrupted diff was not undone before a different batch")
+	}
+	if rs, _ := b.pool.ReplicaStateOf("v"); rs.Diff || rs.DiffTo != 0 || rs.Acked != st.DiffTo+5 {
+		t.Fatalf("replica state after the batch: %+v", rs)
 	}
 }

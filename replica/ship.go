@@ -71,7 +71,10 @@ type Result struct {
 	Duration    time.Duration `json:"duration_ns"`
 	// LagSeq is how far the volume's head is past the shipped point when
 	// the run ends (writes that came in during the run).
-	LagSeq  uint64 `json:"lag_seq"`
+	LagSeq uint64 `json:"lag_seq"`
+	// Resumed: the run finished a diff the target held in part, from this
+	// byte offset on.
+	Resumed uint64 `json:"resumed_at,omitempty"`
 	Message string `json:"message,omitempty"` // the target's note (a failback accepted)
 }
 
@@ -125,7 +128,7 @@ func Ship(ctx context.Context, o ShipOptions) (Result, error) {
 		}
 	}
 	if st.Acked < o.Upto && !s.unchanged(st) {
-		err = s.run(st.Acked, info)
+		err = s.run(st, info)
 		// Batches still in flight: their acks count even after an
 		// error (the target applies what it received, in order).
 		if derr := s.drain(); err == nil {
@@ -180,8 +183,21 @@ func (s *shipper) count() {
 	}
 }
 
-func (s *shipper) run(acked uint64, info cow.VolumeInfo) error {
+func (s *shipper) run(st State, info cow.VolumeInfo) error {
 	p := s.o.Pool
+	acked := st.Acked
+	if st.DiffTo > acked && st.DiffTo <= s.o.Upto {
+		ok, err := s.resume(st)
+		if err != nil {
+			return err
+		}
+		if ok {
+			if st.DiffTo == s.o.Upto {
+				return nil
+			}
+			acked = st.DiffTo
+		}
+	}
 	if acked == 0 || acked < info.ID {
 		// The first run copies the volume at its oldest snapshot, then
 		// ships the records since, so the replica gets every snapshot
@@ -197,7 +213,7 @@ func (s *shipper) run(acked uint64, info cow.VolumeInfo) error {
 				snaps = append(snaps, sn)
 			}
 		}
-		if err := s.diff(0, base, "full copy", snaps...); err != nil || base == s.o.Upto {
+		if err := s.diff(0, base, "full copy", 0, snaps...); err != nil || base == s.o.Upto {
 			return err
 		}
 		acked = base
@@ -215,7 +231,41 @@ func (s *shipper) run(acked uint64, info cow.VolumeInfo) error {
 	if from == 0 {
 		phase = "full copy"
 	}
-	return s.diff(from, s.o.Upto, phase)
+	return s.diff(from, s.o.Upto, phase, 0)
+}
+
+// resume finishes a diff the target holds in part (up to byte DiffNext of
+// the diff to DiffTo), sending only the rest. It says false, having sent
+// nothing, when the source can no longer read point DiffTo; the target
+// then undoes the part it holds when the run sends something else.
+func (s *shipper) resume(st State) (bool, error) {
+	p := s.o.Pool
+	h, err := p.OpenVolumeSeq(s.o.Volume, st.DiffTo)
+	if err != nil {
+		s.o.Logger.Info("replication: the target holds part of a diff whose end point is gone here; starting over", "volume", s.o.Volume, "target", s.o.Target.String(), "diff_to", st.DiffTo, "reason", err)
+		return false, nil
+	}
+	h.Close()
+	// Blocks past DiffNext that did not change after Acked already read
+	// as at DiffTo on the target: only changed ones need to travel.
+	from := st.Acked
+	if _, err := p.ResolvePoint(s.o.Volume, fmt.Sprintf("seq:%d", from)); from == 0 || err != nil {
+		from = 0
+	}
+	var snaps []cow.Snapshot
+	all, _ := p.Snapshots(s.o.Volume)
+	for _, sn := range all {
+		if sn.Seq == st.DiffTo {
+			snaps = append(snaps, sn)
+		}
+	}
+	s.o.Logger.Info("replication: resuming an interrupted diff", "volume", s.o.Volume, "target", s.o.Target.String(), "diff_to", st.DiffTo, "at_byte", st.DiffNext)
+	s.res.Resumed = st.DiffNext
+	phase := "difference"
+	if from == 0 {
+		phase = "full copy"
+	}
+	return true, s.diff(from, st.DiffTo, phase, st.DiffNext, snaps...)
 }
 
 // pipelineDepth is how many batches a shipper keeps in flight to a
@@ -372,7 +422,7 @@ func (s *shipper) incremental(acked uint64) error {
 					return err
 				}
 			}
-			if err := s.diff(c.Seq-1, c.Seq, "rollback"); err != nil {
+			if err := s.diff(c.Seq-1, c.Seq, "rollback", 0); err != nil {
 				return err
 			}
 			s.b = &Batch{From: c.Seq, Size: int64(c.Length)}
@@ -402,7 +452,7 @@ func (s *shipper) incremental(acked uint64) error {
 
 // diff ships the difference between points from and to (from 0: every
 // block) as a diff batch, in parts of at most BatchBytes.
-func (s *shipper) diff(from, to uint64, phase string, snaps ...cow.Snapshot) error {
+func (s *shipper) diff(from, to uint64, phase string, skip uint64, snaps ...cow.Snapshot) error {
 	p := s.o.Pool
 	s.res.Phase = phase
 	s.res.Full = s.res.Full || from == 0
@@ -422,6 +472,12 @@ func (s *shipper) diff(from, to uint64, phase string, snaps ...cow.Snapshot) err
 	var data int64
 	err = p.Diff(s.ctx, s.o.Volume, from, to, func(first, n uint64, kind cow.ExtentKind) error {
 		off, length := first*cdp.BlockSize, n*cdp.BlockSize
+		if off+length <= skip {
+			return nil // the target has it (a resumed diff)
+		}
+		if off < skip {
+			off, length = skip, off+length-skip
+		}
 		switch kind {
 		case cow.ExtentHole:
 			b.Ops = append(b.Ops, Op{Kind: OpTrim, Seq: to, Time: now, Offset: off, Length: length})
@@ -431,7 +487,7 @@ func (s *shipper) diff(from, to uint64, phase string, snaps ...cow.Snapshot) err
 			return nil
 		}
 		for done := uint64(0); done < length; {
-			chunk := min(length-done, maxOpData)
+			chunk := min(length-done, maxOpData, uint64(s.o.BatchBytes))
 			d := make([]byte, chunk)
 			if _, err := h.ReadAt(d, int64(off+done)); err != nil {
 				return fmt.Errorf("read %s@seq:%d: %w", s.o.Volume, to, err)

@@ -115,6 +115,19 @@ func (b *Batch) DataBytes() int64 {
 	return n
 }
 
+// extentEnd is where the batch's block ops (writes, zeroes, trims) end:
+// how far a diff's part reaches.
+func (b *Batch) extentEnd() uint64 {
+	var end uint64
+	for i := range b.Ops {
+		switch op := &b.Ops[i]; op.Kind {
+		case OpWrite, OpZero, OpTrim:
+			end = max(end, op.Offset+op.Length)
+		}
+	}
+	return end
+}
+
 // VolumeID names a volume across sites: the pool's identity and the
 // volume's id in it.
 type VolumeID struct {
@@ -148,6 +161,12 @@ type State struct {
 	// AckedTime: when the source wrote point Acked (Unix nanoseconds; an
 	// empty batch moves it to when it was shipped).
 	AckedTime int64 `json:"acked_time,omitempty"`
+	// DiffTo, DiffNext: an interrupted diff from Acked to DiffTo is
+	// applied up to byte offset DiffNext; a stream may resume it there
+	// (sending its parts from DiffNext on). Anything else sent first
+	// undoes it.
+	DiffTo   uint64 `json:"diff_to,omitempty"`
+	DiffNext uint64 `json:"diff_next,omitempty"`
 	// Message: what the target did on Open (a failback accepted), for the
 	// user.
 	Message string `json:"message,omitempty"`
