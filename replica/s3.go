@@ -83,6 +83,10 @@ type S3Stats struct {
 	// ReadObjects and ReadBytes count batch objects or shards fetched.
 	ReadObjects int64
 	ReadBytes   int64
+	// Repaired counts shards Open rebuilt on targets that had lost them;
+	// Missing, batch objects found missing that could not be rebuilt.
+	Repaired int64
+	Missing  int64
 }
 
 // Manifest lists what an S3 target holds of one volume.
@@ -460,7 +464,7 @@ func (s *S3) Open(ctx context.Context, h Hello) (State, error) {
 	// Orphans are listed before anything is written, so that a volume
 	// whose manifest is gone is refused untouched; they are deleted once
 	// the manifest no longer lists them.
-	orphans, err := s.listOrphans(ctx, h.Target, m, best == nil)
+	orphans, present, err := s.listOrphans(ctx, h.Target, m, best == nil)
 	if err != nil {
 		return State{}, err
 	}
@@ -483,8 +487,74 @@ func (s *S3) Open(ctx context.Context, h Hello) (State, error) {
 	if err := s.deleteOrphans(ctx, orphans); err != nil {
 		return State{}, err
 	}
+	msg, err := s.repair(ctx, h.Target, m, present)
+	if err != nil {
+		return State{}, err
+	}
 	s.vol, s.man = h.Target, m
-	return State{Acked: m.Acked, AckedTime: m.Time}, nil
+	return State{Acked: m.Acked, AckedTime: m.Time, Message: msg}, nil
+}
+
+// repair rebuilds the shards of m's batches that targets lost (an emptied
+// bucket, deleted objects), from the shards left, so that the set keeps its
+// redundancy; present lists each target's batch objects. Losses it cannot
+// rebuild (no erasure coding, or more than M shards of a batch gone) are
+// reported in the message: a restore past them fails.
+func (s *S3) repair(ctx context.Context, vol string, m *Manifest, present []map[string]bool) (string, error) {
+	var notes []string
+	lost := map[int]int{} // target -> objects it lacks
+	var unrepairable []string
+	repaired := 0
+	for _, e := range m.Batches {
+		var gone []int
+		for i := range s.targets {
+			if !present[i][e.Key] {
+				gone = append(gone, i)
+				lost[i]++
+			}
+		}
+		if len(gone) == 0 {
+			continue
+		}
+		if s.ec == nil || len(gone) > s.ec.m {
+			unrepairable = append(unrepairable, e.Key)
+			continue
+		}
+		obj, err := s.readShards(ctx, vol, e)
+		if err != nil {
+			if ctx.Err() != nil {
+				return "", err
+			}
+			unrepairable = append(unrepairable, e.Key)
+			continue
+		}
+		shards, err := s.ec.Split(obj)
+		if err != nil {
+			return "", err
+		}
+		if err := s.onTargets(gone, func(i int, t *s3Target) error {
+			return t.put(ctx, t.key(vol, e.Key), shards[i])
+		}); err != nil {
+			return "", fmt.Errorf("rebuild lost shards of %s: %w", e.Key, err)
+		}
+		repaired += len(gone)
+		s.count(func(st *S3Stats) { st.Repaired += int64(len(gone)) })
+	}
+	if repaired > 0 {
+		var where []string
+		for i, t := range s.targets {
+			if lost[i] > 0 {
+				where = append(where, fmt.Sprintf("%s had lost %d", t.name, lost[i]))
+			}
+		}
+		notes = append(notes, fmt.Sprintf("rebuilt %d lost shard(s) of volume %s (%s)", repaired, vol, strings.Join(where, ", ")))
+	}
+	if len(unrepairable) > 0 {
+		s.count(func(st *S3Stats) { st.Missing += int64(len(unrepairable)) })
+		notes = append(notes, fmt.Sprintf("warning: %d batch object(s) of volume %s are lost and cannot be rebuilt (first: %s); restoring points after them will fail: ship to a new prefix to start a fresh copy",
+			len(unrepairable), vol, unrepairable[0]))
+	}
+	return strings.Join(notes, "; "), nil
 }
 
 // completeLen returns how many of m's entries end with a complete batch:
@@ -884,13 +954,17 @@ func pickManifest(mans []*Manifest) *Manifest {
 // not list. fresh says no manifest exists: then only objects of a first
 // batch (From 0) can be orphans; later ones mean the manifest was lost, and
 // the volume is refused rather than emptied.
-func (s *S3) listOrphans(ctx context.Context, vol string, m *Manifest, fresh bool) ([][]string, error) {
+func (s *S3) listOrphans(ctx context.Context, vol string, m *Manifest, fresh bool) (orphans [][]string, present []map[string]bool, err error) {
 	listed := make(map[string]bool, len(m.Batches))
 	for _, e := range m.Batches {
 		listed[e.Key] = true
 	}
-	orphans := make([][]string, len(s.targets))
-	err := s.onTargets(nil, func(i int, t *s3Target) error {
+	orphans = make([][]string, len(s.targets))
+	present = make([]map[string]bool, len(s.targets))
+	for i := range present {
+		present[i] = map[string]bool{}
+	}
+	err = s.onTargets(nil, func(i int, t *s3Target) error {
 		prefix := t.key(vol, "")
 		lctx, cancel := context.WithCancel(ctx)
 		defer cancel()
@@ -900,7 +974,11 @@ func (s *S3) listOrphans(ctx context.Context, vol string, m *Manifest, fresh boo
 			}
 			name := strings.TrimPrefix(o.Key, prefix)
 			from, ok := batchFrom(name)
-			if !ok || listed[name] {
+			if !ok {
+				continue
+			}
+			if listed[name] {
+				present[i][name] = true
 				continue
 			}
 			if fresh && from != 0 {
@@ -911,7 +989,7 @@ func (s *S3) listOrphans(ctx context.Context, vol string, m *Manifest, fresh boo
 		}
 		return nil
 	})
-	return orphans, err
+	return orphans, present, err
 }
 
 // deleteOrphans deletes what listOrphans found.

@@ -512,8 +512,24 @@ func TestS3ErasureCoded(t *testing.T) {
 		removeAll(t, c, bucket)
 		checkRestore(t, mustParse(t, spec, "2+1"), vol, batches[:4])
 
+		// The next run rebuilds the lost bucket's shards, so the set
+		// survives losing another bucket afterwards.
 		s = mustParse(t, spec, "2+1")
-		ship(t, s, vol, testSource, batches[4:])
+		st, err := s.Open(ctx, Hello{Source: testSource, Target: vol, Size: 64 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Stats().Repaired != 4 || !strings.Contains(st.Message, "rebuilt 4 lost shard(s)") || !strings.Contains(st.Message, "had lost 4") {
+			t.Fatalf("open after losing %s: stats %+v, message %q", bucket, s.Stats(), st.Message)
+		}
+		t.Logf("open after losing %s: %s", bucket, st.Message)
+		for _, b := range batches[4:] {
+			if err := s.Send(ctx, b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		checkRestore(t, mustParse(t, spec, "2+1"), vol, batches)
+		removeAll(t, c, []string{"bk1", "bk2", "bk3"}[(lost+1)%3])
 		checkRestore(t, mustParse(t, spec, "2+1"), vol, batches)
 	}
 
@@ -812,4 +828,30 @@ func TestS3ShipSkipsUnchanged(t *testing.T) {
 	if r := ship(); r.Batches != 1 || r.Acked != a.pool.AppliedSeq() {
 		t.Fatalf("run after writes to the volume: %+v", r)
 	}
+}
+
+// TestS3LostObjectReported: without erasure coding a lost batch object
+// cannot be rebuilt; the next run says so (and what to do).
+func TestS3LostObjectReported(t *testing.T) {
+	endpoint, _, c := testServer(t, "bkt")
+	spec := s3Spec(endpoint, "bkt/p")
+	batches := testBatches(7)
+	s := mustParse(t, spec, "")
+	ship(t, s, "v", testSource, batches)
+	m, err := s.Manifest(context.Background(), "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RemoveObject(context.Background(), "bkt", "p/v/"+m.Batches[3].Key, minio.RemoveObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	s = mustParse(t, spec, "")
+	st, err := s.Open(context.Background(), Hello{Source: testSource, Target: "v", Size: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(st.Message, "1 batch object(s) of volume v are lost") || !strings.Contains(st.Message, m.Batches[3].Key) || s.Stats().Missing != 1 {
+		t.Fatalf("open after losing an object: %q, stats %+v", st.Message, s.Stats())
+	}
+	t.Log(st.Message)
 }

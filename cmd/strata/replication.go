@@ -243,6 +243,11 @@ func (m *replManager) run(ctx context.Context, vol string, t targetSpec, progres
 			BWLimit: t.BWLimit, Progress: progress, Logger: m.d.cfg.log})
 		tgt.Close()
 	}
+	if res.Message != "" {
+		// What the target did or found on open (a failback accepted,
+		// shards rebuilt, objects lost).
+		m.d.cfg.log.Warn("replication: "+res.Message, "volume", vol, "target", t.redacted())
+	}
 	m.mu.Lock()
 	st = m.status[id]
 	st.Shipped += res.DataBytes
