@@ -1,5 +1,6 @@
 #!/bin/bash
 # Replication over loopback: shipping throughput of `strata replicate --once`
+# (a first run, which copies the volume, then a run of journal records)
 # against a plain copy of the same journal bytes over TCP into a file on the
 # same disk (cat | nc style, fsync at the end), measured in the same run; then
 # the lag of continuous replication under a steady 4 KiB random-write load.
@@ -28,7 +29,19 @@ E=$(date +%s.%N)
 python3 - "$W/ship.json" "$S" "$E" <<'PY'
 import json,sys
 r=json.load(open(sys.argv[1])); t=float(sys.argv[3])-float(sys.argv[2])
-print(f"strata replicate --once: {r['data_bytes']/1e6:.0f} MB of data, {r['stored_bytes']/1e6:.0f} MB sent, {t:.2f} s wall: {r['data_bytes']/1e6/t:.0f} MB/s")
+print(f"strata replicate --once, full copy: {r['data_bytes']/1e6:.0f} MB of data, {r['stored_bytes']/1e6:.0f} MB sent, {t:.2f} s wall: {r['data_bytes']/1e6/t:.0f} MB/s")
+PY
+# The steady state: a second run ships journal records (half as much new data).
+fio --name=more --ioengine=nbd --uri="$URI" --rw=write --bs=1M --offset=${SIZE}M --size=$((SIZE / 2))M --iodepth=8 \
+    --refill_buffers --randrepeat=0 --end_fsync=1 --output=/dev/null
+sync
+S=$(date +%s.%N)
+"$BIN" --data "$W/a" replicate v --to strata://127.0.0.1:$PORT --token-file "$W/token" --once --json > "$W/ship2.json"
+E=$(date +%s.%N)
+python3 - "$W/ship2.json" "$S" "$E" <<'PY'
+import json,sys
+r=json.load(open(sys.argv[1])); t=float(sys.argv[3])-float(sys.argv[2])
+print(f"strata replicate --once, records: {r['data_bytes']/1e6:.0f} MB of data, {r['records']} records, {t:.2f} s wall: {r['data_bytes']/1e6/t:.0f} MB/s")
 PY
 # Baseline: the journal's bytes through TCP into a file, fsynced.
 JB=$(cat "$W"/a/journal/*.seg | wc -c)

@@ -42,14 +42,19 @@ type ShipOptions struct {
 	AllowReplica bool
 	// IdleAdvance: when the volume has not changed since the point the
 	// target holds, nothing is sent unless that point is older than this
-	// (default DefaultIdleAdvance); then an empty batch moves the target
+	// (default DefaultIdleAdvance, S3IdleAdvance to S3); then an empty
+	// batch moves the target
 	// to Upto, so the next run's journal scan starts there.
 	IdleAdvance time.Duration
 }
 
 // DefaultIdleAdvance is how often an unchanged volume's target is moved to
-// the pool's current point.
-const DefaultIdleAdvance = 10 * time.Minute
+// the pool's current point; S3IdleAdvance for S3, where each move is an
+// object and a manifest rewrite.
+const (
+	DefaultIdleAdvance = 10 * time.Minute
+	S3IdleAdvance      = 24 * time.Hour
+)
 
 // Progress of a run.
 type Progress struct {
@@ -159,6 +164,9 @@ func (s *shipper) unchanged(st State) bool {
 	idle := s.o.IdleAdvance
 	if idle <= 0 {
 		idle = DefaultIdleAdvance
+		if _, ok := s.o.Target.(*S3); ok {
+			idle = S3IdleAdvance
+		}
 	}
 	return time.Since(time.Unix(0, st.AckedTime)) < idle
 }
