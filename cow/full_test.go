@@ -6,7 +6,11 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/strata-storage/strata/blockdev"
@@ -79,5 +83,82 @@ func TestFullDisk(t *testing.T) {
 	}
 	if _, err := v.WriteAt(buf, off); err != nil {
 		t.Fatalf("write after the disk grew: %v", err)
+	}
+}
+
+// sstFullFS fails the creation of index tables while full is set: the
+// index cannot flush, the journal still works.
+type sstFullFS struct {
+	vfs.FS
+	full *atomic.Bool
+}
+
+func (f sstFullFS) Create(name string, c vfs.DiskWriteCategory) (vfs.File, error) {
+	if f.full.Load() && strings.HasSuffix(name, ".sst") {
+		return nil, syscall.ENOSPC
+	}
+	return f.FS.Create(name, c)
+}
+
+// TestCloseWhileIndexFlushFails: the index's memtables have grown to full
+// size and a flush keeps failing (no room for tables): Close must still
+// return (pebble's AsyncFlush would wait forever behind the failing
+// flush), and the next open re-indexes every record from the journal.
+func TestCloseWhileIndexFlushFails(t *testing.T) {
+	var full atomic.Bool
+	opts := Options{Dir: "data", FS: sstFullFS{vfs.NewMem(), &full}, SegmentSize: 8 << 20, IndexMemTableSize: 4 << 20,
+		CheckpointInterval: -1, GCInterval: -1, CacheSize: 1 << 20}
+	p, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := mustVol(t, p, "a", 1<<30)
+	// Allocated zeros give every block an index version: 256Ki entries a
+	// pass, which grows the memtables to full size.
+	zero := func() {
+		t.Helper()
+		if err := v.WriteZeroes(0, 1<<30, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 3; i++ {
+		zero()
+	}
+	if _, err := v.WriteAt(bytes.Repeat([]byte{0xab}, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	full.Store(true)
+	for i := 0; p.indexFlushFails.Load() == 0; i++ {
+		if i == 50 {
+			t.Fatal("the index never tried to flush")
+		}
+		zero()
+	}
+	if err := v.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	v.Close()
+	closed := make(chan error, 1)
+	go func() { closed <- p.Close() }()
+	select {
+	case err := <-closed:
+		t.Logf("close with a failing index flush: %v", err)
+	case <-time.After(2 * time.Minute):
+		t.Fatal("Close hangs while the index cannot flush")
+	}
+	full.Store(false)
+	p, err = Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	v, err = p.OpenVolume("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	b := make([]byte, 4096)
+	if _, err := v.ReadAt(b, 0); err != nil || !bytes.Equal(b, make([]byte, 4096)) {
+		t.Fatalf("block 0 after reopening: %v, first byte %#x; want the zeros written last", err, b[0])
 	}
 }

@@ -180,3 +180,68 @@ func TestSpaceClasses(t *testing.T) {
 		t.Fatalf("written %d, want %d", vs.Written, a)
 	}
 }
+
+// TestPinClean: a replication pin on an idle volume holds the journal of
+// every volume after it (GC frees segments below the lowest window); a
+// clean range (no records of the volume up to there) releases it. Moving
+// the pin forward keeps the range, moving it back drops it, and it
+// survives a restart.
+func TestPinClean(t *testing.T) {
+	fs := vfs.NewMem()
+	clk := newFakeClock()
+	p := openClockPool(t, fs, clk, time.Minute)
+	defer func() { p.Close() }()
+	idle := mustVol(t, p, "idle", 1<<20)
+	idle.WriteAt(make([]byte, 4096), 0)
+	idle.Close()
+	acked := p.AppliedSeq()
+	if err := p.PinShipped("t", "idle", acked); err != nil {
+		t.Fatal(err)
+	}
+	busy := mustVol(t, p, "busy", 4<<20)
+	defer busy.Close()
+	buf := make([]byte, 64<<10)
+	for pass := 0; pass < 8; pass++ {
+		for off := 0; off < 4<<20; off += len(buf) {
+			busy.WriteAt(buf, int64(off))
+		}
+	}
+	clk.Advance(2 * time.Minute)
+	busy.WriteAt(buf[:4096], 0)
+	gc := func() int64 {
+		t.Helper()
+		for i := 0; i < 2; i++ {
+			if _, err := p.GC(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return p.j.Load().Stats().Bytes
+	}
+	held := gc()
+	if err := p.PinClean("t", "idle", acked, p.AppliedSeq()); err != nil {
+		t.Fatal(err)
+	}
+	freed := gc()
+	t.Logf("journal with the pin at the idle volume's point: %d bytes; with its clean range: %d", held, freed)
+	if held < 32<<20 || freed > 8<<20 {
+		t.Fatalf("journal %d bytes held by the pin, %d after the clean range: the range did not release it", held, freed)
+	}
+	clean := p.ShipPins()["t"].Clean
+	if err := p.PinShipped("t", "idle", acked); err != nil {
+		t.Fatal(err)
+	}
+	if pin := p.ShipPins()["t"]; pin.Clean != clean || pin.Floor() != clean {
+		t.Fatalf("pin moved to the same point lost its clean range: %+v", pin)
+	}
+	p.Close()
+	p = openClockPool(t, fs, clk, time.Minute)
+	if pin := p.ShipPins()["t"]; pin.Seq != acked || pin.Clean != clean {
+		t.Fatalf("pin after a restart: %+v, want seq %d clean %d", pin, acked, clean)
+	}
+	if err := p.PinShipped("t", "idle", acked-1); err != nil {
+		t.Fatal(err)
+	}
+	if pin := p.ShipPins()["t"]; pin.Clean != 0 {
+		t.Fatalf("a pin moved back kept its clean range: %+v", pin)
+	}
+}

@@ -219,10 +219,12 @@ type Pool struct {
 	// gcMu: one garbage collection pass at a time.
 	gcMu   sync.Mutex
 	lastGC atomic.Pointer[GCRun]
-	// indexFlushFails counts failed index flushes (pebble retries them).
-	indexFlushFails atomic.Int64
-	recountKick     chan struct{}
-	recountWG       sync.WaitGroup
+	// indexFlushFails counts failed index flushes (pebble retries them);
+	// indexFlushFailing says the last one failed.
+	indexFlushFails   atomic.Int64
+	indexFlushFailing atomic.Bool
+	recountKick       chan struct{}
+	recountWG         sync.WaitGroup
 
 	// vmu guards the volume maps (read by the I/O path to resolve names).
 	// retired holds deleted volumes, which clones may still use as bases.
@@ -304,12 +306,13 @@ func (p *Pool) openIndex() error {
 	cache := pebble.NewCache(p.opts.IndexCacheSize)
 	defer cache.Unref()
 	db, err := pebble.Open(p.indexDir(), &pebble.Options{
-		FS:                 p.opts.FS,
-		Cache:              cache,
-		DisableWAL:         true,
-		MemTableSize:       p.opts.IndexMemTableSize,
-		FormatMajorVersion: pebble.FormatNewest,
-		Logger:             &pebbleLogger{l: p.opts.Logger},
+		FS:                          p.opts.FS,
+		Cache:                       cache,
+		DisableWAL:                  true,
+		MemTableSize:                p.opts.IndexMemTableSize,
+		MemTableStopWritesThreshold: indexStopWrites,
+		FormatMajorVersion:          pebble.FormatNewest,
+		Logger:                      &pebbleLogger{l: p.opts.Logger},
 		EventListener: &pebble.EventListener{
 			// The index on disk must never get ahead of the durable
 			// journal: before pebble persists a memtable, sync the
@@ -326,6 +329,7 @@ func (p *Pool) openIndex() error {
 				if info.Err != nil {
 					p.indexFlushFails.Add(1)
 				}
+				p.indexFlushFailing.Store(info.Err != nil)
 			},
 		},
 	})
@@ -868,11 +872,29 @@ func (p *Pool) Close() error {
 	return err
 }
 
+// indexStopWrites is pebble's MemTableStopWritesThreshold for the index:
+// writes wait while the queued memtables reach this many times the
+// memtable size.
+const indexStopWrites = 2
+
 // flushIndexOnClose persists the index's memtables, unless a flush fails
 // (a full disk): pebble would retry forever, and the journal, synced,
 // holds every record the next open re-indexes.
 func (p *Pool) flushIndexOnClose() {
+	const msg = "index: could not be persisted at close (is the disk full?); the next start re-indexes the journal's tail"
 	fails := p.indexFlushFails.Load()
+	// AsyncFlush first waits (holding pebble's commit lock, which Close
+	// needs) until the queued memtables are below the stop-writes
+	// threshold: behind a flush that keeps failing it would wait forever.
+	// Call it only when it cannot wait; otherwise the next open replays.
+	if p.indexFlushFailing.Load() {
+		p.opts.Logger.Warn(msg)
+		return
+	}
+	if m := p.db.Metrics(); m.MemTable.Size >= indexStopWrites*uint64(p.opts.IndexMemTableSize) {
+		p.opts.Logger.Info("index: not persisted at close (a flush is pending); the next start re-indexes the journal's tail")
+		return
+	}
 	done, err := p.db.AsyncFlush()
 	if err != nil {
 		p.opts.Logger.Warn("index: not persisted at close; the next start re-indexes the journal's tail", "err", err)
@@ -886,7 +908,7 @@ func (p *Pool) flushIndexOnClose() {
 			return
 		case <-tick.C:
 			if p.indexFlushFails.Load() > fails {
-				p.opts.Logger.Warn("index: could not be persisted at close (is the disk full?); the next start re-indexes the journal's tail")
+				p.opts.Logger.Warn(msg)
 				return
 			}
 		}

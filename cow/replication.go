@@ -505,24 +505,52 @@ func (p *Pool) ReplicaStateOf(vol string) (*ReplicaState, error) {
 }
 
 // ShipPin keeps a volume's journal records after Seq for a replication
-// target that has not acknowledged them.
+// target that has not acknowledged them. Clean, when past Seq, says the
+// volume has no records in (Seq, Clean]: the target, though at Seq, needs
+// nothing before Clean, so the pin holds only what follows Clean, and the
+// next run's journal scan starts there.
 type ShipPin struct {
-	Vol uint64 `json:"vol"`
-	Seq uint64 `json:"seq"`
+	Vol   uint64 `json:"vol"`
+	Seq   uint64 `json:"seq"`
+	Clean uint64 `json:"clean,omitempty"`
 }
 
-// PinShipped sets (or moves) target id's pin on volume vol to seq.
+// Floor is the point after which the pin keeps records.
+func (pin ShipPin) Floor() uint64 { return max(pin.Seq, pin.Clean) }
+
+// PinShipped sets (or moves) target id's pin on volume vol to seq. A pin
+// moving forward keeps its clean range.
 func (p *Pool) PinShipped(id, vol string, seq uint64) error {
+	return p.setPin(id, vol, seq, 0)
+}
+
+// PinClean records that volume vol, whose target id holds point acked, has
+// no records in (acked, clean]: the pin stops holding the pool's journal
+// there.
+func (p *Pool) PinClean(id, vol string, acked, clean uint64) error {
+	return p.setPin(id, vol, acked, clean)
+}
+
+func (p *Pool) setPin(id, vol string, seq, clean uint64) error {
 	p.wmu.Lock()
 	v := p.lookup(vol)
 	if v == nil {
 		p.wmu.Unlock()
 		return notFound(vol)
 	}
-	_, existed := p.wmu.ship[id]
-	p.wmu.ship[id] = ShipPin{Vol: v.id, Seq: seq}
+	old, existed := p.wmu.ship[id]
+	if clean == 0 && existed && old.Vol == v.id && seq >= old.Seq && old.Clean > seq {
+		clean = old.Clean // still true of the shorter range
+	}
+	if clean <= seq {
+		clean = 0
+	}
+	p.wmu.ship[id] = ShipPin{Vol: v.id, Seq: seq, Clean: clean}
 	val := binary.BigEndian.AppendUint64(nil, v.id)
 	val = binary.BigEndian.AppendUint64(val, seq)
+	if clean != 0 {
+		val = binary.BigEndian.AppendUint64(val, clean)
+	}
 	err := p.db.Set(append([]byte{prefixShipPin}, id...), val, pebble.NoSync)
 	p.wmu.Unlock()
 	if err != nil {
@@ -569,10 +597,15 @@ func (p *Pool) loadShipPins() error {
 	}
 	defer it.Close()
 	for ok := it.First(); ok; ok = it.Next() {
-		if len(it.Value()) != 16 {
+		val := it.Value()
+		if len(val) != 16 && len(val) != 24 {
 			return fmt.Errorf("%w: malformed replication pin %q", cdp.ErrCorrupt, it.Key())
 		}
-		p.wmu.ship[string(it.Key()[1:])] = ShipPin{Vol: binary.BigEndian.Uint64(it.Value()), Seq: binary.BigEndian.Uint64(it.Value()[8:])}
+		pin := ShipPin{Vol: binary.BigEndian.Uint64(val), Seq: binary.BigEndian.Uint64(val[8:])}
+		if len(val) == 24 {
+			pin.Clean = binary.BigEndian.Uint64(val[16:])
+		}
+		p.wmu.ship[string(it.Key()[1:])] = pin
 	}
 	return it.Error()
 }
@@ -582,7 +615,7 @@ func (p *Pool) loadShipPins() error {
 func (p *Pool) shipFloorsLocked(rets map[uint64]*retainers) {
 	for _, pin := range p.wmu.ship {
 		if r := rets[pin.Vol]; r != nil && r.window != 0 {
-			r.window = min(r.window, max(pin.Seq, r.v.id))
+			r.window = min(r.window, max(pin.Floor(), r.v.id))
 		}
 	}
 }

@@ -662,8 +662,22 @@ func TestShipSkipsUnchanged(t *testing.T) {
 	if rs.Acked != first.Acked {
 		t.Fatalf("the replica moved to %d", rs.Acked)
 	}
+	// The pin no longer holds the other volume's records.
+	if pin := a.pool.ShipPins()["test:"+b.addr]; pin.Seq != first.Acked || pin.Clean != idle.Upto {
+		t.Fatalf("pin after a run with nothing to send: %+v, want seq %d clean %d", pin, first.Acked, idle.Upto)
+	}
+	// A change after the clean range travels (the scan starts there).
+	scribble(t, a.pool, "v", rng, 3)
+	moved, err := a.ship(b, "v", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if moved.Batches != 1 || moved.Start != first.Acked || !bytes.Equal(a.read("v", ""), b.read("v", "")) {
+		t.Fatalf("a run after the volume changed again: %+v", moved)
+	}
 
 	// An old target point is moved along by an empty batch.
+	scribble(t, a.pool, "other", rng, 5)
 	tgt := NewRemote(RemoteOptions{Addr: b.addr, Token: testToken})
 	adv, err := Ship(context.Background(), ShipOptions{Pool: a.pool, Volume: "v", Target: tgt, PinID: "test:" + b.addr, IdleAdvance: time.Nanosecond})
 	tgt.Close()

@@ -128,11 +128,26 @@ func Ship(ctx context.Context, o ShipOptions) (Result, error) {
 		s.raw0, s.stored0 = c.Counters()
 	}
 	if o.PinID != "" {
+		// A clean range recorded by an earlier run (the volume had no
+		// records after the target's point up to there) lets the scan
+		// start past it; it holds only if the pin is not ahead of the
+		// target.
+		if pin, ok := p.ShipPins()[o.PinID]; ok && pin.Vol == info.ID && pin.Seq <= st.Acked && pin.Clean > st.Acked {
+			s.scanFrom = pin.Clean
+		}
 		if err := p.PinShipped(o.PinID, o.Volume, st.Acked); err != nil {
 			return s.res, err
 		}
 	}
-	if st.Acked < o.Upto && !s.unchanged(st) {
+	if st.Acked < o.Upto && s.unchanged(st) {
+		// Nothing to send; the pin stops holding the journal of the
+		// pool's other volumes.
+		if o.PinID != "" {
+			if err := p.PinClean(o.PinID, o.Volume, st.Acked, o.Upto); err != nil {
+				return s.res, err
+			}
+		}
+	} else if st.Acked < o.Upto {
 		err = s.run(st, info)
 		// Batches still in flight: their acks count even after an
 		// error (the target applies what it received, in order).
@@ -182,6 +197,7 @@ type shipper struct {
 	b        *Batch
 	inflight []sent // batches sent to a Pipeliner, not yet acknowledged
 	pos      uint64 // where the stream stands: the last whole batch sent ends here
+	scanFrom uint64 // the volume has no records from the target's point up to here
 }
 
 func (s *shipper) count() {
@@ -399,7 +415,8 @@ func (s *shipper) incremental(acked uint64) error {
 		return nil
 	}
 	lastTime := int64(0)
-	err := p.Changes(s.ctx, s.o.Volume, acked, s.o.Upto, func(c *cow.Change) error {
+	// Records between acked and scanFrom are other volumes'.
+	err := p.Changes(s.ctx, s.o.Volume, max(acked, min(s.scanFrom, s.o.Upto)), s.o.Upto, func(c *cow.Change) error {
 		b := s.b
 		switch c.Kind {
 		case cdp.KindWrite:

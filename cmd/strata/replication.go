@@ -346,7 +346,7 @@ func (m *replManager) statuses(ctx context.Context) []replStatus {
 			continue
 		}
 		st.Acked = pin.Seq
-		n, b, oldest, err := m.d.pool.Pending(ctx, st.Volume, pin.Seq)
+		n, b, oldest, err := m.d.pool.Pending(ctx, st.Volume, pin.Floor())
 		if err != nil {
 			if errors.Is(err, cow.ErrHistoryGone) && st.LastError == "" {
 				st.LastError = "the journal no longer holds every unshipped record; the next run copies the difference"
