@@ -242,7 +242,7 @@ func (p *Pool) ChangedSince(ctx context.Context, vol string, seq uint64) (bool, 
 
 // LastChange is the sequence number of volume vol's newest record that
 // Changes reports (at most: after the pool opens it is the pool's point
-// then), and when that was.
+// then).
 func (p *Pool) LastChange(vol string) (uint64, error) {
 	p.wmu.Lock()
 	defer p.wmu.Unlock()
@@ -432,6 +432,11 @@ type ReplicaState struct {
 	// stream can resume it there.
 	DiffTo   uint64 `json:"diff_to,omitempty"`
 	DiffNext uint64 `json:"diff_next,omitempty"`
+	// DiffParked: the diff's stream ended before its last part; the head
+	// went back to Local and the parts applied stay readable at the
+	// replica's own point DiffParked, where a stream resuming the diff
+	// takes the head again.
+	DiffParked uint64 `json:"diff_parked,omitempty"`
 	// Promoted: the replica was made writable (failover) at PromotedAt;
 	// Acked and Local stay as the last point in common with the source.
 	Promoted   bool  `json:"promoted,omitempty"`

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/strata-storage/strata/blockdev"
@@ -36,7 +37,7 @@ func NewReceiver(pool *cow.Pool, log *slog.Logger) *Receiver {
 }
 
 // testHookApply runs before a batch is applied (tests fill the disk).
-var testHookApply func(b *Batch)
+var testHookApply atomic.Pointer[func(b *Batch)]
 
 // DefaultReserve is the free space a receiver keeps after each batch.
 const DefaultReserve = 16 << 20
@@ -145,15 +146,43 @@ func (r *Receiver) open(ctx context.Context, s *Session, h Hello) (State, error)
 	}
 	s.st = *rs
 	if s.st.Diff && s.st.DiffTo != 0 {
-		// An interrupted diff: offer to resume it. Writes of a part cut
-		// off mid-way lie past DiffNext, where the resumed diff rewrites
-		// them; a stream that does not resume undoes it (Apply).
-		return State{Acked: s.st.Acked, AckedTime: s.st.AckedTime, DiffTo: s.st.DiffTo, DiffNext: s.st.DiffNext}, nil
+		// The daemon stopped mid-diff: park it (a part cut off mid-way
+		// lies past DiffNext, where a resumed diff rewrites it).
+		if err := r.park(s); err != nil {
+			return State{}, err
+		}
+	}
+	if s.st.DiffParked != 0 {
+		if _, err := p.ResolvePoint(s.name, fmt.Sprintf("seq:%d", s.st.DiffParked)); err == nil {
+			return State{Acked: s.st.Acked, AckedTime: s.st.AckedTime, DiffTo: s.st.DiffTo, DiffNext: s.st.DiffNext}, nil
+		}
+		r.Logger.Info("replication: the parts of an interrupted diff are no longer readable here; it starts over", "volume", s.name, "diff_parked", s.st.DiffParked)
+		s.st.DiffTo, s.st.DiffNext, s.st.DiffParked = 0, 0, 0
+		if err := p.SetReplicaState(s.name, &s.st); err != nil {
+			return State{}, err
+		}
 	}
 	if err := r.backToLocal(ctx, s); err != nil {
 		return State{}, err
 	}
 	return State{Acked: s.st.Acked, AckedTime: s.st.AckedTime}, nil
+}
+
+// park ends a diff that did not get its last part: the head goes back to
+// the last complete point, and the replica's own point holding the parts
+// is kept so that a stream can resume the diff there. Between streams a
+// replica therefore always reads as a point of its source.
+func (r *Receiver) park(s *Session) error {
+	p := r.Pool
+	parts := p.AppliedSeq() // reads as the head does now: the parts applied
+	r.Logger.Info("replication: a diff stopped before its last part; back to the last complete point, the parts kept for a resume",
+		"volume", s.name, "local_seq", s.st.Local, "source_seq", s.st.Acked, "diff_to", s.st.DiffTo, "diff_next", s.st.DiffNext)
+	if _, err := p.Rollback(s.name, fmt.Sprintf("seq:%d", s.st.Local), true); err != nil {
+		return fmt.Errorf("replica %q: back to its last complete point: %w", s.name, err)
+	}
+	s.st.Diff, s.st.DiffParked = false, parts
+	s.st.Local = 0 // the record storing the state marks the point now
+	return p.SetReplicaState(s.name, &s.st)
 }
 
 // backToLocal rolls the replica's head back to its last complete point
@@ -174,7 +203,7 @@ func (r *Receiver) backToLocal(ctx context.Context, s *Session) error {
 	if _, err := p.Rollback(s.name, fmt.Sprintf("seq:%d", s.st.Local), true); err != nil {
 		return fmt.Errorf("replica %q: back to its last complete point: %w", s.name, err)
 	}
-	s.st.Diff, s.st.DiffTo, s.st.DiffNext = false, 0, 0
+	s.st.Diff, s.st.DiffTo, s.st.DiffNext, s.st.DiffParked = false, 0, 0, 0
 	s.st.Local = 0 // the record storing the state marks the point now
 	return p.SetReplicaState(s.name, &s.st)
 }
@@ -245,11 +274,28 @@ func (s *Session) Apply(ctx context.Context, b *Batch) error {
 	if err := s.r.room(b); err != nil {
 		return err
 	}
-	if testHookApply != nil {
-		testHookApply(b)
+	if hook := testHookApply.Load(); hook != nil {
+		(*hook)(b)
 	}
-	if s.st.Diff && !(b.Diff && b.To == s.st.DiffTo) {
-		// Not the interrupted diff's continuation: undo that first.
+	continuation := b.Diff && s.st.DiffTo != 0 && b.To == s.st.DiffTo
+	switch {
+	case s.st.DiffParked != 0 && continuation:
+		// Resuming a parked diff: the head takes its parts again.
+		if _, err := p.Rollback(s.name, fmt.Sprintf("seq:%d", s.st.DiffParked), true); err != nil {
+			return fmt.Errorf("replica %q: back to the parts of the interrupted diff: %w", s.name, err)
+		}
+		s.st.Diff, s.st.DiffParked = true, 0
+		if err := p.SetReplicaState(s.name, &s.st); err != nil {
+			return err
+		}
+	case s.st.DiffParked != 0:
+		// Something else than the parked diff: drop it (the head is at
+		// the last complete point already).
+		s.st.DiffTo, s.st.DiffNext, s.st.DiffParked = 0, 0, 0
+		if err := p.SetReplicaState(s.name, &s.st); err != nil {
+			return err
+		}
+	case s.st.Diff && !continuation:
 		if err := s.r.backToLocal(ctx, s); err != nil {
 			return err
 		}
@@ -274,7 +320,7 @@ func (s *Session) Apply(ctx context.Context, b *Batch) error {
 		s.st.DiffNext = max(s.st.DiffNext, b.extentEnd())
 		return p.SetReplicaState(s.name, &s.st)
 	}
-	s.st.Acked, s.st.AckedTime, s.st.Diff, s.st.DiffTo, s.st.DiffNext, s.st.Local = b.To, b.Time, false, 0, 0, 0
+	s.st.Acked, s.st.AckedTime, s.st.Diff, s.st.DiffTo, s.st.DiffNext, s.st.DiffParked, s.st.Local = b.To, b.Time, false, 0, 0, 0, 0
 	return p.SetReplicaState(s.name, &s.st)
 }
 
@@ -325,8 +371,14 @@ func applyOps(ctx context.Context, p *cow.Pool, name string, b *Batch, replica b
 	return nil
 }
 
-// Close ends the session.
+// Close ends the session. A diff it left without its last part is parked
+// (see park) before another stream may start.
 func (s *Session) Close() {
+	if s.st.Diff && s.st.DiffTo != 0 {
+		if err := s.r.park(s); err != nil {
+			s.r.Logger.Error("replication: could not put a replica left mid-diff back at its last complete point; the next stream does", "volume", s.name, "err", err)
+		}
+	}
 	s.r.mu.Lock()
 	if s.r.active[s.name] == s {
 		delete(s.r.active, s.name)
@@ -360,7 +412,7 @@ func Promote(ctx context.Context, p *cow.Pool, vol string) (*cow.ReplicaState, e
 			return nil, err
 		}
 	}
-	rs.Promoted, rs.PromotedAt, rs.Diff, rs.DiffTo, rs.DiffNext = true, time.Now().UnixNano(), false, 0, 0
+	rs.Promoted, rs.PromotedAt, rs.Diff, rs.DiffTo, rs.DiffNext, rs.DiffParked = true, time.Now().UnixNano(), false, 0, 0, 0
 	if changed {
 		// The head is now the rollback's point: it reads as Acked.
 		rs.Local = p.AppliedSeq()

@@ -578,7 +578,7 @@ func TestTargetFullMidBatch(t *testing.T) {
 	filler := dir + "/filler"
 	batches := 0
 	var before *cow.ReplicaState // at the start of the third batch
-	testHookApply = func(*Batch) {
+	hook := func(*Batch) {
 		if batches++; batches != 3 {
 			return
 		}
@@ -598,7 +598,8 @@ func TestTargetFullMidBatch(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	defer func() { testHookApply = nil }()
+	testHookApply.Store(&hook)
+	defer testHookApply.Store(nil)
 	r1, err := a.ship(b, "v", "")
 	if !errors.Is(err, ErrNoSpace) {
 		t.Fatalf("a run onto a full disk: got %v, want a no-space error", err)
@@ -714,9 +715,9 @@ func TestShipSkipsUnchanged(t *testing.T) {
 	}
 }
 
-// TestInterruptedDiffUndone: a replica holding part of a diff offers to
-// resume it; a stream that sends something else instead gets the part
-// undone first (the replica goes back to its last complete point).
+// TestInterruptedDiffUndone: a diff cut off before its last part is
+// parked: the replica reads as its last complete point, and offers the
+// diff for resuming; a stream that sends something else drops it.
 func TestInterruptedDiffUndone(t *testing.T) {
 	a, b := newSite(t), newSite(t)
 	rng := seed(t)
@@ -745,8 +746,16 @@ func TestInterruptedDiffUndone(t *testing.T) {
 		t.Fatal(err)
 	}
 	rs, _ := b.pool.ReplicaStateOf("v")
-	if rs == nil || !rs.Diff || rs.DiffTo == 0 || rs.DiffNext == 0 {
-		t.Fatalf("replica state after a cut full copy: %+v", rs)
+	if rs == nil || rs.Diff || rs.DiffTo == 0 || rs.DiffNext == 0 || rs.DiffParked == 0 {
+		t.Fatalf("replica state after a cut full copy: %+v, want the diff parked", rs)
+	}
+	// Between streams the replica reads as a source point (here: the
+	// empty volume it was before the copy); the parts stay readable.
+	if !bytes.Equal(b.read("v", ""), make([]byte, 8<<20)) {
+		t.Fatal("the replica's head holds part of an interrupted diff")
+	}
+	if bytes.Equal(b.read("v", fmt.Sprintf("seq:%d", rs.DiffParked)), make([]byte, 8<<20)) {
+		t.Fatal("the parked parts are not readable at their point")
 	}
 	if st.DiffTo != rs.DiffTo || st.DiffNext != rs.DiffNext || st.Acked != 0 {
 		t.Fatalf("state offered %+v, replica holds %+v", st, rs)

@@ -521,12 +521,12 @@ func (s *S3) repair(ctx context.Context, vol string, m *Manifest, present []map[
 			continue
 		}
 		obj, err := s.readShards(ctx, vol, e)
-		if err != nil {
-			if ctx.Err() != nil {
-				return "", err
-			}
-			unrepairable = append(unrepairable, e.Key)
+		if errors.Is(err, ErrCorrupt) {
+			unrepairable = append(unrepairable, e.Key) // too few good shards left
 			continue
+		}
+		if err != nil {
+			return "", fmt.Errorf("rebuild lost shards of %s: %w", e.Key, err)
 		}
 		shards, err := s.ec.Split(obj)
 		if err != nil {

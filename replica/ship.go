@@ -512,7 +512,7 @@ func (s *shipper) diff(from, to uint64, phase string, skip uint64, snaps ...cow.
 			return nil
 		}
 		for done := uint64(0); done < length; {
-			chunk := min(length-done, maxOpData, uint64(s.o.BatchBytes))
+			chunk := min(length-done, maxOpData, max(uint64(s.o.BatchBytes)/cdp.BlockSize, 1)*cdp.BlockSize)
 			d := make([]byte, chunk)
 			if _, err := h.ReadAt(d, int64(off+done)); err != nil {
 				return fmt.Errorf("read %s@seq:%d: %w", s.o.Volume, to, err)

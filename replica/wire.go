@@ -239,6 +239,7 @@ func (r *Remote) dial(ctx context.Context) error {
 	}
 	r.conn = c
 	r.br = bufio.NewReaderSize(c, 64<<10)
+	r.pending = nil
 	// A cancelled context unblocks any read or write (Close stops the
 	// watch, so long-lived contexts do not collect one per connection).
 	r.unwatch = context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
@@ -549,8 +550,8 @@ func (s *Server) handle(c net.Conn) {
 	// A reader receives and decodes the next batch while one is applied
 	// (shippers keep two in flight).
 	in := make(chan frameIn, 1)
-	var draining atomic.Bool
-	go readBatches(ctx, c, br, in, &draining)
+	var drainUntil atomic.Int64
+	go readBatches(ctx, c, br, in, &drainUntil)
 	for f := range in {
 		if f.connErr != nil {
 			if !errors.Is(f.connErr, io.EOF) {
@@ -568,11 +569,12 @@ func (s *Server) handle(c net.Conn) {
 			// Let the shipper read the error: batches it sent after the
 			// failed one are read and dropped until it hangs up (closing
 			// with them unread would reset the connection first).
-			draining.Store(true)
+			until := time.Now().Add(drainTime)
+			drainUntil.Store(until.UnixNano())
 			if cw, ok := c.(interface{ CloseWrite() error }); ok {
 				cw.CloseWrite()
 			}
-			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			c.SetReadDeadline(until)
 			for range in {
 			}
 			return
@@ -592,14 +594,21 @@ type frameIn struct {
 	connErr error
 }
 
+// drainTime bounds how long a receiver reads and drops what a shipper sent
+// after a batch it refused, waiting for the shipper to hang up.
+const drainTime = time.Minute
+
 // readBatches reads and decodes batches from a stream into in until the
-// connection fails or ctx ends; it closes in. Once draining, it keeps the
-// read deadline its caller set.
-func readBatches(ctx context.Context, c net.Conn, br *bufio.Reader, in chan<- frameIn, draining *atomic.Bool) {
+// connection fails or ctx ends; it closes in. Once drainUntil is set (the
+// caller refused a batch), reads end by then.
+func readBatches(ctx context.Context, c net.Conn, br *bufio.Reader, in chan<- frameIn, drainUntil *atomic.Int64) {
 	defer close(in)
 	for {
-		if !draining.Load() {
-			c.SetReadDeadline(time.Now().Add(ioTimeout))
+		c.SetReadDeadline(time.Now().Add(ioTimeout))
+		// Set after ours, or read by us after the caller's store: either
+		// way the drain deadline wins.
+		if d := drainUntil.Load(); d != 0 {
+			c.SetReadDeadline(time.Unix(0, d))
 		}
 		var f frameIn
 		typ, b, err := readMsg(br)
@@ -642,6 +651,10 @@ func (s *Server) servePull(ctx context.Context, c net.Conn, m pullMsg) error {
 	spec := m.Point
 	if spec == "" {
 		spec = fmt.Sprintf("seq:%d", p.AppliedSeq())
+		if rs, err := p.ReplicaStateOf(m.Volume); err == nil && rs != nil && rs.Diff {
+			// A diff is being applied: the newest whole point is Local.
+			spec = fmt.Sprintf("seq:%d", rs.Local)
+		}
 	}
 	pt, err := p.ResolvePoint(m.Volume, spec)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -333,11 +334,16 @@ func printBanner(d *daemon) {
 		fmt.Fprintf(&b, "  NBD TCP:        %s\n", d.cfg.listen)
 	}
 	if d.cfg.replicaListen != "" {
-		tls := "plaintext"
+		security := "plaintext"
 		if d.cfg.tls != nil {
-			tls = "TLS"
+			security = "TLS"
 		}
-		fmt.Fprintf(&b, "  replication:    %s (%s; ship here with strata replicate VOL --to strata://%s --token-file FILE)\n", d.cfg.replicaListen, tls, d.cfg.replicaListen)
+		host, port, err := net.SplitHostPort(d.cfg.replicaListen)
+		if ip := net.ParseIP(host); err != nil || host == "" || (ip != nil && ip.IsUnspecified()) {
+			host = "HOST" // a wildcard listen: the name shippers reach this machine by
+		}
+		fmt.Fprintf(&b, "  replication:    %s (%s; ship here with strata replicate VOL --to strata://%s --token-file FILE)\n",
+			d.cfg.replicaListen, security, net.JoinHostPort(host, port))
 	}
 	fmt.Fprintf(&b, "  control socket: %s\n", abs(d.cfg.controlSocket))
 	vols := d.pool.Volumes()

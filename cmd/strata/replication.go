@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -244,9 +245,13 @@ func (m *replManager) run(ctx context.Context, vol string, t targetSpec, progres
 		tgt.Close()
 	}
 	if res.Message != "" {
-		// What the target did or found on open (a failback accepted,
-		// shards rebuilt, objects lost).
-		m.d.cfg.log.Warn("replication: "+res.Message, "volume", vol, "target", t.redacted())
+		// What the target did or found on open (a replica created, a
+		// failback accepted, shards rebuilt, objects lost).
+		level := slog.LevelInfo
+		if strings.Contains(res.Message, "warning") || strings.Contains(res.Message, "lost") {
+			level = slog.LevelWarn
+		}
+		m.d.cfg.log.Log(context.Background(), level, "replication: "+res.Message, "volume", vol, "target", t.redacted())
 	}
 	m.mu.Lock()
 	st = m.status[id]
