@@ -19,30 +19,29 @@ PORT=$((20000 + RANDOM % 20000))
 sleep 1.5
 "$BIN" --data "$W/a" volume create v --size $((SIZE * 2))MiB >/dev/null
 URI="nbd+unix:///v?socket=$W/a/nbd.sock"
-# Incompressible data, written as 1 MiB records.
-fio --name=fill --ioengine=nbd --uri="$URI" --rw=write --bs=1M --size=${SIZE}M --iodepth=8 \
-    --refill_buffers --randrepeat=0 --end_fsync=1 --output=/dev/null
-sync
-S=$(date +%s.%N)
-"$BIN" --data "$W/a" replicate v --to strata://127.0.0.1:$PORT --token-file "$W/token" --once --json > "$W/ship.json"
-E=$(date +%s.%N)
-python3 - "$W/ship.json" "$S" "$E" <<'PY'
+# write NAME OFFSET_MIB SIZE_MIB: incompressible data, as 1 MiB records.
+write() {
+  fio --name="$1" --ioengine=nbd --uri="$URI" --rw=write --bs=1M --offset="$2"M --size="$3"M --iodepth=8 \
+      --refill_buffers --randrepeat=0 --end_fsync=1 --output=/dev/null
+  sync
+}
+# ship LABEL: one timed `replicate --once`, reported.
+ship() {
+  local s e
+  s=$(date +%s.%N)
+  "$BIN" --data "$W/a" replicate v --to strata://127.0.0.1:$PORT --token-file "$W/token" --once --json > "$W/ship.json"
+  e=$(date +%s.%N)
+  python3 - "$W/ship.json" "$s" "$e" "$1" <<'PY'
 import json,sys
 r=json.load(open(sys.argv[1])); t=float(sys.argv[3])-float(sys.argv[2])
-print(f"strata replicate --once, full copy: {r['data_bytes']/1e6:.0f} MB of data, {r['stored_bytes']/1e6:.0f} MB sent, {t:.2f} s wall: {r['data_bytes']/1e6/t:.0f} MB/s")
+print(f"strata replicate --once, {sys.argv[4]}: {r['data_bytes']/1e6:.0f} MB of data in {r['records']} records, {r['stored_bytes']/1e6:.0f} MB sent, {t:.2f} s wall: {r['data_bytes']/1e6/t:.0f} MB/s")
 PY
+}
+write fill 0 "$SIZE"
+ship "full copy"
 # The steady state: a second run ships journal records (half as much new data).
-fio --name=more --ioengine=nbd --uri="$URI" --rw=write --bs=1M --offset=${SIZE}M --size=$((SIZE / 2))M --iodepth=8 \
-    --refill_buffers --randrepeat=0 --end_fsync=1 --output=/dev/null
-sync
-S=$(date +%s.%N)
-"$BIN" --data "$W/a" replicate v --to strata://127.0.0.1:$PORT --token-file "$W/token" --once --json > "$W/ship2.json"
-E=$(date +%s.%N)
-python3 - "$W/ship2.json" "$S" "$E" <<'PY'
-import json,sys
-r=json.load(open(sys.argv[1])); t=float(sys.argv[3])-float(sys.argv[2])
-print(f"strata replicate --once, records: {r['data_bytes']/1e6:.0f} MB of data, {r['records']} records, {t:.2f} s wall: {r['data_bytes']/1e6/t:.0f} MB/s")
-PY
+write more "$SIZE" $((SIZE / 2))
+ship "records"
 # Baseline: the journal's bytes through TCP into a file, fsynced.
 JB=$(cat "$W"/a/journal/*.seg | wc -c)
 python3 - "$W/copy" $((PORT+1)) > "$W/nc.out" <<'PY' &

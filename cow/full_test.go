@@ -68,15 +68,8 @@ func TestFullDisk(t *testing.T) {
 	if out, err := exec.Command("mount", "-o", "remount,size=128m", dir).CombinedOutput(); err != nil {
 		t.Fatalf("grow the tmpfs: %v: %s", err, out)
 	}
-	p, err = Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, v = reopen(t, opts, "a")
 	defer p.Close()
-	v, err = p.OpenVolume("a")
-	if err != nil {
-		t.Fatal(err)
-	}
 	defer v.Close()
 	if got := readAll(t, v); !bytes.Equal(got[:off], want[:off]) {
 		t.Fatal("flushed writes differ after reopening")
@@ -147,18 +140,26 @@ func TestCloseWhileIndexFlushFails(t *testing.T) {
 		t.Fatal("Close hangs while the index cannot flush")
 	}
 	full.Store(false)
-	p, err = Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, v = reopen(t, opts, "a")
 	defer p.Close()
-	v, err = p.OpenVolume("a")
-	if err != nil {
-		t.Fatal(err)
-	}
 	defer v.Close()
 	b := make([]byte, 4096)
 	if _, err := v.ReadAt(b, 0); err != nil || !bytes.Equal(b, make([]byte, 4096)) {
 		t.Fatalf("block 0 after reopening: %v, first byte %#x; want the zeros written last", err, b[0])
 	}
+}
+
+// reopen opens the pool again and its volume vol.
+func reopen(t *testing.T, opts Options, vol string) (*Pool, *Volume) {
+	t.Helper()
+	p, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := p.OpenVolume(vol)
+	if err != nil {
+		p.Close()
+		t.Fatal(err)
+	}
+	return p, v
 }

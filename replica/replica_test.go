@@ -123,6 +123,26 @@ func scribble(t *testing.T, p *cow.Pool, vol string, rng *rand.Rand, n int) {
 	}
 }
 
+// fillRandom writes n random bytes at the start of vol, in 1 MiB writes.
+func fillRandom(t *testing.T, p *cow.Pool, vol string, n int64, rng *rand.Rand) {
+	t.Helper()
+	h, err := p.OpenVolume(vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < n; off += int64(len(buf)) {
+		rng.Read(buf)
+		if _, err := h.WriteAt(buf, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func seed(t *testing.T) *rand.Rand {
 	s := time.Now().UnixNano()
 	if v := os.Getenv("STRATA_SEED"); v != "" {
@@ -368,13 +388,7 @@ func TestInterruptedRunResumes(t *testing.T) {
 	a, b := newSite(t), newSite(t)
 	rng := seed(t)
 	a.pool.CreateVolume("v", 32<<20)
-	h, _ := a.pool.OpenVolume("v")
-	buf := make([]byte, 1<<20)
-	for off := int64(0); off < 24<<20; off += 1 << 20 {
-		rng.Read(buf)
-		h.WriteAt(buf, off)
-	}
-	h.Close()
+	fillRandom(t, a.pool, "v", 24<<20, rng)
 	a.pool.CreateSnapshot("v", "base", "")
 	proxy := newCutProxy(t, b.addr)
 	ship := func() (Result, error) {
@@ -722,13 +736,7 @@ func TestInterruptedDiffUndone(t *testing.T) {
 	a, b := newSite(t), newSite(t)
 	rng := seed(t)
 	a.pool.CreateVolume("v", 8<<20)
-	h, _ := a.pool.OpenVolume("v")
-	buf := make([]byte, 1<<20)
-	for off := int64(0); off < 8<<20; off += 1 << 20 {
-		rng.Read(buf)
-		h.WriteAt(buf, off)
-	}
-	h.Close()
+	fillRandom(t, a.pool, "v", 8<<20, rng)
 	proxy := newCutProxy(t, b.addr)
 	proxy.setLimit(5 << 20)
 	tgt := NewRemote(RemoteOptions{Addr: proxy.l.Addr().String(), Token: testToken})
