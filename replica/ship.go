@@ -43,8 +43,7 @@ type ShipOptions struct {
 	// IdleAdvance: when the volume has not changed since the point the
 	// target holds, nothing is sent unless that point is older than this
 	// (default DefaultIdleAdvance, S3IdleAdvance to S3); then an empty
-	// batch moves the target
-	// to Upto, so the next run's journal scan starts there.
+	// batch moves the target to Upto.
 	IdleAdvance time.Duration
 }
 
@@ -261,7 +260,7 @@ func (s *shipper) run(st State, info cow.VolumeInfo) error {
 // resume finishes a diff the target holds in part (up to byte DiffNext of
 // the diff to DiffTo), sending only the rest. It says false, having sent
 // nothing, when the source can no longer read point DiffTo; the target
-// then undoes the part it holds when the run sends something else.
+// then drops the parts it keeps when the run sends something else.
 func (s *shipper) resume(st State) (bool, error) {
 	p := s.o.Pool
 	h, err := p.OpenVolumeSeq(s.o.Volume, st.DiffTo)
