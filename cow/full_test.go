@@ -3,6 +3,7 @@ package cow
 import (
 	"bytes"
 	"errors"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -162,4 +163,19 @@ func reopen(t *testing.T, opts Options, vol string) (*Pool, *Volume) {
 		t.Fatal(err)
 	}
 	return p, v
+}
+
+// TestPebbleLoggerRateLimit: a repeating index error is logged once per
+// 10 s, and does not hide a different one.
+func TestPebbleLoggerRateLimit(t *testing.T) {
+	var buf bytes.Buffer
+	l := &pebbleLogger{l: slog.New(slog.NewTextHandler(&buf, nil))}
+	for i := 0; i < 100; i++ {
+		l.Errorf("background error: %d", i)
+	}
+	l.Errorf("another error")
+	out := buf.String()
+	if n := strings.Count(out, "background error"); n != 1 || !strings.Contains(out, "another error") {
+		t.Fatalf("logged:\n%s", out)
+	}
 }

@@ -916,12 +916,17 @@ func (p *Pool) flushIndexOnClose() {
 }
 
 // pebbleLogger sends pebble's messages to slog at debug level (errors at
-// error level, at most one every 10 seconds: pebble retries a failed flush
-// every few milliseconds, e.g. while the disk is full).
+// error level, each kind of message at most once every 10 seconds: pebble
+// retries a failed flush every few milliseconds, e.g. while the disk is
+// full).
 type pebbleLogger struct {
 	l *slog.Logger
 
-	mu         sync.Mutex
+	mu     sync.Mutex
+	recent map[string]*logBurst // by format string
+}
+
+type logBurst struct {
 	last       time.Time
 	suppressed int
 }
@@ -931,13 +936,24 @@ func (l *pebbleLogger) Infof(format string, args ...interface{}) {
 }
 func (l *pebbleLogger) Errorf(format string, args ...interface{}) {
 	l.mu.Lock()
-	if time.Since(l.last) < 10*time.Second {
-		l.suppressed++
+	if l.recent == nil {
+		l.recent = map[string]*logBurst{}
+	}
+	b := l.recent[format]
+	if b == nil {
+		if len(l.recent) > 100 {
+			clear(l.recent)
+		}
+		b = &logBurst{}
+		l.recent[format] = b
+	}
+	if time.Since(b.last) < 10*time.Second {
+		b.suppressed++
 		l.mu.Unlock()
 		return
 	}
-	n := l.suppressed
-	l.last, l.suppressed = time.Now(), 0
+	n := b.suppressed
+	b.last, b.suppressed = time.Now(), 0
 	l.mu.Unlock()
 	if n > 0 {
 		l.l.Error("index: "+fmt.Sprintf(format, args...), "similar_errors_not_logged", n)
