@@ -11,7 +11,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/strata-storage/strata/cow"
+	"github.com/strata-storage/strata/control"
 )
 
 // The kernel NBD client does the attaching: `nbd-client` (Debian package
@@ -72,7 +72,7 @@ says how to use nbdfuse and a loop device instead.`,
 				return fmt.Errorf("expected VOL [/dev/nbdN]; see strata attach --help")
 			}
 			vol := c.Args().Get(0)
-			if err := cow.ValidateName(vol); err != nil {
+			if err := control.ValidateName(vol); err != nil {
 				return userErr(err)
 			}
 			dev := c.Args().Get(1)

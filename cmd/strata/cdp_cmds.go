@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -11,28 +10,14 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/strata-storage/strata/cow"
+	"github.com/strata-storage/strata/control"
+	"github.com/strata-storage/strata/internal/units"
 )
 
 const pointHelp = `POINT is a snapshot name, an RFC 3339 time (2026-11-21T10:04:05Z, with an
 optional fraction and offset: the newest write at or before it), or seq:N
 (the point right after the record with sequence number N). ` + "`strata pit VOL`" + `
 shows which points are available.`
-
-// parseRetention reads a duration with an optional day unit ("7d", "36h").
-func parseRetention(s string) (time.Duration, error) {
-	if d, ok := strings.CutSuffix(s, "d"); ok {
-		n, err := strconv.ParseFloat(d, 64)
-		if err == nil && n >= 0 {
-			return time.Duration(n * float64(24*time.Hour)), nil
-		}
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d < 0 {
-		return 0, fmt.Errorf("invalid retention %q: use a duration such as 90m, 24h or 7d", s)
-	}
-	return d, nil
-}
 
 func snapshotCommand() *cli.Command {
 	return &cli.Command{
@@ -61,9 +46,8 @@ whatever the retention window. Names follow the volume name rules.`,
 					if err != nil {
 						return err
 					}
-					var sn cow.Snapshot
-					if err := newClient(controlPath(c)).do("POST", "/v1/volumes/"+url.PathEscape(args[0])+"/snapshots",
-						snapshotRequest{Name: args[1], Label: c.String("label")}, &sn); err != nil {
+					sn, err := client(c).CreateSnapshot(c.Context, args[0], control.SnapshotRequest{Name: args[1], Label: c.String("label")})
+					if err != nil {
 						return err
 					}
 					fmt.Printf("created snapshot %s@%s (seq:%d, %s)\n", args[0], sn.Name, sn.Seq, sn.Time.Format(time.RFC3339))
@@ -82,8 +66,8 @@ whatever the retention window. Names follow the volume name rules.`,
 					if err != nil {
 						return err
 					}
-					var snaps []snapshotInfo
-					if err := newClient(controlPath(c)).do("GET", "/v1/volumes/"+url.PathEscape(vol)+"/snapshots", nil, &snaps); err != nil {
+					snaps, err := client(c).Snapshots(c.Context, vol)
+					if err != nil {
 						return err
 					}
 					if c.Bool("json") {
@@ -92,7 +76,7 @@ whatever the retention window. Names follow the volume name rules.`,
 					w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 					fmt.Fprintln(w, "NAME\tPOINT\tTIME\tEXCLUSIVE\tLABEL")
 					for _, sn := range snaps {
-						fmt.Fprintf(w, "%s\tseq:%d\t%s\t%s\t%s\n", sn.Name, sn.Seq, sn.Time.Format(time.RFC3339), formatSize(sn.Exclusive), sn.Label)
+						fmt.Fprintf(w, "%s\tseq:%d\t%s\t%s\t%s\n", sn.Name, sn.Seq, sn.Time.Format(time.RFC3339), units.FormatSize(sn.Exclusive), sn.Label)
 					}
 					return w.Flush()
 				},
@@ -108,7 +92,7 @@ whatever the retention window. Names follow the volume name rules.`,
 					if err != nil {
 						return err
 					}
-					if err := newClient(controlPath(c)).do("DELETE", "/v1/volumes/"+url.PathEscape(args[0])+"/snapshots/"+url.PathEscape(args[1]), nil, nil); err != nil {
+					if err := client(c).DeleteSnapshot(c.Context, args[0], args[1]); err != nil {
 						return err
 					}
 					fmt.Printf("deleted snapshot %s@%s\n", args[0], args[1])
@@ -151,9 +135,8 @@ unmount or detach them first when you can.`,
 			if err != nil {
 				return err
 			}
-			var pt cow.Point
-			if err := newClient(controlPath(c)).do("POST", "/v1/volumes/"+url.PathEscape(vol)+"/rollback",
-				rollbackRequest{To: c.String("to"), Force: c.Bool("force")}, &pt); err != nil {
+			pt, err := client(c).Rollback(c.Context, vol, control.RollbackRequest{To: c.String("to"), Force: c.Bool("force")})
+			if err != nil {
 				return err
 			}
 			fmt.Printf("rolled back %s to %s (seq:%d, %s)\n", vol, c.String("to"), pt.Seq, pt.Time.Format(time.RFC3339Nano))
@@ -181,11 +164,11 @@ the other way round. Deleting the source keeps clones working.
 			if err != nil {
 				return err
 			}
-			var info cow.VolumeInfo
-			if err := newClient(controlPath(c)).do("POST", "/v1/clones", cloneRequest{Source: args[0], Name: args[1]}, &info); err != nil {
+			info, err := client(c).Clone(c.Context, control.CloneRequest{Source: args[0], Name: args[1]})
+			if err != nil {
 				return err
 			}
-			fmt.Printf("created volume %s (%s) from %s\n", info.Name, formatSize(info.Size), args[0])
+			fmt.Printf("created volume %s (%s) from %s\n", info.Name, units.FormatSize(info.Size), args[0])
 			return nil
 		},
 	}
@@ -213,8 +196,8 @@ help pick the moment before an incident.`,
 			if err != nil {
 				return err
 			}
-			var h cow.History
-			if err := newClient(controlPath(c)).do("GET", fmt.Sprintf("/v1/volumes/%s/history?buckets=%d", url.PathEscape(vol), c.Int("buckets")), nil, &h); err != nil {
+			h, err := client(c).History(c.Context, vol, c.Int("buckets"))
+			if err != nil {
 				return err
 			}
 			if c.Bool("json") {
@@ -267,8 +250,8 @@ from it). For the pool: journal on disk, live data, index, free space. Space
 becomes free when garbage collection runs (strata gc --now).`,
 		Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
 		Action: func(c *cli.Context) error {
-			var sp cow.Space
-			if err := newClient(controlPath(c)).do("GET", "/v1/df", nil, &sp); err != nil {
+			sp, err := client(c).Space(c.Context)
+			if err != nil {
 				return err
 			}
 			if c.Bool("json") {
@@ -281,14 +264,14 @@ becomes free when garbage collection runs (strata gc --now).`,
 				for _, b := range v.SnapshotExclusive {
 					snaps += b
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, formatSize(v.Provisioned), formatSize(v.Written),
-					formatSize(v.Exclusive), formatSize(v.Shared), formatSize(v.History), formatSize(snaps), formatSize(v.Origin))
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, units.FormatSize(v.Provisioned), units.FormatSize(v.Written),
+					units.FormatSize(v.Exclusive), units.FormatSize(v.Shared), units.FormatSize(v.History), units.FormatSize(snaps), units.FormatSize(v.Origin))
 			}
 			w.Flush()
 			fmt.Printf("\njournal %s on disk, %s of it live; index %s; %s free on the filesystem\n",
-				formatSize(sp.JournalBytes), formatSize(sp.LiveBytes), formatSize(int64(sp.IndexBytes)), formatSize(sp.FreeBytes))
+				units.FormatSize(sp.JournalBytes), units.FormatSize(sp.LiveBytes), units.FormatSize(int64(sp.IndexBytes)), units.FormatSize(sp.FreeBytes))
 			if sp.Deleted > 0 {
-				fmt.Printf("deleted volumes: %s still shown by their clones\n", formatSize(sp.Deleted))
+				fmt.Printf("deleted volumes: %s still shown by their clones\n", units.FormatSize(sp.Deleted))
 			}
 			if !sp.HistoryCut.IsZero() {
 				fmt.Printf("warning: the --retention-size cap discarded history early (last at %s)\n", sp.HistoryCut.Format(time.RFC3339))
@@ -315,31 +298,30 @@ mostly dead ones forward first. It never changes what any point reads.`,
 			if !c.Bool("now") {
 				return fmt.Errorf("say --now to run a pass (GC runs in the background anyway); see strata gc --help")
 			}
-			var st cow.GCStats
-			cl := newClient(controlPath(c))
-			if err := cl.do("POST", "/v1/gc", nil, &st); err != nil {
+			cl := client(c)
+			st, err := cl.GC(c.Context)
+			if err != nil {
 				return err
 			}
 			if c.Bool("json") {
 				return printJSON(st)
 			}
 			if st.SegmentsExamined == 0 {
-				fmt.Printf("nothing to free yet: every journal segment holds points inside the retention window (journal %s)\n", formatSize(st.JournalBytes))
+				fmt.Printf("nothing to free yet: every journal segment holds points inside the retention window (journal %s)\n", units.FormatSize(st.JournalBytes))
 			} else {
 				fmt.Printf("freed %s in %d segment(s), relocated %s, dropped %d dead block versions in %s\n",
-					formatSize(st.BytesFreed), st.SegmentsRemoved, formatSize(st.BytesRelocated), st.DeadVersions, st.Duration.Round(time.Millisecond))
-				fmt.Printf("journal now %s for %s of live data\n", formatSize(st.JournalBytes), formatSize(st.LiveBytes))
+					units.FormatSize(st.BytesFreed), st.SegmentsRemoved, units.FormatSize(st.BytesRelocated), st.DeadVersions, st.Duration.Round(time.Millisecond))
+				fmt.Printf("journal now %s for %s of live data\n", units.FormatSize(st.JournalBytes), units.FormatSize(st.LiveBytes))
 			}
 			if st.HistoryCut {
 				fmt.Println("warning: the --retention-size cap discarded history before its retention time")
 			}
 			// Unshipped records are kept whatever the retention: say so.
-			var repl []replStatus
-			if err := cl.do("GET", "/v1/replication", nil, &repl); err == nil {
+			if repl, err := cl.Replications(c.Context); err == nil {
 				for _, r := range repl {
 					if r.LagRecords > 0 {
 						fmt.Printf("kept for replication: %s of %s not yet shipped to %s (%s); they stay until it takes them or `strata replication remove %s --to TARGET`\n",
-							plural(int(r.LagRecords), "record", "records"), r.Volume, r.Target, formatSize(r.LagBytes), r.Volume)
+							plural(int(r.LagRecords), "record", "records"), r.Volume, r.Target, units.FormatSize(r.LagBytes), r.Volume)
 					}
 				}
 			}
@@ -368,9 +350,9 @@ Examples:
 			if err != nil {
 				return err
 			}
-			var req settingsRequest
+			var req control.SettingsRequest
 			if c.IsSet("retention") {
-				d, err := parseRetention(c.String("retention"))
+				d, err := units.ParseDuration(c.String("retention"))
 				if err != nil {
 					return err
 				}
@@ -386,7 +368,7 @@ Examples:
 			if req.Retention == nil && req.ReadOnly == nil {
 				return fmt.Errorf("nothing to set: give --retention or --read-only; see strata volume set --help")
 			}
-			if err := newClient(controlPath(c)).do("POST", "/v1/volumes/"+url.PathEscape(vol)+"/settings", req, nil); err != nil {
+			if err := client(c).SetVolume(c.Context, vol, req); err != nil {
 				return err
 			}
 			if req.Retention != nil {

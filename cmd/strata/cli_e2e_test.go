@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/strata-storage/strata/control"
 )
 
 type volJSON struct {
@@ -349,7 +351,7 @@ time.sleep(3600)
 		// loaded machine).
 		deadline := time.Now().Add(20 * time.Second)
 		for {
-			var st statusReply
+			var st control.Status
 			if err := json.Unmarshal([]byte(s.mustCLI("status", "--json")), &st); err != nil {
 				t.Fatal(err)
 			}

@@ -1,22 +1,19 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/strata-storage/strata/replica"
 	"github.com/urfave/cli/v2"
+
+	"github.com/strata-storage/strata/control"
+	"github.com/strata-storage/strata/internal/units"
 )
 
 // exitBusy is the exit status of a run that found another one active
@@ -32,6 +29,15 @@ type exitError struct {
 func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 
+// busyExit gives a run that found another one active exit status 75.
+func busyExit(err error) error {
+	var ce *control.Error
+	if errors.As(err, &ce) && ce.Code == control.CodeBusy {
+		return &exitError{code: exitBusy, err: err}
+	}
+	return err
+}
+
 func targetFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "to", Required: true, Usage: "target: strata://HOST:PORT[/REMOTEVOL] (another site's serve --replica-listen) or s3://BUCKET/PREFIX (comma-separated list with --ec)"},
@@ -43,10 +49,10 @@ func targetFlags() []cli.Flag {
 	}
 }
 
-func readTargetSpec(c *cli.Context) (targetSpec, error) {
-	t := targetSpec{To: c.String("to"), TokenFile: c.String("token-file"), TLSCA: c.String("tls-ca"), Insecure: c.Bool("insecure"), EC: c.String("ec")}
+func readTargetSpec(c *cli.Context) (control.TargetSpec, error) {
+	t := control.TargetSpec{To: c.String("to"), TokenFile: c.String("token-file"), TLSCA: c.String("tls-ca"), Insecure: c.Bool("insecure"), EC: c.String("ec")}
 	if bw := c.String("bwlimit"); bw != "" {
-		n, err := parseSize(strings.TrimSuffix(strings.TrimSuffix(bw, "/s"), "ps"))
+		n, err := units.ParseSize(strings.TrimSuffix(strings.TrimSuffix(bw, "/s"), "ps"))
 		if err != nil || n <= 0 {
 			return t, fmt.Errorf("--bwlimit %q: use a rate such as 50MiB/s", bw)
 		}
@@ -65,60 +71,6 @@ func readTargetSpec(c *cli.Context) (targetSpec, error) {
 	return t, nil
 }
 
-// stream posts a request whose reply is NDJSON events, calling fn for each.
-func (c *client) stream(path string, body any, fn func(streamEvent) error) error {
-	b, err := json.Marshal(body)
-	if err != nil {
-		return err
-	}
-	req, err := http.NewRequest("POST", "http://strata"+path, bytes.NewReader(b))
-	if err != nil {
-		return err
-	}
-	hc := *c.http
-	hc.Timeout = 0 // runs take as long as they take
-	resp, err := hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("%w: no strata serve answers on %s (%v); start one with `strata serve`, or point at it with --data, --control-socket or STRATA_CONTROL",
-			errNoDaemon, c.socket, rootCause(err))
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		var ae apiError
-		rb, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		if json.Unmarshal(rb, &ae) == nil && ae.Error != "" {
-			return codeError(ae)
-		}
-		return fmt.Errorf("daemon answered %s", resp.Status)
-	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	for sc.Scan() {
-		var ev streamEvent
-		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return fmt.Errorf("bad reply from the daemon: %w", err)
-		}
-		if ev.Error != "" {
-			return codeError(apiError{Error: ev.Error, Code: ev.Code})
-		}
-		if err := fn(ev); err != nil {
-			return err
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("the daemon stopped answering: %w", err)
-	}
-	return nil
-}
-
-func codeError(ae apiError) error {
-	err := errors.New(ae.Error)
-	if ae.Code == "busy" {
-		return &exitError{code: exitBusy, err: err}
-	}
-	return err
-}
-
 // progressPrinter draws a bar on a terminal and plain lines otherwise.
 type progressPrinter struct {
 	tty   bool
@@ -131,7 +83,7 @@ func newProgressPrinter() *progressPrinter {
 	return &progressPrinter{tty: isTerminal(os.Stderr), start: time.Now()}
 }
 
-func (p *progressPrinter) show(pr replica.Progress) {
+func (p *progressPrinter) show(pr control.Progress) {
 	el := time.Since(p.start)
 	rate := float64(pr.DataBytes) / max(el.Seconds(), 0.001)
 	if p.tty {
@@ -147,7 +99,7 @@ func (p *progressPrinter) show(pr replica.Progress) {
 			n := int(frac * 30)
 			bar = "[" + strings.Repeat("=", n) + strings.Repeat(" ", 30-n) + "] "
 		}
-		fmt.Fprintf(os.Stderr, "\r%s%s %s %s, %s/s, %s   ", bar, pr.Phase, formatSize(pr.DataBytes), progressVerb(pr), formatSize(int64(rate)), progressSeq(pr))
+		fmt.Fprintf(os.Stderr, "\r%s%s %s %s, %s/s, %s   ", bar, pr.Phase, units.FormatSize(pr.DataBytes), progressVerb(pr), units.FormatSize(int64(rate)), progressSeq(pr))
 		p.drawn = true
 		return
 	}
@@ -155,10 +107,10 @@ func (p *progressPrinter) show(pr replica.Progress) {
 		return
 	}
 	p.last = time.Now()
-	fmt.Fprintf(os.Stderr, "progress: %s: %s %s in %s, %s, %s/s\n", pr.Phase, formatSize(pr.DataBytes), progressVerb(pr), plural(pr.Batches, "batch", "batches"), progressSeq(pr), formatSize(int64(rate)))
+	fmt.Fprintf(os.Stderr, "progress: %s: %s %s in %s, %s, %s/s\n", pr.Phase, units.FormatSize(pr.DataBytes), progressVerb(pr), plural(pr.Batches, "batch", "batches"), progressSeq(pr), units.FormatSize(int64(rate)))
 }
 
-func progressVerb(pr replica.Progress) string {
+func progressVerb(pr control.Progress) string {
 	if pr.Phase == "restore" {
 		return "restored"
 	}
@@ -167,7 +119,7 @@ func progressVerb(pr replica.Progress) string {
 
 // progressSeq says where a run is: "acked seq 7 of 14" when its end is
 // known, "at seq 7" otherwise (a restore).
-func progressSeq(pr replica.Progress) string {
+func progressSeq(pr control.Progress) string {
 	if pr.Upto == 0 {
 		return fmt.Sprintf("at seq %d", pr.Acked)
 	}
@@ -232,38 +184,30 @@ For continuous shipping by the daemon, see strata replication add.`,
 				return err
 			}
 			pp := newProgressPrinter()
-			var res *replica.Result
-			err = newClient(controlPath(c)).stream("/v1/replicate", replicateRequest{Volume: c.Args().First(), targetSpec: t}, func(ev streamEvent) error {
-				if ev.Progress != nil && !c.Bool("json") {
-					pp.show(*ev.Progress)
+			res, err := client(c).Replicate(c.Context, control.ReplicateRequest{Volume: c.Args().First(), TargetSpec: t}, func(p control.Progress) {
+				if !c.Bool("json") {
+					pp.show(p)
 				}
-				if ev.Result != nil {
-					res = ev.Result
-				}
-				return nil
 			})
 			pp.done()
 			if err != nil {
-				return err
-			}
-			if res == nil {
-				return fmt.Errorf("the daemon ended the run without a result")
+				return busyExit(err)
 			}
 			if c.Bool("json") {
 				return printJSON(res)
 			}
-			printShipResult(c.Args().First(), t, res)
+			printShipResult(c.Args().First(), t, &res)
 			return nil
 		},
 	}
 }
 
-func printShipResult(vol string, t targetSpec, r *replica.Result) {
+func printShipResult(vol string, t control.TargetSpec, r *control.ShipResult) {
 	if r.Message != "" {
 		fmt.Println(r.Message)
 	}
 	if r.Batches == 0 {
-		fmt.Printf("%s: %s already holds seq %d; nothing to ship\n", vol, t.redacted(), r.Acked)
+		fmt.Printf("%s: %s already holds seq %d; nothing to ship\n", vol, t.Redacted(), r.Acked)
 	} else {
 		kind := "records"
 		if r.Full {
@@ -274,10 +218,10 @@ func printShipResult(vol string, t targetSpec, r *replica.Result) {
 			ratio = float64(r.RawBytes) / float64(r.StoredBytes)
 		}
 		rate := float64(r.DataBytes) / max(r.Duration.Seconds(), 0.001)
-		fmt.Printf("%s -> %s: shipped seq %d..%d (%s): %s, %s of data in %s\n", vol, t.redacted(), r.Start, r.Acked, kind,
-			plural(int(r.Records), "record", "records"), formatSize(r.DataBytes), plural(r.Batches, "batch", "batches"))
-		fmt.Printf("  %s before compression, %s sent (%.2fx), in %s (%s/s)\n", formatSize(r.RawBytes), formatSize(r.StoredBytes), ratio,
-			r.Duration.Round(time.Millisecond), formatSize(int64(rate)))
+		fmt.Printf("%s -> %s: shipped seq %d..%d (%s): %s, %s of data in %s\n", vol, t.Redacted(), r.Start, r.Acked, kind,
+			plural(int(r.Records), "record", "records"), units.FormatSize(r.DataBytes), plural(r.Batches, "batch", "batches"))
+		fmt.Printf("  %s before compression, %s sent (%.2fx), in %s (%s/s)\n", units.FormatSize(r.RawBytes), units.FormatSize(r.StoredBytes), ratio,
+			r.Duration.Round(time.Millisecond), units.FormatSize(int64(rate)))
 	}
 	if r.LagSeq > 0 {
 		fmt.Printf("  lag: the volume was written during the run; %s newer than seq %d left for the next run\n", plural(int(r.LagSeq), "sequence number", "sequence numbers"), r.Acked)
@@ -315,11 +259,11 @@ them, or until the replication is removed.`,
 					if err != nil {
 						return err
 					}
-					var e replEntry
-					if err := newClient(controlPath(c)).do("POST", "/v1/replication", replicationAddRequest{Volume: c.Args().First(), targetSpec: t, Mode: c.String("mode"), Every: c.String("every")}, &e); err != nil {
+					e, err := client(c).AddReplication(c.Context, control.AddReplicationRequest{Volume: c.Args().First(), TargetSpec: t, Mode: c.String("mode"), Every: c.String("every")})
+					if err != nil {
 						return err
 					}
-					fmt.Printf("replicating %s to %s (%s", e.Volume, e.redacted(), e.Mode)
+					fmt.Printf("replicating %s to %s (%s", e.Volume, e.Redacted(), e.Mode)
 					if e.Mode == "interval" {
 						fmt.Printf(", every %s", e.Every)
 					}
@@ -333,8 +277,8 @@ them, or until the replication is removed.`,
 				UsageText: "strata replication list [--json]",
 				Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
 				Action: func(c *cli.Context) error {
-					var list []replStatus
-					if err := newClient(controlPath(c)).do("GET", "/v1/replication", nil, &list); err != nil {
+					list, err := client(c).Replications(c.Context)
+					if err != nil {
 						return err
 					}
 					if c.Bool("json") {
@@ -353,8 +297,8 @@ them, or until the replication is removed.`,
 					if c.NArg() != 1 {
 						return fmt.Errorf("name one volume: strata replication remove VOL --to TARGET")
 					}
-					id := pinID(c.Args().First(), targetSpec{To: c.String("to")})
-					if err := newClient(controlPath(c)).do("DELETE", "/v1/replication?id="+url.QueryEscape(id), nil, nil); err != nil {
+					id := control.ReplicationID(c.Args().First(), control.TargetSpec{To: c.String("to")})
+					if err := client(c).RemoveReplication(c.Context, id); err != nil {
 						return err
 					}
 					fmt.Printf("removed %s\n", id)
@@ -365,7 +309,7 @@ them, or until the replication is removed.`,
 	}
 }
 
-func printReplStatus(w io.Writer, list []replStatus) {
+func printReplStatus(w io.Writer, list []control.ReplicationStatus) {
 	if len(list) == 0 {
 		fmt.Fprintln(w, "no replication targets")
 		return
@@ -381,7 +325,7 @@ func printReplStatus(w io.Writer, list []replStatus) {
 		if s.Running {
 			mode += " (running)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\tseq:%d\t%d\t%s\t%s\t%s\t%s\n", s.Volume, s.Target, mode, s.Acked, s.LagRecords, formatSize(s.LagBytes),
+		fmt.Fprintf(tw, "%s\t%s\t%s\tseq:%d\t%d\t%s\t%s\t%s\t%s\n", s.Volume, s.Target, mode, s.Acked, s.LagRecords, units.FormatSize(s.LagBytes),
 			(time.Duration(s.LagSeconds * float64(time.Second))).Round(time.Millisecond), ok, s.LastError)
 	}
 	tw.Flush()
@@ -401,11 +345,8 @@ was written since the last common point travels.`,
 			if c.NArg() != 1 {
 				return fmt.Errorf("name one volume: strata promote VOL")
 			}
-			var st struct {
-				Acked      uint64 `json:"acked"`
-				SourceName string `json:"source_name"`
-			}
-			if err := newClient(controlPath(c)).do("POST", "/v1/volumes/"+url.PathEscape(c.Args().First())+"/promote", struct{}{}, &st); err != nil {
+			st, err := client(c).Promote(c.Context, c.Args().First())
+			if err != nil {
 				return err
 			}
 			fmt.Printf("%s is writable; it holds %s up to source seq %d (the last point in common)\n", c.Args().First(), st.SourceName, st.Acked)
@@ -429,11 +370,11 @@ in time (VOL@seq:N) within the retention window.`,
 			if c.NArg() != 1 {
 				return fmt.Errorf("name one volume: strata demote VOL [--discard-local]")
 			}
-			var out map[string]string
-			if err := newClient(controlPath(c)).do("POST", "/v1/volumes/"+url.PathEscape(c.Args().First())+"/demote", demoteRequest{DiscardLocal: c.Bool("discard-local")}, &out); err != nil {
+			r, err := client(c).Demote(c.Context, c.Args().First(), control.DemoteRequest{DiscardLocal: c.Bool("discard-local")})
+			if err != nil {
 				return err
 			}
-			fmt.Println(out["message"])
+			fmt.Println(r.Message)
 			return nil
 		},
 	}
@@ -462,25 +403,13 @@ Examples:
 			}
 			t.To = c.Args().Get(0)
 			pp := newProgressPrinter()
-			var res *replica.Restored
-			err = newClient(controlPath(c)).stream("/v1/restore", restoreRequest{targetSpec: t, Volume: c.Args().Get(1), At: c.String("at"), New: c.Args().Get(2)}, func(ev streamEvent) error {
-				if ev.Progress != nil {
-					pp.show(*ev.Progress)
-				}
-				if ev.Restore != nil {
-					res = ev.Restore
-				}
-				return nil
-			})
+			res, err := client(c).Restore(c.Context, control.RestoreRequest{TargetSpec: t, Volume: c.Args().Get(1), At: c.String("at"), New: c.Args().Get(2)}, pp.show)
 			pp.done()
 			if err != nil {
-				return err
+				return busyExit(err)
 			}
-			if res == nil {
-				return fmt.Errorf("the daemon ended the restore without a result")
-			}
-			fmt.Printf("restored %s@%s from %s into %s: %s, %s of data from %s in %s\n", c.Args().Get(1), res.Point, t.redacted(), res.Volume,
-				formatSize(res.Size), formatSize(res.DataBytes), plural(res.Batches, "batch", "batches"), res.Duration.Round(time.Millisecond))
+			fmt.Printf("restored %s@%s from %s into %s: %s, %s of data from %s in %s\n", c.Args().Get(1), res.Point, t.Redacted(), res.Volume,
+				units.FormatSize(res.Size), units.FormatSize(res.DataBytes), plural(res.Batches, "batch", "batches"), res.Duration.Round(time.Millisecond))
 			return nil
 		},
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
@@ -13,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/strata-storage/strata/replica"
+	"github.com/strata-storage/strata/control"
 )
 
 // replSites starts a source site and a replica site that accepts streams
@@ -54,10 +55,10 @@ func sameContent(t *testing.T, what, u1, u2 string) {
 	}
 }
 
-func shipJSON(t *testing.T, s *server, args ...string) replica.Result {
+func shipJSON(t *testing.T, s *server, args ...string) control.ShipResult {
 	t.Helper()
 	out := s.mustCLI(append([]string{"replicate"}, append(args, "--once", "--json")...)...)
-	var res replica.Result
+	var res control.ShipResult
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		t.Fatalf("replicate --json: %v: %s", err, out)
 	}
@@ -176,12 +177,10 @@ func TestE2EReplication(t *testing.T) {
 		px.refuse(false)
 		waitLag("after the connection came back")
 		sameContent(t, "head after continuous shipping", a.uri("v"), b.uri("v"))
-		resp, err := newClient(filepath.Join(a.dir, "control.sock")).http.Get("http://strata/metrics")
+		mb, err := control.NewClient(filepath.Join(a.dir, "control.sock")).Metrics(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
-		mb, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
 		if want := fmt.Sprintf("strata_replication_lag_records{volume=%q,target=%q} 0", "v", pto); !strings.Contains(string(mb), want) {
 			t.Fatalf("metrics lack %s:\n%s", want, mb)
 		}
@@ -222,9 +221,9 @@ func (s *server) replicaAddr() string {
 	return ""
 }
 
-func replicationList(t *testing.T, s *server) []replStatus {
+func replicationList(t *testing.T, s *server) []control.ReplicationStatus {
 	t.Helper()
-	var list []replStatus
+	var list []control.ReplicationStatus
 	if err := json.Unmarshal([]byte(s.mustCLI("replication", "list", "--json")), &list); err != nil {
 		t.Fatal(err)
 	}

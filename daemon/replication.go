@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -18,39 +17,14 @@ import (
 	"time"
 
 	"github.com/strata-storage/strata/blockdev"
+	"github.com/strata-storage/strata/control"
 	"github.com/strata-storage/strata/cow"
+	"github.com/strata-storage/strata/internal/units"
 	"github.com/strata-storage/strata/replica"
 )
 
-// targetSpec says where and how to ship: a strata:// site or S3 URLs.
-type targetSpec struct {
-	To        string `json:"to"`
-	TokenFile string `json:"token_file,omitempty"`
-	TLSCA     string `json:"tls_ca,omitempty"`
-	Insecure  bool   `json:"insecure,omitempty"`
-	EC        string `json:"ec,omitempty"`
-	BWLimit   int64  `json:"bwlimit,omitempty"`
-}
-
-// redacted is the target without credentials, for keys and messages.
-func (t targetSpec) redacted() string {
-	var parts []string
-	for _, s := range strings.Split(t.To, ",") {
-		if u, err := url.Parse(strings.TrimSpace(s)); err == nil {
-			u.User = nil
-			u.RawQuery = ""
-			s = u.String()
-		}
-		parts = append(parts, s)
-	}
-	return strings.Join(parts, ",")
-}
-
-// pinID names a (volume, target) pair: the key of its pin and its lock.
-func pinID(vol string, t targetSpec) string { return vol + " -> " + t.redacted() }
-
-// open makes the target, and says the volume's name there.
-func (t targetSpec) open(vol string) (replica.Target, string, error) {
+// openTarget makes the target t names, and says the volume's name there.
+func openTarget(t control.TargetSpec, vol string) (replica.Target, string, error) {
 	switch {
 	case strings.HasPrefix(t.To, "strata://"):
 		addr, remote, err := replica.ParseStrataURL(t.To)
@@ -112,55 +86,30 @@ func readToken(path string) (string, error) {
 	return tok, nil
 }
 
-// replEntry is a configured replication (`strata replication add`).
-type replEntry struct {
-	ID     string `json:"id"`
-	Volume string `json:"volume"`
-	targetSpec
-	Mode  string        `json:"mode"` // continuous or interval
-	Every time.Duration `json:"every,omitempty"`
-}
-
-// replStatus is what status shows of one target.
-type replStatus struct {
-	ID         string    `json:"id"`
-	Volume     string    `json:"volume"`
-	Target     string    `json:"target"`
-	Mode       string    `json:"mode"` // continuous, interval, or once (pinned by replicate --once)
-	Acked      uint64    `json:"acked_seq"`
-	LagRecords int64     `json:"lag_records"`
-	LagBytes   int64     `json:"lag_bytes"`
-	LagSeconds float64   `json:"lag_seconds"`
-	Running    bool      `json:"running"`
-	LastRun    time.Time `json:"last_run,omitempty"`
-	LastOK     time.Time `json:"last_ok,omitempty"`
-	LastError  string    `json:"last_error,omitempty"`
-	Shipped    int64     `json:"shipped_bytes"` // data shipped since the daemon started
-}
-
 // replManager runs shipping for the daemon: --once runs and configured
 // continuous or interval replications.
 type replManager struct {
-	d    *daemon
+	pool *cow.Pool
+	log  *slog.Logger
 	path string // DATA/replication.json
 
 	mu      sync.Mutex
 	running map[string]time.Time // pin ids being shipped
-	entries map[string]*replEntry
-	status  map[string]*replStatus
+	entries map[string]*control.Replication
+	status  map[string]*control.ReplicationStatus
 	stops   map[string]context.CancelFunc
 	wg      sync.WaitGroup
 }
 
-func newReplManager(d *daemon) (*replManager, error) {
-	m := &replManager{d: d, path: filepath.Join(d.cfg.dataDir, "replication.json"), running: map[string]time.Time{},
-		entries: map[string]*replEntry{}, status: map[string]*replStatus{}, stops: map[string]context.CancelFunc{}}
+func newReplManager(pool *cow.Pool, log *slog.Logger, path string) (*replManager, error) {
+	m := &replManager{pool: pool, log: log, path: path, running: map[string]time.Time{},
+		entries: map[string]*control.Replication{}, status: map[string]*control.ReplicationStatus{}, stops: map[string]context.CancelFunc{}}
 	b, err := os.ReadFile(m.path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
 	if len(b) > 0 {
-		var list []*replEntry
+		var list []*control.Replication
 		if err := json.Unmarshal(b, &list); err != nil {
 			return nil, fmt.Errorf("%s: %w", m.path, err)
 		}
@@ -174,9 +123,10 @@ func newReplManager(d *daemon) (*replManager, error) {
 	return m, nil
 }
 
-// save writes the entries: temp file, fsync, rename, fsync the directory.
+// saveLocked writes the entries: temp file, fsync, rename, fsync the
+// directory.
 func (m *replManager) saveLocked() error {
-	list := make([]*replEntry, 0, len(m.entries))
+	list := make([]*control.Replication, 0, len(m.entries))
 	for _, e := range m.entries {
 		list = append(list, e)
 	}
@@ -220,12 +170,12 @@ func (m *replManager) close() {
 }
 
 // run ships vol to t once, holding the pair's lock.
-func (m *replManager) run(ctx context.Context, vol string, t targetSpec, progress func(replica.Progress)) (replica.Result, error) {
-	id := pinID(vol, t)
+func (m *replManager) run(ctx context.Context, vol string, t control.TargetSpec, progress func(replica.Progress)) (replica.Result, error) {
+	id := control.ReplicationID(vol, t)
 	m.mu.Lock()
 	if since, busy := m.running[id]; busy {
 		m.mu.Unlock()
-		return replica.Result{}, fmt.Errorf("%w: a replication of %s to %s has been running since %s", replica.ErrBusy, vol, t.redacted(), since.Format(time.RFC3339))
+		return replica.Result{}, fmt.Errorf("%w: a replication of %s to %s has been running since %s", replica.ErrBusy, vol, t.Redacted(), since.Format(time.RFC3339))
 	}
 	m.running[id] = time.Now()
 	st := m.statusLocked(id, vol, t, "")
@@ -237,11 +187,11 @@ func (m *replManager) run(ctx context.Context, vol string, t targetSpec, progres
 		m.status[id].Running = false
 		m.mu.Unlock()
 	}()
-	tgt, remote, err := t.open(vol)
+	tgt, remote, err := openTarget(t, vol)
 	var res replica.Result
 	if err == nil {
-		res, err = replica.Ship(ctx, replica.ShipOptions{Pool: m.d.pool, Volume: vol, RemoteName: remote, Target: tgt, PinID: id,
-			BWLimit: t.BWLimit, Progress: progress, Logger: m.d.cfg.log})
+		res, err = replica.Ship(ctx, replica.ShipOptions{Pool: m.pool, Volume: vol, RemoteName: remote, Target: tgt, PinID: id,
+			BWLimit: t.BWLimit, Progress: progress, Logger: m.log})
 		tgt.Close()
 	}
 	if res.Message != "" {
@@ -251,13 +201,13 @@ func (m *replManager) run(ctx context.Context, vol string, t targetSpec, progres
 		if strings.Contains(res.Message, "warning") || strings.Contains(res.Message, "lost") {
 			level = slog.LevelWarn
 		}
-		m.d.cfg.log.Log(context.Background(), level, "replication: "+res.Message, "volume", vol, "target", t.redacted())
+		m.log.Log(context.Background(), level, "replication: "+res.Message, "volume", vol, "target", t.Redacted())
 	}
 	m.mu.Lock()
 	st = m.status[id]
 	st.Shipped += res.DataBytes
 	if err != nil {
-		st.LastError = userMessage(err)
+		st.LastError = control.UserMessage(err)
 	} else {
 		st.LastError, st.LastOK = "", time.Now().UTC()
 	}
@@ -265,10 +215,10 @@ func (m *replManager) run(ctx context.Context, vol string, t targetSpec, progres
 	return res, err
 }
 
-func (m *replManager) statusLocked(id, vol string, t targetSpec, mode string) *replStatus {
+func (m *replManager) statusLocked(id, vol string, t control.TargetSpec, mode string) *control.ReplicationStatus {
 	st := m.status[id]
 	if st == nil {
-		st = &replStatus{ID: id, Volume: vol, Target: t.redacted(), Mode: "once"}
+		st = &control.ReplicationStatus{ID: id, Volume: vol, Target: t.Redacted(), Mode: "once"}
 		m.status[id] = st
 	}
 	if mode != "" {
@@ -278,13 +228,13 @@ func (m *replManager) statusLocked(id, vol string, t targetSpec, mode string) *r
 }
 
 // start runs a configured replication in the background.
-func (m *replManager) start(e *replEntry) {
+func (m *replManager) start(e *control.Replication) {
 	ctx, cancel := context.WithCancel(context.Background())
 	m.mu.Lock()
 	m.stops[e.ID] = cancel
-	m.statusLocked(e.ID, e.Volume, e.targetSpec, e.Mode)
+	m.statusLocked(e.ID, e.Volume, e.TargetSpec, e.Mode)
 	m.mu.Unlock()
-	log := m.d.cfg.log.With("volume", e.Volume, "target", e.redacted())
+	log := m.log.With("volume", e.Volume, "target", e.Redacted())
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
@@ -296,11 +246,11 @@ func (m *replManager) start(e *replEntry) {
 			// A run is due when the volume changed since the point the
 			// target holds (not when other volumes did), and now and then
 			// to move an idle volume's target along.
-			last, lerr := m.d.pool.LastChange(e.Volume)
+			last, lerr := m.pool.LastChange(e.Volume)
 			var err error
 			if e.Mode == "interval" || failed || lerr != nil || last > acked || time.Since(lastRun) >= replica.DefaultIdleAdvance {
 				var res replica.Result
-				res, err = m.run(ctx, e.Volume, e.targetSpec, nil)
+				res, err = m.run(ctx, e.Volume, e.TargetSpec, nil)
 				failed = err != nil
 				if err == nil {
 					acked, lastRun = res.Acked, time.Now()
@@ -330,16 +280,16 @@ func (m *replManager) start(e *replEntry) {
 }
 
 // statuses reports every target with its lag.
-func (m *replManager) statuses(ctx context.Context) []replStatus {
-	pins := m.d.pool.ShipPins()
+func (m *replManager) statuses(ctx context.Context) []control.ReplicationStatus {
+	pins := m.pool.ShipPins()
 	m.mu.Lock()
 	for id := range pins {
 		if m.status[id] == nil {
 			vol, target, _ := strings.Cut(id, " -> ")
-			m.status[id] = &replStatus{ID: id, Volume: vol, Target: target, Mode: "once"}
+			m.status[id] = &control.ReplicationStatus{ID: id, Volume: vol, Target: target, Mode: "once"}
 		}
 	}
-	out := make([]replStatus, 0, len(m.status))
+	out := make([]control.ReplicationStatus, 0, len(m.status))
 	for _, st := range m.status {
 		out = append(out, *st)
 	}
@@ -351,7 +301,7 @@ func (m *replManager) statuses(ctx context.Context) []replStatus {
 			continue
 		}
 		st.Acked = pin.Seq
-		n, b, oldest, err := m.d.pool.Pending(ctx, st.Volume, pin.Floor())
+		n, b, oldest, err := m.pool.Pending(ctx, st.Volume, pin.Floor())
 		if err != nil {
 			if errors.Is(err, cow.ErrHistoryGone) && st.LastError == "" {
 				st.LastError = "the journal no longer holds every unshipped record; the next run copies the difference"
@@ -367,204 +317,16 @@ func (m *replManager) statuses(ctx context.Context) []replStatus {
 	return out
 }
 
-// Control API.
-
-type replicateRequest struct {
-	Volume string `json:"volume"`
-	targetSpec
-}
-
-type replicationAddRequest struct {
-	Volume string `json:"volume"`
-	targetSpec
-	Mode  string `json:"mode"`
-	Every string `json:"every"`
-}
-
-type restoreRequest struct {
-	targetSpec
-	Volume string `json:"volume"` // the volume's name at the target
-	At     string `json:"at"`
-	New    string `json:"new"`
-}
-
-type demoteRequest struct {
-	DiscardLocal bool `json:"discard_local"`
-}
-
-// streamEvent is one line of a streamed reply (replicate, restore).
-type streamEvent struct {
-	Progress *replica.Progress `json:"progress,omitempty"`
-	Result   *replica.Result   `json:"result,omitempty"`
-	Restore  *replica.Restored `json:"restore,omitempty"`
-	Error    string            `json:"error,omitempty"`
-	Code     string            `json:"code,omitempty"`
-}
-
-func replErrorCode(err error) (int, string) {
-	switch {
-	case errors.Is(err, replica.ErrBusy):
-		return http.StatusConflict, "busy"
-	case errors.Is(err, replica.ErrAuth):
-		return http.StatusForbidden, "auth"
-	case errors.Is(err, replica.ErrRefused):
-		return http.StatusConflict, "refused"
-	case errors.Is(err, replica.ErrNoSpace):
-		return http.StatusInsufficientStorage, "no_space"
-	case errors.Is(err, replica.ErrCorrupt):
-		return http.StatusBadGateway, "corrupt"
-	case errors.Is(err, replica.ErrNotFound):
-		return http.StatusNotFound, "not_found"
-	}
-	return errorCode(err)
-}
-
-// streamer writes NDJSON events as they happen.
-type streamer struct {
-	w  http.ResponseWriter
-	mu sync.Mutex
-}
-
-func newStreamer(w http.ResponseWriter) *streamer {
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	w.WriteHeader(http.StatusOK)
-	return &streamer{w: w}
-}
-
-func (s *streamer) send(ev streamEvent) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	json.NewEncoder(s.w).Encode(ev)
-	if f, ok := s.w.(http.Flusher); ok {
-		f.Flush()
-	}
-}
-
-func (s *streamer) fail(err error) {
-	_, code := replErrorCode(err)
-	s.send(streamEvent{Error: userMessage(err), Code: code})
-}
-
-func (d *daemon) replicationHandlers(mux *http.ServeMux) {
-	m := d.repl
-	mux.HandleFunc("POST /v1/replicate", func(w http.ResponseWriter, r *http.Request) {
-		var req replicateRequest
-		if err := decodeBody(r, &req); err != nil {
-			writeErr(w, err)
-			return
-		}
-		if _, err := d.pool.VolumeInfo(req.Volume); err != nil {
-			writeErr(w, err)
-			return
-		}
-		s := newStreamer(w)
-		last := time.Time{}
-		res, err := m.run(r.Context(), req.Volume, req.targetSpec, func(p replica.Progress) {
-			if time.Since(last) > 200*time.Millisecond {
-				last = time.Now()
-				s.send(streamEvent{Progress: &p})
-			}
-		})
-		if err != nil {
-			d.cfg.log.Warn("replicate --once failed", "volume", req.Volume, "target", req.redacted(), "err", err)
-			s.fail(err)
-			return
-		}
-		d.cfg.log.Info("replicated", "volume", req.Volume, "target", req.redacted(), "records", res.Records, "bytes", res.DataBytes, "acked", res.Acked)
-		s.send(streamEvent{Result: &res})
-	})
-	mux.HandleFunc("GET /v1/replication", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, m.statuses(r.Context()))
-	})
-	mux.HandleFunc("POST /v1/replication", func(w http.ResponseWriter, r *http.Request) {
-		var req replicationAddRequest
-		if err := decodeBody(r, &req); err != nil {
-			writeErr(w, err)
-			return
-		}
-		e, err := m.add(req)
-		if err != nil {
-			writeErr(w, err)
-			return
-		}
-		writeJSON(w, http.StatusCreated, e)
-	})
-	mux.HandleFunc("DELETE /v1/replication", func(w http.ResponseWriter, r *http.Request) {
-		if err := m.remove(r.URL.Query().Get("id")); err != nil {
-			writeErr(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, struct{}{})
-	})
-	mux.HandleFunc("POST /v1/volumes/{name}/promote", func(w http.ResponseWriter, r *http.Request) {
-		st, err := replica.Promote(r.Context(), d.pool, r.PathValue("name"))
-		if err != nil {
-			status, code := replErrorCode(err)
-			writeJSON(w, status, apiError{Error: userMessage(err), Code: code})
-			return
-		}
-		d.cfg.log.Info("promoted replica", "volume", r.PathValue("name"), "source_seq", st.Acked)
-		writeJSON(w, http.StatusOK, st)
-	})
-	mux.HandleFunc("POST /v1/volumes/{name}/demote", func(w http.ResponseWriter, r *http.Request) {
-		var req demoteRequest
-		if err := decodeBody(r, &req); err != nil {
-			writeErr(w, err)
-			return
-		}
-		msg, err := replica.Demote(r.Context(), d.pool, r.PathValue("name"), req.DiscardLocal)
-		if err != nil {
-			status, code := replErrorCode(err)
-			writeJSON(w, status, apiError{Error: userMessage(err), Code: code})
-			return
-		}
-		d.cfg.log.Info("demoted", "volume", r.PathValue("name"), "discard_local", req.DiscardLocal)
-		writeJSON(w, http.StatusOK, map[string]string{"message": msg})
-	})
-	mux.HandleFunc("POST /v1/restore", func(w http.ResponseWriter, r *http.Request) {
-		var req restoreRequest
-		if err := decodeBody(r, &req); err != nil {
-			writeErr(w, err)
-			return
-		}
-		if err := cow.ValidateName(req.New); err != nil {
-			writeErr(w, err)
-			return
-		}
-		if _, err := d.pool.VolumeInfo(req.New); err == nil {
-			writeErr(w, fmt.Errorf("volume %q %w here; restore into a new name", req.New, cow.ErrExists))
-			return
-		}
-		s := newStreamer(w)
-		res, err := d.restore(r.Context(), req, func(p replica.Progress) { s.send(streamEvent{Progress: &p}) })
-		if err != nil {
-			s.fail(err)
-			return
-		}
-		d.cfg.log.Info("restored volume", "volume", req.New, "from", req.redacted(), "at", res.Point)
-		s.send(streamEvent{Restore: &res})
-	})
-}
-
-func (d *daemon) restore(ctx context.Context, req restoreRequest, progress func(replica.Progress)) (replica.Restored, error) {
-	tgt, _, err := req.targetSpec.open(req.Volume)
-	if err != nil {
-		return replica.Restored{}, err
-	}
-	defer tgt.Close()
-	return replica.Restore(ctx, replica.RestoreOptions{Pool: d.pool, From: tgt, Volume: req.Volume, At: req.At, NewName: req.New, Progress: progress})
-}
-
-func (m *replManager) add(req replicationAddRequest) (*replEntry, error) {
-	if _, err := m.d.pool.VolumeInfo(req.Volume); err != nil {
+func (m *replManager) add(req control.AddReplicationRequest) (*control.Replication, error) {
+	if _, err := m.pool.VolumeInfo(req.Volume); err != nil {
 		return nil, err
 	}
-	e := &replEntry{Volume: req.Volume, targetSpec: req.targetSpec, Mode: req.Mode}
+	e := &control.Replication{Volume: req.Volume, TargetSpec: req.TargetSpec, Mode: req.Mode}
 	switch req.Mode {
 	case "", "continuous":
 		e.Mode = "continuous"
 	case "interval":
-		d, err := parseRetention(req.Every)
+		d, err := units.ParseDuration(req.Every)
 		if err != nil || d < time.Second {
 			return nil, fmt.Errorf("%w: --every %q: use a duration of a second or more, e.g. 5m", errBadRequest, req.Every)
 		}
@@ -573,12 +335,12 @@ func (m *replManager) add(req replicationAddRequest) (*replEntry, error) {
 		return nil, fmt.Errorf("%w: --mode %q: use continuous or interval", errBadRequest, req.Mode)
 	}
 	// Check the target parses (and its token reads) before saving it.
-	if t, _, err := req.targetSpec.open(req.Volume); err != nil {
+	if t, _, err := openTarget(req.TargetSpec, req.Volume); err != nil {
 		return nil, err
 	} else {
 		t.Close()
 	}
-	e.ID = pinID(req.Volume, req.targetSpec)
+	e.ID = control.ReplicationID(req.Volume, req.TargetSpec)
 	m.mu.Lock()
 	if m.entries[e.ID] != nil {
 		m.mu.Unlock()
@@ -594,7 +356,7 @@ func (m *replManager) add(req replicationAddRequest) (*replEntry, error) {
 		return nil, fmt.Errorf("save %s: %w", m.path, err)
 	}
 	m.start(e)
-	m.d.cfg.log.Info("replication added", "id", e.ID, "mode", e.Mode)
+	m.log.Info("replication added", "id", e.ID, "mode", e.Mode)
 	return e, nil
 }
 
@@ -603,7 +365,7 @@ func (m *replManager) add(req replicationAddRequest) (*replEntry, error) {
 func (m *replManager) remove(id string) error {
 	m.mu.Lock()
 	e := m.entries[id]
-	_, pinned := m.d.pool.ShipPins()[id]
+	_, pinned := m.pool.ShipPins()[id]
 	if e == nil && !pinned && m.status[id] == nil {
 		var ids []string
 		for k := range m.status {
@@ -626,5 +388,164 @@ func (m *replManager) remove(id string) error {
 	}
 	delete(m.status, id)
 	m.mu.Unlock()
-	return m.d.pool.UnpinShipped(id)
+	return m.pool.UnpinShipped(id)
+}
+
+// The control API's replication handlers.
+
+func replErrorCode(err error) (int, string) {
+	switch {
+	case errors.Is(err, replica.ErrBusy):
+		return http.StatusConflict, control.CodeBusy
+	case errors.Is(err, replica.ErrAuth):
+		return http.StatusForbidden, control.CodeAuth
+	case errors.Is(err, replica.ErrRefused):
+		return http.StatusConflict, control.CodeRefused
+	case errors.Is(err, replica.ErrNoSpace):
+		return http.StatusInsufficientStorage, control.CodeNoSpace
+	case errors.Is(err, replica.ErrCorrupt):
+		return http.StatusBadGateway, control.CodeCorrupt
+	case errors.Is(err, replica.ErrNotFound):
+		return http.StatusNotFound, control.CodeNotFound
+	}
+	return errorCode(err)
+}
+
+func writeReplErr(w http.ResponseWriter, err error) {
+	status, code := replErrorCode(err)
+	writeJSON(w, status, control.Error{Message: control.UserMessage(err), Code: code})
+}
+
+// streamer writes NDJSON events as they happen.
+type streamer struct {
+	w  http.ResponseWriter
+	mu sync.Mutex
+}
+
+func newStreamer(w http.ResponseWriter) *streamer {
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	return &streamer{w: w}
+}
+
+func (s *streamer) send(ev control.Event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	json.NewEncoder(s.w).Encode(ev)
+	if f, ok := s.w.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (s *streamer) fail(err error) {
+	_, code := replErrorCode(err)
+	s.send(control.Event{Error: control.UserMessage(err), Code: code})
+}
+
+func (d *Daemon) replicationHandlers(mux *http.ServeMux) {
+	m, log := d.repl, d.opts.Logger
+	mux.HandleFunc("POST /v1/replicate", func(w http.ResponseWriter, r *http.Request) {
+		var req control.ReplicateRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeErr(w, err)
+			return
+		}
+		if _, err := d.pool.VolumeInfo(req.Volume); err != nil {
+			writeErr(w, err)
+			return
+		}
+		s := newStreamer(w)
+		last := time.Time{}
+		res, err := m.run(r.Context(), req.Volume, req.TargetSpec, func(p replica.Progress) {
+			if time.Since(last) > 200*time.Millisecond {
+				last = time.Now()
+				s.send(control.Event{Progress: &p})
+			}
+		})
+		if err != nil {
+			log.Warn("replicate --once failed", "volume", req.Volume, "target", req.Redacted(), "err", err)
+			s.fail(err)
+			return
+		}
+		log.Info("replicated", "volume", req.Volume, "target", req.Redacted(), "records", res.Records, "bytes", res.DataBytes, "acked", res.Acked)
+		s.send(control.Event{Result: &res})
+	})
+	mux.HandleFunc("GET /v1/replication", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, m.statuses(r.Context()))
+	})
+	mux.HandleFunc("POST /v1/replication", func(w http.ResponseWriter, r *http.Request) {
+		var req control.AddReplicationRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeErr(w, err)
+			return
+		}
+		e, err := m.add(req)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusCreated, e)
+	})
+	mux.HandleFunc("DELETE /v1/replication", func(w http.ResponseWriter, r *http.Request) {
+		if err := m.remove(r.URL.Query().Get("id")); err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, struct{}{})
+	})
+	mux.HandleFunc("POST /v1/volumes/{name}/promote", func(w http.ResponseWriter, r *http.Request) {
+		st, err := replica.Promote(r.Context(), d.pool, r.PathValue("name"))
+		if err != nil {
+			writeReplErr(w, err)
+			return
+		}
+		log.Info("promoted replica", "volume", r.PathValue("name"), "source_seq", st.Acked)
+		writeJSON(w, http.StatusOK, st)
+	})
+	mux.HandleFunc("POST /v1/volumes/{name}/demote", func(w http.ResponseWriter, r *http.Request) {
+		var req control.DemoteRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeErr(w, err)
+			return
+		}
+		msg, err := replica.Demote(r.Context(), d.pool, r.PathValue("name"), req.DiscardLocal)
+		if err != nil {
+			writeReplErr(w, err)
+			return
+		}
+		log.Info("demoted", "volume", r.PathValue("name"), "discard_local", req.DiscardLocal)
+		writeJSON(w, http.StatusOK, control.DemoteReply{Message: msg})
+	})
+	mux.HandleFunc("POST /v1/restore", func(w http.ResponseWriter, r *http.Request) {
+		var req control.RestoreRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeErr(w, err)
+			return
+		}
+		if err := cow.ValidateName(req.New); err != nil {
+			writeErr(w, err)
+			return
+		}
+		if _, err := d.pool.VolumeInfo(req.New); err == nil {
+			writeErr(w, fmt.Errorf("volume %q %w here; restore into a new name", req.New, cow.ErrExists))
+			return
+		}
+		s := newStreamer(w)
+		res, err := d.restore(r.Context(), req, func(p replica.Progress) { s.send(control.Event{Progress: &p}) })
+		if err != nil {
+			s.fail(err)
+			return
+		}
+		log.Info("restored volume", "volume", req.New, "from", req.Redacted(), "at", res.Point)
+		s.send(control.Event{Restore: &res})
+	})
+}
+
+func (d *Daemon) restore(ctx context.Context, req control.RestoreRequest, progress func(replica.Progress)) (replica.Restored, error) {
+	tgt, _, err := openTarget(req.TargetSpec, req.Volume)
+	if err != nil {
+		return replica.Restored{}, err
+	}
+	defer tgt.Close()
+	return replica.Restore(ctx, replica.RestoreOptions{Pool: d.pool, From: tgt, Volume: req.Volume, At: req.At, NewName: req.New, Progress: progress})
 }

@@ -1,17 +1,17 @@
-package main
+package daemon
 
 import (
 	"fmt"
-
-	"github.com/strata-storage/strata/cdp"
 	"net/http"
 	"strings"
+
+	"github.com/strata-storage/strata/cdp"
 )
 
 // metrics serves the daemon's counters in the Prometheus text format, on the
 // control socket (GET /metrics) and, with --metrics-listen, on TCP for
 // scrapers.
-func (d *daemon) metrics(w http.ResponseWriter, req *http.Request) {
+func (d *Daemon) metrics(w http.ResponseWriter, req *http.Request) {
 	st := d.pool.Stats()
 	var b strings.Builder
 	metric := func(name, typ, help string, v any, labels ...string) {

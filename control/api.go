@@ -1,0 +1,261 @@
+// Package control is the control API of a running strata daemon: JSON over
+// HTTP on the daemon's control socket (DATA/control.sock, mode 0600, so only
+// the daemon's user and root can use it). It owns the one definition of the
+// API's requests and replies, and Client, the Go client the CLI and tests
+// use. The daemon package serves it.
+//
+//	GET    /v1/volumes                      -> []VolumeInfo
+//	POST   /v1/volumes        CreateVolumeRequest -> VolumeInfo
+//	DELETE /v1/volumes/NAME?force=1         -> DeleteReply
+//	POST   /v1/volumes/NAME/resize ResizeRequest -> VolumeInfo
+//	POST   /v1/volumes/NAME/settings SettingsRequest
+//	GET    /v1/status                       -> Status
+//	POST   /v1/volumes/NAME/snapshots SnapshotRequest -> Snapshot
+//	GET    /v1/volumes/NAME/snapshots       -> []SnapshotInfo
+//	DELETE /v1/volumes/NAME/snapshots/SNAP
+//	POST   /v1/volumes/NAME/rollback RollbackRequest -> Point
+//	GET    /v1/volumes/NAME/history?buckets=N -> History
+//	POST   /v1/clones         CloneRequest  -> VolumeInfo
+//	GET    /v1/df                           -> Space
+//	POST   /v1/gc                           -> GCStats
+//	POST   /v1/replicate      ReplicateRequest -> Event stream (NDJSON)
+//	GET    /v1/replication                  -> []ReplicationStatus
+//	POST   /v1/replication    AddReplicationRequest -> Replication
+//	DELETE /v1/replication?id=ID
+//	POST   /v1/volumes/NAME/promote         -> ReplicaState
+//	POST   /v1/volumes/NAME/demote DemoteRequest -> DemoteReply
+//	POST   /v1/restore        RestoreRequest -> Event stream (NDJSON)
+//	GET    /metrics                         -> Prometheus text format
+//	GET    /debug/pprof/...                 -> Go profiles (net/http/pprof)
+//
+// Errors are Error ({"error": "...", "code": "..."}) with a matching HTTP
+// status; a streamed reply ends with an Event that carries them instead.
+package control
+
+import (
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/strata-storage/strata/blockdev/nbd"
+	"github.com/strata-storage/strata/cow"
+	"github.com/strata-storage/strata/replica"
+)
+
+// The replies that are the engine's own values, under the API's names.
+type (
+	VolumeInfo   = cow.VolumeInfo
+	Snapshot     = cow.Snapshot
+	Point        = cow.Point
+	History      = cow.History
+	Space        = cow.Space
+	GCStats      = cow.GCStats
+	PoolStats    = cow.Stats
+	ReplicaState = cow.ReplicaState
+	Connection   = nbd.ConnInfo
+	Progress     = replica.Progress
+	ShipResult   = replica.Result
+	Restored     = replica.Restored
+)
+
+// Error is a failed request's reply. Code classifies it (one of the Code
+// constants); Message is what users read.
+type Error struct {
+	Message string `json:"error"`
+	Code    string `json:"code"`
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Error codes.
+const (
+	CodeNotFound   = "not_found"
+	CodeExists     = "exists"
+	CodeBusy       = "busy" // another run holds it: try again later
+	CodeShrinkData = "shrink_data"
+	CodePoint      = "point" // a point in time that is not available
+	CodeInvalid    = "invalid"
+	CodeNoSpace    = "no_space"
+	CodeIO         = "io"
+	CodeAuth       = "auth"
+	CodeRefused    = "refused"
+	CodeCorrupt    = "corrupt"
+	CodeInternal   = "internal"
+)
+
+// NameRules says what a volume or snapshot name may be.
+const NameRules = cow.NameRules
+
+// ValidateName checks a volume or snapshot name by the rules the daemon
+// applies, so a client can refuse a bad name before it sends a request.
+func ValidateName(name string) error { return cow.ValidateName(name) }
+
+// UserMessage is err's text as the API and the CLI show it: without the
+// package prefixes ("cow: ", "blockdev: ") that error classes carry for
+// developers.
+func UserMessage(err error) string {
+	msg := err.Error()
+	for _, p := range []string{"cow: ", "blockdev: ", "cdp: "} {
+		msg = strings.ReplaceAll(msg, p, "")
+	}
+	return msg
+}
+
+type CreateVolumeRequest struct {
+	Name string `json:"name"`
+	Size int64  `json:"size"`
+}
+
+type ResizeRequest struct {
+	Size  int64 `json:"size"`
+	Force bool  `json:"force"` // shrink even if it discards written data
+}
+
+// SettingsRequest changes the settings that are set (non-nil).
+type SettingsRequest struct {
+	Retention *time.Duration `json:"retention"` // 0: the pool's
+	ReadOnly  *bool          `json:"read_only"`
+}
+
+type DeleteReply struct {
+	Disconnected int `json:"disconnected"` // NBD clients a forced delete cut off
+}
+
+type SnapshotRequest struct {
+	Name  string `json:"name"`
+	Label string `json:"label"`
+}
+
+type SnapshotInfo struct {
+	Snapshot
+	Exclusive int64 `json:"exclusive"` // bytes only this snapshot holds
+}
+
+type RollbackRequest struct {
+	To    string `json:"to"`    // a point: snapshot, RFC 3339 time or seq:N
+	Force bool   `json:"force"` // even while clients are attached read-write
+}
+
+type CloneRequest struct {
+	Source string `json:"source"` // VOL@POINT
+	Name   string `json:"name"`
+}
+
+// Status is the daemon, its pool, volumes and connections.
+type Status struct {
+	Version     string              `json:"version"`
+	PID         int                 `json:"pid"`
+	DataDir     string              `json:"data_dir"`
+	Started     time.Time           `json:"started"`
+	NBDSocket   string              `json:"nbd_socket,omitempty"`
+	NBDListen   string              `json:"nbd_listen,omitempty"`
+	Control     string              `json:"control_socket"`
+	Pool        PoolStats           `json:"pool"`
+	Retention   time.Duration       `json:"retention"`
+	RetainSize  int64               `json:"retention_size,omitempty"`
+	HistoryCut  time.Time           `json:"history_cut,omitzero"`
+	LastGC      *GCReport           `json:"last_gc,omitempty"`
+	Volumes     []VolumeInfo        `json:"volumes"`
+	Connections []Connection        `json:"connections"`
+	Replication []ReplicationStatus `json:"replication,omitempty"`
+}
+
+// GCReport is the last garbage collection pass, background or manual.
+type GCReport struct {
+	At    time.Time `json:"at"`
+	Stats GCStats   `json:"stats"`
+	Error string    `json:"error,omitempty"`
+}
+
+// TargetSpec says where and how to ship: a strata:// site or S3 URLs. The
+// daemon reads the files it names: give absolute paths.
+type TargetSpec struct {
+	To        string `json:"to"`
+	TokenFile string `json:"token_file,omitempty"`
+	TLSCA     string `json:"tls_ca,omitempty"`
+	Insecure  bool   `json:"insecure,omitempty"`
+	EC        string `json:"ec,omitempty"`      // erasure coding K+M over S3 targets
+	BWLimit   int64  `json:"bwlimit,omitempty"` // bytes a second (0: none)
+}
+
+// Redacted is the target without credentials, for keys and messages.
+func (t TargetSpec) Redacted() string {
+	var parts []string
+	for _, s := range strings.Split(t.To, ",") {
+		if u, err := url.Parse(strings.TrimSpace(s)); err == nil {
+			u.User = nil
+			u.RawQuery = ""
+			s = u.String()
+		}
+		parts = append(parts, s)
+	}
+	return strings.Join(parts, ",")
+}
+
+// ReplicationID names a (volume, target) pair: the id of its replication,
+// its journal pin and its lock.
+func ReplicationID(volume string, t TargetSpec) string { return volume + " -> " + t.Redacted() }
+
+// Replication is a configured replication (`strata replication add`).
+type Replication struct {
+	ID     string `json:"id"`
+	Volume string `json:"volume"`
+	TargetSpec
+	Mode  string        `json:"mode"` // continuous or interval
+	Every time.Duration `json:"every,omitempty"`
+}
+
+// ReplicationStatus is what the daemon knows of one target.
+type ReplicationStatus struct {
+	ID         string    `json:"id"`
+	Volume     string    `json:"volume"`
+	Target     string    `json:"target"`
+	Mode       string    `json:"mode"` // continuous, interval, or once (pinned by replicate --once)
+	Acked      uint64    `json:"acked_seq"`
+	LagRecords int64     `json:"lag_records"`
+	LagBytes   int64     `json:"lag_bytes"`
+	LagSeconds float64   `json:"lag_seconds"`
+	Running    bool      `json:"running"`
+	LastRun    time.Time `json:"last_run,omitempty"`
+	LastOK     time.Time `json:"last_ok,omitempty"`
+	LastError  string    `json:"last_error,omitempty"`
+	Shipped    int64     `json:"shipped_bytes"` // data shipped since the daemon started
+}
+
+// ReplicateRequest ships a volume once (`strata replicate --once`).
+type ReplicateRequest struct {
+	Volume string `json:"volume"`
+	TargetSpec
+}
+
+type AddReplicationRequest struct {
+	Volume string `json:"volume"`
+	TargetSpec
+	Mode  string `json:"mode"`  // continuous (default) or interval
+	Every string `json:"every"` // interval mode: a duration such as 5m or 1d
+}
+
+type RestoreRequest struct {
+	TargetSpec
+	Volume string `json:"volume"` // the volume's name at the target
+	At     string `json:"at"`     // a point (default: the newest shipped)
+	New    string `json:"new"`    // the volume created here
+}
+
+type DemoteRequest struct {
+	DiscardLocal bool `json:"discard_local"`
+}
+
+type DemoteReply struct {
+	Message string `json:"message"`
+}
+
+// Event is one line of a streamed reply (replicate, restore): progress, then
+// the result or an error.
+type Event struct {
+	Progress *Progress   `json:"progress,omitempty"`
+	Result   *ShipResult `json:"result,omitempty"`
+	Restore  *Restored   `json:"restore,omitempty"`
+	Error    string      `json:"error,omitempty"`
+	Code     string      `json:"code,omitempty"`
+}

@@ -1,0 +1,288 @@
+package control
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+)
+
+// ErrNoDaemon: nothing answers on the control socket.
+var ErrNoDaemon = errors.New("strata daemon not reachable")
+
+// Client talks to a running daemon over its control socket. A failed
+// request returns an *Error with the daemon's message and code, or an error
+// that wraps ErrNoDaemon. Its methods are safe for concurrent use.
+type Client struct {
+	socket string
+	http   *http.Client
+}
+
+// NewClient returns a client of the daemon whose control socket is socket.
+// It connects on each request.
+func NewClient(socket string) *Client {
+	return &Client{socket: socket, http: &http.Client{
+		Timeout: 5 * time.Minute,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		}},
+	}}
+}
+
+func (c *Client) Volumes(ctx context.Context) ([]VolumeInfo, error) {
+	var vols []VolumeInfo
+	return vols, c.do(ctx, "GET", "/v1/volumes", nil, &vols)
+}
+
+func (c *Client) CreateVolume(ctx context.Context, req CreateVolumeRequest) (VolumeInfo, error) {
+	var info VolumeInfo
+	return info, c.do(ctx, "POST", "/v1/volumes", req, &info)
+}
+
+// DeleteVolume deletes a volume; force disconnects its NBD clients first.
+func (c *Client) DeleteVolume(ctx context.Context, name string, force bool) (DeleteReply, error) {
+	path := volumePath(name)
+	if force {
+		path += "?force=1"
+	}
+	var r DeleteReply
+	return r, c.do(ctx, "DELETE", path, nil, &r)
+}
+
+func (c *Client) ResizeVolume(ctx context.Context, name string, req ResizeRequest) (VolumeInfo, error) {
+	var info VolumeInfo
+	return info, c.do(ctx, "POST", volumePath(name, "resize"), req, &info)
+}
+
+func (c *Client) SetVolume(ctx context.Context, name string, req SettingsRequest) error {
+	return c.do(ctx, "POST", volumePath(name, "settings"), req, nil)
+}
+
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var st Status
+	return st, c.do(ctx, "GET", "/v1/status", nil, &st)
+}
+
+func (c *Client) CreateSnapshot(ctx context.Context, vol string, req SnapshotRequest) (Snapshot, error) {
+	var sn Snapshot
+	return sn, c.do(ctx, "POST", volumePath(vol, "snapshots"), req, &sn)
+}
+
+func (c *Client) Snapshots(ctx context.Context, vol string) ([]SnapshotInfo, error) {
+	var snaps []SnapshotInfo
+	return snaps, c.do(ctx, "GET", volumePath(vol, "snapshots"), nil, &snaps)
+}
+
+func (c *Client) DeleteSnapshot(ctx context.Context, vol, name string) error {
+	return c.do(ctx, "DELETE", volumePath(vol, "snapshots", name), nil, nil)
+}
+
+func (c *Client) Rollback(ctx context.Context, vol string, req RollbackRequest) (Point, error) {
+	var pt Point
+	return pt, c.do(ctx, "POST", volumePath(vol, "rollback"), req, &pt)
+}
+
+// History is the volume's points in time, with its writes in buckets rows.
+func (c *Client) History(ctx context.Context, vol string, buckets int) (History, error) {
+	var h History
+	return h, c.do(ctx, "GET", volumePath(vol, "history")+"?buckets="+strconv.Itoa(buckets), nil, &h)
+}
+
+func (c *Client) Clone(ctx context.Context, req CloneRequest) (VolumeInfo, error) {
+	var info VolumeInfo
+	return info, c.do(ctx, "POST", "/v1/clones", req, &info)
+}
+
+func (c *Client) Space(ctx context.Context) (Space, error) {
+	var sp Space
+	return sp, c.do(ctx, "GET", "/v1/df", nil, &sp)
+}
+
+// GC runs a garbage collection pass now.
+func (c *Client) GC(ctx context.Context) (GCStats, error) {
+	var st GCStats
+	return st, c.do(ctx, "POST", "/v1/gc", nil, &st)
+}
+
+// Replicate ships a volume once, calling progress now and then while it runs.
+func (c *Client) Replicate(ctx context.Context, req ReplicateRequest, progress func(Progress)) (ShipResult, error) {
+	var res *ShipResult
+	err := c.stream(ctx, "/v1/replicate", req, func(ev Event) {
+		if ev.Progress != nil && progress != nil {
+			progress(*ev.Progress)
+		}
+		if ev.Result != nil {
+			res = ev.Result
+		}
+	})
+	if err == nil && res == nil {
+		err = errors.New("the daemon ended the run without a result")
+	}
+	if err != nil {
+		return ShipResult{}, err
+	}
+	return *res, nil
+}
+
+func (c *Client) Replications(ctx context.Context) ([]ReplicationStatus, error) {
+	var list []ReplicationStatus
+	return list, c.do(ctx, "GET", "/v1/replication", nil, &list)
+}
+
+func (c *Client) AddReplication(ctx context.Context, req AddReplicationRequest) (Replication, error) {
+	var r Replication
+	return r, c.do(ctx, "POST", "/v1/replication", req, &r)
+}
+
+// RemoveReplication stops a replication (id is ReplicationID's) and
+// releases the journal it keeps.
+func (c *Client) RemoveReplication(ctx context.Context, id string) error {
+	return c.do(ctx, "DELETE", "/v1/replication?id="+url.QueryEscape(id), nil, nil)
+}
+
+func (c *Client) Promote(ctx context.Context, vol string) (ReplicaState, error) {
+	var st ReplicaState
+	return st, c.do(ctx, "POST", volumePath(vol, "promote"), struct{}{}, &st)
+}
+
+func (c *Client) Demote(ctx context.Context, vol string, req DemoteRequest) (DemoteReply, error) {
+	var r DemoteReply
+	return r, c.do(ctx, "POST", volumePath(vol, "demote"), req, &r)
+}
+
+// Restore rebuilds a volume from a target, calling progress as it goes.
+func (c *Client) Restore(ctx context.Context, req RestoreRequest, progress func(Progress)) (Restored, error) {
+	var res *Restored
+	err := c.stream(ctx, "/v1/restore", req, func(ev Event) {
+		if ev.Progress != nil && progress != nil {
+			progress(*ev.Progress)
+		}
+		if ev.Restore != nil {
+			res = ev.Restore
+		}
+	})
+	if err == nil && res == nil {
+		err = errors.New("the daemon ended the restore without a result")
+	}
+	if err != nil {
+		return Restored{}, err
+	}
+	return *res, nil
+}
+
+// Metrics is the daemon's counters in the Prometheus text format.
+func (c *Client) Metrics(ctx context.Context) (string, error) {
+	b, err := c.call(ctx, "GET", "/metrics", nil)
+	return string(b), err
+}
+
+// volumePath is the path of a volume's resource.
+func volumePath(name string, rest ...string) string {
+	p := "/v1/volumes/" + url.PathEscape(name)
+	for _, r := range rest {
+		p += "/" + url.PathEscape(r)
+	}
+	return p
+}
+
+// send makes a request and returns the reply of a request that succeeded.
+func (c *Client) send(ctx context.Context, hc *http.Client, method, path string, body any) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://strata"+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("%w: no strata serve answers on %s (%v)", ErrNoDaemon, c.socket, rootCause(err))
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		var ae Error
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if json.Unmarshal(b, &ae) == nil && ae.Message != "" {
+			return nil, &ae
+		}
+		return nil, fmt.Errorf("daemon answered %s", resp.Status)
+	}
+	return resp, nil
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	b, err := c.call(ctx, method, path, body)
+	if err != nil || out == nil {
+		return err
+	}
+	return json.Unmarshal(b, out)
+}
+
+// call makes a request and returns the reply's body.
+func (c *Client) call(ctx context.Context, method, path string, body any) ([]byte, error) {
+	resp, err := c.send(ctx, c.http, method, path, body)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("read reply from daemon: %w", err)
+	}
+	return b, nil
+}
+
+// stream posts a request whose reply is NDJSON events, calling fn for each
+// until one carries an error.
+func (c *Client) stream(ctx context.Context, path string, body any, fn func(Event)) error {
+	hc := *c.http
+	hc.Timeout = 0 // runs take as long as they take
+	resp, err := c.send(ctx, &hc, "POST", path, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		var ev Event
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			return fmt.Errorf("bad reply from the daemon: %w", err)
+		}
+		if ev.Error != "" {
+			return &Error{Message: ev.Error, Code: ev.Code}
+		}
+		fn(ev)
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("the daemon stopped answering: %w", err)
+	}
+	return nil
+}
+
+func rootCause(err error) error {
+	for {
+		u := errors.Unwrap(err)
+		if u == nil {
+			return err
+		}
+		err = u
+	}
+}

@@ -1,0 +1,320 @@
+// Package daemon is what `strata serve` runs: it owns a data directory
+// while it runs (an exclusive lock on it), the pool's life, the frontends'
+// listeners (NBD on a Unix socket and TCP, with TLS and access lists; ublk
+// devices), the control API (HTTP on the control socket, see package
+// control), the replication manager (configured continuous and interval
+// shipping, --once runs, the listener for other sites' streams) and the
+// metrics. Start runs one, Close stops it; tests can run one in-process.
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/strata-storage/strata/blockdev/nbd"
+	"github.com/strata-storage/strata/blockdev/ublk"
+	"github.com/strata-storage/strata/control"
+	"github.com/strata-storage/strata/cow"
+	"github.com/strata-storage/strata/internal/units"
+	"github.com/strata-storage/strata/replica"
+)
+
+// Options is what a daemon runs with. Errors about an option name the
+// `strata serve` flag that sets it.
+type Options struct {
+	// Dir is the data directory (required): the pool, the lock file and,
+	// by default, the sockets.
+	Dir string
+	// ControlSocket is the control API's Unix socket (default
+	// Dir/control.sock).
+	ControlSocket string
+	// NBDSocket is the NBD Unix socket ("": none).
+	NBDSocket string
+	// NBDListen is the NBD TCP address ("": none).
+	NBDListen string
+	// TLS serves NBD over TLS (NBD_OPT_STARTTLS) when set; RequireTLS
+	// refuses clients that do not upgrade.
+	TLS        *tls.Config
+	RequireTLS bool
+	// Allow lists the networks TCP clients may come from (nil: all).
+	Allow []*net.IPNet
+	// UblkVolumes are also served as ublk block devices, with Ublk's
+	// settings.
+	UblkVolumes []string
+	Ublk        ublk.Options
+	// MetricsListen serves Prometheus metrics on TCP ("": only on the
+	// control socket).
+	MetricsListen string
+	// ReplicaListen accepts replication streams from other sites ("":
+	// none); shippers present the token in ReplicaTokenFile. Off loopback
+	// it takes TLS, unless ReplicaInsecure.
+	ReplicaListen    string
+	ReplicaTokenFile string
+	ReplicaInsecure  bool
+	// Volumes are created at start unless they exist.
+	Volumes []VolumeSpec
+	// Pool configures the pool; Dir and Logger are the daemon's.
+	Pool cow.Options
+	// Logger (default slog.Default()).
+	Logger *slog.Logger
+	// Version is what status reports.
+	Version string
+}
+
+// VolumeSpec is a volume to create at start.
+type VolumeSpec struct {
+	Name string
+	Size int64
+}
+
+// ErrDataInUse: another daemon holds the data directory.
+var ErrDataInUse = errors.New("data directory in use")
+
+// maxSocketPath is the longest path a Unix socket address holds on Linux.
+const maxSocketPath = 107
+
+// Daemon owns a data directory while it runs.
+type Daemon struct {
+	opts       Options
+	lock       *os.File
+	pool       *cow.Pool
+	nbd        *nbd.Server
+	control    *http.Server
+	metricsSrv *http.Server
+	lns        []net.Listener
+	socks      []string
+	started    time.Time
+	io         *ioMetrics
+	ublkStop   context.CancelFunc
+	ublkWG     sync.WaitGroup
+	repl       *replManager
+	replSrv    *replica.Server
+
+	mu struct {
+		sync.Mutex
+		gc *control.GCReport // last manual pass
+	}
+}
+
+// Start takes the data directory, opens the pool and serves it until Close.
+func Start(o Options) (*Daemon, error) {
+	replicaToken, err := o.fill()
+	if err != nil {
+		return nil, err
+	}
+	d := &Daemon{opts: o, started: time.Now()}
+	if d.lock, err = lockDataDir(o.Dir); err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			d.Close(context.Background())
+		}
+	}()
+	po := o.Pool
+	po.Dir, po.Logger = o.Dir, o.Logger
+	pool, err := cow.Open(po)
+	if err != nil {
+		return nil, fmt.Errorf("open pool in %s: %w", o.Dir, err)
+	}
+	d.pool = pool
+	for _, v := range o.Volumes {
+		if _, err := pool.VolumeInfo(v.Name); err == nil {
+			continue
+		}
+		if _, err := pool.CreateVolume(v.Name, v.Size); err != nil {
+			return nil, fmt.Errorf("create volume %s: %w", v.Name, err)
+		}
+		o.Logger.Info("created volume", "name", v.Name, "size", units.FormatSize(v.Size))
+	}
+
+	if err := d.startNBD(); err != nil {
+		return nil, err
+	}
+	if err := d.startUblk(); err != nil {
+		return nil, err
+	}
+	if d.repl, err = newReplManager(pool, o.Logger, filepath.Join(o.Dir, "replication.json")); err != nil {
+		return nil, fmt.Errorf("replication: %w", err)
+	}
+	if o.ReplicaListen != "" {
+		l, err := net.Listen("tcp", o.ReplicaListen)
+		if err != nil {
+			return nil, fmt.Errorf("--replica-listen %s: %w", o.ReplicaListen, err)
+		}
+		d.lns = append(d.lns, l)
+		d.replSrv = &replica.Server{Receiver: replica.NewReceiver(pool, o.Logger), Token: replicaToken, Logger: o.Logger}
+		if o.TLS != nil {
+			// Shippers authenticate with the token; --tls-ca's client
+			// certificates are for NBD clients.
+			rt := o.TLS.Clone()
+			rt.ClientAuth, rt.ClientCAs = tls.NoClientCert, nil
+			d.replSrv.TLS = rt
+		}
+		go d.replSrv.Serve(l)
+	}
+
+	cl, err := listenUnix(o.ControlSocket, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	d.socks = append(d.socks, o.ControlSocket)
+	d.control = &http.Server{Handler: d.controlHandler(), ReadHeaderTimeout: 10 * time.Second}
+	go d.control.Serve(cl)
+	if o.MetricsListen != "" {
+		ml, err := net.Listen("tcp", o.MetricsListen)
+		if err != nil {
+			return nil, fmt.Errorf("--metrics-listen %s: %w", o.MetricsListen, err)
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("GET /metrics", d.metrics)
+		d.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go d.metricsSrv.Serve(ml)
+	}
+	ok = true
+	return d, nil
+}
+
+// fill sets defaults and checks what can be checked before the data
+// directory is taken; it returns the replication token.
+func (o *Options) fill() (string, error) {
+	if o.Dir == "" {
+		return "", errors.New("daemon: Options.Dir is required")
+	}
+	if o.ControlSocket == "" {
+		o.ControlSocket = filepath.Join(o.Dir, "control.sock")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	var token string
+	if o.ReplicaListen != "" {
+		if o.ReplicaTokenFile == "" {
+			return "", fmt.Errorf("--replica-listen needs --replica-token-file (a file holding a shared token, e.g. head -c 24 /dev/urandom | base64 > token)")
+		}
+		var err error
+		if token, err = readToken(o.ReplicaTokenFile); err != nil {
+			return "", fmt.Errorf("--replica-token-file: %w", err)
+		}
+		if o.TLS == nil && !replica.IsLoopback(o.ReplicaListen) && !o.ReplicaInsecure {
+			return "", fmt.Errorf("--replica-listen %s is off loopback: give --tls-cert/--tls-key, or --insecure to accept plaintext streams", o.ReplicaListen)
+		}
+	}
+	if len(o.UblkVolumes) > 0 {
+		// Fail at once where the kernel has no ublk, saying what is
+		// missing, before the data directory is created or taken.
+		if err := ublk.Available(); err != nil {
+			return "", fmt.Errorf("--ublk: %w", err)
+		}
+	}
+	return token, nil
+}
+
+// Volumes lists the pool's volumes.
+func (d *Daemon) Volumes() []control.VolumeInfo { return d.pool.Volumes() }
+
+// Close shuts down in order: stop taking requests, finish in-flight ones
+// (until ctx ends), sync and close the pool, remove the sockets, release the
+// lock.
+func (d *Daemon) Close(ctx context.Context) error {
+	var firstErr error
+	if d.control != nil {
+		d.control.Shutdown(ctx)
+	}
+	if d.metricsSrv != nil {
+		d.metricsSrv.Shutdown(ctx)
+	}
+	if d.ublkStop != nil {
+		d.ublkStop()
+		d.ublkWG.Wait()
+	}
+	if d.nbd != nil {
+		if err := d.nbd.Shutdown(ctx); err != nil {
+			d.opts.Logger.Warn("NBD shutdown", "err", err)
+		}
+	}
+	for _, l := range d.lns {
+		l.Close()
+	}
+	if d.repl != nil {
+		d.repl.close()
+	}
+	if d.replSrv != nil {
+		d.replSrv.Close()
+	}
+	if d.pool != nil {
+		if err := d.pool.Close(); err != nil {
+			firstErr = fmt.Errorf("close pool: %w", err)
+		}
+	}
+	for _, s := range d.socks {
+		os.Remove(s)
+	}
+	if d.lock != nil {
+		d.lock.Close()
+	}
+	return firstErr
+}
+
+// lockDataDir takes an exclusive flock on DATA/strata.lock and writes our
+// pid into it, so a second serve fails clearly and names the holder.
+func lockDataDir(dir string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create data directory %s: %w", dir, err)
+	}
+	path := filepath.Join(dir, "strata.lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open lock file: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		b, _ := os.ReadFile(path)
+		f.Close()
+		holder := strings.TrimSpace(string(b))
+		if holder == "" {
+			holder = "unknown"
+		}
+		return nil, fmt.Errorf("%w: %s is used by another strata serve (pid %s); stop it first or use another --data", ErrDataInUse, dir, holder)
+	}
+	f.Truncate(0)
+	f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	return f, nil
+}
+
+// listenUnix listens on a Unix socket path, replacing a stale socket file
+// that a crashed serve left behind (we hold the data directory's lock, so no
+// live serve owns it). A non-socket file at the path is never removed.
+func listenUnix(path string, mode fs.FileMode) (net.Listener, error) {
+	if len(path) > maxSocketPath {
+		return nil, fmt.Errorf("socket path %s is %d bytes long; Unix sockets allow %d: choose a shorter path", path, len(path), maxSocketPath)
+	}
+	if st, err := os.Lstat(path); err == nil {
+		if st.Mode()&fs.ModeSocket == 0 {
+			return nil, fmt.Errorf("%s exists and is not a socket; refusing to replace it", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+		}
+	}
+	old := syscall.Umask(int(0o777 &^ uint32(mode)))
+	l, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w (some filesystems, such as FUSE or NFS, cannot hold sockets: use --socket/--control-socket to put it elsewhere)", path, err)
+	}
+	return l, nil
+}
