@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/strata-storage/strata/internal/units"
 )
 
 type bench struct {
@@ -152,7 +154,7 @@ func (b *bench) main(ctx context.Context) error {
 	plan := b.plan()
 	est := time.Duration(len(plan)) * (cfg.runtime + 800*time.Millisecond)
 	fmt.Printf("%d runs: %d job(s) x %d system(s) x %d round(s), %s each, working set %s; about %s plus setup\n",
-		len(plan), len(b.jobs), len(b.systems), cfg.rounds, cfg.runtime, formatSize(cfg.size), est.Round(time.Second))
+		len(plan), len(b.jobs), len(b.systems), cfg.rounds, cfg.runtime, sizeArg(cfg.size), est.Round(time.Second))
 	if len(plan) == 0 {
 		return errors.New("no job applies to the selected systems (see -all)")
 	}
@@ -169,7 +171,7 @@ func (b *bench) main(ctx context.Context) error {
 			return err
 		}
 		s := s
-		fmt.Printf("starting %s and prefilling %s ... ", s.name, formatSize(cfg.size))
+		fmt.Printf("starting %s and prefilling %s ... ", s.name, sizeArg(cfg.size))
 		t0 := time.Now()
 		b.atExit(s.stop)
 		if err := s.start(ctx); err != nil {
@@ -192,7 +194,7 @@ func (b *bench) main(ctx context.Context) error {
 		}
 		if free := freeBytes(b.tmp); free < cfg.minFree {
 			stopped = fmt.Sprintf("stopped after %d of %d runs: only %s free under %s (Strata's journal keeps every write: GC is off)",
-				i, len(plan), humanBytes(float64(free)), parent)
+				i, len(plan), units.FormatSize(free), parent)
 			break
 		}
 		res, err := b.runOne(ctx, p)
@@ -383,7 +385,7 @@ func (b *bench) diskUsage() {
 			}
 			return nil
 		})
-		parts = append(parts, fmt.Sprintf("%s %s", s.name, humanBytes(float64(n))))
+		parts = append(parts, fmt.Sprintf("%s %s", s.name, units.FormatSize(n)))
 	}
 	b.notef("disk used at the end (allocated blocks): %s", strings.Join(parts, ", "))
 }

@@ -25,6 +25,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/strata-storage/strata/internal/units"
 )
 
 type config struct {
@@ -82,7 +84,7 @@ func run() int {
 		}
 	}
 	var err error
-	if cfg.size, err = parseSize(sizeStr); err != nil || cfg.size < 16<<20 || cfg.size%(1<<20) != 0 {
+	if cfg.size, err = units.ParseSize(sizeStr); err != nil || cfg.size < 16<<20 || cfg.size%(1<<20) != 0 {
 		fmt.Fprintf(os.Stderr, "bench: -size %q: want a multiple of 1MiB, at least 16MiB (e.g. 1GiB, 512M)\n", sizeStr)
 		return 2
 	}
@@ -150,30 +152,9 @@ func findRepoRoot() (string, error) {
 	}
 }
 
-// parseSize reads 1GiB, 1G, 512MiB, 512m, 4096 (bytes).
-func parseSize(s string) (int64, error) {
-	s = strings.TrimSpace(s)
-	units := []struct {
-		suffix string
-		mult   int64
-	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10},
-		{"T", 1 << 40}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}}
-	mult := int64(1)
-	for _, u := range units {
-		if len(s) > len(u.suffix) && strings.EqualFold(s[len(s)-len(u.suffix):], u.suffix) {
-			s, mult = s[:len(s)-len(u.suffix)], u.mult
-			break
-		}
-	}
-	var n int64
-	if _, err := fmt.Sscanf(s, "%d", &n); err != nil || n <= 0 || fmt.Sprint(n) != s {
-		return 0, fmt.Errorf("invalid size")
-	}
-	return n * mult, nil
-}
-
-// formatSize writes bytes the way strata, qemu-img and fio all read them.
-func formatSize(n int64) string {
+// sizeArg writes a size exactly, the way strata, qemu-img and fio all read
+// it on their command lines (units.FormatSize rounds, for people).
+func sizeArg(n int64) string {
 	switch {
 	case n%(1<<30) == 0:
 		return fmt.Sprintf("%dGiB", n>>30)
@@ -183,7 +164,7 @@ func formatSize(n int64) string {
 	return fmt.Sprintf("%dKiB", n>>10)
 }
 
-// fioSize is formatSize in fio's spelling (fio reads "1GiB" too, but "1g" is
+// fioSize is sizeArg in fio's spelling (fio reads "1GiB" too, but "1g" is
 // its own documented form).
 func fioSize(n int64) string {
 	switch {

@@ -77,7 +77,7 @@ func (b *bench) collectMachine(ctx context.Context) {
 		"nbdkit:   " + version(kindNbdkit, "nbdkit", "--version"),
 		"strata:   " + first(b.strataBin, "--version") + ", commit " + commit + ", " + runtime.Version(),
 		fmt.Sprintf("settings: %d round(s) x %s per run, working set %s (fresh targets %s)",
-			b.cfg.rounds, b.cfg.runtime, formatSize(b.cfg.size), formatSize(4*b.cfg.size)),
+			b.cfg.rounds, b.cfg.runtime, sizeArg(b.cfg.size), sizeArg(4*b.cfg.size)),
 		"systems:  " + strings.Join(sys, ", "),
 		"jobs:     " + strings.Join(jobs, ", "),
 	}
@@ -244,7 +244,7 @@ func (b *bench) printTargets() {
 		fmt.Fprintln(b.report, l)
 	}
 	fmt.Fprintf(b.report, "  (strata and strata-snap10 run with --cache-size %s, so the %s working set fits in the read cache;\n"+
-		"   strata-nocache shows the same without it)\n", formatSize(max(256<<20, b.cfg.size*5/4)), formatSize(b.cfg.size))
+		"   strata-nocache shows the same without it)\n", sizeArg(max(256<<20, b.cfg.size*5/4)), sizeArg(b.cfg.size))
 }
 
 func fmtCount(v float64) string {
@@ -269,19 +269,6 @@ func fmtLatency(ns float64) string {
 		return fmt.Sprintf("%.2f ms", ns/1e6)
 	}
 	return fmt.Sprintf("%.2f s", ns/1e9)
-}
-
-func humanBytes(v float64) string {
-	units := []string{"B", "KiB", "MiB", "GiB", "TiB"}
-	i := 0
-	for v >= 1024 && i < len(units)-1 {
-		v /= 1024
-		i++
-	}
-	if i == 0 {
-		return fmt.Sprintf("%.0f B", v)
-	}
-	return fmt.Sprintf("%.1f %s", v, units[i])
 }
 
 // damonNote says whether DAMON pages memory out on this machine (as some

@@ -84,12 +84,12 @@ func (s *system) start(ctx context.Context) error {
 	case kindStrata:
 		data := filepath.Join(s.dir, "data")
 		args := []string{s.b.strataBin, "serve", "--data", data, "--listen=", "--gc-interval", "0",
-			"--volume", "bench=" + formatSize(size)}
+			"--volume", "bench=" + sizeArg(size)}
 		extra := s.extra
 		if s.name != "strata-nocache" {
 			// The working set fits in the read cache (the random
 			// read target is "with the working set in cache").
-			extra = append([]string{"--cache-size", formatSize(max(256<<20, size*5/4))}, extra...)
+			extra = append([]string{"--cache-size", sizeArg(max(256<<20, size*5/4))}, extra...)
 		}
 		p, err := startProc(s.name, filepath.Join(s.dir, "server.log"), append(args, extra...)...)
 		if err != nil {
@@ -166,7 +166,7 @@ func (s *system) fresh(ctx context.Context, size int64) (target, func(), error) 
 	case kindStrata:
 		name := fmt.Sprintf("fresh-%d", s.freshSeq)
 		data := filepath.Join(s.dir, "data")
-		if _, err := command(ctx, s.b.strataBin, "--data", data, "volume", "create", name, "--size", formatSize(size)); err != nil {
+		if _, err := command(ctx, s.b.strataBin, "--data", data, "volume", "create", name, "--size", sizeArg(size)); err != nil {
 			return target{}, nil, err
 		}
 		t := target{uri: "nbd+unix:///" + name + "?socket=" + filepath.Join(data, "nbd.sock"), volume: name}
