@@ -115,22 +115,8 @@ func (c *Client) GC(ctx context.Context) (GCStats, error) {
 
 // Replicate ships a volume once, calling progress now and then while it runs.
 func (c *Client) Replicate(ctx context.Context, req ReplicateRequest, progress func(Progress)) (ShipResult, error) {
-	var res *ShipResult
-	err := c.stream(ctx, "/v1/replicate", req, func(ev Event) {
-		if ev.Progress != nil && progress != nil {
-			progress(*ev.Progress)
-		}
-		if ev.Result != nil {
-			res = ev.Result
-		}
-	})
-	if err == nil && res == nil {
-		err = errors.New("the daemon ended the run without a result")
-	}
-	if err != nil {
-		return ShipResult{}, err
-	}
-	return *res, nil
+	return streamResult(ctx, c, "/v1/replicate", req, progress, func(ev Event) *ShipResult { return ev.Result },
+		"the daemon ended the run without a result")
 }
 
 func (c *Client) Replications(ctx context.Context) ([]ReplicationStatus, error) {
@@ -161,22 +147,8 @@ func (c *Client) Demote(ctx context.Context, vol string, req DemoteRequest) (Dem
 
 // Restore rebuilds a volume from a target, calling progress as it goes.
 func (c *Client) Restore(ctx context.Context, req RestoreRequest, progress func(Progress)) (Restored, error) {
-	var res *Restored
-	err := c.stream(ctx, "/v1/restore", req, func(ev Event) {
-		if ev.Progress != nil && progress != nil {
-			progress(*ev.Progress)
-		}
-		if ev.Restore != nil {
-			res = ev.Restore
-		}
-	})
-	if err == nil && res == nil {
-		err = errors.New("the daemon ended the restore without a result")
-	}
-	if err != nil {
-		return Restored{}, err
-	}
-	return *res, nil
+	return streamResult(ctx, c, "/v1/restore", req, progress, func(ev Event) *Restored { return ev.Restore },
+		"the daemon ended the restore without a result")
 }
 
 // Metrics is the daemon's counters in the Prometheus text format.
@@ -247,6 +219,29 @@ func (c *Client) call(ctx context.Context, method, path string, body any) ([]byt
 		return nil, fmt.Errorf("read reply from daemon: %w", err)
 	}
 	return b, nil
+}
+
+// streamResult posts a request whose reply is NDJSON events, passes their
+// progress on and returns the result that result finds in them; a stream
+// without one fails with the message missing.
+func streamResult[T any](ctx context.Context, c *Client, path string, body any, progress func(Progress), result func(Event) *T, missing string) (T, error) {
+	var res *T
+	err := c.stream(ctx, path, body, func(ev Event) {
+		if ev.Progress != nil && progress != nil {
+			progress(*ev.Progress)
+		}
+		if r := result(ev); r != nil {
+			res = r
+		}
+	})
+	if err == nil && res == nil {
+		err = errors.New(missing)
+	}
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return *res, nil
 }
 
 // stream posts a request whose reply is NDJSON events, calling fn for each

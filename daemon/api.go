@@ -23,25 +23,34 @@ import (
 
 var errBadRequest = errors.New("bad request")
 
-// errorCode classifies an error for the API (and so the CLI's exit).
-func errorCode(err error) (int, string) {
-	switch {
-	case errors.Is(err, blockdev.ErrNotFound):
-		return http.StatusNotFound, control.CodeNotFound
-	case errors.Is(err, cow.ErrExists):
-		return http.StatusConflict, control.CodeExists
-	case errors.Is(err, cow.ErrBusy):
-		return http.StatusConflict, control.CodeBusy
-	case errors.Is(err, cow.ErrShrinkData):
-		return http.StatusConflict, control.CodeShrinkData
-	case errors.Is(err, cow.ErrPoint):
-		return http.StatusUnprocessableEntity, control.CodePoint
-	case errors.Is(err, cow.ErrInvalidName), errors.Is(err, cow.ErrInvalidSize), errors.Is(err, errBadRequest):
-		return http.StatusBadRequest, control.CodeInvalid
-	case errors.Is(err, blockdev.ErrNoSpace):
-		return http.StatusInsufficientStorage, control.CodeNoSpace
-	case errors.Is(err, cdp.ErrFailed), errors.Is(err, blockdev.ErrIO):
-		return http.StatusInternalServerError, control.CodeIO
+// errorClass is an error class and the API's status and code for it.
+type errorClass struct {
+	err    error
+	status int
+	code   string
+}
+
+// errorClasses classify errors for the API (and so the CLI's exit), the
+// first that matches winning.
+var errorClasses = []errorClass{
+	{blockdev.ErrNotFound, http.StatusNotFound, control.CodeNotFound},
+	{cow.ErrExists, http.StatusConflict, control.CodeExists},
+	{cow.ErrBusy, http.StatusConflict, control.CodeBusy},
+	{cow.ErrShrinkData, http.StatusConflict, control.CodeShrinkData},
+	{cow.ErrPoint, http.StatusUnprocessableEntity, control.CodePoint},
+	{cow.ErrInvalidName, http.StatusBadRequest, control.CodeInvalid},
+	{cow.ErrInvalidSize, http.StatusBadRequest, control.CodeInvalid},
+	{errBadRequest, http.StatusBadRequest, control.CodeInvalid},
+	{blockdev.ErrNoSpace, http.StatusInsufficientStorage, control.CodeNoSpace},
+	{cdp.ErrFailed, http.StatusInternalServerError, control.CodeIO},
+	{blockdev.ErrIO, http.StatusInternalServerError, control.CodeIO},
+}
+
+func errorCode(err error, classes []errorClass) (int, string) {
+	for _, c := range classes {
+		if errors.Is(err, c.err) {
+			return c.status, c.code
+		}
 	}
 	return http.StatusInternalServerError, control.CodeInternal
 }
@@ -52,8 +61,10 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-func writeErr(w http.ResponseWriter, err error) {
-	status, code := errorCode(err)
+func writeErr(w http.ResponseWriter, err error) { writeClassified(w, err, errorClasses) }
+
+func writeClassified(w http.ResponseWriter, err error, classes []errorClass) {
+	status, code := errorCode(err, classes)
 	writeJSON(w, status, control.Error{Message: control.UserMessage(err), Code: code})
 }
 

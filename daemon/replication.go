@@ -393,28 +393,16 @@ func (m *replManager) remove(id string) error {
 
 // The control API's replication handlers.
 
-func replErrorCode(err error) (int, string) {
-	switch {
-	case errors.Is(err, replica.ErrBusy):
-		return http.StatusConflict, control.CodeBusy
-	case errors.Is(err, replica.ErrAuth):
-		return http.StatusForbidden, control.CodeAuth
-	case errors.Is(err, replica.ErrRefused):
-		return http.StatusConflict, control.CodeRefused
-	case errors.Is(err, replica.ErrNoSpace):
-		return http.StatusInsufficientStorage, control.CodeNoSpace
-	case errors.Is(err, replica.ErrCorrupt):
-		return http.StatusBadGateway, control.CodeCorrupt
-	case errors.Is(err, replica.ErrNotFound):
-		return http.StatusNotFound, control.CodeNotFound
-	}
-	return errorCode(err)
-}
-
-func writeReplErr(w http.ResponseWriter, err error) {
-	status, code := replErrorCode(err)
-	writeJSON(w, status, control.Error{Message: control.UserMessage(err), Code: code})
-}
+// replErrorClasses classify the errors of replication requests: the
+// replica's classes first.
+var replErrorClasses = append([]errorClass{
+	{replica.ErrBusy, http.StatusConflict, control.CodeBusy},
+	{replica.ErrAuth, http.StatusForbidden, control.CodeAuth},
+	{replica.ErrRefused, http.StatusConflict, control.CodeRefused},
+	{replica.ErrNoSpace, http.StatusInsufficientStorage, control.CodeNoSpace},
+	{replica.ErrCorrupt, http.StatusBadGateway, control.CodeCorrupt},
+	{replica.ErrNotFound, http.StatusNotFound, control.CodeNotFound},
+}, errorClasses...)
 
 // streamer writes NDJSON events as they happen.
 type streamer struct {
@@ -438,7 +426,7 @@ func (s *streamer) send(ev control.Event) {
 }
 
 func (s *streamer) fail(err error) {
-	_, code := replErrorCode(err)
+	_, code := errorCode(err, replErrorClasses)
 	s.send(control.Event{Error: control.UserMessage(err), Code: code})
 }
 
@@ -496,7 +484,7 @@ func (d *Daemon) replicationHandlers(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/volumes/{name}/promote", func(w http.ResponseWriter, r *http.Request) {
 		st, err := replica.Promote(r.Context(), d.pool, r.PathValue("name"))
 		if err != nil {
-			writeReplErr(w, err)
+			writeClassified(w, err, replErrorClasses)
 			return
 		}
 		log.Info("promoted replica", "volume", r.PathValue("name"), "source_seq", st.Acked)
@@ -510,7 +498,7 @@ func (d *Daemon) replicationHandlers(mux *http.ServeMux) {
 		}
 		msg, err := replica.Demote(r.Context(), d.pool, r.PathValue("name"), req.DiscardLocal)
 		if err != nil {
-			writeReplErr(w, err)
+			writeClassified(w, err, replErrorClasses)
 			return
 		}
 		log.Info("demoted", "volume", r.PathValue("name"), "discard_local", req.DiscardLocal)
