@@ -102,6 +102,8 @@ type Daemon struct {
 	ublkWG     sync.WaitGroup
 	repl       *replManager
 	replSrv    *replica.Server
+	closeOnce  sync.Once
+	closeErr   error
 
 	mu struct {
 		sync.Mutex
@@ -229,8 +231,13 @@ func (d *Daemon) Volumes() []control.VolumeInfo { return d.pool.Volumes() }
 
 // Close shuts down in order: stop taking requests, finish in-flight ones
 // (until ctx ends), sync and close the pool, remove the sockets, release the
-// lock.
+// lock. Later calls return the first's result.
 func (d *Daemon) Close(ctx context.Context) error {
+	d.closeOnce.Do(func() { d.closeErr = d.close(ctx) })
+	return d.closeErr
+}
+
+func (d *Daemon) close(ctx context.Context) error {
 	var firstErr error
 	if d.control != nil {
 		d.control.Shutdown(ctx)
