@@ -39,13 +39,11 @@ func NewClient(socket string) *Client {
 }
 
 func (c *Client) Volumes(ctx context.Context) ([]VolumeInfo, error) {
-	var vols []VolumeInfo
-	return vols, c.do(ctx, "GET", "/v1/volumes", nil, &vols)
+	return request[[]VolumeInfo](ctx, c, "GET", "/v1/volumes", nil)
 }
 
 func (c *Client) CreateVolume(ctx context.Context, req CreateVolumeRequest) (VolumeInfo, error) {
-	var info VolumeInfo
-	return info, c.do(ctx, "POST", "/v1/volumes", req, &info)
+	return request[VolumeInfo](ctx, c, "POST", "/v1/volumes", req)
 }
 
 // DeleteVolume deletes a volume; force disconnects its NBD clients first.
@@ -54,13 +52,11 @@ func (c *Client) DeleteVolume(ctx context.Context, name string, force bool) (Del
 	if force {
 		path += "?force=1"
 	}
-	var r DeleteReply
-	return r, c.do(ctx, "DELETE", path, nil, &r)
+	return request[DeleteReply](ctx, c, "DELETE", path, nil)
 }
 
 func (c *Client) ResizeVolume(ctx context.Context, name string, req ResizeRequest) (VolumeInfo, error) {
-	var info VolumeInfo
-	return info, c.do(ctx, "POST", volumePath(name, "resize"), req, &info)
+	return request[VolumeInfo](ctx, c, "POST", volumePath(name, "resize"), req)
 }
 
 func (c *Client) SetVolume(ctx context.Context, name string, req SettingsRequest) error {
@@ -68,18 +64,15 @@ func (c *Client) SetVolume(ctx context.Context, name string, req SettingsRequest
 }
 
 func (c *Client) Status(ctx context.Context) (Status, error) {
-	var st Status
-	return st, c.do(ctx, "GET", "/v1/status", nil, &st)
+	return request[Status](ctx, c, "GET", "/v1/status", nil)
 }
 
 func (c *Client) CreateSnapshot(ctx context.Context, vol string, req SnapshotRequest) (Snapshot, error) {
-	var sn Snapshot
-	return sn, c.do(ctx, "POST", volumePath(vol, "snapshots"), req, &sn)
+	return request[Snapshot](ctx, c, "POST", volumePath(vol, "snapshots"), req)
 }
 
 func (c *Client) Snapshots(ctx context.Context, vol string) ([]SnapshotInfo, error) {
-	var snaps []SnapshotInfo
-	return snaps, c.do(ctx, "GET", volumePath(vol, "snapshots"), nil, &snaps)
+	return request[[]SnapshotInfo](ctx, c, "GET", volumePath(vol, "snapshots"), nil)
 }
 
 func (c *Client) DeleteSnapshot(ctx context.Context, vol, name string) error {
@@ -87,30 +80,25 @@ func (c *Client) DeleteSnapshot(ctx context.Context, vol, name string) error {
 }
 
 func (c *Client) Rollback(ctx context.Context, vol string, req RollbackRequest) (Point, error) {
-	var pt Point
-	return pt, c.do(ctx, "POST", volumePath(vol, "rollback"), req, &pt)
+	return request[Point](ctx, c, "POST", volumePath(vol, "rollback"), req)
 }
 
 // History is the volume's points in time, with its writes in buckets rows.
 func (c *Client) History(ctx context.Context, vol string, buckets int) (History, error) {
-	var h History
-	return h, c.do(ctx, "GET", volumePath(vol, "history")+"?buckets="+strconv.Itoa(buckets), nil, &h)
+	return request[History](ctx, c, "GET", volumePath(vol, "history")+"?buckets="+strconv.Itoa(buckets), nil)
 }
 
 func (c *Client) Clone(ctx context.Context, req CloneRequest) (VolumeInfo, error) {
-	var info VolumeInfo
-	return info, c.do(ctx, "POST", "/v1/clones", req, &info)
+	return request[VolumeInfo](ctx, c, "POST", "/v1/clones", req)
 }
 
 func (c *Client) Space(ctx context.Context) (Space, error) {
-	var sp Space
-	return sp, c.do(ctx, "GET", "/v1/df", nil, &sp)
+	return request[Space](ctx, c, "GET", "/v1/df", nil)
 }
 
 // GC runs a garbage collection pass now.
 func (c *Client) GC(ctx context.Context) (GCStats, error) {
-	var st GCStats
-	return st, c.do(ctx, "POST", "/v1/gc", nil, &st)
+	return request[GCStats](ctx, c, "POST", "/v1/gc", nil)
 }
 
 // Replicate ships a volume once, calling progress now and then while it runs.
@@ -120,13 +108,11 @@ func (c *Client) Replicate(ctx context.Context, req ReplicateRequest, progress f
 }
 
 func (c *Client) Replications(ctx context.Context) ([]ReplicationStatus, error) {
-	var list []ReplicationStatus
-	return list, c.do(ctx, "GET", "/v1/replication", nil, &list)
+	return request[[]ReplicationStatus](ctx, c, "GET", "/v1/replication", nil)
 }
 
 func (c *Client) AddReplication(ctx context.Context, req AddReplicationRequest) (Replication, error) {
-	var r Replication
-	return r, c.do(ctx, "POST", "/v1/replication", req, &r)
+	return request[Replication](ctx, c, "POST", "/v1/replication", req)
 }
 
 // RemoveReplication stops a replication (id is ReplicationID's) and
@@ -136,13 +122,11 @@ func (c *Client) RemoveReplication(ctx context.Context, id string) error {
 }
 
 func (c *Client) Promote(ctx context.Context, vol string) (ReplicaState, error) {
-	var st ReplicaState
-	return st, c.do(ctx, "POST", volumePath(vol, "promote"), struct{}{}, &st)
+	return request[ReplicaState](ctx, c, "POST", volumePath(vol, "promote"), struct{}{})
 }
 
 func (c *Client) Demote(ctx context.Context, vol string, req DemoteRequest) (DemoteReply, error) {
-	var r DemoteReply
-	return r, c.do(ctx, "POST", volumePath(vol, "demote"), req, &r)
+	return request[DemoteReply](ctx, c, "POST", volumePath(vol, "demote"), req)
 }
 
 // Restore rebuilds a volume from a target, calling progress as it goes.
@@ -197,6 +181,13 @@ func (c *Client) send(ctx context.Context, hc *http.Client, method, path string,
 		return nil, fmt.Errorf("daemon answered %s", resp.Status)
 	}
 	return resp, nil
+}
+
+// request makes a request and decodes its reply into a T.
+func request[T any](ctx context.Context, c *Client, method, path string, body any) (T, error) {
+	var out T
+	err := c.do(ctx, method, path, body, &out)
+	return out, err
 }
 
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
