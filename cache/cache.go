@@ -113,6 +113,25 @@ type Stats struct {
 	HitRatio  float64 `json:"hit_ratio"`
 	Evictions uint64  `json:"evictions"`
 	Dropped   uint64  `json:"dropped"` // sets ristretto dropped under contention
+	// Recent writes kept in the journal's memory (package cdp's tail),
+	// the other part of the read cache; Bytes, Hits and HitRatio count
+	// them too.
+	RecentBytes int64  `json:"recent_bytes"`
+	RecentHits  uint64 `json:"recent_hits"`
+}
+
+// AddRecent folds the journal's memory of recent writes into s: max is
+// the whole read cache's size.
+func (s *Stats) AddRecent(max, bytes int64, hits uint64) {
+	s.Enabled = s.Enabled || max > 0
+	s.MaxBytes = max
+	s.RecentBytes, s.RecentHits = bytes, hits
+	s.Bytes += bytes
+	s.Hits += hits
+	s.HitRatio = 0
+	if s.Hits+s.Misses > 0 {
+		s.HitRatio = float64(s.Hits) / float64(s.Hits+s.Misses)
+	}
 }
 
 // Stats returns the cache's counters.

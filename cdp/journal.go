@@ -16,6 +16,7 @@ import (
 	"hash/crc32"
 	"io"
 	"log/slog"
+	"os"
 	"path"
 	"sort"
 	"strconv"
@@ -76,6 +77,12 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// DirectIO writes segments with O_DIRECT where the filesystem allows it
+	// (the file system must be vfs.Default: the files are opened by path).
+	DirectIO bool
+	// TailCache is the memory of recently written journal kept for reads
+	// (default DefaultTailCache; negative: none).
+	TailCache int64
 }
 
 func (o *Options) fill() error {
@@ -97,6 +104,15 @@ func (o *Options) fill() error {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	switch {
+	case o.TailCache == 0:
+		o.TailCache = DefaultTailCache
+	case o.TailCache < 0:
+		o.TailCache = 0
+	}
+	if o.DirectIO && o.FS != vfs.Default {
+		o.DirectIO = false
+	}
 	return nil
 }
 
@@ -114,9 +130,12 @@ type segment struct {
 	id   uint64 // first sequence number it holds
 	name string
 	f    vfs.File
-	size int64 // bytes of valid header and records
-	// synced is how far the file is known durable.
-	synced atomic.Int64
+	dio  *os.File // O_DIRECT descriptor for the tail's writes (nil: f)
+	size int64    // bytes of valid header and records (under the journal's mu)
+	// written is how far the records are in the file (the rest is in the
+	// tail's chunks); synced is how far the file is known durable.
+	written atomic.Int64
+	synced  atomic.Int64
 }
 
 // Journal is a pool's log. Append and Sync are safe for concurrent use;
@@ -131,8 +150,28 @@ type Journal struct {
 		cur      *segment
 		nextSeq  uint64
 		lastTime int64
-		buf      []byte
+		hdr      [RecordHeaderSize]byte
 		closed   bool
+		// tailPos is where the next appended byte goes in cur; open is
+		// the chunk it goes to (tail.go); header is cur's header, which
+		// its first chunk starts with.
+		tailPos int64
+		open    *chunk
+		header  []byte
+	}
+
+	// t guards the tail's chunks (tail.go). Lock order: mu, then t.
+	t struct {
+		sync.RWMutex
+		cond      *sync.Cond // on the write lock: chunk written, asked for or freed
+		pending   []*chunk   // not all written, in file order; the last may be open
+		recent    []*chunk   // written and kept for reads, oldest first
+		index     map[chunkKey]*chunk
+		free      []*chunk
+		allocated int
+		err       error // the writer failed: the journal has failed
+		stop      bool
+		done      chan struct{}
 	}
 
 	segMu sync.RWMutex
@@ -192,10 +231,14 @@ func Open(opts Options, from uint64, replay ReplayFunc) (*Journal, error) {
 		return nil, fmt.Errorf("cdp: %w", err)
 	}
 	j := &Journal{opts: opts, segs: map[uint64]*segment{}}
+	j.t.cond = sync.NewCond(&j.t)
+	j.t.done = make(chan struct{})
+	j.t.index = map[chunkKey]*chunk{}
 	if err := j.recover(from, replay); err != nil {
 		j.closeFiles()
 		return nil, err
 	}
+	go j.writer()
 	return j, nil
 }
 
@@ -305,7 +348,6 @@ func (j *Journal) recover(from uint64, replay ReplayFunc) error {
 				if err := j.opts.FS.Remove(j.path(name)); err != nil {
 					return fmt.Errorf("cdp: remove torn segment %s: %w", name, err)
 				}
-				ids = ids[:i]
 				break
 			}
 			f.Close()
@@ -384,6 +426,9 @@ func (j *Journal) recover(from uint64, replay ReplayFunc) error {
 		s.size = end
 	}
 
+	for _, st := range states {
+		st.seg.written.Store(st.seg.size)
+	}
 	if len(states) > 0 {
 		lastSeg := states[len(states)-1].seg
 		lastSeg.synced.Store(lastSeg.size)
@@ -401,10 +446,10 @@ func (j *Journal) recover(from uint64, replay ReplayFunc) error {
 	if len(states) > 0 {
 		lastSeg := states[len(states)-1]
 		if lastSeg.hdr.firstSeq == next {
-			lastSeg.seg.size = segmentHeaderSize
-			lastSeg.seg.synced.Store(segmentHeaderSize)
-			j.mu.cur = lastSeg.seg
-			return nil
+			s := lastSeg.seg
+			s.size = segmentHeaderSize
+			s.synced.Store(segmentHeaderSize)
+			return j.useSegment(s, encodeSegHeader(lastSeg.hdr))
 		}
 		return j.startSegment(next, lastSeg.seg)
 	}
@@ -427,6 +472,12 @@ func (j *Journal) scanSegment(s *segment, limit int64, last bool, next, from uin
 		if err != nil {
 			if !last {
 				return 0, 0, 0, fmt.Errorf("%w: segment %s offset %d: %v", ErrCorrupt, s.name, pos, err)
+			}
+			if j.zeroFrom(s, pos, limit) {
+				// The padding of the tail's last direct write (tail.go):
+				// the records end here.
+				j.opts.Logger.Debug("journal: zero padding after the last record", "segment", s.name, "offset", pos, "bytes", limit-pos)
+				return pos, next, lastTime, nil
 			}
 			later, proof := j.findValidAfter(s, pos, limit, next)
 			if proof != nil {
@@ -467,6 +518,24 @@ func readRecord(r *bufio.Reader, hdr []byte, buf *[]byte) (Record, int, error) {
 		return Record{}, 0, errShort
 	}
 	return DecodeRecord(b)
+}
+
+// zeroFrom reports whether s holds only zeros from pos to limit.
+func (j *Journal) zeroFrom(s *segment, pos, limit int64) bool {
+	buf := make([]byte, 64<<10)
+	for pos < limit {
+		n := min(int64(len(buf)), limit-pos)
+		if _, err := s.f.ReadAt(buf[:n], pos); err != nil && !errors.Is(err, io.EOF) {
+			return false
+		}
+		for _, b := range buf[:n] {
+			if b != 0 {
+				return false
+			}
+		}
+		pos += n
+	}
+	return true
 }
 
 type foundRecord struct {
@@ -528,6 +597,13 @@ func (j *Journal) startSegment(first uint64, prev *segment) error {
 		_ = j.opts.FS.Remove(j.path(name))
 		return j.classifyWriteErr(fmt.Errorf("cdp: write segment header %s: %w", name, err))
 	}
+	// Reserve the segment's room up front, so a full disk shows here,
+	// before anything is acknowledged, not when the tail is written.
+	if err := f.Preallocate(0, j.opts.SegmentSize); err != nil && errors.Is(err, syscall.ENOSPC) {
+		f.Close()
+		_ = j.opts.FS.Remove(j.path(name))
+		return fmt.Errorf("%w: reserve segment %s: %v", ErrNoSpace, name, err)
+	}
 	if err := f.Sync(); err != nil {
 		f.Close()
 		return j.fail(fmt.Errorf("sync new segment %s: %w", name, err))
@@ -541,7 +617,20 @@ func (j *Journal) startSegment(first uint64, prev *segment) error {
 	j.segMu.Lock()
 	j.segs[first] = s
 	j.segMu.Unlock()
+	return j.useSegment(s, encodeSegHeader(h))
+}
+
+// useSegment makes s, which holds only its header, the segment appends go
+// to, opened for direct writes where possible.
+func (j *Journal) useSegment(s *segment, header []byte) error {
+	if j.opts.DirectIO && s.dio == nil {
+		s.dio = openDirect(j.path(s.name))
+	}
+	s.written.Store(s.size)
 	j.mu.cur = s
+	j.mu.tailPos = s.size
+	j.mu.open = nil
+	j.mu.header = append(j.mu.header[:0], header[:segmentHeaderSize]...)
 	return nil
 }
 
@@ -619,31 +708,19 @@ func (j *Journal) appendLocked(r *Record) (Location, error) {
 	r.Synced = uint32(cur.synced.Load())
 	off := cur.size
 
-	var err error
-	if len(r.Data) >= 64<<10 {
-		// Large data: two writes beat copying megabytes.
-		j.mu.buf = j.mu.buf[:0]
-		j.mu.buf = append(j.mu.buf, make([]byte, RecordHeaderSize)...)
-		j.mu.buf = append(j.mu.buf, r.Meta...)
-		encodeHeader(j.mu.buf, r)
-		if _, err = cur.f.WriteAt(j.mu.buf, off); err == nil {
-			_, err = cur.f.WriteAt(r.Data, off+int64(len(j.mu.buf)))
-		}
-	} else {
-		j.mu.buf = AppendEncoded(j.mu.buf[:0], r)
-		_, err = cur.f.WriteAt(j.mu.buf, off)
+	hdr := j.mu.hdr[:]
+	encodeHeader(hdr, r)
+	err := j.appendBytesLocked(hdr)
+	if err == nil {
+		err = j.appendBytesLocked(r.Meta)
+	}
+	if err == nil {
+		err = j.appendBytesLocked(r.Data)
 	}
 	if err != nil {
-		// The bytes past cur.size may hold part of this record. Nothing is
-		// appended after them: the next record goes to a new segment whose
-		// header says where this one's records end.
-		werr := j.classifyWriteErr(fmt.Errorf("cdp: append to %s: %w", cur.name, err))
-		if errors.Is(werr, ErrNoSpace) {
-			if rerr := j.rotateLocked(); rerr != nil {
-				return Location{}, rerr
-			}
-		}
-		return Location{}, werr
+		// Only a failed tail writer stops an append half way: the journal
+		// has failed and takes nothing more.
+		return Location{}, err
 	}
 	cur.size += size
 	j.mu.nextSeq++
@@ -656,12 +733,25 @@ func (j *Journal) appendLocked(r *Record) (Location, error) {
 // newest segment can ever have a torn tail.
 func (j *Journal) rotateLocked() error {
 	cur := j.mu.cur
+	j.requestWriteLocked()
+	if err := j.waitWritten(cur, cur.size); err != nil {
+		return err
+	}
+	j.t.Lock()
+	j.retireSegmentLocked(cur)
+	j.t.Unlock()
 	if err := cur.f.Sync(); err != nil {
 		return j.fail(fmt.Errorf("sync segment %s: %w", cur.name, err))
 	}
+	cur.synced.Store(cur.size)
 	if cur.size == segmentHeaderSize {
 		// Nothing in it: keep using it rather than leave an empty file.
 		return nil
+	}
+	if cur.dio != nil {
+		// Everything in it is written: later writes are the next segment's.
+		cur.dio.Close()
+		cur.dio = nil
 	}
 	return j.startSegment(j.mu.nextSeq, cur)
 }
@@ -690,9 +780,15 @@ func (j *Journal) Sync() error {
 	cur := j.mu.cur
 	curSize := cur.size
 	closed := j.mu.closed
+	if !closed && cur.written.Load() < curSize {
+		j.requestWriteLocked()
+	}
 	j.mu.Unlock()
 	if closed {
 		return ErrClosed
+	}
+	if err := j.waitWritten(cur, curSize); err != nil {
+		return err
 	}
 	// Records in earlier segments were synced when their segment rotated.
 	t := time.Now()
@@ -722,8 +818,22 @@ func (j *Journal) ReadAt(seg uint64, off int64, p []byte) error {
 	if s == nil {
 		return fmt.Errorf("%w: segment %s is missing", ErrCorrupt, segmentName(seg))
 	}
-	if _, err := s.f.ReadAt(p, off); err != nil {
-		return fmt.Errorf("cdp: read segment %s at %d: %w", s.name, off, err)
+	// What is not in the tail's memory is in the file: the writer makes a
+	// chunk's bytes written before it lets the chunk go.
+	for len(p) > 0 {
+		if n := j.readTail(s, off, p); n > 0 {
+			off, p = off+int64(n), p[n:]
+			continue
+		}
+		w := s.written.Load()
+		if off >= w {
+			return fmt.Errorf("%w: read of segment %s at %d is past its records (%d bytes)", ErrCorrupt, s.name, off, w)
+		}
+		n := min(int64(len(p)), w-off)
+		if _, err := s.f.ReadAt(p[:n], off); err != nil {
+			return fmt.Errorf("cdp: read segment %s at %d: %w", s.name, off, err)
+		}
+		off, p = off+n, p[n:]
 	}
 	return nil
 }
@@ -771,6 +881,11 @@ func (j *Journal) Close() error {
 	j.mu.Lock()
 	j.mu.closed = true
 	j.mu.Unlock()
+	j.t.Lock()
+	j.t.stop = true
+	j.t.cond.Broadcast()
+	j.t.Unlock()
+	<-j.t.done
 	j.syncMu.Lock()
 	j.closeFiles()
 	j.syncMu.Unlock()
@@ -782,6 +897,9 @@ func (j *Journal) closeFiles() {
 	defer j.segMu.Unlock()
 	for _, s := range j.segs {
 		s.f.Close()
+		if s.dio != nil {
+			s.dio.Close()
+		}
 	}
 	j.segs = map[uint64]*segment{}
 }
@@ -837,7 +955,13 @@ func (j *Journal) RemoveSegment(id uint64) error {
 	}
 	delete(j.segs, id)
 	j.segMu.Unlock()
+	j.t.Lock()
+	j.dropTailLocked(s)
+	j.t.Unlock()
 	s.f.Close()
+	if s.dio != nil {
+		s.dio.Close()
+	}
 	if err := j.opts.FS.Remove(j.path(s.name)); err != nil {
 		return fmt.Errorf("cdp: remove segment %s: %w", s.name, err)
 	}

@@ -59,7 +59,9 @@ func TestFullDisk(t *testing.T) {
 		t.Fatalf("filling the disk: got %v after %d MiB, want ErrNoSpace", full, off>>20)
 	}
 	t.Logf("full after %d MiB: %v", off>>20, full)
-	if free, err := p.FreeBytes(); err != nil || free > 1<<20 {
+	// The journal reserves a whole segment before it uses it, so a write
+	// fails once a segment's room is not there.
+	if free, err := p.FreeBytes(); err != nil || free > opts.SegmentSize+1<<20 {
 		t.Fatalf("free space: %d, %v", free, err)
 	}
 	v.Close()
@@ -121,12 +123,31 @@ func TestCloseWhileIndexFlushFails(t *testing.T) {
 	if _, err := v.WriteAt(bytes.Repeat([]byte{0xab}, 4096), 0); err != nil {
 		t.Fatal(err)
 	}
+	// Persist everything first, so the queue of memtables is known: empty.
+	if err := p.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
 	full.Store(true)
-	for i := 0; p.indexFlushFails.Load() == 0; i++ {
-		if i == 50 {
-			t.Fatal("the index never tried to flush")
+	// Every block holds allocated zeros now: a quarter of the volume made
+	// holes, then zeros again, gives 64Ki new versions (about 3 MiB of
+	// memtable) a pass. After the first pass a flush is asked for: it
+	// fails, and the memtables grow to nearly the stop-writes threshold,
+	// never past it (writes would stall).
+	for i := 0; i < 2; i++ {
+		if err := v.WriteZeroes(0, 256<<20, i%2 == 1); err != nil {
+			t.Fatal(err)
 		}
-		zero()
+		if i == 0 {
+			if _, err := p.db.AsyncFlush(); err != nil {
+				t.Fatal(err)
+			}
+			for k := 0; k < 500 && p.indexFlushFails.Load() == 0; k++ {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if p.indexFlushFails.Load() == 0 {
+				t.Fatal("the index never tried to flush")
+			}
+		}
 	}
 	if err := v.Flush(); err != nil {
 		t.Fatal(err)

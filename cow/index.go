@@ -170,6 +170,52 @@ type apply struct {
 	val       []byte
 	dirty     map[uint64]*volState // 'v' metadata (size, written) to write
 	metaDirty map[uint64]*volState // 'x' lineage to write
+	// punched: the versions punch added, for the head map after the commit.
+	punched []punchedBlock
+	es      []entry // scratch: the head's entries of a write's blocks
+}
+
+type punchedBlock struct {
+	vol, block uint64
+	e          entry
+}
+
+// updateHead tells the head map what record r changed; the index has
+// committed it.
+func (a *apply) updateHead(r *cdp.Record, loc cdp.Location) {
+	h := a.p.head
+	switch r.Kind {
+	case cdp.KindWrite:
+		h.setWrite(r.Volume, r.Offset/cdp.BlockSize, r.Seq, loc.Segment, loc.DataOffset(len(r.Meta)), r.Meta)
+	case cdp.KindTrim, cdp.KindZero, cdp.KindVolumeResize:
+		for _, pb := range a.punched {
+			h.set(pb.vol, pb.block, pb.e)
+		}
+	case cdp.KindVolumeRollback, cdp.KindVolumeDelete:
+		h.dropVolumes(func(vol uint64) bool { return vol == r.Volume })
+	case cdp.KindRelocate:
+		dataOff := loc.DataOffset(len(r.Meta))
+		for i := 0; i < len(r.Data)/cdp.BlockSize; i++ {
+			re := cdp.RelocateEntryAt(r.Meta, i)
+			h.relocated(re.Volume, re.Block, re.Seq, entry{kind: entryData, seq: re.Seq, seg: loc.Segment, off: dataOff + int64(i)*cdp.BlockSize, crc: re.CRC})
+		}
+		// A clone's head pages may show its base's versions, which moved
+		// under another volume's name: drop them.
+		h.dropVolumes(func(vol uint64) bool {
+			v := a.p.volumeAny(vol)
+			if v == nil {
+				return true
+			}
+			for _, g := range v.loadGens() {
+				if g.BaseVol != 0 && g.BaseVol != vol {
+					return true
+				}
+			}
+			return false
+		})
+	}
+	clear(a.punched)
+	a.punched = a.punched[:0]
 }
 
 // addWritten adjusts v's written-blocks counter (and the recount's delta).
@@ -256,14 +302,18 @@ func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
 		first := r.Offset / cdp.BlockSize
 		n := uint64(len(r.Data) / cdp.BlockSize)
 		// Count blocks that gain data, for "written" accounting.
+		if uint64(cap(a.es)) < n {
+			a.es = make([]entry, n)
+		}
+		es := a.es[:n]
+		if err := a.p.headEntries(v, first, es); err != nil {
+			return err
+		}
 		had := 0
-		if err := a.p.resolve(a.p.db, v, first, first+n-1, Head, func(_ uint64, e entry) bool {
+		for _, e := range es {
 			if e.kind == entryData {
 				had++
 			}
-			return true
-		}); err != nil {
-			return err
 		}
 		dataOff := loc.DataOffset(len(r.Meta))
 		for i := uint64(0); i < n; i++ {
@@ -395,7 +445,7 @@ func (a *apply) punch(v *volState, first, last, seq uint64, kind entryKind) erro
 	next := first
 	setRange := func(from, to uint64) { // allocated zeros: every block gets a version
 		for b := from; b <= to && err == nil; b++ {
-			err = a.set(v.id, b, entry{kind: entryZero, seq: seq})
+			err = a.punch1(v.id, b, entry{kind: entryZero, seq: seq})
 		}
 	}
 	verr := a.p.resolve(a.p.db, v, first, last, Head, func(block uint64, e entry) bool {
@@ -409,7 +459,7 @@ func (a *apply) punch(v *volState, first, last, seq uint64, kind entryKind) erro
 		if e.kind == entryData {
 			addWritten(v, -1)
 		}
-		err = a.set(v.id, block, entry{kind: kind, seq: seq})
+		err = a.punch1(v.id, block, entry{kind: kind, seq: seq})
 		return err == nil
 	})
 	if kind == entryZero && err == nil && next <= last {
@@ -419,6 +469,12 @@ func (a *apply) punch(v *volState, first, last, seq uint64, kind entryKind) erro
 		return verr
 	}
 	return err
+}
+
+// punch1 adds one hole or zero version, remembered for the head map.
+func (a *apply) punch1(vol, block uint64, e entry) error {
+	a.punched = append(a.punched, punchedBlock{vol, block, e})
+	return a.set(vol, block, e)
 }
 
 // finish adds the dirty volumes' metadata and the applied sequence to the

@@ -53,10 +53,14 @@ type Options struct {
 	FS vfs.FS
 	// SegmentSize of journal segments (default 128 MiB).
 	SegmentSize int64
-	// IndexCacheSize is pebble's block cache (default 64 MiB).
+	// IndexCacheSize is the block index's memory (default 64 MiB): half
+	// the head map (headmap.go), half pebble's block cache.
 	IndexCacheSize int64
 	// CacheSize bounds the read cache of journal blocks (0: no cache).
 	CacheSize int64
+	// TailCache is the part of CacheSize that keeps the journal's most
+	// recent writes in memory for reads (default half; negative: none).
+	TailCache int64
 	// IndexMemTableSize is pebble's memtable size (default 32 MiB).
 	IndexMemTableSize uint64
 	// RetentionTime is how long every write stays readable as a point in
@@ -122,6 +126,15 @@ func (o *Options) fill() error {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.TailCache == 0 {
+		// Half the read cache holds the journal's most recent writes as
+		// written (no per-block bookkeeping), half single blocks read
+		// from older parts of it.
+		o.TailCache = o.CacheSize / 2
+		if o.CacheSize <= 0 {
+			o.TailCache = -1
+		}
+	}
 	return nil
 }
 
@@ -148,9 +161,6 @@ type volState struct {
 	delta      int64
 	// Write activity of the current minute (history.go).
 	actMinute, actCount int64
-	// changes counts index changes to this volume (bumped after each
-	// commit): the location cache's stamp.
-	changes atomic.Uint64
 	// lastChange is the sequence number of the last record that changed
 	// the head (at most; after a restart, the applied sequence then).
 	lastChange uint64
@@ -239,8 +249,9 @@ type Pool struct {
 	isClosed bool
 
 	cache *cache.Cache
-	locs  *locCache
-	moves atomic.Uint64 // relocations applied (the location cache's stamp)
+	head  *headMap
+	// recentHits counts blocks read from the journal's memory.
+	recentHits atomic.Uint64
 	// prefetched counts bytes of journal hinted by read-ahead.
 	prefetched atomic.Int64
 
@@ -275,12 +286,12 @@ func Open(opts Options) (*Pool, error) {
 		recountKick: make(chan struct{}, 1)}
 	p.wmu.apply = apply{p: p, dirty: map[uint64]*volState{}, metaDirty: map[uint64]*volState{}}
 	p.wmu.pins = map[[2]uint64]int{}
-	c, err := cache.New(opts.CacheSize)
+	c, err := cache.New(opts.CacheSize - max(opts.TailCache, 0))
 	if err != nil {
 		return nil, fmt.Errorf("cow: read cache: %w", err)
 	}
 	p.cache = c
-	p.locs = newLocCache(int(opts.IndexCacheSize / 256))
+	p.head = newHeadMap(opts.IndexCacheSize / 2)
 	if err := p.open(); err != nil {
 		c.Close()
 		return nil, err
@@ -303,7 +314,9 @@ func (p *Pool) indexDir() string   { return p.opts.FS.PathJoin(p.opts.Dir, "inde
 func (p *Pool) journalDir() string { return p.opts.FS.PathJoin(p.opts.Dir, "journal") }
 
 func (p *Pool) openIndex() error {
-	cache := pebble.NewCache(p.opts.IndexCacheSize)
+	// Half of the index's memory is the head map (headmap.go), half
+	// pebble's block cache.
+	cache := pebble.NewCache(p.opts.IndexCacheSize - p.opts.IndexCacheSize/2)
 	defer cache.Unref()
 	db, err := pebble.Open(p.indexDir(), &pebble.Options{
 		FS:                          p.opts.FS,
@@ -359,7 +372,8 @@ func (p *Pool) open() error {
 	replayed := 0
 	p.wmu.Lock()
 	defer p.wmu.Unlock()
-	j, err := cdp.Open(cdp.Options{FS: p.opts.FS, Dir: p.journalDir(), SegmentSize: p.opts.SegmentSize, Logger: p.opts.Logger, Now: p.opts.Now},
+	j, err := cdp.Open(cdp.Options{FS: p.opts.FS, Dir: p.journalDir(), SegmentSize: p.opts.SegmentSize, Logger: p.opts.Logger, Now: p.opts.Now,
+		DirectIO: p.opts.FS == vfs.Default, TailCache: p.opts.TailCache},
 		applied+1, func(r *cdp.Record, loc cdp.Location) error {
 			replayed++
 			return p.applyLocked(r, loc)
@@ -534,12 +548,8 @@ func (p *Pool) applyLocked(r *cdp.Record, loc cdp.Location) error {
 	if err := a.b.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("cow: index commit: %w", err)
 	}
-	// After the commit: a reader that sees the new stamps sees the new index.
-	if r.Kind == cdp.KindRelocate {
-		p.moves.Add(1)
-	} else if v := p.volumeAny(r.Volume); v != nil {
-		v.changes.Add(1)
-	}
+	// After the commit: a head page loaded from now on sees the change.
+	a.updateHead(r, loc)
 	p.wmu.applied = r.Seq
 	return nil
 }
@@ -825,6 +835,7 @@ func (p *Pool) Stats() Stats {
 	p.vmu.RUnlock()
 	j := p.j.Load()
 	st := Stats{Volumes: n, Journal: j.Stats(), Cache: p.cache.Stats(), ReadAhead: p.prefetched.Load(), AppliedSeq: applied, IndexBytes: p.db.Metrics().DiskSpaceUsage()}
+	st.Cache.AddRecent(p.opts.CacheSize, j.TailBytes(), p.recentHits.Load())
 	if err := j.Err(); err != nil {
 		st.JournalError = err.Error()
 	}

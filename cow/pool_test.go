@@ -434,9 +434,15 @@ func TestBlockStatusKinds(t *testing.T) {
 
 func TestChecksumMismatchIsEIO(t *testing.T) {
 	fs := vfs.NewMem()
-	p := openPool(t, fs)
-	v := mustVol(t, p, "a", 1<<20)
+	// Reads must come from the file, not from the journal tail's memory.
+	p, err := Open(Options{Dir: "data", FS: fs, SegmentSize: 1 << 20, CheckpointInterval: -1, CacheSize: 1 << 20, TailCache: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := mustVol(t, p, "a", 4<<20)
 	v.WriteAt(bytes.Repeat([]byte{9}, 4096), 0)
+	// Later writes move the journal on, so the block's chunk leaves memory.
+	v.WriteAt(bytes.Repeat([]byte{7}, 3<<20), 1<<20)
 	v.Flush()
 	// Corrupt the block's bytes in the journal behind the pool's back.
 	var e entry
@@ -500,7 +506,9 @@ func TestRacesWithDeleteAndClose(t *testing.T) {
 // makes read-ahead hint the journal ranges that hold what comes next.
 func TestReadCacheAndReadAhead(t *testing.T) {
 	fs := vfs.NewMem()
-	p, err := Open(Options{Dir: "data", FS: fs, SegmentSize: 16 << 20, CheckpointInterval: -1, CacheSize: 32 << 20})
+	// The journal keeps none of its recent writes in memory: reads go to
+	// the file and the block cache.
+	p, err := Open(Options{Dir: "data", FS: fs, SegmentSize: 16 << 20, CheckpointInterval: -1, CacheSize: 32 << 20, TailCache: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -637,4 +645,153 @@ func TestReadOnlyVolume(t *testing.T) {
 	if _, err := h.WriteAt(make([]byte, 4096), 0); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestTryReadAt: a read served from memory only (blockdev.FastReader) gives
+// the data ReadAt gives, and declines, touching nothing, what would need
+// the index or a file.
+func TestTryReadAt(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		cache     int64
+		tail      int64
+		wantFirst bool // the first read, right after the write, is in memory
+	}{
+		{"tail", 8 << 20, 0, true},
+		{"no-memory", 0, -1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := Open(Options{Dir: "data", FS: vfs.NewMem(), SegmentSize: 4 << 20, CheckpointInterval: -1, CacheSize: tc.cache, TailCache: tc.tail})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			v := mustVol(t, p, "a", 64<<20)
+			defer v.Close()
+			want := bytes.Repeat([]byte{0x5a}, 16<<10)
+			if _, err := v.WriteAt(want, 1<<20); err != nil {
+				t.Fatal(err)
+			}
+			// Later writes fill more than a chunk: the first one's chunk
+			// is written and, without a tail cache, leaves memory.
+			if _, err := v.WriteAt(bytes.Repeat([]byte{1}, 3<<20), 8<<20); err != nil {
+				t.Fatal(err)
+			}
+			if err := v.Flush(); err != nil { // the writer is done with them
+				t.Fatal(err)
+			}
+			got := make([]byte, len(want))
+			ok, err := v.TryReadAt(got, 1<<20)
+			if err != nil || ok != tc.wantFirst {
+				t.Fatalf("TryReadAt: %v, %v; want %v", ok, err, tc.wantFirst)
+			}
+			if ok && !bytes.Equal(got, want) {
+				t.Fatal("TryReadAt returned wrong data")
+			}
+			if _, err := v.ReadAt(got, 1<<20); err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("ReadAt: %v", err)
+			}
+			// Unwritten blocks are known zeros once their page is loaded.
+			if ok, _ := v.TryReadAt(got, 2<<20); ok {
+				t.Fatal("TryReadAt before the blocks' page was loaded")
+			}
+			if _, err := v.ReadAt(got, 2<<20); err != nil {
+				t.Fatal(err)
+			}
+			got[0] = 1
+			if ok, err := v.TryReadAt(got, 2<<20); err != nil || !ok || !bytes.Equal(got, make([]byte, len(got))) {
+				t.Fatalf("TryReadAt of unwritten blocks: %v, %v", ok, err)
+			}
+			// Unaligned, too large, or out of range: declined or refused.
+			if ok, err := v.TryReadAt(got[:100], 1<<20); ok || err != nil {
+				t.Fatalf("unaligned TryReadAt: %v, %v", ok, err)
+			}
+			if ok, err := v.TryReadAt(make([]byte, 1<<20), 0); ok || err != nil {
+				t.Fatalf("1 MiB TryReadAt: %v, %v", ok, err)
+			}
+			if _, err := v.TryReadAt(got, 64<<20); !errors.Is(err, blockdev.ErrOutOfRange) {
+				t.Fatalf("TryReadAt past the end: %v", err)
+			}
+		})
+	}
+}
+
+// TestHeadMapUnderChurn: with a head map far smaller than the volume,
+// pages are evicted and loaded all the time while a writer changes them;
+// a read never returns a version older than one acknowledged before it
+// started (a load that raced a commit must not be kept).
+func TestHeadMapUnderChurn(t *testing.T) {
+	// The smallest head map: 4 pages a shard, 256 pages of 64 blocks.
+	p, err := Open(Options{Dir: "data", FS: vfs.NewMem(), SegmentSize: 4 << 20, IndexMemTableSize: 1 << 20, CheckpointInterval: -1, IndexCacheSize: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if p.head == nil {
+		t.Fatal("no head map")
+	}
+	const pages = 4096
+	v := mustVol(t, p, "a", pages*headPageBlocks*4096)
+	defer v.Close()
+	const hot = 64 // written blocks, each in its own page
+	blockOf := func(i int) int64 { return int64(i) * 61 * headPageBlocks * 4096 }
+	var acked [hot]atomic.Uint32
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(stop)
+		rng := rand.New(rand.NewPCG(1, 2))
+		for i := 1; i < 3000; i++ {
+			b := rng.IntN(hot)
+			val := byte(i%250 + 1)
+			if acked[b].Load() >= uint32(val) {
+				continue // values only grow per block
+			}
+			var err error
+			if i%7 == 0 {
+				err = v.WriteZeroes(blockOf(b)+4096, 4096, i%2 == 0) // a neighbour: other entry kinds in the page
+			}
+			if err == nil {
+				_, err = v.WriteAt(bytes.Repeat([]byte{val}, 4096), blockOf(b))
+			}
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			acked[b].Store(uint32(val))
+		}
+	}()
+	for r := 0; r < 3; r++ {
+		wg.Add(1)
+		go func(seed uint64) {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(seed, 9))
+			buf := make([]byte, 4096)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				// Load some other page (evicting), then read a hot block.
+				if _, err := v.ReadAt(buf, int64(rng.IntN(pages*headPageBlocks))*4096); err != nil {
+					t.Error(err)
+					return
+				}
+				b := rng.IntN(hot)
+				min := byte(acked[b].Load())
+				if _, err := v.ReadAt(buf, blockOf(b)); err != nil {
+					t.Error(err)
+					return
+				}
+				if buf[0] < min {
+					t.Errorf("block %d read %d after %d was acknowledged", b, buf[0], min)
+					return
+				}
+			}
+		}(uint64(r))
+	}
+	wg.Wait()
 }

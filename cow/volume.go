@@ -1,6 +1,7 @@
 package cow
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 
@@ -9,9 +10,6 @@ import (
 )
 
 const bs = cdp.BlockSize
-
-// locCacheMaxBlocks: reads up to this many blocks use the location cache.
-const locCacheMaxBlocks = 4
 
 // cacheMaxBlocks: reads up to this many blocks (64 KiB) use the read cache.
 const cacheMaxBlocks = 16
@@ -190,7 +188,11 @@ var entryPool = sync.Pool{New: func() any { s := make([]entry, 0, 256); return &
 
 // readBlocks fills buf (whole blocks from block first on) with the volume's
 // content at sequence seq.
-func (p *Pool) readBlocks(v *volState, first uint64, buf []byte, seq uint64) error {
+//
+// With memOnly it touches no file and no index: it returns errNotInMemory
+// unless the head map, the journal's memory and the block cache hold all
+// it needs.
+func (p *Pool) readBlocks(v *volState, first uint64, buf []byte, seq uint64, memOnly bool) error {
 	n := uint64(len(buf) / bs)
 	esp := entryPool.Get().(*[]entry)
 	defer entryPool.Put(esp)
@@ -200,47 +202,38 @@ func (p *Pool) readBlocks(v *volState, first uint64, buf []byte, seq uint64) err
 	defer blockPool.Put(bp)
 	blocks = (*bp)[:0]
 	var err error
-	// Small head reads: where the blocks are may be known already.
-	small := seq == Head && n <= locCacheMaxBlocks && p.locs != nil
-	var changes, moves uint64
-	known := false
-	if small {
-		changes, moves = p.stamps(v)
-		known = true
-		for b := first; b < first+n; b++ {
-			e, ok := p.locs.get(locKey{v.id, b}, changes, moves)
-			if !ok {
-				known = false
-				es, blocks = es[:0], blocks[:0]
-				break
+	if memOnly && (seq != Head || p.head == nil) {
+		return errNotInMemory
+	}
+	if seq == Head && p.head != nil {
+		// The head's versions come from the head map (headmap.go).
+		hp := entryPool.Get().(*[]entry)
+		defer entryPool.Put(hp)
+		if uint64(cap(*hp)) < n {
+			*hp = make([]entry, n)
+		}
+		all := (*hp)[:n]
+		if memOnly {
+			if !p.head.copyRange(v.id, first, all) {
+				return errNotInMemory
 			}
+		} else {
+			err = p.headEntries(v, first, all)
+		}
+		for i, e := range all {
 			if e.kind == entryData {
 				es = append(es, e)
-				blocks = append(blocks, b)
+				blocks = append(blocks, first+uint64(i))
 			}
 		}
-	}
-	if !known {
-		next := first
+	} else {
 		err = p.resolve(p.db, v, first, first+n-1, seq, func(b uint64, e entry) bool {
-			if small {
-				for ; next < b; next++ {
-					p.locs.put(locKey{v.id, next}, entry{kind: entryNone}, changes, moves)
-				}
-				next = b + 1
-				p.locs.put(locKey{v.id, b}, e, changes, moves)
-			}
 			if e.kind == entryData {
 				es = append(es, e)
 				blocks = append(blocks, b)
 			}
 			return true
 		})
-		if small && err == nil {
-			for ; next < first+n; next++ {
-				p.locs.put(locKey{v.id, next}, entry{kind: entryNone}, changes, moves)
-			}
-		}
 	}
 	*esp, *bp = es, blocks
 	if err != nil {
@@ -265,35 +258,65 @@ func (p *Pool) readBlocks(v *volState, first uint64, buf []byte, seq uint64) err
 		b := blocks[i]
 		clear(buf[(next-first)*bs : (b-first)*bs])
 		next = b + 1
-		if useCache {
-			(*hit)[i] = p.cache.Get(es[i].seg, es[i].off, buf[(b-first)*bs:(b-first+1)*bs])
-		}
 	}
 	clear(buf[(next-first)*bs:])
+	// Runs of blocks that sit next to each other in one segment come from
+	// the journal's memory of recent writes, else block by block from the
+	// read cache, else with one read of the file per run of misses.
 	for i := 0; i < len(es); {
-		if (*hit)[i] {
-			i++
-			continue
-		}
-		b := blocks[i]
 		k := i + 1
-		for k < len(es) && !(*hit)[k] && blocks[k] == blocks[k-1]+1 && es[k].seg == es[i].seg && es[k].off == es[k-1].off+bs {
+		for k < len(es) && blocks[k] == blocks[k-1]+1 && es[k].seg == es[i].seg && es[k].off == es[k-1].off+bs {
 			k++
 		}
-		dst := buf[(b-first)*bs : (blocks[k-1]-first+1)*bs]
-		if err := j.ReadAt(es[i].seg, es[i].off, dst); err != nil {
-			return fmt.Errorf("%w: %v", blockdev.ErrIO, err)
+		if j.ReadMemory(es[i].seg, es[i].off, buf[(blocks[i]-first)*bs:(blocks[k-1]-first+1)*bs]) {
+			p.recentHits.Add(uint64(k - i))
+			i = k
+			continue
 		}
-		for m := i; m < k; m++ {
-			blk := buf[(blocks[m]-first)*bs : (blocks[m]-first+1)*bs]
-			if cdp.Checksum(blk) != es[m].crc {
-				return fmt.Errorf("%w: checksum mismatch in volume %q block %d (journal segment %d offset %d)", blockdev.ErrIO, v.name, blocks[m], es[m].seg, es[m].off)
+		if useCache {
+			for m := i; m < k; m++ {
+				(*hit)[m] = p.cache.Get(es[m].seg, es[m].off, buf[(blocks[m]-first)*bs:(blocks[m]-first+1)*bs])
+				if memOnly && !(*hit)[m] {
+					return errNotInMemory
+				}
 			}
-			if useCache {
-				p.cache.Put(es[m].seg, es[m].off, blk)
+		} else if memOnly {
+			return errNotInMemory
+		}
+		for m := i; m < k; {
+			if (*hit)[m] {
+				m++
+				continue
 			}
+			e := m + 1
+			for e < k && !(*hit)[e] {
+				e++
+			}
+			if err := p.readJournal(v, es[m:e], blocks[m:e], buf[(blocks[m]-first)*bs:(blocks[e-1]-first+1)*bs], useCache); err != nil {
+				return err
+			}
+			m = e
 		}
 		i = k
+	}
+	return nil
+}
+
+// readJournal reads blocks that sit next to each other in one journal
+// segment into dst with one read, checks each against its checksum and
+// caches it.
+func (p *Pool) readJournal(v *volState, es []entry, blocks []uint64, dst []byte, useCache bool) error {
+	if err := p.j.Load().ReadAt(es[0].seg, es[0].off, dst); err != nil {
+		return fmt.Errorf("%w: %v", blockdev.ErrIO, err)
+	}
+	for m := range es {
+		blk := dst[m*bs : (m+1)*bs]
+		if cdp.Checksum(blk) != es[m].crc {
+			return fmt.Errorf("%w: checksum mismatch in volume %q block %d (journal segment %d offset %d)", blockdev.ErrIO, v.name, blocks[m], es[m].seg, es[m].off)
+		}
+		if useCache {
+			p.cache.Put(es[m].seg, es[m].off, blk)
+		}
 	}
 	return nil
 }
@@ -330,18 +353,51 @@ func (h *Volume) ReadAt(p []byte, off int64) (int, error) {
 	first := uint64(off) / bs
 	last := uint64(off+int64(len(p))-1) / bs
 	if off%bs == 0 && len(p)%bs == 0 {
-		if err := h.p.readBlocks(h.v, first, p, h.seq); err != nil {
+		if err := h.p.readBlocks(h.v, first, p, h.seq, false); err != nil {
 			return 0, err
 		}
 		return len(p), nil
 	}
 	bp := getBuf(int(last-first+1) * bs)
 	defer bufPool.Put(bp)
-	if err := h.p.readBlocks(h.v, first, *bp, h.seq); err != nil {
+	if err := h.p.readBlocks(h.v, first, *bp, h.seq, false); err != nil {
 		return 0, err
 	}
 	copy(p, (*bp)[off-int64(first)*bs:])
 	return len(p), nil
+}
+
+// errNotInMemory: a memory-only read would need I/O.
+var errNotInMemory = errors.New("cow: not in memory")
+
+// maxFastRead bounds the reads TryReadAt serves (the frontend's goroutine
+// that parses requests runs them).
+const maxFastRead = 64 << 10
+
+// TryReadAt reads len(p) bytes at off of the head if everything it needs
+// is in memory (blockdev.FastReader): where the blocks are (head map) and
+// their data (the journal's recent writes, the block cache). It never
+// reads a file or the index, and reports false when it would have to.
+func (h *Volume) TryReadAt(p []byte, off int64) (bool, error) {
+	if h.seq != Head || len(p) > maxFastRead || off%bs != 0 || len(p)%bs != 0 || len(p) == 0 {
+		return false, nil
+	}
+	if err := h.check(off, int64(len(p))); err != nil {
+		return false, err
+	}
+	unlock, err := h.p.readLock()
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	switch err := h.p.readBlocks(h.v, uint64(off)/bs, p, Head, true); {
+	case errors.Is(err, errNotInMemory):
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	h.noteRead(off, int64(len(p)))
+	return true, nil
 }
 
 // WriteAt writes p at off. Whole blocks go to the journal as they are;
@@ -428,7 +484,7 @@ func (h *Volume) mergeEdgesLocked(data, meta []byte, off int64, n int, first, la
 		if start <= bstart && end >= bend {
 			continue // covered whole
 		}
-		if err := h.p.readBlocks(h.v, b, old[:], Head); err != nil {
+		if err := h.p.readBlocks(h.v, b, old[:], Head, false); err != nil {
 			return err
 		}
 		blk := data[bstart:bend]

@@ -85,6 +85,17 @@ func (v *meteredVolume) ReadAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
+// TryReadAt counts the reads the volume serves from memory
+// (blockdev.FastReader); a read it declines is counted by ReadAt.
+func (v *meteredVolume) TryReadAt(p []byte, off int64) (bool, error) {
+	t := time.Now()
+	ok, err := v.Volume.TryReadAt(p, off)
+	if ok || err != nil {
+		v.note("read", t, len(p), err)
+	}
+	return ok, err
+}
+
 func (v *meteredVolume) WriteAt(p []byte, off int64) (int, error) {
 	t := time.Now()
 	n, err := v.Volume.WriteAt(p, off)

@@ -1,0 +1,330 @@
+package cdp
+
+import (
+	"fmt"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+)
+
+// The tail: appends copy records into in-memory chunks of the current
+// segment, and one writer goroutine writes them to the file in large
+// writes, with O_DIRECT where the filesystem allows it. NBD lets a write be
+// volatile until a FLUSH, so an append need not reach the kernel before it
+// returns; Sync asks the writer for everything appended so far, waits, and
+// then fsyncs.
+//
+// Why: a store that keeps every write dirties pages the kernel never had
+// (the journal only grows), and buffered writes of new pages cost page
+// allocation, reclaim and dirty throttling that a server overwriting one
+// cached file never pays. Direct writes from a few reused buffers skip the
+// page cache and go at the disk's speed. Recently written data stays
+// readable from memory: written chunks are kept (bounded by
+// Options.TailCache), and ReadAt serves from them first.
+//
+// A chunk is a chunkSize-aligned window of a segment file. With O_DIRECT
+// every write covers whole 4 KiB blocks: a Sync in the middle of a chunk
+// writes up to the end of the block holding the last record (the rest of
+// that block is zeros, or bytes of a record being appended, past every
+// record the Sync covers), and the next write of the chunk starts again at
+// that block. Recovery reads zero padding after the last record as the end
+// of the log.
+
+const (
+	chunkSize  = 1 << 20
+	ioAlign    = 4096
+	maxPending = 16 // chunks appended but not yet written: appends wait beyond
+)
+
+// DefaultTailCache is the default memory of written journal chunks kept for
+// reads of recent writes.
+const DefaultTailCache = 32 << 20
+
+type chunk struct {
+	seg *segment
+	off int64  // file offset of buf[0], a multiple of chunkSize
+	buf []byte // chunkSize bytes of aligned memory
+	// n is how many bytes of buf hold the segment's header and records.
+	// Appends extend it under the journal's mu; readers load it to find
+	// bytes of records whose Append has returned (they found them through
+	// the index), which no append touches again.
+	n atomic.Int64
+	// Under t: bytes of buf in the file, and bytes the writer is asked to
+	// write (chunkSize once the chunk is full).
+	flushed, want int
+}
+
+type chunkKey struct {
+	seg uint64
+	idx int64 // file offset / chunkSize
+}
+
+// alignedBuf returns chunkSize bytes whose address is a multiple of ioAlign
+// (O_DIRECT needs aligned memory).
+func alignedBuf() []byte {
+	b := make([]byte, chunkSize+ioAlign)
+	a := int(uintptr(unsafe.Pointer(&b[0])) & (ioAlign - 1))
+	if a != 0 {
+		a = ioAlign - a
+	}
+	return b[a : a+chunkSize : a+chunkSize]
+}
+
+func alignDown(v int) int { return v &^ (ioAlign - 1) }
+func alignUp(v int) int   { return (v + ioAlign - 1) &^ (ioAlign - 1) }
+
+// openDirect opens a second descriptor of a segment file for O_DIRECT
+// writes. It returns nil when the filesystem does not support it (tmpfs on
+// older kernels, some FUSE filesystems): the buffered descriptor is used.
+func openDirect(path string) *os.File {
+	f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_DIRECT, 0)
+	if err != nil {
+		return nil
+	}
+	return f
+}
+
+// appendBytesLocked copies b to the end of the current segment's tail.
+// j.mu is held.
+func (j *Journal) appendBytesLocked(b []byte) error {
+	for len(b) > 0 {
+		c, err := j.openChunkLocked()
+		if err != nil {
+			return err
+		}
+		n := int(c.n.Load())
+		k := copy(c.buf[n:], b)
+		c.n.Store(int64(n + k))
+		j.mu.tailPos += int64(k)
+		b = b[k:]
+		if n+k == chunkSize {
+			j.t.Lock()
+			c.want = chunkSize
+			j.t.cond.Broadcast()
+			j.t.Unlock()
+		}
+	}
+	return nil
+}
+
+// openChunkLocked returns the chunk appends go to, starting one if needed
+// (waiting while maxPending chunks wait for the writer). j.mu is held.
+func (j *Journal) openChunkLocked() (*chunk, error) {
+	if c := j.mu.open; c != nil && c.n.Load() < chunkSize {
+		return c, nil
+	}
+	j.t.Lock()
+	defer j.t.Unlock()
+	for len(j.t.pending) >= maxPending && j.t.err == nil {
+		j.t.cond.Wait()
+	}
+	if j.t.err != nil {
+		return nil, j.t.err
+	}
+	cur := j.mu.cur
+	c := j.freeChunkLocked()
+	c.seg = cur
+	c.off = j.mu.tailPos &^ (chunkSize - 1)
+	pre := int(j.mu.tailPos - c.off)
+	if pre > 0 {
+		// Only a segment's first chunk starts with bytes already in the
+		// file: the header, written and synced when the segment started.
+		if c.off != 0 || pre != len(j.mu.header) {
+			return nil, fmt.Errorf("cdp: internal error: tail starts at %d of segment %s", j.mu.tailPos, cur.name)
+		}
+		copy(c.buf, j.mu.header)
+	}
+	c.n.Store(int64(pre))
+	c.flushed, c.want = pre, pre
+	j.t.pending = append(j.t.pending, c)
+	j.t.index[chunkKey{cur.id, c.off / chunkSize}] = c
+	j.mu.open = c
+	return c, nil
+}
+
+// freeChunkLocked takes a zeroed buffer: a free one, a new one while the
+// budget allows, else the oldest kept one. t is held.
+func (j *Journal) freeChunkLocked() *chunk {
+	var c *chunk
+	if n := len(j.t.free); n > 0 {
+		c = j.t.free[n-1]
+		j.t.free[n-1] = nil
+		j.t.free = j.t.free[:n-1]
+	} else if len(j.t.recent) > 0 && int64(j.t.allocated+1)*chunkSize > j.opts.TailCache+maxPending*chunkSize {
+		c = j.t.recent[0]
+		j.t.recent[0] = nil
+		j.t.recent = j.t.recent[1:]
+		delete(j.t.index, chunkKey{c.seg.id, c.off / chunkSize})
+	} else {
+		j.t.allocated++
+		return &chunk{buf: alignedBuf()}
+	}
+	// Padding written after a Sync must be zeros, never an old record.
+	clear(c.buf)
+	c.seg = nil
+	return c
+}
+
+// requestWriteLocked asks the writer to write everything appended to the
+// open chunk (Sync and rotation). j.mu is held.
+func (j *Journal) requestWriteLocked() {
+	c := j.mu.open
+	if c == nil {
+		return
+	}
+	j.t.Lock()
+	if n := int(c.n.Load()); n > c.want {
+		c.want = n
+		j.t.cond.Broadcast()
+	}
+	j.t.Unlock()
+}
+
+// writer writes what chunks ask for, oldest first, until the journal
+// closes.
+func (j *Journal) writer() {
+	defer close(j.t.done)
+	j.t.Lock()
+	defer j.t.Unlock()
+	for {
+		for !j.t.stop && (len(j.t.pending) == 0 || j.t.pending[0].want == j.t.pending[0].flushed) {
+			j.t.cond.Wait()
+		}
+		if len(j.t.pending) == 0 || j.t.pending[0].want == j.t.pending[0].flushed {
+			return // stopping, and nothing is asked for
+		}
+		c := j.t.pending[0]
+		from, to := c.flushed, c.want
+		var err error
+		if j.t.err == nil {
+			j.t.Unlock()
+			err = j.writeChunk(c, from, to)
+			j.t.Lock()
+		}
+		if err != nil && j.t.err == nil {
+			j.t.err = j.fail(err)
+		}
+		if j.t.err != nil {
+			j.t.cond.Broadcast()
+			continue
+		}
+		c.flushed = to
+		c.seg.written.Store(c.off + int64(to))
+		if to == chunkSize {
+			j.retireLocked(c)
+		}
+		j.t.cond.Broadcast()
+	}
+}
+
+// retireLocked moves the first pending chunk, all written, to the kept
+// ones (or frees it). t is held.
+func (j *Journal) retireLocked(c *chunk) {
+	copy(j.t.pending, j.t.pending[1:])
+	j.t.pending[len(j.t.pending)-1] = nil
+	j.t.pending = j.t.pending[:len(j.t.pending)-1]
+	j.t.recent = append(j.t.recent, c)
+	for len(j.t.recent) > 0 && int64(len(j.t.recent))*chunkSize > j.opts.TailCache {
+		old := j.t.recent[0]
+		j.t.recent[0] = nil
+		j.t.recent = j.t.recent[1:]
+		delete(j.t.index, chunkKey{old.seg.id, old.off / chunkSize})
+		j.t.free = append(j.t.free, old)
+	}
+}
+
+// retireSegmentLocked retires s's last chunk once all of s is written
+// (the segment is rotated out). j.mu and t are held.
+func (j *Journal) retireSegmentLocked(s *segment) {
+	for len(j.t.pending) > 0 && j.t.pending[0].seg == s && j.t.pending[0].flushed == int(j.t.pending[0].n.Load()) {
+		j.retireLocked(j.t.pending[0])
+	}
+	if j.mu.open != nil && j.mu.open.seg == s {
+		j.mu.open = nil
+	}
+}
+
+// writeChunk writes bytes [from, to) of c to its segment file.
+func (j *Journal) writeChunk(c *chunk, from, to int) error {
+	s := c.seg
+	if s.dio != nil {
+		from, to = alignDown(from), alignUp(to)
+		if _, err := s.dio.WriteAt(c.buf[from:to], c.off+int64(from)); err != nil {
+			return fmt.Errorf("write segment %s at %d: %w", s.name, c.off+int64(from), err)
+		}
+		return nil
+	}
+	if _, err := s.f.WriteAt(c.buf[from:to], c.off+int64(from)); err != nil {
+		return fmt.Errorf("write segment %s at %d: %w", s.name, c.off+int64(from), err)
+	}
+	return nil
+}
+
+// waitWritten waits until s's records up to end are in its file.
+func (j *Journal) waitWritten(s *segment, end int64) error {
+	if s.written.Load() >= end {
+		return nil
+	}
+	j.t.Lock()
+	defer j.t.Unlock()
+	for s.written.Load() < end && j.t.err == nil {
+		j.t.cond.Wait()
+	}
+	return j.t.err
+}
+
+// readTail copies into p what the tail holds of segment s from off on, as
+// far as it goes without a gap, and returns how many bytes it copied.
+func (j *Journal) readTail(s *segment, off int64, p []byte) int {
+	end := off + int64(len(p))
+	j.t.RLock()
+	defer j.t.RUnlock()
+	pos := off
+	for pos < end {
+		c := j.t.index[chunkKey{s.id, pos / chunkSize}]
+		if c == nil {
+			break
+		}
+		n := c.off + c.n.Load()
+		if pos >= n {
+			break
+		}
+		pos += int64(copy(p[pos-off:], c.buf[pos-c.off:min(n, end)-c.off]))
+	}
+	return int(pos - off)
+}
+
+// ReadMemory fills p with len(p) bytes at offset off of segment seg if the
+// journal holds all of them in memory (recent writes), and reports whether
+// it did. It never reads a file.
+func (j *Journal) ReadMemory(seg uint64, off int64, p []byte) bool {
+	j.segMu.RLock()
+	s := j.segs[seg]
+	j.segMu.RUnlock()
+	return s != nil && j.readTail(s, off, p) == len(p)
+}
+
+// TailBytes is the memory the tail holds: chunks kept for reads and
+// chunks waiting for the writer.
+func (j *Journal) TailBytes() int64 {
+	j.t.RLock()
+	defer j.t.RUnlock()
+	return int64(len(j.t.recent)+len(j.t.pending)) * chunkSize
+}
+
+// dropTailLocked forgets the kept chunks of segment s (it is being
+// removed). t is held.
+func (j *Journal) dropTailLocked(s *segment) {
+	kept := j.t.recent[:0]
+	for _, c := range j.t.recent {
+		if c.seg == s {
+			delete(j.t.index, chunkKey{s.id, c.off / chunkSize})
+			j.t.free = append(j.t.free, c)
+			continue
+		}
+		kept = append(kept, c)
+	}
+	clear(j.t.recent[len(kept):])
+	j.t.recent = kept
+}
