@@ -17,16 +17,17 @@ import (
 )
 
 type bench struct {
-	cfg       config
-	tmp       string
-	strataBin string
-	serveHelp string
-	machine   []string // "key: value" lines
-	jobs      []*job
-	systems   []*system
-	results   []result
-	csv       *csvWriter
-	report    io.Writer // stdout and table.txt
+	cfg        config
+	tmp        string
+	strataBin  string
+	serveHelp  string
+	uringProbe *string  // why io_uring cannot run here ("" if it can), once probed
+	machine    []string // "key: value" lines
+	jobs       []*job
+	systems    []*system
+	results    []result
+	csv        *csvWriter
+	report     io.Writer // stdout and table.txt
 
 	mu       sync.Mutex
 	notes    []string
@@ -34,12 +35,13 @@ type bench struct {
 }
 
 type result struct {
-	round  int
-	job    string
-	system string
-	r      fioResult
-	note   string
-	start  time.Time
+	round   int
+	job     string
+	system  string
+	r       fioResult
+	note    string
+	prepare string // what was done to the job's own target before the run
+	start   time.Time
 }
 
 func (b *bench) notef(format string, args ...any) {
@@ -152,9 +154,8 @@ func (b *bench) main(ctx context.Context) error {
 	fmt.Fprintln(b.report)
 
 	plan := b.plan()
-	est := time.Duration(len(plan)) * (cfg.runtime + 800*time.Millisecond)
-	fmt.Printf("%d runs: %d job(s) x %d system(s) x %d round(s), %s each, working set %s; about %s plus setup\n",
-		len(plan), len(b.jobs), len(b.systems), cfg.rounds, cfg.runtime, sizeArg(cfg.size), est.Round(time.Second))
+	fmt.Printf("%d runs: %d job(s) x %d system(s) x %d round(s), %s each (the once jobs: their whole target), working set %s; about %s plus setup\n",
+		len(plan), len(b.jobs), len(b.systems), cfg.rounds, cfg.runtime, sizeArg(cfg.size), b.estimate(plan).Round(time.Minute))
 	if len(plan) == 0 {
 		return errors.New("no job applies to the selected systems (see -all)")
 	}
@@ -171,7 +172,11 @@ func (b *bench) main(ctx context.Context) error {
 			return err
 		}
 		s := s
-		fmt.Printf("starting %s and prefilling %s ... ", s.name, sizeArg(cfg.size))
+		if s.kind == kindFresh {
+			fmt.Printf("starting %s (a new file every run) ... ", s.name)
+		} else {
+			fmt.Printf("starting %s and prefilling %s ... ", s.name, sizeArg(cfg.size))
+		}
 		t0 := time.Now()
 		b.atExit(s.stop)
 		if err := s.start(ctx); err != nil {
@@ -192,9 +197,10 @@ func (b *bench) main(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if free := freeBytes(b.tmp); free < cfg.minFree {
-			stopped = fmt.Sprintf("stopped after %d of %d runs: only %s free under %s (Strata's journal keeps every write: GC is off)",
-				i, len(plan), units.FormatSize(free), parent)
+		if free, need := freeBytes(b.tmp), cfg.minFree+b.newData(p); free < need {
+			stopped = fmt.Sprintf("stopped after %d of %d runs: %s free under %s, %s wanted for the next run "+
+				"(Strata's journal keeps every write for its retention window, 24h by default)",
+				i, len(plan), units.FormatSize(free), parent, units.FormatSize(need))
 			break
 		}
 		res, err := b.runOne(ctx, p)
@@ -206,8 +212,8 @@ func (b *bench) main(ctx context.Context) error {
 		}
 		b.results = append(b.results, res)
 		b.csv.write(res)
-		fmt.Printf("[%3d/%d r%d] %-24s %-15s %10.0f IOPS %9.1f MB/s  p99 %9s  %s\n", i+1, len(plan), p.round,
-			p.job.name, p.sys.name, res.r.iops, res.r.bw/1e6, fmtLatency(res.r.p99), res.note)
+		fmt.Printf("[%3d/%d r%d] %-*s %-15s %10.0f IOPS %9.1f MB/s  p99 %9s  %s\n", i+1, len(plan), p.round,
+			b.jobWidth(), p.job.name, p.sys.name, res.r.iops, res.r.bw/1e6, fmtLatency(res.r.p99), res.note)
 	}
 	if stopped != "" {
 		b.notef("%s", stopped)
@@ -216,6 +222,9 @@ func (b *bench) main(ctx context.Context) error {
 
 	fmt.Fprintln(b.report)
 	b.printTable()
+	if err := b.writeTargets(); err != nil {
+		b.notef("targets.md: %v", err)
+	}
 	if err := b.drawChart(filepath.Join(cfg.out, "chart.png")); err != nil {
 		b.notef("chart: %v", err)
 	}
@@ -225,7 +234,7 @@ func (b *bench) main(ctx context.Context) error {
 			fmt.Fprintln(b.report, "  -", n)
 		}
 	}
-	fmt.Printf("\nwrote %s/{results.csv,chart.png,machine.txt,table.txt}\n", cfg.out)
+	fmt.Printf("\nwrote %s/{results.csv,chart.png,machine.txt,table.txt,targets.md}\n", cfg.out)
 	return nil
 }
 
@@ -260,19 +269,24 @@ type planned struct {
 	sys   *system
 }
 
-// applies says whether a job runs on a system by default (this keeps a full
-// run near 20 minutes): the peers and plain Strata run everything; the
-// ceiling and the scenarios run the key jobs, a scenario only those its
-// feature can change. -all runs everything everywhere.
+// applies says whether a job runs on a system by default: the peers and
+// plain Strata run everything; the ceilings and the scenarios run the key
+// jobs, a scenario only those its feature can change. -all runs everything
+// everywhere, except fresh-file's reads (of a file it just made sparse).
 func (b *bench) applies(s *system, j *job) bool {
+	if s.kind == kindFresh {
+		// The ceiling for writing new data: jobs that only write.
+		return j.writes && !j.reads && (j.key || b.cfg.all)
+	}
 	if b.cfg.all {
 		return true
 	}
 	switch s.name {
 	case "io_uring":
-		// A fresh sparse file would measure ext4's allocation, which
-		// nbdkit's fresh run already includes.
-		return j.key && !j.fresh
+		// A fresh sparse file would measure ext4's allocation (fresh-file
+		// is the ceiling for new data); a file overwritten in place keeps
+		// its layout, so a prepared one would read as the main one.
+		return j.key && !j.fresh && len(j.prepare) == 0
 	case "strata-nocache":
 		return j.key && j.reads && !j.fresh
 	case "strata-snap10":
@@ -301,30 +315,35 @@ func (b *bench) plan() []planned {
 
 func (b *bench) runOne(ctx context.Context, p planned) (result, error) {
 	cfg := &b.cfg
-	t, size := p.sys.main, cfg.size
-	if p.job.fresh {
-		size = 4 * cfg.size
-		ft, done, err := p.sys.fresh(ctx, size)
-		if err != nil {
-			return result{}, fmt.Errorf("fresh target: %w", err)
-		}
-		defer done()
-		t = ft
+	res := result{round: p.round, job: p.job.name, system: p.sys.name}
+	t, size, done, err := b.runTarget(ctx, p, &res)
+	if err != nil {
+		return res, err
 	}
+	defer done()
 	// Dirty pages left by the previous run (another system's, maybe) are
 	// written back now, not during this measurement.
 	syscall.Sync()
-	args := append(t.fioArgs(), "--size="+fioSize(size), "--time_based",
-		fmt.Sprintf("--runtime=%dms", cfg.runtime.Milliseconds()), p.job.file)
+	args := append(t.fioArgs(), "--size="+fioSize(size))
+	switch {
+	case p.job.once:
+		// The whole target once, however long it takes.
+	case p.sys.kind == kindFresh:
+		// Strata's amount once; the cap only bounds a very slow ceiling.
+		args = append(args, fmt.Sprintf("--runtime=%dms", 3*cfg.runtime.Milliseconds()))
+	default:
+		args = append(args, "--time_based", fmt.Sprintf("--runtime=%dms", cfg.runtime.Milliseconds()))
+	}
+	args = append(args, p.job.file)
 	var sn *snapshotter
 	if p.sys.snapshots > 0 && t.volume != "" {
 		sn = p.sys.startSnapshots(ctx, t.volume, p.sys.snapshots, cfg.runtime)
 	}
-	res := result{round: p.round, job: p.job.name, system: p.sys.name, start: time.Now()}
+	res.start = time.Now()
 	jsonPath := filepath.Join(p.sys.dir, fmt.Sprintf("r%d-%s.json", p.round, p.job.name))
 	r, err := runFio(ctx, args, jsonPath)
 	if sn != nil {
-		res.note = sn.finish()
+		res.note = joinNotes(res.note, sn.finish())
 	}
 	if err != nil {
 		if p.sys.proc != nil && p.sys.proc.exited() {
@@ -333,7 +352,101 @@ func (b *bench) runOne(ctx context.Context, p planned) (result, error) {
 		return res, err
 	}
 	res.r = r
+	if p.sys.kind == kindFresh && r.writeBytes < float64(size) {
+		res.note = joinNotes(res.note, fmt.Sprintf("capped at %s: wrote %s", 3*cfg.runtime, units.FormatSize(int64(r.writeBytes))))
+	}
 	return res, nil
+}
+
+// runTarget picks a run's target and its size: the main target, a new one
+// (a fresh job, or the fresh-file ceiling), or the job's prepared target;
+// done removes what only this run uses.
+func (b *bench) runTarget(ctx context.Context, p planned, res *result) (t target, size int64, done func(), err error) {
+	size = p.job.targetSize(b.cfg.size)
+	switch {
+	case p.sys.kind == kindFresh:
+		amount, from := b.freshAmount(p, size)
+		res.note = "new data: " + sizeArg(amount) + ", " + from
+		if t, done, err = p.sys.fresh(ctx, amount, "fresh"); err != nil {
+			return target{}, 0, nil, fmt.Errorf("fresh file: %w", err)
+		}
+		return t, amount, done, nil
+	case p.job.fresh:
+		if t, done, err = p.sys.fresh(ctx, size, "fresh"); err != nil {
+			return target{}, 0, nil, fmt.Errorf("fresh target: %w", err)
+		}
+		return t, size, done, nil
+	case len(p.job.prepare) > 0:
+		if t, res.prepare, done, err = p.sys.preparedTarget(ctx, p.job, size); err != nil {
+			return target{}, 0, nil, err
+		}
+		return t, size, done, nil
+	}
+	return p.sys.main, size, func() {}, nil
+}
+
+// freshAmount is how much new data fresh-file writes in a run: what strata
+// wrote in the same round's run of the job (rounded up to 1 MiB), or, with
+// no such run, the job's target size.
+func (b *bench) freshAmount(p planned, size int64) (int64, string) {
+	for _, r := range b.results {
+		if r.round == p.round && r.job == p.job.name && r.system == "strata" && r.r.writeBytes > 0 {
+			return (int64(r.r.writeBytes) + 1<<20 - 1) &^ (1<<20 - 1), "as much as strata wrote in this round"
+		}
+	}
+	return size, "the job's target size (no strata run to match)"
+}
+
+// newData is about how much disk a run takes beyond what is already used:
+// a new target's data (the prepared target's twice: prefill, overwrite).
+func (b *bench) newData(p planned) int64 {
+	size := p.job.targetSize(b.cfg.size)
+	switch {
+	case p.sys.kind == kindFresh:
+		n, _ := b.freshAmount(p, size)
+		return n
+	case p.job.fresh:
+		return size
+	case len(p.job.prepare) > 0 && (p.job.writes || p.sys.prepared[p.job.name] == nil):
+		return 2 * size
+	}
+	return 0
+}
+
+// estimate guesses how long the plan takes: time-based runs take -runtime;
+// once jobs are bounded by the disk (their final flush waits for it), taken
+// as 200 MB/s; preparing a target writes it twice, the second time in
+// 4 KiB random writes, taken as 50 MB/s.
+func (b *bench) estimate(plan []planned) time.Duration {
+	const disk, random = 200e6, 50e6
+	seconds := func(bytes int64, rate float64) time.Duration {
+		return time.Duration(float64(bytes) / rate * float64(time.Second))
+	}
+	var d time.Duration
+	prepared := map[string]bool{}
+	for _, p := range plan {
+		size := p.job.targetSize(b.cfg.size)
+		switch {
+		case p.job.once:
+			d += seconds(size, disk) + 2*time.Second
+		case p.sys.kind == kindFresh:
+			d += b.cfg.runtime/2 + 800*time.Millisecond
+		default:
+			d += b.cfg.runtime + 800*time.Millisecond
+		}
+		if k := p.sys.name + "/" + p.job.name; len(p.job.prepare) > 0 && (p.job.writes || !prepared[k]) {
+			prepared[k] = true
+			d += seconds(size, disk) + seconds(size, random)
+		}
+	}
+	return d
+}
+
+func joinNotes(a, b string) string {
+	if a == "" || b == "" {
+		return a + b
+	}
+	return a + "; " + b
 }
 
 // warmMemory touches mb MiB of memory once through /dev/shm: virtual
@@ -369,8 +482,8 @@ func freeBytes(dir string) int64 {
 	return int64(st.Bavail) * st.Bsize
 }
 
-// diskUsage notes how much disk each system's files took (Strata keeps
-// every write in its journal; GC is off during the run).
+// diskUsage notes how much disk each system's files took (Strata's journal
+// keeps every write for its retention window, 24h by default).
 func (b *bench) diskUsage() {
 	var parts []string
 	for _, s := range b.systems {

@@ -22,6 +22,7 @@ var systemColors = map[string]color.RGBA{
 	"nbdkit":         {0xe0, 0x8a, 0x1e, 0xff},
 	"qemu-nbd":       {0x4a, 0x9a, 0x3a, 0xff},
 	"io_uring":       {0x99, 0x99, 0x99, 0xff},
+	"fresh-file":     {0xc4, 0xc4, 0xc4, 0xff},
 }
 
 var (
@@ -33,7 +34,7 @@ var (
 
 const (
 	chartW   = 1400
-	plotX0   = 310 // left edge of the bars
+	plotX0   = 310 // left edge of the bars, unless the labels need more
 	plotX1   = 1020
 	barH     = 14
 	rowPitch = 18
@@ -42,9 +43,10 @@ const (
 )
 
 // drawChart draws horizontal grouped bars: per job, one bar per system,
-// the median IOPS relative to nbdkit's (1.0), each labelled with the ratio
-// and the raw numbers. Bars beyond the scale (the io_uring ceiling) are
-// cut, with their value written.
+// its IOPS relative to nbdkit's (1.0: the median of the per-round ratios,
+// as in the table), each labelled with the ratio and the raw medians. Bars
+// beyond the scale (the io_uring and fresh-file ceilings) are cut, with
+// their value written.
 func (b *bench) drawChart(path string) error {
 	type bar struct {
 		sys   *system
@@ -77,17 +79,16 @@ func (b *bench) drawChart(path string) error {
 		if base == "" {
 			continue
 		}
-		bs, _ := b.summarize(j.name, base)
 		g := group{job: j, base: base}
 		for _, s := range b.systems {
 			sm, ok := b.summarize(j.name, s.name)
-			if !ok || bs.iops == 0 {
+			r, ok2 := b.ratio(j.name, s.name, base)
+			if !ok || !ok2 {
 				continue
 			}
-			r := sm.iops / bs.iops
-			g.bars = append(g.bars, bar{s, r, sm})
-			if s.kind != kindUring {
-				maxUncut = max(maxUncut, r)
+			g.bars = append(g.bars, bar{s, r.median, sm})
+			if s.kind != kindUring && s.kind != kindFresh {
+				maxUncut = max(maxUncut, r.median)
 			}
 		}
 		groups = append(groups, g)
@@ -103,7 +104,13 @@ func (b *bench) drawChart(path string) error {
 	if xmax > 2 {
 		step = 0.5
 	}
-	xOf := func(v float64) int { return plotX0 + int(math.Round(v/xmax*float64(plotX1-plotX0))) }
+	// The job's name, then the system's, left of the bars (7 px a letter).
+	sysLen := 0
+	for _, s := range b.systems {
+		sysLen = max(sysLen, len(s.name))
+	}
+	x0 := max(plotX0, 10+7*b.jobWidth()+16+7*sysLen+8)
+	xOf := func(v float64) int { return x0 + int(math.Round(v/xmax*float64(plotX1-x0))) }
 
 	h := topH + 48
 	for _, g := range groups {
@@ -113,7 +120,7 @@ func (b *bench) drawChart(path string) error {
 	fill(img, img.Bounds(), color.White)
 
 	// Title, machine and legend.
-	title := "Strata vs peers: median IOPS relative to nbdkit's file plugin (= 1.0), fio nbd engine over Unix sockets"
+	title := "Strata vs peers: IOPS relative to nbdkit's file plugin (= 1.0; median of per-round ratios), fio nbd engine over Unix sockets"
 	text(img, 12, 20, title, black)
 	var subs []string
 	for _, l := range b.machine {
@@ -169,9 +176,9 @@ func (b *bench) drawChart(path string) error {
 		}
 		for i, br := range g.bars {
 			by := y + i*rowPitch
-			text(img, plotX0-8-7*len(br.sys.name), by+11, br.sys.name, gray)
+			text(img, x0-8-7*len(br.sys.name), by+11, br.sys.name, gray)
 			end := xOf(math.Min(br.ratio, xmax))
-			fill(img, image.Rect(plotX0, by, max(end, plotX0+1), by+barH), systemColors[br.sys.name])
+			fill(img, image.Rect(x0, by, max(end, x0+1), by+barH), systemColors[br.sys.name])
 			label := fmt.Sprintf("%.2fx  %s IOPS  %.0f MB/s  %s", br.ratio, fmtCount(br.sm.iops), br.sm.bw/1e6, fmtLatency(br.sm.p99))
 			if br.ratio > xmax {
 				// A break mark: the bar goes on beyond the scale.
@@ -187,7 +194,7 @@ func (b *bench) drawChart(path string) error {
 		}
 		y += gh + groupGap
 	}
-	text(img, 12, h-8, "p99: completion latency. Cut bars run past the scale (the io_uring ceiling has no server and no socket).", gray)
+	text(img, 12, h-8, "p99: completion latency. Cut bars run past the scale (the io_uring and fresh-file ceilings have no server and no socket).", gray)
 
 	f, err := os.Create(path)
 	if err != nil {

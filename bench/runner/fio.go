@@ -6,30 +6,59 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/strata-storage/strata/internal/units"
 )
 
 // job is one fio job file of bench/jobs. Its comment lines carry a
-// description (the first) and tags ("; tags: key fresh"):
+// description (the first) and settings:
 //
-//	key:   one of the comparisons the targets are about; -quick runs these,
-//	       and so do io_uring and the strata-nocache / strata-snap10
-//	       scenarios (unless -all).
-//	fresh: runs against a new, never-written target 4x the working set.
+//	; tags: key fresh once
+//	    key:   one of the comparisons the targets are about; -quick runs
+//	           these, and so do io_uring, fresh-file and the
+//	           strata-nocache / strata-snap10 scenarios (unless -all).
+//	    fresh: runs against a new, never-written target (4x the working
+//	           set unless "size:" says otherwise).
+//	    once:  not time-based: the job goes through its target once
+//	           (the runner passes --size, no --time_based/--runtime).
+//	; size: 8x, at most 8GiB
+//	    the target's size as a multiple of the working set (-size),
+//	    optionally capped.
+//	; prepare: overwrite-random gc
+//	    steps run on the job's own target before it is measured (see
+//	    prepareSteps); the job then gets its own target of the working
+//	    set's size, prefilled like the main one.
 type job struct {
-	name   string
-	file   string
-	desc   string
-	key    bool
-	fresh  bool
-	reads  bool
-	writes bool
+	name    string
+	file    string
+	desc    string
+	key     bool
+	fresh   bool
+	once    bool
+	reads   bool
+	writes  bool
+	sizeX   int64 // target size: sizeX times the working set ...
+	sizeMax int64 // ... at most this (0: no cap)
+	prepare []string
+}
+
+// targetSize is the size of the target the job runs on.
+func (j *job) targetSize(workingSet int64) int64 {
+	n := j.sizeX * workingSet
+	if j.sizeMax > 0 && n > j.sizeMax {
+		n = j.sizeMax
+	}
+	return n
 }
 
 func loadJobs(dir string) ([]*job, error) {
@@ -69,19 +98,8 @@ func parseJob(path string) (*job, error) {
 		switch {
 		case strings.HasPrefix(line, ";") || strings.HasPrefix(line, "#"):
 			c := strings.TrimSpace(strings.TrimLeft(line, ";#"))
-			if tags, ok := strings.CutPrefix(c, "tags:"); ok {
-				for _, t := range strings.Fields(tags) {
-					switch t {
-					case "key":
-						j.key = true
-					case "fresh":
-						j.fresh = true
-					default:
-						return nil, fmt.Errorf("%s: unknown tag %q", path, t)
-					}
-				}
-			} else if j.desc == "" {
-				j.desc = c
+			if err := j.parseComment(c); err != nil {
+				return nil, fmt.Errorf("%s: %v", path, err)
 			}
 		case strings.HasPrefix(line, "["):
 			sections++
@@ -100,7 +118,65 @@ func parseJob(path string) (*job, error) {
 	if !j.reads && !j.writes {
 		return nil, fmt.Errorf("%s: no rw= line", path)
 	}
+	if j.sizeX == 0 {
+		j.sizeX = 1
+		if j.fresh {
+			j.sizeX = 4
+		}
+	}
+	if j.fresh && len(j.prepare) > 0 {
+		return nil, fmt.Errorf("%s: a fresh job cannot have prepare steps (prepared targets are prefilled)", path)
+	}
 	return j, nil
+}
+
+// parseComment reads one comment line of a job file: a setting, or the
+// description if it is the first other line.
+func (j *job) parseComment(c string) error {
+	if tags, ok := strings.CutPrefix(c, "tags:"); ok {
+		for _, t := range strings.Fields(tags) {
+			switch t {
+			case "key":
+				j.key = true
+			case "fresh":
+				j.fresh = true
+			case "once":
+				j.once = true
+			default:
+				return fmt.Errorf("unknown tag %q (tags: key, fresh, once)", t)
+			}
+		}
+		return nil
+	}
+	if size, ok := strings.CutPrefix(c, "size:"); ok {
+		// "8x" or "8x, at most 8GiB"
+		mult, limit, capped := strings.Cut(size, ",")
+		n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(mult), "x"), 10, 64)
+		if err != nil || n < 1 || !strings.HasSuffix(strings.TrimSpace(mult), "x") {
+			return fmt.Errorf("size: want \"Nx\" or \"Nx, at most SIZE\", got %q", strings.TrimSpace(size))
+		}
+		j.sizeX = n
+		if capped {
+			lim, ok := strings.CutPrefix(strings.TrimSpace(limit), "at most ")
+			if j.sizeMax, err = units.ParseSize(strings.TrimSpace(lim)); !ok || err != nil || j.sizeMax < 1<<20 {
+				return fmt.Errorf("size: want \"Nx, at most SIZE\", got %q", strings.TrimSpace(size))
+			}
+		}
+		return nil
+	}
+	if steps, ok := strings.CutPrefix(c, "prepare:"); ok {
+		for _, st := range strings.Fields(steps) {
+			if _, known := prepareSteps[st]; !known {
+				return fmt.Errorf("unknown prepare step %q (steps: %s)", st, strings.Join(slices.Sorted(maps.Keys(prepareSteps)), ", "))
+			}
+			j.prepare = append(j.prepare, st)
+		}
+		return nil
+	}
+	if j.desc == "" {
+		j.desc = c
+	}
+	return nil
 }
 
 // fioResult is what one run measured. Bandwidths are bytes/s, latencies
@@ -109,11 +185,15 @@ type fioResult struct {
 	iops, readIOPS, writeIOPS float64
 	bw, readBW, writeBW       float64
 	p99, readP99, writeP99    float64
+	readBytes, writeBytes     float64 // data moved
+	runtime                   float64 // seconds, the end_fsync included
+	flushes                   int64   // syncs fio sent (NBD_CMD_FLUSH on the nbd engine)
 }
 
 type fioDir struct {
 	IOPS     float64 `json:"iops"`
 	BwBytes  float64 `json:"bw_bytes"`
+	IOBytes  float64 `json:"io_bytes"`
 	TotalIOs int64   `json:"total_ios"`
 	ClatNs   struct {
 		Percentile map[string]float64 `json:"percentile"`
@@ -129,6 +209,10 @@ type fioJSON struct {
 		Read    fioDir  `json:"read"`
 		Write   fioDir  `json:"write"`
 		Mixed   *fioDir `json:"mixed"`
+		Sync    struct {
+			TotalIOs int64 `json:"total_ios"`
+		} `json:"sync"`
+		JobRuntime float64 `json:"job_runtime"` // ms
 	} `json:"jobs"`
 }
 
@@ -187,6 +271,8 @@ func runFio(ctx context.Context, args []string, jsonPath string) (fioResult, err
 		readIOPS: jr.Read.IOPS, writeIOPS: jr.Write.IOPS,
 		readBW: jr.Read.BwBytes, writeBW: jr.Write.BwBytes,
 		readP99: jr.Read.p99(), writeP99: jr.Write.p99(),
+		readBytes: jr.Read.IOBytes, writeBytes: jr.Write.IOBytes,
+		runtime: jr.JobRuntime / 1e3, flushes: jr.Sync.TotalIOs,
 	}
 	if m := jr.Mixed; m != nil && m.TotalIOs > 0 {
 		r.iops, r.bw, r.p99 = m.IOPS, m.BwBytes, m.p99()

@@ -1,14 +1,16 @@
 // Command runner is Strata's benchmark harness: it starts Strata and the
 // peers a user would pick instead (nbdkit's file plugin on a raw file,
-// qemu-nbd serving qcow2, and fio's io_uring engine on a raw file as the
-// ceiling), each on its own Unix socket in a temporary directory, prefills
-// them, then runs every fio job of bench/jobs against each system in turn
-// (A B C A B C ...) for several rounds, so the machine's noise hits all of
-// them alike. It prints a table of medians and Strata's ratio to each peer,
-// and writes results.csv, chart.png, machine.txt and table.txt.
+// qemu-nbd serving qcow2; and two ceilings without a server: fio's io_uring
+// engine on a raw file, and on a fresh file for new data), each on its own
+// Unix socket in a temporary directory, prefills them, then runs every fio
+// job of bench/jobs against each system in turn (A B C A B C ...) for
+// several rounds, so the machine's noise hits all of them alike. It prints
+// a table of medians and Strata's ratio to each peer, checks the targets of
+// the performance issue, and writes results.csv, chart.png, machine.txt,
+// table.txt and targets.md.
 //
-//	go run ./bench/runner               # full run, about 20 minutes
-//	go run ./bench/runner -quick        # smoke run, about 3 minutes
+//	go run ./bench/runner               # full run, about 40 minutes
+//	go run ./bench/runner -quick        # smoke run, about 10 minutes
 //	go run ./bench/runner -systems strata,nbdkit -jobs randread-4k-qd32 -rounds 5
 //
 // See bench/README.md.
@@ -57,12 +59,12 @@ func run() int {
 	var sizeStr, jobsStr, systemsStr string
 	flag.IntVar(&cfg.rounds, "rounds", 3, "rounds: every job runs once per round against each system")
 	flag.DurationVar(&cfg.runtime, "runtime", 8*time.Second, "duration of each fio run")
-	flag.StringVar(&sizeStr, "size", "1GiB", "working set: size of each target (fresh targets are 4x)")
+	flag.StringVar(&sizeStr, "size", "1GiB", "working set: size of each target (fresh targets are 4x, seqwrite-1m-sustained's 8x at most 8GiB: see each job's size: line)")
 	flag.StringVar(&jobsStr, "jobs", "", "comma list of jobs to run (default: all in bench/jobs, or the quick ones with -quick)")
 	flag.StringVar(&systemsStr, "systems", "", "comma list of systems (default: "+strings.Join(systemNames, ",")+")")
 	flag.StringVar(&cfg.out, "out", "", "directory for results.csv, chart.png, machine.txt, table.txt (default REPO/bench/results)")
-	flag.BoolVar(&cfg.quick, "quick", false, "smoke run: 1 round of 4s, the jobs tagged quick (explicit -rounds/-runtime/-jobs still win)")
-	flag.BoolVar(&cfg.all, "all", false, "run every job on every system (default: io_uring and the strata-nocache / strata-snap10 scenarios run only the key jobs their feature concerns; see bench/README.md)")
+	flag.BoolVar(&cfg.quick, "quick", false, "smoke run: 1 round of 4s, the jobs tagged key (explicit -rounds/-runtime/-jobs still win)")
+	flag.BoolVar(&cfg.all, "all", false, "run every job on every system (default: the io_uring and fresh-file ceilings and the strata-nocache / strata-snap10 scenarios run only the key jobs they concern; fresh-file never runs reads; see bench/README.md)")
 	flag.StringVar(&cfg.strata, "strata", "", "strata binary to run (default: go build ./cmd/strata into the temp dir)")
 	flag.StringVar(&cfg.tmp, "tmp", "", "parent of the temp dir holding data, files and sockets (default $TMPDIR or /tmp)")
 	flag.IntVar(&cfg.warmMB, "warm", 4096, "MiB of memory to touch once in /dev/shm before measuring (VMs fault fresh guest memory in slowly); 0 skips")

@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/strata-storage/strata/internal/units"
 )
 
 // collectMachine describes the machine, the tools and the settings.
@@ -76,8 +78,8 @@ func (b *bench) collectMachine(ctx context.Context) {
 		"qemu-nbd: " + version(kindQemu, "qemu-nbd", "--version"),
 		"nbdkit:   " + version(kindNbdkit, "nbdkit", "--version"),
 		"strata:   " + first(b.strataBin, "--version") + ", commit " + commit + ", " + runtime.Version(),
-		fmt.Sprintf("settings: %d round(s) x %s per run, working set %s (fresh targets %s)",
-			b.cfg.rounds, b.cfg.runtime, sizeArg(b.cfg.size), sizeArg(4*b.cfg.size)),
+		fmt.Sprintf("settings: %d round(s) x %s per run, working set %s",
+			b.cfg.rounds, b.cfg.runtime, sizeArg(b.cfg.size)) + b.targetSizes(),
 		"systems:  " + strings.Join(sys, ", "),
 		"jobs:     " + strings.Join(jobs, ", "),
 	}
@@ -85,6 +87,34 @@ func (b *bench) collectMachine(ctx context.Context) {
 		b.machine = append(b.machine, "memory:   "+d)
 	}
 }
+
+// targetSizes describes the jobs' targets that are not the working set.
+func (b *bench) targetSizes() string {
+	var parts []string
+	fresh := false
+	for _, j := range b.jobs {
+		switch n := j.targetSize(b.cfg.size); {
+		case n == b.cfg.size:
+		case j.fresh && j.sizeX == 4 && j.sizeMax == 0:
+			fresh = true
+		default:
+			parts = append(parts, j.name+" "+sizeArg(n))
+		}
+	}
+	if fresh {
+		parts = append([]string{"fresh targets " + sizeArg(4*b.cfg.size)}, parts...)
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
+}
+
+// csvHeader lists results.csv's columns; later versions add columns at the
+// end only, so older readers keep working.
+var csvHeader = []string{"round", "job", "system", "iops", "read_iops", "write_iops",
+	"mb_s", "read_mb_s", "write_mb_s", "p99_us", "read_p99_us", "write_p99_us", "started", "note",
+	"read_mb", "write_mb", "runtime_s", "flushes", "prepare"}
 
 type csvWriter struct {
 	f *os.File
@@ -97,8 +127,7 @@ func newCSV(path string) (*csvWriter, error) {
 		return nil, err
 	}
 	c := &csvWriter{f: f, w: csv.NewWriter(f)}
-	c.w.Write([]string{"round", "job", "system", "iops", "read_iops", "write_iops",
-		"mb_s", "read_mb_s", "write_mb_s", "p99_us", "read_p99_us", "write_p99_us", "started", "note"})
+	c.w.Write(csvHeader)
 	c.w.Flush()
 	return c, nil
 }
@@ -111,7 +140,9 @@ func (c *csvWriter) write(r result) {
 		f0(r.r.iops), f0(r.r.readIOPS), f0(r.r.writeIOPS),
 		f1(r.r.bw / 1e6), f1(r.r.readBW / 1e6), f1(r.r.writeBW / 1e6),
 		f1(r.r.p99 / 1e3), f1(r.r.readP99 / 1e3), f1(r.r.writeP99 / 1e3),
-		r.start.Format("2006-01-02T15:04:05.000Z07:00"), r.note})
+		r.start.Format("2006-01-02T15:04:05.000Z07:00"), r.note,
+		f1(r.r.readBytes / 1e6), f1(r.r.writeBytes / 1e6), strconv.FormatFloat(r.r.runtime, 'f', 3, 64),
+		strconv.FormatInt(r.r.flushes, 10), r.prepare})
 	c.w.Flush()
 }
 
@@ -164,12 +195,13 @@ func (b *bench) printTable() {
 		rounds = max(rounds, r.round)
 	}
 	fmt.Fprintf(w, "Medians of %d round(s); spread = (max-min)/median IOPS over the rounds.\n", rounds)
-	fmt.Fprintln(w, "ratio: on a peer's row, Strata's IOPS / the peer's (above 1.00x: Strata ahead);")
-	fmt.Fprintln(w, "       on a Strata scenario's row, the scenario's IOPS / plain Strata's (its feature's cost).")
+	fmt.Fprintln(w, "ratio: the median over the rounds of the same round's IOPS ratio: on a peer's or a ceiling's row,")
+	fmt.Fprintln(w, "       Strata's IOPS / the peer's (above 1.00x: Strata ahead); on a Strata scenario's row,")
+	fmt.Fprintln(w, "       the scenario's IOPS / plain Strata's (its feature's cost).")
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "%-24s %-15s %11s %10s %10s %7s  %s\n", "job", "system", "IOPS", "MB/s", "p99 lat", "spread", "ratio")
+	jw := b.jobWidth()
+	fmt.Fprintf(w, "%-*s %-15s %11s %10s %10s %7s  %s\n", jw, "job", "system", "IOPS", "MB/s", "p99 lat", "spread", "ratio")
 	for _, j := range b.jobs {
-		base, haveBase := b.summarize(j.name, "strata")
 		first := true
 		for _, s := range b.systems {
 			sm, ok := b.summarize(j.name, s.name)
@@ -182,69 +214,32 @@ func (b *bench) printTable() {
 				first = false
 			}
 			ratio := ""
-			switch {
-			case s.name == "strata" || !haveBase || sm.iops == 0:
-			case s.kind == kindStrata:
-				ratio = fmt.Sprintf("%.2fx of strata", sm.iops/base.iops)
-			default:
-				ratio = fmt.Sprintf("strata %.2fx", base.iops/sm.iops)
+			if s.name != "strata" && s.kind == kindStrata {
+				if r, ok := b.ratio(j.name, s.name, "strata"); ok {
+					ratio = fmt.Sprintf("%.2fx of strata", r.median)
+				}
+			} else if s.name != "strata" {
+				if r, ok := b.ratio(j.name, "strata", s.name); ok {
+					ratio = fmt.Sprintf("strata %.2fx", r.median)
+				}
 			}
 			spread := "-"
 			if sm.n > 1 {
 				spread = fmt.Sprintf("%.0f%%", 100*sm.spread)
 			}
-			fmt.Fprintf(w, "%-24s %-15s %11s %10.1f %10s %7s  %s\n", name, s.name, fmtCount(sm.iops), sm.bw/1e6,
+			fmt.Fprintf(w, "%-*s %-15s %11s %10.1f %10s %7s  %s\n", jw, name, s.name, fmtCount(sm.iops), sm.bw/1e6,
 				fmtLatency(sm.p99), spread, ratio)
 		}
 	}
-	b.printTargets()
 }
 
-// printTargets checks the issue's targets (QD32, medians, same run).
-func (b *bench) printTargets() {
-	type tgt struct {
-		job, sys, base string
-		min            float64
-		strict         bool
-		what           string
+// jobWidth is the width of the job column: the longest job name.
+func (b *bench) jobWidth() int {
+	w := 24
+	for _, j := range b.jobs {
+		w = max(w, len(j.name))
 	}
-	targets := []tgt{
-		{"randread-4k-qd32", "strata", "nbdkit", 1.0, false, "4 KiB random read"},
-		{"randwrite-4k-qd32", "strata", "nbdkit", 0.8, false, "4 KiB random write (overwrite)"},
-		{"randwrite-4k-qd32", "strata", "qemu-nbd", 1.0, true, "4 KiB random write (overwrite)"},
-		{"randwrite-4k-fresh-qd32", "strata", "qemu-nbd", 1.0, true, "4 KiB random write (fresh, allocating)"},
-		{"seqread-1m-qd32", "strata", "nbdkit", 0.8, false, "1 MiB sequential read"},
-		{"seqwrite-1m-qd32", "strata", "nbdkit", 0.8, false, "1 MiB sequential write"},
-		{"randwrite-4k-qd32", "strata-snap10", "strata", 0.9, false, "4 KiB random write, 10 snapshots"},
-	}
-	var lines []string
-	for _, t := range targets {
-		a, ok1 := b.summarize(t.job, t.sys)
-		c, ok2 := b.summarize(t.job, t.base)
-		if !ok1 || !ok2 || c.iops == 0 {
-			continue
-		}
-		r := a.iops / c.iops
-		op, met := ">=", r >= t.min
-		if t.strict {
-			op, met = "> ", r > t.min
-		}
-		verdict := "met"
-		if !met {
-			verdict = "MISSED"
-		}
-		lines = append(lines, fmt.Sprintf("  %-40s %-24s %s/%s = %.2fx (want %s %.2f)  %s",
-			t.what, t.job, t.sys, t.base, r, op, t.min, verdict))
-	}
-	if len(lines) == 0 {
-		return
-	}
-	fmt.Fprintln(b.report, "\nTargets (issue 4; medians of IOPS, QD32, this run):")
-	for _, l := range lines {
-		fmt.Fprintln(b.report, l)
-	}
-	fmt.Fprintf(b.report, "  (strata and strata-snap10 run with --cache-size %s, so the %s working set fits in the read cache;\n"+
-		"   strata-nocache shows the same without it)\n", sizeArg(max(256<<20, b.cfg.size*5/4)), sizeArg(b.cfg.size))
+	return w
 }
 
 func fmtCount(v float64) string {
@@ -310,6 +305,13 @@ func (b *bench) redraw() error {
 		return fmt.Errorf("%s: not a results.csv of this runner", b.cfg.from)
 	}
 	num := func(s string) float64 { v, _ := strconv.ParseFloat(s, 64); return v }
+	// Columns added after the first version are found by name.
+	col := func(row []string, name string) string {
+		if i := slices.Index(rows[0], name); i >= 0 && i < len(row) {
+			return row[i]
+		}
+		return ""
+	}
 	seenSys, seenJob := map[string]bool{}, map[string]bool{}
 	for _, row := range rows[1:] {
 		round, _ := strconv.Atoi(row[0])
@@ -321,6 +323,9 @@ func (b *bench) redraw() error {
 		if len(row) > 13 {
 			r.note = row[13]
 		}
+		r.r.readBytes, r.r.writeBytes = num(col(row, "read_mb"))*1e6, num(col(row, "write_mb"))*1e6
+		r.r.runtime, r.r.flushes = num(col(row, "runtime_s")), int64(num(col(row, "flushes")))
+		r.prepare = col(row, "prepare")
 		b.results = append(b.results, r)
 		seenSys[r.system], seenJob[r.job] = true, true
 	}
@@ -343,16 +348,37 @@ func (b *bench) redraw() error {
 	}
 	if data, err := os.ReadFile(filepath.Join(filepath.Dir(b.cfg.from), "machine.txt")); err == nil {
 		b.machine = strings.Split(strings.TrimSpace(string(data)), "\n")
+		// The run's working set, for the cache-size line.
+		for _, l := range b.machine {
+			if _, rest, ok := strings.Cut(l, "working set "); ok && strings.HasPrefix(l, "settings:") {
+				if n, err := units.ParseSize(strings.Fields(rest)[0]); err == nil {
+					b.cfg.size = n
+				}
+			}
+		}
 	}
 	b.report = os.Stdout
-	b.printTable()
 	if err := os.MkdirAll(b.cfg.out, 0o755); err != nil {
+		return err
+	}
+	b.printTable()
+	if err := b.writeTargets(); err != nil {
 		return err
 	}
 	path := filepath.Join(b.cfg.out, "chart.png")
 	if err := b.drawChart(path); err != nil {
 		return err
 	}
-	fmt.Println("\nwrote", path)
+	fmt.Printf("\nwrote %s and targets.md\n", path)
 	return nil
+}
+
+// writeTargets prints the targets section and writes it to targets.md.
+func (b *bench) writeTargets() error {
+	f, err := os.Create(filepath.Join(b.cfg.out, "targets.md"))
+	if err != nil {
+		return err
+	}
+	b.printTargets(f)
+	return f.Close()
 }

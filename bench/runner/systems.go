@@ -13,7 +13,9 @@ import (
 )
 
 // systemNames lists every system in the order each round runs them.
-var systemNames = []string{"strata", "strata-nocache", "strata-snap10", "nbdkit", "qemu-nbd", "io_uring"}
+// fresh-file comes last: it writes as much new data as strata wrote in the
+// same round's run of the job.
+var systemNames = []string{"strata", "strata-nocache", "strata-snap10", "nbdkit", "qemu-nbd", "io_uring", "fresh-file"}
 
 // Kinds of system.
 const (
@@ -21,14 +23,15 @@ const (
 	kindNbdkit = "nbdkit"
 	kindQemu   = "qemu-nbd"
 	kindUring  = "io_uring"
+	kindFresh  = "fresh-file"
 )
 
 // target is what one fio run addresses: an NBD export, or a file for the
-// io_uring ceiling.
+// io_uring and fresh-file ceilings.
 type target struct {
 	uri    string
 	volume string // strata: the volume behind uri
-	file   string // io_uring
+	file   string // io_uring, fresh-file
 }
 
 func (t target) fioArgs() []string {
@@ -51,6 +54,13 @@ type system struct {
 	proc      *proc
 	main      target
 	freshSeq  int
+	prepared  map[string]*prepared // by job, for jobs that only read
+}
+
+// prepared is a job's own target, prepared once and kept for later rounds.
+type prepared struct {
+	t    target
+	desc string
 }
 
 func newSystem(b *bench, name string) *system {
@@ -70,6 +80,8 @@ func newSystem(b *bench, name string) *system {
 		s.kind, s.desc = kindQemu, "qemu-nbd -t --shared=8 -f qcow2 --cache=writeback --aio=threads (qcow2 file)"
 	case "io_uring":
 		s.kind, s.desc = kindUring, "fio io_uring engine on a raw file, buffered (ceiling: no server, no socket)"
+	case "fresh-file":
+		s.kind, s.desc = kindFresh, "fio io_uring engine, buffered, writing as much new data as strata did to a fresh sparse file (ceiling for new data)"
 	}
 	return s
 }
@@ -83,8 +95,10 @@ func (s *system) start(ctx context.Context) error {
 	switch s.kind {
 	case kindStrata:
 		data := filepath.Join(s.dir, "data")
-		args := []string{s.b.strataBin, "serve", "--data", data, "--listen=", "--gc-interval", "0",
-			"--volume", "bench=" + sizeArg(size)}
+		// strata serve's defaults (GC on at its interval), apart from the
+		// cache size; --listen= only turns TCP off, so that several
+		// daemons can run side by side (they serve on Unix sockets).
+		args := []string{s.b.strataBin, "serve", "--data", data, "--listen=", "--volume", "bench=" + sizeArg(size)}
 		extra := s.extra
 		if s.name != "strata-nocache" {
 			// The working set fits in the read cache (the random
@@ -107,6 +121,9 @@ func (s *system) start(ctx context.Context) error {
 		file := filepath.Join(s.dir, "disk.raw")
 		s.main = target{file: file}
 		return sparseFile(file, size)
+	case kindFresh:
+		// No lasting target: every run writes a new file.
+		return nil
 	}
 	return fmt.Errorf("unknown system %s", s.name)
 }
@@ -142,7 +159,10 @@ func (s *system) startPeer(ctx context.Context, dir string, size int64) (*proc, 
 // caches warm (the page cache for the peers, and Strata's read cache, which
 // takes small reads only).
 func (s *system) prefill(ctx context.Context) error {
-	if err := s.prefillWrite(ctx); err != nil {
+	if s.kind == kindFresh {
+		return nil
+	}
+	if err := s.fill(ctx, s.main, s.b.cfg.size, "prefill"); err != nil {
 		return err
 	}
 	args := append(s.main.fioArgs(), "--name=warm", "--rw=read", "--bs=4k", "--iodepth=32",
@@ -151,34 +171,34 @@ func (s *system) prefill(ctx context.Context) error {
 	return err
 }
 
-func (s *system) prefillWrite(ctx context.Context) error {
-	args := append(s.main.fioArgs(), "--name=prefill", "--rw=write", "--bs=1m", "--iodepth=8",
-		"--size="+fioSize(s.b.cfg.size))
-	_, err := runFio(ctx, args, filepath.Join(s.dir, "prefill.json"))
+// fill writes size bytes of t once, sequentially in 1 MiB writes (QD8).
+func (s *system) fill(ctx context.Context, t target, size int64, name string) error {
+	args := append(t.fioArgs(), "--name="+name, "--rw=write", "--bs=1m", "--iodepth=8", "--size="+fioSize(size))
+	_, err := runFio(ctx, args, filepath.Join(s.dir, name+".json"))
 	return err
 }
 
-// fresh makes a new, never-written target of size bytes, and the function
-// that removes it.
-func (s *system) fresh(ctx context.Context, size int64) (target, func(), error) {
+// fresh makes a new, never-written target of size bytes, named after label,
+// and the function that removes it.
+func (s *system) fresh(ctx context.Context, size int64, label string) (target, func(), error) {
 	s.freshSeq++
 	switch s.kind {
 	case kindStrata:
-		name := fmt.Sprintf("fresh-%d", s.freshSeq)
+		name := fmt.Sprintf("%s-%d", label, s.freshSeq)
 		data := filepath.Join(s.dir, "data")
 		if _, err := command(ctx, s.b.strataBin, "--data", data, "volume", "create", name, "--size", sizeArg(size)); err != nil {
 			return target{}, nil, err
 		}
 		t := target{uri: "nbd+unix:///" + name + "?socket=" + filepath.Join(data, "nbd.sock"), volume: name}
 		return t, func() {
-			// The journal keeps its records until GC (off here): the disk
-			// space stays used, the volume goes.
+			// The volume goes now; its journal records stay on disk until
+			// a GC pass (background, every minute by default) frees them.
 			if _, err := command(context.Background(), s.b.strataBin, "--data", data, "volume", "delete", name, "--force"); err != nil {
 				s.b.notef("%s: deleting fresh volume %s: %v", s.name, name, err)
 			}
 		}, nil
 	case kindNbdkit, kindQemu:
-		dir := filepath.Join(s.dir, fmt.Sprintf("fresh-%d", s.freshSeq))
+		dir := filepath.Join(s.dir, fmt.Sprintf("%s-%d", label, s.freshSeq))
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return target{}, nil, err
 		}
@@ -192,8 +212,8 @@ func (s *system) fresh(ctx context.Context, size int64) (target, func(), error) 
 			return target{}, nil, err
 		}
 		return t, done, nil
-	case kindUring:
-		file := filepath.Join(s.dir, fmt.Sprintf("fresh-%d.raw", s.freshSeq))
+	case kindUring, kindFresh:
+		file := filepath.Join(s.dir, fmt.Sprintf("%s-%d.raw", label, s.freshSeq))
 		if err := sparseFile(file, size); err != nil {
 			return target{}, nil, err
 		}
@@ -286,8 +306,12 @@ func (b *bench) available(ctx context.Context, name string) string {
 				return t + " is not installed (make test-deps: qemu-utils)"
 			}
 		}
-	case "io_uring":
-		return b.probeUring(ctx)
+	case "io_uring", "fresh-file":
+		if b.uringProbe == nil {
+			why := b.probeUring(ctx)
+			b.uringProbe = &why
+		}
+		return *b.uringProbe
 	}
 	return ""
 }

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"slices"
+	"testing"
+)
+
+// The job files parse, and every target of the report names a job that
+// exists, so a renamed job cannot leave a target "not run" for good.
+func TestJobFilesAndTargets(t *testing.T) {
+	jobs, err := loadJobs("../jobs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]*job{}
+	for _, j := range jobs {
+		byName[j.name] = j
+	}
+	for _, g := range goals {
+		if g.every == nil && byName[g.job] == nil {
+			t.Errorf("target %q names job %s, which has no file in bench/jobs", g.what, g.job)
+		}
+	}
+	sus := byName["seqwrite-1m-sustained"]
+	if sus == nil || !sus.once || !sus.fresh || !sus.key {
+		t.Fatalf("seqwrite-1m-sustained: want tags key fresh once, got %+v", sus)
+	}
+	for _, c := range []struct{ ws, want int64 }{{1 << 30, 8 << 30}, {64 << 20, 512 << 20}, {2 << 30, 8 << 30}} {
+		if got := sus.targetSize(c.ws); got != c.want {
+			t.Errorf("sustained target for working set %d: %d, want %d", c.ws, got, c.want)
+		}
+	}
+	if j := byName["randwrite-4k-fresh-qd1"]; j == nil || j.targetSize(1<<30) != 4<<30 {
+		t.Errorf("randwrite-4k-fresh-qd1: want a fresh target 4x the working set, got %+v", j)
+	}
+	if j := byName["seqread-1m-after-randwrite-qd32"]; j == nil || !slices.Equal(j.prepare, []string{"overwrite-random", "gc"}) || j.writes {
+		t.Errorf("seqread-1m-after-randwrite-qd32: want a read-only job prepared by overwrite-random, gc; got %+v", j)
+	}
+	if j := byName["randwrite-4k-qd32"]; j == nil || j.targetSize(1<<30) != 1<<30 || j.once {
+		t.Errorf("randwrite-4k-qd32: want a time-based job on the working set, got %+v", j)
+	}
+}
+
+func TestParseCommentErrors(t *testing.T) {
+	for _, c := range []string{"tags: key often", "size: 8", "size: x", "size: 8x, at most lots", "size: 8x, 8GiB", "prepare: defrag"} {
+		var j job
+		if err := j.parseComment(c); err == nil {
+			t.Errorf("%q: no error", c)
+		}
+	}
+	var j job
+	if err := j.parseComment("size: 2x, at most 1GiB"); err != nil || j.targetSize(1<<30) != 1<<30 || j.targetSize(256<<20) != 512<<20 {
+		t.Errorf("size: 2x, at most 1GiB: %v, %+v", err, j)
+	}
+}
+
+// The ratio is the median of per-round ratios, not the ratio of medians.
+func TestRatioPerRound(t *testing.T) {
+	b := &bench{}
+	add := func(round int, sys string, iops float64) {
+		b.results = append(b.results, result{round: round, job: "j", system: sys, r: fioResult{iops: iops}})
+	}
+	// Per round: 1.0, 2.0, 0.5 -> median 1.0; medians 100 / 100 would
+	// say 1.0 too, so make the rounds disagree: 10/10, 200/100, 50/100.
+	add(1, "strata", 10)
+	add(1, "nbdkit", 10)
+	add(2, "strata", 200)
+	add(2, "nbdkit", 100)
+	add(3, "strata", 50)
+	add(3, "nbdkit", 100)
+	add(4, "strata", 999) // no nbdkit run in round 4: left out
+	r, ok := b.ratio("j", "strata", "nbdkit")
+	if !ok || r.n != 3 || r.median != 1.0 || r.lo != 0.5 || r.hi != 2.0 {
+		t.Fatalf("ratio = %+v, %v; want median 1.0 over 3 rounds, 0.5-2.0", r, ok)
+	}
+	if _, ok := b.ratio("j", "strata", "qemu-nbd"); ok {
+		t.Error("a ratio to a system that never ran")
+	}
+	g := goal{min: 0.9}
+	if s := g.show(0.8996); s != "0.899x" {
+		t.Errorf("show(0.8996) = %s, want 0.899x", s)
+	}
+	if s := g.show(0.95); s != "0.95x" {
+		t.Errorf("show(0.95) = %s", s)
+	}
+}
