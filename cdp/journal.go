@@ -717,6 +717,9 @@ func (j *Journal) appendLocked(r *Record) (Location, error) {
 	if err == nil {
 		err = j.appendBytesLocked(r.Data)
 	}
+	if err == nil {
+		j.padLocked()
+	}
 	if err != nil {
 		// Only a failed tail writer stops an append half way: the journal
 		// has failed and takes nothing more.

@@ -143,8 +143,9 @@ func (j *Journal) openChunkLocked() (*chunk, error) {
 	return c, nil
 }
 
-// freeChunkLocked takes a zeroed buffer: a free one, a new one while the
-// budget allows, else the oldest kept one. t is held.
+// freeChunkLocked takes a buffer: a free one, a new one while the budget
+// allows, else the oldest kept one. Its old bytes stay: each append zeros
+// the rest of the block it ends in (padLocked). t is held.
 func (j *Journal) freeChunkLocked() *chunk {
 	var c *chunk
 	if n := len(j.t.free); n > 0 {
@@ -160,10 +161,18 @@ func (j *Journal) freeChunkLocked() *chunk {
 		j.t.allocated++
 		return &chunk{buf: alignedBuf()}
 	}
-	// Padding written after a Sync must be zeros, never an old record.
-	clear(c.buf)
 	c.seg = nil
 	return c
+}
+
+// padLocked zeros the rest of the block the last append ended in: a direct
+// write covers whole blocks, and what follows the last record in the file
+// must read as padding, not as an old record. j.mu is held.
+func (j *Journal) padLocked() {
+	if c := j.mu.open; c != nil {
+		n := int(c.n.Load())
+		clear(c.buf[n:alignUp(n)])
+	}
 }
 
 // requestWriteLocked asks the writer to write everything appended to the
