@@ -64,8 +64,8 @@ fuzz:
 test: test-deps vet staticcheck fmt-check race e2e
 
 # Strata against nbdkit, qemu-nbd and the io_uring ceiling, side by side
-# (bench/README.md): about 21 minutes; `make bench BENCH_FLAGS=-quick` is a
-# 3-minute smoke run. Table, CSV and chart in bench/results/.
+# (bench/README.md): about 40 minutes; `make bench BENCH_FLAGS=-quick` is a
+# 10-minute smoke run. Table, CSV and chart in bench/results/.
 BENCH_FLAGS ?=
 bench: build test-deps
 	$(GO) run ./bench/runner -strata $(BIN) $(BENCH_FLAGS)
