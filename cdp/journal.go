@@ -83,6 +83,10 @@ type Options struct {
 	// TailCache is the memory of recently written journal kept for reads
 	// (default DefaultTailCache; negative: none).
 	TailCache int64
+	// ReserveAhead is how much room past the records a segment file gets
+	// allocated at a time (default 4 MiB; negative: only what each record
+	// needs, which makes a full disk show at the exact record, for tests).
+	ReserveAhead int64
 }
 
 func (o *Options) fill() error {
@@ -109,6 +113,12 @@ func (o *Options) fill() error {
 		o.TailCache = DefaultTailCache
 	case o.TailCache < 0:
 		o.TailCache = 0
+	}
+	switch {
+	case o.ReserveAhead == 0:
+		o.ReserveAhead = 4 << 20
+	case o.ReserveAhead < 0:
+		o.ReserveAhead = 0
 	}
 	if o.DirectIO && o.FS != vfs.Default {
 		o.DirectIO = false
@@ -158,6 +168,8 @@ type Journal struct {
 		tailPos int64
 		open    *chunk
 		header  []byte
+		// reserved: cur's room is allocated up to here (reserveLocked).
+		reserved int64
 	}
 
 	// t guards the tail's chunks (tail.go). Lock order: mu, then t.
@@ -597,13 +609,6 @@ func (j *Journal) startSegment(first uint64, prev *segment) error {
 		_ = j.opts.FS.Remove(j.path(name))
 		return j.classifyWriteErr(fmt.Errorf("cdp: write segment header %s: %w", name, err))
 	}
-	// Reserve the segment's room up front, so a full disk shows here,
-	// before anything is acknowledged, not when the tail is written.
-	if err := f.Preallocate(0, j.opts.SegmentSize); err != nil && errors.Is(err, syscall.ENOSPC) {
-		f.Close()
-		_ = j.opts.FS.Remove(j.path(name))
-		return fmt.Errorf("%w: reserve segment %s: %v", ErrNoSpace, name, err)
-	}
 	if err := f.Sync(); err != nil {
 		f.Close()
 		return j.fail(fmt.Errorf("sync new segment %s: %w", name, err))
@@ -629,6 +634,7 @@ func (j *Journal) useSegment(s *segment, header []byte) error {
 	s.written.Store(s.size)
 	j.mu.cur = s
 	j.mu.tailPos = s.size
+	j.mu.reserved = s.size
 	j.mu.open = nil
 	j.mu.header = append(j.mu.header[:0], header[:segmentHeaderSize]...)
 	return nil
@@ -699,6 +705,9 @@ func (j *Journal) appendLocked(r *Record) (Location, error) {
 		}
 	}
 	cur := j.mu.cur
+	if err := j.reserveLocked(cur, cur.size+size); err != nil {
+		return Location{}, err
+	}
 	r.Seq = j.mu.nextSeq
 	now := j.opts.Now().UnixNano()
 	if now < j.mu.lastTime {
@@ -730,6 +739,31 @@ func (j *Journal) appendLocked(r *Record) (Location, error) {
 	j.mu.lastTime = now
 	j.appended.Store(r.Seq)
 	return Location{Segment: cur.id, Offset: off}, nil
+}
+
+// reserveLocked makes sure the file has room for the records up to end
+// before they are appended: the tail's writer must not find the disk full
+// after the records were acknowledged. It reserves Options.ReserveAhead
+// ahead (a syscall every few MiB), or just what is needed when that much
+// is not free; a full disk fails the append with ErrNoSpace and leaves the
+// journal as it was. j.mu is held.
+func (j *Journal) reserveLocked(s *segment, end int64) error {
+	if end <= j.mu.reserved {
+		return nil
+	}
+	want := min(max(j.mu.reserved+j.opts.ReserveAhead, end), j.opts.SegmentSize)
+	err := s.f.Preallocate(j.mu.reserved, max(want, end)-j.mu.reserved)
+	if errors.Is(err, syscall.ENOSPC) && want > end {
+		want = end
+		err = s.f.Preallocate(j.mu.reserved, end-j.mu.reserved)
+	}
+	if errors.Is(err, syscall.ENOSPC) {
+		return fmt.Errorf("%w: reserve room in segment %s: %v", ErrNoSpace, s.name, err)
+	}
+	// Other failures (a filesystem without fallocate) reserve nothing; the
+	// writer's errors then stay fatal, as before.
+	j.mu.reserved = max(want, end)
+	return nil
 }
 
 // rotateLocked syncs the current segment and starts the next, so only the

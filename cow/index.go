@@ -285,7 +285,9 @@ func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
 	if v == nil {
 		return fmt.Errorf("cow: %s record %d for unknown volume %d", r.Kind, r.Seq, r.Volume)
 	}
-	a.dirty[v.id] = v
+	if r.Kind != cdp.KindWrite {
+		a.dirty[v.id] = v // a write marks it only if its count changes
+	}
 	if r.Kind != cdp.KindSnapshotCreate && r.Kind != cdp.KindSnapshotDelete && r.Kind != cdp.KindVolumeConfig {
 		v.lastChange = r.Seq
 	}
@@ -322,7 +324,10 @@ func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
 				return err
 			}
 		}
-		addWritten(v, int64(n)-int64(had))
+		if int64(n) != int64(had) {
+			addWritten(v, int64(n)-int64(had))
+			a.dirty[v.id] = v
+		}
 	case cdp.KindTrim, cdp.KindZero:
 		if r.Length == 0 {
 			return nil

@@ -58,6 +58,9 @@ type Options struct {
 	IndexCacheSize int64
 	// CacheSize bounds the read cache of journal blocks (0: no cache).
 	CacheSize int64
+	// JournalReserve is cdp.Options.ReserveAhead: room allocated ahead of
+	// the journal's records (default 4 MiB; negative: per record).
+	JournalReserve int64
 	// TailCache is the part of CacheSize that keeps the journal's most
 	// recent writes in memory for reads (default half; negative: none).
 	TailCache int64
@@ -373,7 +376,7 @@ func (p *Pool) open() error {
 	p.wmu.Lock()
 	defer p.wmu.Unlock()
 	j, err := cdp.Open(cdp.Options{FS: p.opts.FS, Dir: p.journalDir(), SegmentSize: p.opts.SegmentSize, Logger: p.opts.Logger, Now: p.opts.Now,
-		DirectIO: p.opts.FS == vfs.Default, TailCache: p.opts.TailCache},
+		DirectIO: p.opts.FS == vfs.Default, TailCache: p.opts.TailCache, ReserveAhead: p.opts.JournalReserve},
 		applied+1, func(r *cdp.Record, loc cdp.Location) error {
 			replayed++
 			return p.applyLocked(r, loc)

@@ -36,7 +36,15 @@ func newSite(t *testing.T) *site {
 // newSiteIn makes a site whose pool lives in dir.
 func newSiteIn(t testing.TB, dir string) *site {
 	t.Helper()
-	p, err := cow.Open(cow.Options{Dir: dir, SegmentSize: 4 << 20, GCInterval: -1, CheckpointInterval: -1})
+	return newSiteOpts(t, cow.Options{Dir: dir})
+}
+
+// newSiteOpts makes a site with a pool opened with opts (a small segment
+// size, no background work unless set).
+func newSiteOpts(t testing.TB, opts cow.Options) *site {
+	t.Helper()
+	opts.SegmentSize, opts.GCInterval, opts.CheckpointInterval = 4<<20, -1, -1
+	p, err := cow.Open(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -566,7 +574,9 @@ func TestTargetFullMidBatch(t *testing.T) {
 		t.Skipf("cannot mount a tmpfs here: %v: %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", dir).Run() }) // after the pool closes
-	a, b := newSite(t), newSiteIn(t, dir+"/pool")
+	// The journal allocates room per record (not megabytes ahead), so the
+	// disk filling up shows in the middle of the batch.
+	a, b := newSite(t), newSiteOpts(t, cow.Options{Dir: dir + "/pool", JournalReserve: -1})
 	rng := seed(t)
 	a.pool.CreateVolume("v", 32<<20)
 	h, _ := a.pool.OpenVolume("v")
