@@ -60,6 +60,21 @@ type Trimmer interface {
 	Trim(off, length int64) error
 }
 
+// FastReader is a Device that can sometimes serve a read from memory without
+// blocking. A frontend calls TryReadAt on the goroutine that parses requests,
+// so that a read the device has in memory is answered without a goroutine
+// handoff; it must therefore return quickly.
+//
+// TryReadAt fills p from off and returns true only if it could do so without
+// blocking on I/O or on locks held for long (memory only: caches). False
+// means it did nothing (the caller ignores p, which the device may have
+// partly filled) and the caller must use ReadAt. A non-nil error is a real
+// read error, the one ReadAt would return for the same request. It is safe
+// for concurrent use with every other method.
+type FastReader interface {
+	TryReadAt(p []byte, off int64) (ok bool, err error)
+}
+
 // Zeroer is a Device that can zero a range without the caller sending zeros.
 // With noHole the range must stay allocated (reads as zeros, reported as
 // zero but not as a hole); without it the device may punch a hole.

@@ -6,9 +6,11 @@
 // error classes become NBD errno values.
 //
 // Each connection has one goroutine that parses requests (and reads WRITE
-// payloads) and one goroutine per request, bounded by
-// Options.MaxRequestsInFlight and Options.MaxBytesInFlight. Replies go out in
-// completion order under a per-connection write lock.
+// payloads) and a pool of workers that run them, bounded by
+// Options.MaxRequestsInFlight and Options.MaxBytesInFlight. A READ that a
+// blockdev.FastReader has in memory is served by the parsing goroutine
+// itself. Replies go out in completion order, gathered in a per-connection
+// buffer so that many of them share one write to the socket (replies.go).
 //
 // TLS is negotiated with NBD_OPT_STARTTLS when Options.TLS is set
 // (Options.RequireTLS refuses plaintext option haggling). Oldstyle

@@ -185,10 +185,11 @@ func (c *conn) startTLS() error {
 	if c.br.Buffered() > 0 {
 		return errors.New("nbd: client sent data before the TLS handshake")
 	}
-	tc := tls.Server(c.nc, cfg)
+	tc := tls.Server(c.sock, cfg)
 	if err := tc.Handshake(); err != nil {
 		return fmt.Errorf("nbd: TLS handshake: %w", err)
 	}
+	c.w = tc
 	c.br = bufio.NewReaderSize(tc, 64<<10)
 	c.bw = bufio.NewWriterSize(tc, 64<<10)
 	c.tls = true
@@ -517,6 +518,7 @@ func (c *conn) enter(exp Export, name string, strictAlign bool) {
 	c.trimmer, _ = exp.(blockdev.Trimmer)
 	c.zeroer, _ = exp.(blockdev.Zeroer)
 	c.blockStatus, _ = exp.(blockdev.BlockStatuser)
+	c.fast, _ = exp.(blockdev.FastReader)
 	c.caps = exportCaps{
 		readOnly:    exp.ReadOnly(),
 		trim:        c.trimmer != nil,

@@ -14,7 +14,7 @@ import (
 const memBlock = 4096
 
 // memDev is an in-memory thin device of 4 KiB blocks: an absent block is a
-// hole. It implements Trimmer, Zeroer and BlockStatuser.
+// hole. It implements Trimmer, Zeroer, BlockStatuser and FastReader.
 type memDev struct {
 	size int64
 
@@ -26,6 +26,14 @@ type memDev struct {
 	// hook, if set, runs at the start of every operation (op is "read",
 	// "write", "flush", "trim", "zero", "status") and may block or fail it.
 	hook func(op string, off int64) error
+	// fast, if set, decides what TryReadAt does at off: decline sends the
+	// read to ReadAt, a non-nil err fails it, neither serves it from
+	// memory. Without fast, TryReadAt declines when hook is set (hook may
+	// block, TryReadAt must not) and serves from memory otherwise.
+	fast func(off int64) (decline bool, err error)
+
+	reads     atomic.Int64 // ReadAt calls
+	fastReads atomic.Int64 // reads TryReadAt served
 }
 
 func newMemDev(size int64) *memDev {
@@ -49,6 +57,7 @@ func (d *memDev) check(off, n int64) error {
 }
 
 func (d *memDev) ReadAt(p []byte, off int64) (int, error) {
+	d.reads.Add(1)
 	if err := d.callHook("read", off); err != nil {
 		return 0, err
 	}
@@ -57,6 +66,32 @@ func (d *memDev) ReadAt(p []byte, off int64) (int, error) {
 	}
 	d.mu.RLock()
 	defer d.mu.RUnlock()
+	d.readLocked(p, off)
+	return len(p), nil
+}
+
+// TryReadAt declines rather than wait for a writer's lock.
+func (d *memDev) TryReadAt(p []byte, off int64) (bool, error) {
+	if d.fast != nil {
+		if decline, err := d.fast(off); decline || err != nil {
+			return false, err
+		}
+	} else if d.hook != nil {
+		return false, nil
+	}
+	if err := d.check(off, int64(len(p))); err != nil {
+		return false, err
+	}
+	if !d.mu.TryRLock() {
+		return false, nil
+	}
+	defer d.mu.RUnlock()
+	d.readLocked(p, off)
+	d.fastReads.Add(1)
+	return true, nil
+}
+
+func (d *memDev) readLocked(p []byte, off int64) {
 	for i := 0; i < len(p); {
 		pos := off + int64(i)
 		b, in := pos/memBlock, pos%memBlock
@@ -68,7 +103,6 @@ func (d *memDev) ReadAt(p []byte, off int64) (int, error) {
 		}
 		i += n
 	}
-	return len(p), nil
 }
 
 // update applies fn to each block piece of [off, off+n), allocating blocks

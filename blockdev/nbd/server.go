@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/bits"
 	"net"
@@ -20,7 +21,8 @@ import (
 // Export is one opened device as a connection uses it. Its Device methods
 // are called concurrently by the connection's request goroutines (and other
 // connections may have opened the same volume). ReadOnly is read once, at
-// negotiation.
+// negotiation. If it is a blockdev.FastReader, a READ of up to 64 KiB first
+// tries TryReadAt, on the goroutine that parses the connection's requests.
 //
 // An Export may also implement Name() string, its canonical name (reported
 // as NBD_INFO_NAME, and the name Connections and DisconnectExport use; by
@@ -312,8 +314,10 @@ func (s *Server) Connections() []ConnInfo {
 type conn struct {
 	s      *Server
 	nc     net.Conn
+	sock   *sockConn // nc as the reader reads it (sock.go)
+	w      io.Writer // where replies go: nc, or the TLS connection over it
 	br     *bufio.Reader
-	bw     *bufio.Writer
+	bw     *bufio.Writer // negotiation only; transmission writes through out
 	log    *slog.Logger
 	remote string
 	since  time.Time
@@ -338,6 +342,7 @@ type conn struct {
 	trimmer     blockdev.Trimmer
 	zeroer      blockdev.Zeroer
 	blockStatus blockdev.BlockStatuser
+	fast        blockdev.FastReader
 
 	// Transmission state.
 	hdr     [requestHeaderLen]byte // reader goroutine only
@@ -346,13 +351,16 @@ type conn struct {
 	work    chan job       // requests for idle workers (unbuffered)
 	workers int            // workers started; only the reader touches it
 
-	// Reply writing: pending counts goroutines that want wmu to send a
-	// reply; the last one out flushes bw, so replies queued behind each
-	// other share one write to the socket.
-	pending atomic.Int32
-	wmu     sync.Mutex
-	whdr    [32]byte // reply header scratch, under wmu
-	werr    error    // first write error, under wmu
+	// Reply writing (replies.go): pending counts goroutines that want wmu
+	// to send a reply; idle is set while the reader may block; unflushed
+	// tells the reader, without wmu, that out holds replies.
+	pending   atomic.Int32
+	idle      atomic.Bool
+	unflushed atomic.Bool
+	wmu       sync.Mutex
+	out       *replyBuf // under wmu
+	whdr      [32]byte  // reply header scratch, under wmu
+	werr      error     // first write error, under wmu
 }
 
 func (s *Server) newConn(nc net.Conn) *conn {
@@ -360,10 +368,13 @@ func (s *Server) newConn(nc net.Conn) *conn {
 	if a := nc.RemoteAddr(); a != nil {
 		remote = a.String()
 	}
+	sock := newSockConn(nc)
 	return &conn{
 		s:      s,
 		nc:     nc,
-		br:     bufio.NewReaderSize(nc, 64<<10),
+		sock:   sock,
+		w:      nc,
+		br:     bufio.NewReaderSize(sock, 64<<10),
 		bw:     bufio.NewWriterSize(nc, 64<<10),
 		log:    s.log.With("remote", remote),
 		remote: remote,

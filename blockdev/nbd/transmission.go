@@ -9,23 +9,22 @@ import (
 	"github.com/strata-storage/strata/blockdev"
 )
 
-// transmit is the connection's reader: it parses requests and starts one
-// goroutine per valid request. It returns once the client disconnected (or
-// the connection was stopped or broke) and every request in flight has
-// replied.
+// transmit is the connection's reader: it parses requests, serves READs the
+// device has in memory itself (readInline) and hands every other valid
+// request to a worker. It returns once the client disconnected (or the
+// connection was stopped or broke) and every request in flight has replied.
+// See replies.go for when the replies it and the workers queue are flushed.
 func (c *conn) transmit() {
+	c.out = newReplyBuf(c.w)
+	c.bw = nil   // the handshake's writer; replies go through c.out
+	c.sock.c = c // reads that would block flush the replies first
 	defer func() {
-		close(c.work) // idle workers exit; busy ones finish their request
+		c.readerIdle() // from here on, every reply flushes itself
+		close(c.work)  // idle workers exit; busy ones finish their request
 		c.running.Wait()
-		c.wmu.Lock()
-		if c.werr == nil {
-			c.werr = c.bw.Flush()
-		}
-		c.wmu.Unlock()
 	}()
 	for {
-		if _, err := io.ReadFull(c.br, c.hdr[:]); err != nil {
-			c.logEnd("transmission", err)
+		if !c.readFull(c.hdr[:]) {
 			return
 		}
 		req, err := parseRequest(&c.hdr)
@@ -42,23 +41,19 @@ func (c *conn) transmit() {
 		if req.typ == cmdWrite {
 			if errno != 0 {
 				// Keep the stream in sync: the payload follows regardless.
-				if _, err := c.br.Discard(int(req.length)); err != nil {
-					c.logEnd("transmission", err)
+				if !c.discard(int(req.length)) {
 					return
 				}
 				c.replyError(&req, errno, msg)
 				continue
 			}
 			cost := bufCost(req.length)
-			c.lim.acquire(cost)
+			c.acquire(cost)
 			buf := getBuf(req.length)
-			if buf != nil {
-				if _, err := io.ReadFull(c.br, *buf); err != nil {
-					putBuf(buf)
-					c.lim.release(cost)
-					c.logEnd("transmission", err)
-					return
-				}
+			if buf != nil && !c.readFull(*buf) {
+				putBuf(buf)
+				c.lim.release(cost)
+				return
 			}
 			c.dispatch(job{req, buf, cost})
 			continue
@@ -69,11 +64,43 @@ func (c *conn) transmit() {
 		}
 		var cost int64
 		if req.typ == cmdRead {
+			if c.fast != nil && req.length > 0 && req.length <= maxFastRead && c.readInline(&req) {
+				continue
+			}
 			cost = bufCost(req.length)
 		}
-		c.lim.acquire(cost)
+		c.acquire(cost)
 		c.dispatch(job{req, nil, cost})
 	}
+}
+
+// readFull reads len(p) request bytes, logging why it failed.
+func (c *conn) readFull(p []byte) bool {
+	if _, err := io.ReadFull(c.br, p); err != nil {
+		c.logEnd("transmission", err)
+		return false
+	}
+	return true
+}
+
+// discard skips n request bytes, as readFull reads them.
+func (c *conn) discard(n int) bool {
+	if _, err := c.br.Discard(n); err != nil {
+		c.logEnd("transmission", err)
+		return false
+	}
+	return true
+}
+
+// acquire takes a slot and cost bytes from the limiter, flushing the
+// replies first when it has to wait.
+func (c *conn) acquire(cost int64) {
+	if c.lim.tryAcquire(cost) {
+		return
+	}
+	c.readerIdle()
+	c.lim.acquire(cost)
+	c.readerBusy()
 }
 
 // job is a validated request on its way to a worker.
@@ -100,7 +127,11 @@ func (c *conn) dispatch(j job) {
 		go c.worker(j)
 		return
 	}
+	// Every worker is busy (one has released its limiter slot but not yet
+	// come back for work): this may block.
+	c.readerIdle()
 	c.work <- j
+	c.readerBusy()
 }
 
 func (c *conn) worker(j job) {
@@ -159,34 +190,67 @@ func (c *conn) handle(req request, buf *[]byte, cost int64) {
 	c.replySimple(req.handle, 0)
 }
 
+// readInline serves a READ in the reader goroutine when the device has the
+// data in memory: it goes straight into the reply buffer, with no goroutine
+// handoff, no pooled buffer and no copy. It returns false when the device
+// declined; the request then goes to a worker.
+func (c *conn) readInline(req *request) bool {
+	ok, err := c.tryReadLocked(req)
+	if err != nil {
+		c.replyDeviceError(req, err)
+		return true
+	}
+	return ok
+}
+
+// tryReadLocked is readInline's part under wmu: TryReadAt fills the space
+// after the reply header, which is only committed once the data is there.
+// Holding wmu meanwhile is fine: TryReadAt does not block.
+func (c *conn) tryReadLocked(req *request) (bool, error) {
+	c.beginReply()
+	defer c.endReply()
+	h := c.readHeaderLen()
+	n := h + int(req.length)
+	if c.out.free() < n {
+		c.flushLocked()
+	}
+	if c.werr != nil {
+		return true, nil // the connection is closing; the reply would be dropped
+	}
+	p := c.out.reserve(n)
+	ok, err := c.fast.TryReadAt(p[h:], int64(req.off))
+	if err != nil || !ok {
+		return ok, err
+	}
+	c.putReadHeader(p, req)
+	c.out.commit(len(p))
+	return true, nil
+}
+
 func (c *conn) handleRead(req *request) {
 	buf := getBuf(req.length)
 	defer putBuf(buf)
-	var data []byte
-	if buf != nil {
-		data = *buf
-		if _, err := c.exp.ReadAt(data, int64(req.off)); err != nil {
-			c.replyDeviceError(req, err)
+	if buf == nil {
+		c.beginReply()
+		defer c.endReply()
+		if !c.structured {
+			putSimple(c.whdr[:], req.handle, 0)
+			c.write(c.whdr[:simpleReplyLen])
 			return
 		}
-	}
-	c.beginReply()
-	defer c.endReply()
-	if !c.structured {
-		c.putSimple(req.handle, 0)
-		c.write(c.whdr[:simpleReplyLen])
-		c.write(data)
-		return
-	}
-	if len(data) == 0 {
-		c.putChunk(req.handle, replyFlagDone, replyTypeNone, 0)
+		putChunk(c.whdr[:], req.handle, replyFlagDone, replyTypeNone, 0)
 		c.write(c.whdr[:structuredHeaderLen])
 		return
 	}
-	c.putChunk(req.handle, replyFlagDone, replyTypeOffsetData, uint32(8+len(data)))
-	binary.BigEndian.PutUint64(c.whdr[structuredHeaderLen:], req.off)
-	c.write(c.whdr[:structuredHeaderLen+8])
-	c.write(data)
+	if _, err := c.exp.ReadAt(*buf, int64(req.off)); err != nil {
+		c.replyDeviceError(req, err)
+		return
+	}
+	c.beginReply()
+	defer c.endReply()
+	c.putReadHeader(c.whdr[:], req)
+	c.write(c.whdr[:c.readHeaderLen()])
+	c.write(*buf)
 }
 
 func (c *conn) handleBlockStatus(req *request) {
@@ -242,7 +306,7 @@ extents:
 	}
 	c.beginReply()
 	defer c.endReply()
-	c.putChunk(req.handle, replyFlagDone, replyTypeBlockStatus, uint32(len(p)))
+	putChunk(c.whdr[:], req.handle, replyFlagDone, replyTypeBlockStatus, uint32(len(p)))
 	c.write(c.whdr[:structuredHeaderLen])
 	c.write(p)
 }
@@ -258,70 +322,4 @@ func (c *conn) replyDeviceError(req *request, err error) {
 	c.log.Log(context.Background(), level, "nbd: request failed", "cmd", cmdName(req.typ), "offset", req.off,
 		"length", req.length, "handle", req.handle, "errno", errno, "err", err)
 	c.replyError(req, errno, err.Error())
-}
-
-// replyError sends an error reply: a structured error chunk when structured
-// replies were negotiated (mandatory for READ), a simple reply otherwise.
-func (c *conn) replyError(req *request, errno uint32, msg string) {
-	if !c.structured {
-		c.replySimple(req.handle, errno)
-		return
-	}
-	msg = shortMessage(msg)
-	c.beginReply()
-	defer c.endReply()
-	c.putChunk(req.handle, replyFlagDone, replyTypeError, uint32(6+len(msg)))
-	binary.BigEndian.PutUint32(c.whdr[structuredHeaderLen:], errno)
-	binary.BigEndian.PutUint16(c.whdr[structuredHeaderLen+4:], uint16(len(msg)))
-	c.write(c.whdr[:structuredHeaderLen+6])
-	c.write([]byte(msg))
-}
-
-// replySimple sends a simple reply without payload. With structured replies
-// negotiated the spec still allows it for every command but READ.
-func (c *conn) replySimple(handle uint64, errno uint32) {
-	c.beginReply()
-	defer c.endReply()
-	c.putSimple(handle, errno)
-	c.write(c.whdr[:simpleReplyLen])
-}
-
-func (c *conn) beginReply() {
-	c.pending.Add(1)
-	c.wmu.Lock()
-}
-
-func (c *conn) endReply() {
-	if c.pending.Add(-1) == 0 && c.werr == nil {
-		c.werr = c.bw.Flush()
-		if c.werr != nil {
-			c.nc.Close()
-		}
-	}
-	c.wmu.Unlock()
-}
-
-// write appends to the reply stream; under wmu. After a failure the
-// connection is closed and further replies are dropped.
-func (c *conn) write(p []byte) {
-	if c.werr != nil || len(p) == 0 {
-		return
-	}
-	if _, c.werr = c.bw.Write(p); c.werr != nil {
-		c.nc.Close()
-	}
-}
-
-func (c *conn) putSimple(handle uint64, errno uint32) {
-	binary.BigEndian.PutUint32(c.whdr[0:4], magicSimpleReply)
-	binary.BigEndian.PutUint32(c.whdr[4:8], errno)
-	binary.BigEndian.PutUint64(c.whdr[8:16], handle)
-}
-
-func (c *conn) putChunk(handle uint64, flags, typ uint16, length uint32) {
-	binary.BigEndian.PutUint32(c.whdr[0:4], magicStructuredReply)
-	binary.BigEndian.PutUint16(c.whdr[4:6], flags)
-	binary.BigEndian.PutUint16(c.whdr[6:8], typ)
-	binary.BigEndian.PutUint64(c.whdr[8:16], handle)
-	binary.BigEndian.PutUint32(c.whdr[16:20], length)
 }

@@ -758,26 +758,49 @@ func TestConnectionsAndDisconnectExport(t *testing.T) {
 	}
 }
 
+// TestPanicRecovered: a device that panics, on a worker or (TryReadAt) on
+// the connection's reader goroutine, closes only that connection.
 func TestPanicRecovered(t *testing.T) {
-	x := newTestExporter()
-	x.devs["vol"].hook = func(op string, off int64) error {
-		if op == "flush" {
-			panic("device bug")
-		}
-		return nil
-	}
-	ts := startServer(t, x, Options{})
-	c := dial(t, ts)
-	c.negotiate("vol", true, false)
-	c.sendReq(0, cmdFlush, 1, 0, 0, nil)
-	c.expectClosed()
-	other := dial(t, ts)
-	other.negotiate("vol", true, false)
-	if r := other.do(0, cmdRead, 0, 512, nil); r.errno != 0 {
-		t.Fatal(r)
-	}
-	if n := ts.panics.Swap(0); n != 1 {
-		t.Fatalf("recovered %d panics, want 1", n)
+	for _, tc := range []struct {
+		name        string
+		set         func(d *memDev)
+		cmd         uint16
+		off, length uint32
+	}{
+		{"worker", func(d *memDev) {
+			d.hook = func(op string, off int64) error {
+				if op == "flush" {
+					panic("device bug")
+				}
+				return nil
+			}
+		}, cmdFlush, 0, 0},
+		{"reader", func(d *memDev) {
+			d.fast = func(off int64) (bool, error) {
+				if off == 4096 {
+					panic("device bug")
+				}
+				return true, nil
+			}
+		}, cmdRead, 4096, 4096},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			x := newTestExporter()
+			tc.set(x.devs["vol"])
+			ts := startServer(t, x, Options{})
+			c := dial(t, ts)
+			c.negotiate("vol", true, false)
+			c.sendReq(0, tc.cmd, 1, uint64(tc.off), tc.length, nil)
+			c.expectClosed()
+			other := dial(t, ts)
+			other.negotiate("vol", true, false)
+			if r := other.do(0, cmdRead, 0, 512, nil); r.errno != 0 {
+				t.Fatal(r)
+			}
+			if n := ts.panics.Swap(0); n != 1 {
+				t.Fatalf("recovered %d panics, want 1", n)
+			}
+		})
 	}
 }
 

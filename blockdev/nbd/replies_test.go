@@ -1,0 +1,452 @@
+package nbd
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"path/filepath"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// countingConn counts the server's writes to one connection. It keeps the
+// socket's SyscallConn, so the reader still probes it (sock.go).
+type countingConn struct {
+	net.Conn
+	writes *atomic.Int64
+}
+
+func (c countingConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+func (c countingConn) SyscallConn() (syscall.RawConn, error) {
+	return c.Conn.(syscall.Conn).SyscallConn()
+}
+
+type countingListener struct {
+	net.Listener
+	writes *atomic.Int64
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	nc, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return countingConn{nc, l.writes}, nil
+}
+
+// dialCounting connects to ts through a second listener whose connections
+// count the server's writes.
+func dialCounting(t testing.TB, ts *testServer) (*client, *atomic.Int64) {
+	t.Helper()
+	sock := filepath.Join(filepath.Dir(ts.sock), "counting")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writes := new(atomic.Int64)
+	go ts.Serve(countingListener{l, writes}) // Shutdown closes l
+	tc := *ts
+	tc.sock = sock
+	return dial(t, &tc), writes
+}
+
+// rq is one request of a pipelined batch.
+type rq struct {
+	flags, typ  uint16
+	handle, off uint64
+	length      uint32
+	payload     []byte
+}
+
+// sendBatch sends rs in one write, as a client with many requests queued.
+func (c *client) sendBatch(rs []rq) {
+	c.t.Helper()
+	var b []byte
+	for _, r := range rs {
+		if r.typ == cmdRead {
+			c.mu.Lock()
+			c.readLens[r.handle] = r.length
+			c.mu.Unlock()
+		}
+		b = append(b, reqBytes(r.flags, r.typ, r.handle, r.off, r.length)...)
+		b = append(b, r.payload...)
+	}
+	c.write(b)
+}
+
+// readReplies reads n replies (each a simple reply or a chunk with DONE),
+// failing on a handle answered twice.
+func (c *client) readReplies(n int) map[uint64]reply {
+	c.t.Helper()
+	got := map[uint64]reply{}
+	for range n {
+		r := c.readReply()
+		if _, dup := got[r.handle]; dup {
+			c.t.Fatalf("handle %d answered twice", r.handle)
+		}
+		if r.structured && r.flags&replyFlagDone == 0 {
+			c.t.Fatalf("handle %d: chunk without DONE", r.handle)
+		}
+		got[r.handle] = r
+	}
+	return got
+}
+
+// TestPipelinedBatch sends hundreds of requests in one write and checks that
+// each gets exactly one correct reply, on the inline path (FastReader) and
+// on workers, with both reply kinds; the last request is DISC, so the
+// replies must all go out before the connection closes. On the inline path
+// the replies must share writes.
+func TestPipelinedBatch(t *testing.T) {
+	const n = 256 // 4 KiB blocks: 1 MiB, the whole volume
+	for _, fast := range []bool{true, false} {
+		both(t, func(t *testing.T, structured bool) {
+			t.Run(fmt.Sprintf("fast=%v", fast), func(t *testing.T) {
+				x := newTestExporter()
+				x.plain["vol"] = !fast
+				dev := x.devs["vol"]
+				ts := startServer(t, x, Options{})
+				c, writes := dialCounting(t, ts)
+				c.negotiate("vol", structured, false)
+
+				var rs []rq
+				for i := range uint64(n) {
+					rs = append(rs, rq{typ: cmdWrite, handle: i, off: i * 4096, length: 4096, payload: pattern(4096, byte(i))})
+				}
+				rs = append(rs, rq{typ: cmdFlush, handle: n})
+				c.sendBatch(rs)
+				for h, r := range c.readReplies(n + 1) {
+					if r.errno != 0 || h > n {
+						t.Fatalf("handle %d: %+v", h, r)
+					}
+				}
+				if dev.flushes.Load() != 1 {
+					t.Fatalf("%d flushes reached the device", dev.flushes.Load())
+				}
+
+				writes.Store(0)
+				rs = rs[:0]
+				for i := range uint64(n) {
+					rs = append(rs, rq{typ: cmdRead, handle: i, off: i * 4096, length: 4096})
+				}
+				const whole, past, empty = n, n + 1, n + 2
+				rs = append(rs,
+					rq{typ: cmdRead, handle: whole, length: n * 4096}, // past maxFastRead: a worker, and a writev
+					rq{typ: cmdRead, handle: past, off: n * 4096, length: 4096},
+					rq{typ: cmdRead, handle: empty, off: 4096},
+					rq{typ: cmdDisc, handle: n + 3})
+				c.sendBatch(rs)
+				got := c.readReplies(n + 3)
+				var all []byte
+				for i := range uint64(n) {
+					d := readData(t, got[i])
+					if !bytes.Equal(d, pattern(4096, byte(i))) {
+						t.Fatalf("block %d differs", i)
+					}
+					all = append(all, d...)
+				}
+				if d := readData(t, got[whole]); !bytes.Equal(d, all) {
+					t.Fatal("the 1 MiB read differs from its blocks")
+				}
+				if r := got[past]; r.errno != errnoInval {
+					t.Fatalf("read past the end: %+v", r)
+				}
+				if d := readData(t, got[empty]); len(d) != 0 {
+					t.Fatalf("zero-length read: %d bytes", len(d))
+				}
+				c.expectClosed()
+
+				if fast {
+					if f := dev.fastReads.Load(); f != n {
+						t.Fatalf("%d of %d reads served inline", f, n)
+					}
+					// 32 replies fit the buffer: about 10 writes in all
+					// (the 1 MiB reply takes two), not one per reply.
+					if w := writes.Load(); w > n/8 {
+						t.Fatalf("%d writes for %d inline READ replies", w, n)
+					}
+				} else if f := dev.fastReads.Load(); f != 0 {
+					t.Fatalf("%d reads served inline on a device that is no FastReader", f)
+				}
+				t.Logf("%d writes for %d READs", writes.Load(), n+3)
+			})
+		})
+	}
+}
+
+// TestPipelinedTLS is the inline path under TLS, where the reader flushes
+// from inside the TLS connection's Read.
+func TestPipelinedTLS(t *testing.T) {
+	cfg, pool := testCA(t, "")
+	x := newTestExporter()
+	dev := x.devs["vol"]
+	for i := range int64(64) {
+		dev.WriteAt(pattern(4096, byte(i)), i*4096)
+	}
+	ts := startServer(t, x, Options{TLS: cfg})
+	c := dial(t, ts)
+	c.greet(clientFlagFixedNewstyle | clientFlagNoZeroes)
+	c.upgrade(pool)
+	c.goTo("vol", true, false)
+	var rs []rq
+	for i := range uint64(64) {
+		rs = append(rs, rq{typ: cmdRead, handle: i, off: i * 4096, length: 4096})
+	}
+	c.sendBatch(rs)
+	got := c.readReplies(64)
+	for i := range uint64(64) {
+		if !bytes.Equal(readData(t, got[i]), pattern(4096, byte(i))) {
+			t.Fatalf("block %d differs", i)
+		}
+	}
+	if f := dev.fastReads.Load(); f != 64 {
+		t.Fatalf("%d of 64 reads served inline", f)
+	}
+}
+
+// openVol serves a test exporter whose "vol" device setup prepared, and
+// returns a client in transmission on vol.
+func openVol(t *testing.T, opts Options, structured bool, setup func(d *memDev)) (*client, *memDev) {
+	t.Helper()
+	x := newTestExporter()
+	dev := x.devs["vol"]
+	setup(dev)
+	c := dial(t, startServer(t, x, opts))
+	c.negotiate("vol", structured, false)
+	return c, dev
+}
+
+// TestReplyNotHeldBack: a client that sends one request and waits gets its
+// reply, whoever made it (the reader inline, or a worker).
+func TestReplyNotHeldBack(t *testing.T) {
+	both(t, func(t *testing.T, structured bool) {
+		c, dev := openVol(t, Options{}, structured, func(d *memDev) {
+			d.fast = func(off int64) (bool, error) { return off >= 8192, nil } // declines from 8192 on
+		})
+		for _, tc := range []struct {
+			name       string
+			cmd        uint16
+			off        uint64
+			length     uint32
+			wantErrno  uint32
+			payloadLen int
+		}{
+			{"inline read", cmdRead, 0, 4096, 0, 0},
+			{"worker read", cmdRead, 8192, 4096, 0, 0},
+			{"write", cmdWrite, 0, 4096, 0, 4096},
+			{"flush", cmdFlush, 0, 0, 0, 0},
+			{"trim", cmdTrim, 0, 4096, 0, 0},
+			{"refused by the reader", cmdRead, 1 << 20, 4096, errnoInval, 0},
+		} {
+			c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+			r := c.do(0, tc.cmd, tc.off, tc.length, make([]byte, tc.payloadLen))
+			if r.errno != tc.wantErrno {
+				t.Fatalf("%s: %+v", tc.name, r)
+			}
+		}
+		if dev.fastReads.Load() != 1 || dev.reads.Load() != 1 {
+			t.Fatalf("%d reads inline, %d on workers; want 1 and 1", dev.fastReads.Load(), dev.reads.Load())
+		}
+	})
+}
+
+// TestReplyNotHeldBackByLimiter: replies the reader queued go out before it
+// waits in the limiter, though the request holding the only slot is stuck.
+func TestReplyNotHeldBackByLimiter(t *testing.T) {
+	both(t, func(t *testing.T, structured bool) {
+		g := newGate()
+		c, _ := openVol(t, Options{MaxRequestsInFlight: 1}, structured, func(d *memDev) {
+			d.hook = g.hook
+			d.fast = func(off int64) (bool, error) { return off < 8192, nil } // 0 and 4096 go to workers
+		})
+		g.block("read", 0)
+		c.sendBatch([]rq{
+			{typ: cmdRead, handle: 1, off: 0, length: 4096},       // takes the only slot, then blocks
+			{typ: cmdRead, handle: 2, off: 8192, length: 4096},    // inline
+			{typ: cmdRead, handle: 3, off: 1 << 20, length: 4096}, // refused by the reader
+			{typ: cmdRead, handle: 4, off: 4096, length: 4096},    // waits for the slot
+		})
+		g.waitEntered(t, "read0")
+		c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		got := c.readReplies(2)
+		if r, ok := got[2]; !ok || r.errno != 0 || len(readData(t, r)) != 4096 {
+			t.Fatalf("inline read: %+v", got)
+		}
+		if r, ok := got[3]; !ok || r.errno != errnoInval {
+			t.Fatalf("refused read: %+v", got)
+		}
+		g.release("read", 0)
+		got = c.readReplies(2)
+		for _, h := range []uint64{1, 4} {
+			if r, ok := got[h]; !ok || r.errno != 0 {
+				t.Fatalf("handle %d: %+v", h, got)
+			}
+		}
+	})
+}
+
+// TestFastReadMixed: a device whose TryReadAt serves some offsets, declines
+// others and fails others. Declined reads get correct data from ReadAt,
+// failures become error replies, and inline replies do not wait for a
+// blocked worker read: replies come in completion order.
+func TestFastReadMixed(t *testing.T) {
+	const n = 30
+	both(t, func(t *testing.T, structured bool) {
+		g := newGate()
+		c, dev := openVol(t, Options{}, structured, func(d *memDev) {
+			for i := range int64(n) {
+				d.WriteAt(pattern(4096, byte(i)), i*4096)
+			}
+			d.hook = g.hook
+			d.fast = func(off int64) (bool, error) {
+				switch off / 4096 % 3 {
+				case 1:
+					return true, nil
+				case 2:
+					return false, errInjected
+				}
+				return false, nil
+			}
+		})
+		g.block("read", 4096) // block 1: declined, and stuck in ReadAt
+		var rs []rq
+		for i := range uint64(n) {
+			rs = append(rs, rq{typ: cmdRead, handle: i, off: i * 4096, length: 4096})
+		}
+		c.sendBatch(rs)
+		g.waitEntered(t, "read4096")
+		got := c.readReplies(n - 1)
+		g.release("read", 4096)
+		if _, early := got[1]; early {
+			t.Fatal("the blocked read replied")
+		}
+		r := c.readReply()
+		got[r.handle] = r
+		for i := range uint64(n) {
+			r, ok := got[i]
+			switch {
+			case !ok:
+				t.Fatalf("no reply for handle %d", i)
+			case i%3 == 2:
+				if r.errno != errnoIO || len(r.data) != 0 && !structured || structured && r.typ != replyTypeError {
+					t.Fatalf("failed read %d: %+v", i, r)
+				}
+			default:
+				if !bytes.Equal(readData(t, r), pattern(4096, byte(i))) {
+					t.Fatalf("block %d differs", i)
+				}
+			}
+		}
+		if f, s := dev.fastReads.Load(), dev.reads.Load(); f != n/3 || s != n/3 {
+			t.Fatalf("%d reads inline and %d on workers, want %d each", f, s, n/3)
+		}
+		// The stream is in sync after the failures.
+		if r := c.do(0, cmdRead, 4096, 4096, nil); !bytes.Equal(readData(t, r), pattern(4096, 1)) {
+			t.Fatalf("read after failures: %+v", r)
+		}
+	})
+}
+
+// TestServeWithoutSyscallConn: on a connection the reader cannot probe
+// (net.Pipe), it flushes before every read of the connection, and pipelined
+// requests still get their replies.
+func TestServeWithoutSyscallConn(t *testing.T) {
+	x := newTestExporter()
+	s, err := NewServer(x, Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, srv := net.Pipe()
+	done := make(chan struct{})
+	go func() {
+		s.ServeConn(srv)
+		close(done)
+	}()
+	cli.SetDeadline(time.Now().Add(30 * time.Second))
+	c := &client{t: t, nc: cli, br: bufio.NewReader(cli), readLens: map[uint64]uint32{}}
+	c.negotiate("vol", true, false)
+	if r := c.do(0, cmdWrite, 0, 4096, pattern(4096, 1)); r.errno != 0 {
+		t.Fatal(r)
+	}
+	// A pipe's writes wait for the reader, so the batch goes from another
+	// goroutine while this one reads the replies.
+	var batch []byte
+	for i := range uint64(32) {
+		batch = append(batch, reqBytes(0, cmdRead, i, 0, 4096)...)
+	}
+	sent := make(chan error, 1)
+	go func() {
+		_, err := cli.Write(batch)
+		sent <- err
+	}()
+	for h, r := range c.readReplies(32) {
+		if !bytes.Equal(readData(t, r), pattern(4096, 1)) {
+			t.Fatalf("handle %d: %+v", h, r)
+		}
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	cli.Close()
+	<-done
+	if x.open.Load() != 0 || s.panics.Load() != 0 {
+		t.Fatalf("%d exports open, %d panics", x.open.Load(), s.panics.Load())
+	}
+}
+
+// recorder is an io.Writer that keeps each write.
+type recorder struct{ writes [][]byte }
+
+func (r *recorder) Write(p []byte) (int, error) {
+	r.writes = append(r.writes, bytes.Clone(p))
+	return len(p), nil
+}
+
+// TestReplyBuf covers each way a reply enters the buffer: appended, after a
+// flush when it does not fit, straight through when larger than the buffer,
+// and reserved then committed. The bytes come out in order.
+func TestReplyBuf(t *testing.T) {
+	var rec recorder
+	b := newReplyBuf(&rec)
+	var want []byte
+	put := func(p []byte) {
+		if err := b.write(p); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, p...)
+	}
+	put(pattern(100, 1))
+	put(pattern(replyBufSize-50, 2)) // does not fit: flush, then buffered
+	if len(rec.writes) != 1 || len(rec.writes[0]) != 100 {
+		t.Fatalf("writes %d", len(rec.writes))
+	}
+	put(pattern(2*replyBufSize, 3)) // larger than the buffer: out with it
+	if len(rec.writes) != 3 || b.free() != replyBufSize {
+		t.Fatalf("%d writes, %d free after a large reply", len(rec.writes), b.free())
+	}
+	put(pattern(replyBufSize+1, 4)) // larger, empty buffer: straight through
+	if len(rec.writes) != 4 || b.free() != replyBufSize {
+		t.Fatalf("%d writes, %d free after a large reply", len(rec.writes), b.free())
+	}
+	p := b.reserve(10)
+	copy(p, "0123456789")
+	b.commit(8)
+	want = append(want, "01234567"...)
+	put(pattern(5, 5))
+	if err := b.flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.flush(); err != nil || len(rec.writes) != 5 {
+		t.Fatalf("an empty flush wrote: %d writes, %v", len(rec.writes), err)
+	}
+	if got := bytes.Join(rec.writes, nil); !bytes.Equal(got, want) {
+		t.Fatal("bytes out differ from bytes in")
+	}
+}
