@@ -799,3 +799,5 @@ func TestHeadMapUnderChurn(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+var _ blockdev.FastReader = (*Volume)(nil)
