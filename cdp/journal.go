@@ -189,6 +189,9 @@ type Journal struct {
 	segMu sync.RWMutex
 	segs  map[uint64]*segment
 
+	// damage: records recovery kept with damaged data (set during Open).
+	damage []Damage
+
 	// syncMu makes one fsync at a time; goroutines that queue on it find
 	// their records covered by the fsync that ran while they waited.
 	syncMu    sync.Mutex
@@ -481,6 +484,23 @@ func (j *Journal) scanSegment(s *segment, limit int64, last bool, next, from uin
 		if err == nil && rec.Seq != next {
 			err = fmt.Errorf("%w: sequence %d where %d was expected", errBadRecord, rec.Seq, next)
 		}
+		if bad := rec.badBlocks(); err == nil && len(bad) > 0 {
+			// Intact framing, damaged data. In the newest segment that is
+			// a torn write, unless a later record proves an fsync covered
+			// it; anywhere else it is damage: the record is kept, and its
+			// damaged blocks read as I/O errors (their checksums are in
+			// the meta), which costs those blocks and nothing else (P8).
+			damaged := !last
+			if last {
+				_, proof := j.findValidAfter(s, pos, limit, next)
+				damaged = proof != nil
+			}
+			if damaged {
+				j.noteDamage(s, pos, &rec, bad)
+			} else {
+				err = fmt.Errorf("%w: block %d of record %d", errBadChecksum, bad[0], rec.Seq)
+			}
+		}
 		if err != nil {
 			if !last {
 				return 0, 0, 0, fmt.Errorf("%w: segment %s offset %d: %v", ErrCorrupt, s.name, pos, err)
@@ -511,7 +531,42 @@ func (j *Journal) scanSegment(s *segment, limit int64, last bool, next, from uin
 	return pos, next, lastTime, nil
 }
 
-// readRecord reads and fully verifies one record from r.
+// Damage is a record recovery found with intact framing but damaged data
+// blocks. The record was kept; reads of those blocks fail with an I/O error
+// at every point that sees them.
+type Damage struct {
+	Segment uint64 `json:"segment"`
+	Offset  int64  `json:"offset"` // of the record in the segment
+	Seq     uint64 `json:"seq"`
+	Kind    string `json:"kind"`
+	Volume  uint64 `json:"volume"` // a write's volume (relocate: per block)
+	// Blocks are the damaged blocks: for a write, byte offsets in the
+	// volume; for a relocate, "volume:byte offset".
+	Blocks []string `json:"blocks"`
+}
+
+// noteDamage records and logs a damaged record recovery keeps.
+func (j *Journal) noteDamage(s *segment, pos int64, r *Record, bad []int) {
+	d := Damage{Segment: s.id, Offset: pos, Seq: r.Seq, Kind: r.Kind.String(), Volume: r.Volume}
+	for _, i := range bad {
+		if r.Kind == KindRelocate {
+			e := RelocateEntryAt(r.Meta, i)
+			d.Blocks = append(d.Blocks, fmt.Sprintf("%d:%d", e.Volume, e.Block*BlockSize))
+		} else {
+			d.Blocks = append(d.Blocks, strconv.FormatUint(r.Offset+uint64(i)*BlockSize, 10))
+		}
+	}
+	j.damage = append(j.damage, d)
+	j.opts.Logger.Warn("journal: damaged data kept; its blocks read as I/O errors until rewritten or restored",
+		"segment", s.name, "offset", pos, "seq", r.Seq, "kind", r.Kind.String(), "volume", r.Volume,
+		"damaged_blocks", len(bad), "first_block_offset", d.Blocks[0])
+}
+
+// Damaged returns the damaged records recovery kept (see Damage).
+func (j *Journal) Damaged() []Damage { return j.damage }
+
+// readRecord reads one record from r and checks its framing (decodeFramed);
+// the caller checks its data.
 func readRecord(r *bufio.Reader, hdr []byte, buf *[]byte) (Record, int, error) {
 	if _, err := io.ReadFull(r, hdr); err != nil {
 		return Record{}, 0, errShort
@@ -529,7 +584,7 @@ func readRecord(r *bufio.Reader, hdr []byte, buf *[]byte) (Record, int, error) {
 	if _, err := io.ReadFull(r, b[RecordHeaderSize:]); err != nil {
 		return Record{}, 0, errShort
 	}
-	return DecodeRecord(b)
+	return decodeFramed(b)
 }
 
 // zeroFrom reports whether s holds only zeros from pos to limit.
@@ -893,6 +948,8 @@ type Stats struct {
 	LastSeq   uint64 `json:"last_seq"`
 	SyncedSeq uint64 `json:"synced_seq"`
 	Fsyncs    uint64 `json:"fsyncs"`
+	// DamagedBlocks: blocks recovery found damaged (Damaged lists them).
+	DamagedBlocks int `json:"damaged_blocks,omitempty"`
 }
 
 // Stats returns a snapshot of the journal's counters.
@@ -903,6 +960,9 @@ func (j *Journal) Stats() Stats {
 	j.segMu.RLock()
 	defer j.segMu.RUnlock()
 	st := Stats{Segments: len(j.segs), LastSeq: j.mu.nextSeq - 1, SyncedSeq: j.synced.Load(), Fsyncs: j.syncCount.Load()}
+	for _, d := range j.damage {
+		st.DamagedBlocks += len(d.Blocks)
+	}
 	for _, s := range j.segs {
 		st.Bytes += s.size
 	}

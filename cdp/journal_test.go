@@ -244,7 +244,12 @@ func TestTornTailIsCut(t *testing.T) {
 	}
 }
 
-func TestMidLogCorruptionIsReported(t *testing.T) {
+// TestMidLogDamageIsKept: a data byte flipped in a record that later
+// records prove was synced is damage, not a torn tail: the journal opens,
+// keeps every record (the damaged one too: its block checksums are intact
+// in the meta, so readers find the damage), and reports it. A damaged header
+// (framing) in the middle still refuses the open.
+func TestMidLogDamageIsKept(t *testing.T) {
 	fs := vfs.NewMem()
 	j := openMem(t, fs, 0, nil)
 	var locs []Location
@@ -263,9 +268,29 @@ func TestMidLogCorruptionIsReported(t *testing.T) {
 	// Flip one data byte of record 2 after it was synced: records 3..5,
 	// appended after that fsync, prove it was durable.
 	corrupt(t, fs, segs[0], 0, func(b []byte) []byte { b[locs[1].DataOffset(4)+17] ^= 1; return b })
-	_, err := collect(t, fs)
-	if !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("want ErrCorrupt for a bad record in the middle, got %v", err)
+	var seqs []uint64
+	j, err := Open(Options{FS: fs, Dir: "j", SegmentSize: 1 << 20}, 0, func(r *Record, _ Location) error {
+		seqs = append(seqs, r.Seq)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("a damaged data block must not stop the open: %v", err)
+	}
+	if len(seqs) != 5 {
+		t.Fatalf("replayed %v, want all 5 records", seqs)
+	}
+	d := j.Damaged()
+	if len(d) != 1 || d[0].Seq != 2 || d[0].Offset != locs[1].Offset || len(d[0].Blocks) != 1 || d[0].Blocks[0] != "0" {
+		t.Fatalf("damage reported: %+v", d)
+	}
+	if st := j.Stats(); st.DamagedBlocks != 1 {
+		t.Fatalf("stats: %+v", st)
+	}
+	j.Close()
+	// The header of record 3: its framing is gone, which is corruption.
+	corrupt(t, fs, segs[0], 0, func(b []byte) []byte { b[locs[2].Offset+40] ^= 1; return b })
+	if _, err := collect(t, fs); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("want ErrCorrupt for a bad header in the middle, got %v", err)
 	}
 }
 

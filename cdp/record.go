@@ -296,6 +296,33 @@ func decodeHeader(b []byte) (headerFields, error) {
 // checksum. It returns the record (Meta and Data alias b) and its encoded
 // size. It never panics, whatever b holds.
 func DecodeRecord(b []byte) (Record, int, error) {
+	r, n, err := decodeFramed(b)
+	if err != nil {
+		return Record{}, 0, err
+	}
+	if bad := r.badBlocks(); len(bad) > 0 {
+		return Record{}, 0, fmt.Errorf("%w: block %d of record %d", errBadChecksum, bad[0], r.Seq)
+	}
+	return r, n, nil
+}
+
+// badBlocks returns the data blocks of r whose checksum fails.
+func (r *Record) badBlocks() []int {
+	var bad []int
+	if r.Kind == KindWrite || r.Kind == KindRelocate {
+		for i := 0; i < len(r.Data)/BlockSize; i++ {
+			if Checksum(r.Data[i*BlockSize:(i+1)*BlockSize]) != r.blockCRC(i) {
+				bad = append(bad, i)
+			}
+		}
+	}
+	return bad
+}
+
+// decodeFramed decodes one record and checks its framing: the header and
+// meta checksum and the record's shape, not its data blocks (each has its
+// own checksum in the meta, which readers check).
+func decodeFramed(b []byte) (Record, int, error) {
 	h, err := decodeHeader(b)
 	if err != nil {
 		return Record{}, 0, err
@@ -313,13 +340,6 @@ func DecodeRecord(b []byte) (Record, int, error) {
 	r.Data = b[RecordHeaderSize+int(h.metaLen) : total]
 	if err := r.validate(); err != nil {
 		return Record{}, 0, fmt.Errorf("%w: %v", errBadRecord, err)
-	}
-	if r.Kind == KindWrite || r.Kind == KindRelocate {
-		for i := 0; i < len(r.Data)/BlockSize; i++ {
-			if Checksum(r.Data[i*BlockSize:(i+1)*BlockSize]) != r.blockCRC(i) {
-				return Record{}, 0, fmt.Errorf("%w: block %d of record %d", errBadChecksum, i, r.Seq)
-			}
-		}
 	}
 	return r, total, nil
 }

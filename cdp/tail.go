@@ -196,25 +196,27 @@ func (j *Journal) writer() {
 	defer close(j.t.done)
 	j.t.Lock()
 	defer j.t.Unlock()
+	work := func() bool {
+		return j.t.err == nil && len(j.t.pending) > 0 && j.t.pending[0].want > j.t.pending[0].flushed
+	}
 	for {
-		for !j.t.stop && (len(j.t.pending) == 0 || j.t.pending[0].want == j.t.pending[0].flushed) {
+		// After a failure nothing more is written: the writer only waits
+		// for the journal to close.
+		for !j.t.stop && !work() {
 			j.t.cond.Wait()
 		}
-		if len(j.t.pending) == 0 || j.t.pending[0].want == j.t.pending[0].flushed {
-			return // stopping, and nothing is asked for
+		if !work() {
+			return // stopping, and nothing (more) to write
 		}
 		c := j.t.pending[0]
 		from, to := c.flushed, c.want
-		var err error
-		if j.t.err == nil {
-			j.t.Unlock()
-			err = j.writeChunk(c, from, to)
-			j.t.Lock()
-		}
-		if err != nil && j.t.err == nil {
-			j.t.err = j.fail(err)
-		}
-		if j.t.err != nil {
+		j.t.Unlock()
+		err := j.writeChunk(c, from, to)
+		j.t.Lock()
+		if err != nil {
+			if j.t.err == nil {
+				j.t.err = j.fail(err)
+			}
 			j.t.cond.Broadcast()
 			continue
 		}

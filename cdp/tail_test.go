@@ -2,11 +2,14 @@ package cdp
 
 import (
 	"bytes"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
@@ -186,5 +189,63 @@ func TestTailConcurrentReads(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Fatalf("concurrent read: %v", err)
+	}
+}
+
+// writeFailFile fails writes once armed (after the segment header).
+type writeFailFS struct {
+	vfs.FS
+	armed *atomic.Bool
+}
+
+type writeFailFile struct {
+	vfs.File
+	armed *atomic.Bool
+}
+
+func (f writeFailFS) OpenReadWrite(name string, c vfs.DiskWriteCategory, o ...vfs.OpenOption) (vfs.File, error) {
+	file, err := f.FS.OpenReadWrite(name, c, o...)
+	return writeFailFile{file, f.armed}, err
+}
+
+func (f writeFailFile) WriteAt(p []byte, off int64) (int, error) {
+	if f.armed.Load() {
+		return 0, errors.New("injected EIO")
+	}
+	return f.File.WriteAt(p, off)
+}
+
+// TestTailWriteFailureIsFatal: when the tail's writer cannot write, the
+// records it held were never durable: Sync fails with ErrFailed, so do later
+// appends, and the journal still closes (the writer stops, it does not spin).
+func TestTailWriteFailureIsFatal(t *testing.T) {
+	var armed atomic.Bool
+	j, err := Open(Options{FS: writeFailFS{vfs.NewMem(), &armed}, Dir: "j", SegmentSize: 1 << 20}, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.Append(writeRec(1, 0, 1, 1)); err != nil {
+		t.Fatal(err)
+	}
+	armed.Store(true)
+	if _, err := j.Append(writeRec(1, 0, 2, 1)); err != nil {
+		t.Fatal(err) // in memory: the writer has not tried yet
+	}
+	if err := j.Sync(); !errors.Is(err, ErrFailed) {
+		t.Fatalf("sync after a failed write: %v, want ErrFailed", err)
+	}
+	armed.Store(false) // the disk "recovers": the journal does not
+	if _, err := j.Append(writeRec(1, 0, 3, 1)); !errors.Is(err, ErrFailed) {
+		t.Fatalf("append after a failed write: %v, want ErrFailed", err)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- j.Close() }()
+	select {
+	case err := <-closed:
+		if !errors.Is(err, ErrFailed) {
+			t.Fatalf("close: %v, want ErrFailed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close hangs after a failed write")
 	}
 }

@@ -826,6 +826,9 @@ type Stats struct {
 	AppliedSeq   uint64      `json:"applied_seq"`
 	IndexBytes   uint64      `json:"index_bytes"`
 	JournalError string      `json:"journal_error,omitempty"`
+	// Damaged lists records recovery found with damaged data blocks: they
+	// read as I/O errors; everything else serves (P8).
+	Damaged []cdp.Damage `json:"damaged,omitempty"`
 }
 
 // Stats returns the pool's counters.
@@ -839,6 +842,7 @@ func (p *Pool) Stats() Stats {
 	j := p.j.Load()
 	st := Stats{Volumes: n, Journal: j.Stats(), Cache: p.cache.Stats(), ReadAhead: p.prefetched.Load(), AppliedSeq: applied, IndexBytes: p.db.Metrics().DiskSpaceUsage()}
 	st.Cache.AddRecent(p.opts.CacheSize, j.TailBytes(), p.recentHits.Load())
+	st.Damaged = j.Damaged()
 	if err := j.Err(); err != nil {
 		st.JournalError = err.Error()
 	}

@@ -99,8 +99,7 @@ func (p *Pool) readAhead(v *volState, first, last, seq uint64) {
 			p.prefetched.Add(end - start)
 		}
 	}
-	// Errors are the real read's business.
-	_ = p.resolve(p.db, v, first, last, seq, func(_ uint64, e entry) bool {
+	add := func(_ uint64, e entry) bool {
 		if e.kind != entryData {
 			return true
 		}
@@ -111,7 +110,24 @@ func (p *Pool) readAhead(v *volState, first, last, seq uint64) {
 		flush()
 		seg, start, end = e.seg, e.off, e.off+bs
 		return true
-	})
+	}
+	// Errors are the real read's business.
+	if seq == Head && p.head != nil {
+		hp := entryPool.Get().(*[]entry)
+		defer entryPool.Put(hp)
+		n := last - first + 1
+		if uint64(cap(*hp)) < n {
+			*hp = make([]entry, n)
+		}
+		all := (*hp)[:n]
+		if p.headEntries(v, first, all) == nil {
+			for i, e := range all {
+				add(first+uint64(i), e)
+			}
+		}
+	} else {
+		_ = p.resolve(p.db, v, first, last, seq, add)
+	}
 	flush()
 }
 

@@ -40,6 +40,7 @@ func (d *Daemon) metrics(w http.ResponseWriter, req *http.Request) {
 	metric("strata_journal_last_seq", "gauge", "Sequence number of the newest record.", j.LastSeq)
 	metric("strata_journal_synced_seq", "gauge", "Every record up to this one is durable.", j.SyncedSeq)
 	metric("strata_journal_fsyncs_total", "counter", "Journal fsyncs (group commits).", j.Fsyncs)
+	metric("strata_journal_damaged_blocks", "gauge", "Blocks found damaged when the pool opened; they read as I/O errors.", j.DamagedBlocks)
 	metric("strata_index_bytes", "gauge", "Block index size on disk.", st.IndexBytes)
 	failed := 0
 	if st.JournalError != "" {

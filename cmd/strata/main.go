@@ -280,6 +280,10 @@ the volumes and the connected NBD clients.`,
 			if st.Pool.JournalError != "" {
 				fmt.Printf("FAILED:   %s\n", st.Pool.JournalError)
 			}
+			for _, d := range st.Pool.Damaged {
+				fmt.Printf("DAMAGED:  %d block(s) of %s record %d (volume id %d, segment %d offset %d) read as I/O errors; first at byte %s; rewrite or restore them\n",
+					len(d.Blocks), d.Kind, d.Seq, d.Volume, d.Segment, d.Offset, d.Blocks[0])
+			}
 			var written, size int64
 			for _, v := range st.Volumes {
 				written += v.Written
