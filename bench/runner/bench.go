@@ -167,35 +167,25 @@ func (b *bench) main(ctx context.Context) error {
 
 	b.warmMemory(cfg.warmMB)
 
-	for _, s := range b.systems {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		s := s
-		if s.kind == kindFresh {
-			fmt.Printf("starting %s (a new file every run) ... ", s.name)
-		} else {
-			fmt.Printf("starting %s and prefilling %s ... ", s.name, sizeArg(cfg.size))
-		}
-		t0 := time.Now()
-		b.atExit(s.stop)
-		if err := s.start(ctx); err != nil {
-			fmt.Println()
-			return fmt.Errorf("starting %s: %w", s.name, err)
-		}
-		if err := s.prefill(ctx); err != nil {
-			fmt.Println()
-			return fmt.Errorf("prefilling %s: %w", s.name, err)
-		}
-		fmt.Printf("%.1fs\n", time.Since(t0).Seconds())
+	if err := b.startSystems(ctx, false); err != nil {
+		return err
 	}
-	// Write the prefill back to disk now, not during the first measurements.
-	syscall.Sync()
 
 	stopped := ""
+	round := 1
 	for i, p := range plan {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if p.round != round {
+			// Every round starts from new, prefilled targets on every
+			// system: no round inherits another's layout, and Strata's
+			// journal (which keeps every write for its 24 h retention)
+			// fits the disk.
+			round = p.round
+			if err := b.startSystems(ctx, true); err != nil {
+				return err
+			}
 		}
 		if free, need := freeBytes(b.tmp), cfg.minFree+b.newData(p); free < need {
 			stopped = fmt.Sprintf("stopped after %d of %d runs: %s free under %s, %s wanted for the next run "+
@@ -295,6 +285,47 @@ func (b *bench) applies(s *system, j *job) bool {
 		return j.key && j.writes && !j.reads && !j.fresh
 	}
 	return true
+}
+
+// startSystems starts every system on a new, prefilled target (stopping
+// it and removing its files first when restart is set).
+func (b *bench) startSystems(ctx context.Context, restart bool) error {
+	for _, s := range b.systems {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if restart {
+			for _, pt := range s.prepared {
+				pt.done()
+			}
+			s.prepared = nil
+			s.stop()
+			if err := os.RemoveAll(s.dir); err != nil {
+				return err
+			}
+		}
+		if s.kind == kindFresh {
+			fmt.Printf("starting %s (a new file every run) ... ", s.name)
+		} else {
+			fmt.Printf("starting %s and prefilling %s ... ", s.name, sizeArg(b.cfg.size))
+		}
+		t0 := time.Now()
+		if !restart {
+			b.atExit(s.stop)
+		}
+		if err := s.start(ctx); err != nil {
+			fmt.Println()
+			return fmt.Errorf("starting %s: %w", s.name, err)
+		}
+		if err := s.prefill(ctx); err != nil {
+			fmt.Println()
+			return fmt.Errorf("prefilling %s: %w", s.name, err)
+		}
+		fmt.Printf("%.1fs\n", time.Since(t0).Seconds())
+	}
+	// Write the prefill back to disk now, not during the first measurements.
+	syscall.Sync()
+	return nil
 }
 
 // plan orders the runs: round by round, job by job, and within a job every

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -68,7 +69,7 @@ func collectGarbage(ctx context.Context, s *system, _ target, _ int64) (string, 
 // writes gets a new one every round, removed by done.
 func (s *system) preparedTarget(ctx context.Context, j *job, size int64) (t target, desc string, done func(), err error) {
 	if pt := s.prepared[j.name]; pt != nil {
-		return pt.t, "same target as round 1: " + pt.desc, func() {}, nil
+		return pt.t, "same target as before: " + pt.desc, func() {}, nil
 	}
 	fmt.Printf("preparing %s on %s (%s) ... ", j.name, s.name, strings.Join(j.prepare, ", "))
 	t0 := time.Now()
@@ -102,7 +103,8 @@ func (s *system) preparedTarget(ctx context.Context, j *job, size int64) (t targ
 	if s.prepared == nil {
 		s.prepared = map[string]*prepared{}
 	}
-	s.prepared[j.name] = &prepared{t: t, desc: desc}
+	done = sync.OnceFunc(done) // at a new round, and again at exit
+	s.prepared[j.name] = &prepared{t: t, desc: desc, done: done}
 	s.b.atExit(done)
 	return t, desc, func() {}, nil
 }

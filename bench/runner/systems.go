@@ -61,6 +61,7 @@ type system struct {
 type prepared struct {
 	t    target
 	desc string
+	done func() // removes the target (a Strata volume or a file)
 }
 
 func newSystem(b *bench, name string) *system {
