@@ -21,8 +21,8 @@ import (
 // eviction (the evicted page may have taken a write a loader missed). A
 // load reads the stamp before it reads the index and installs the page
 // only if the stamp is unchanged and the page still absent, so a load that
-// raced a commit is used once and never cached. Memory is bounded (P5): pages are evicted at
-// random beyond the budget.
+// raced a commit is used once and never cached. Memory is bounded (P5):
+// pages are evicted at random beyond the budget.
 type headMap struct {
 	shards   [headShards]headShard
 	perShard int // pages a shard holds at most
