@@ -50,6 +50,9 @@ type pageKey struct{ vol, page uint64 }
 
 type headPage [headPageBlocks]entry
 
+// headShare is the part of the index's memory the head map gets.
+func headShare(indexMemory int64) int64 { return indexMemory * 3 / 4 }
+
 func newHeadMap(budget int64) *headMap {
 	if budget <= 0 {
 		return nil
@@ -209,12 +212,14 @@ func (p *Pool) loadHeadPage(v *volState, pg, i uint64, dst []entry) error {
 	st := p.head.stampOf(k)
 	page := new(headPage)
 	first := pg << headPageShift
-	err := p.resolve(p.db, v, first, first+headPageBlocks-1, Head, func(b uint64, e entry) bool {
-		page[b-first] = e
-		return true
-	})
-	if err != nil {
-		return err
+	if !v.pageUnused(pg) || v.loadGens()[0].BaseVol != 0 {
+		err := p.resolve(p.db, v, first, first+headPageBlocks-1, Head, func(b uint64, e entry) bool {
+			page[b-first] = e
+			return true
+		})
+		if err != nil {
+			return err
+		}
 	}
 	copy(dst, page[i:])
 	p.head.install(k, st, page)

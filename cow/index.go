@@ -248,7 +248,10 @@ func (a *apply) set(vol, block uint64, e entry) error {
 func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
 	switch r.Kind {
 	case cdp.KindVolumeCreate:
-		a.newVolumeLocked(r, gen{Start: r.Seq})
+		v := a.newVolumeLocked(r, gen{Start: r.Seq})
+		// A new volume: the index has no version of it (replay too: the
+		// index never holds records past the applied one).
+		v.used = map[uint64]uint64{}
 		return nil
 	case cdp.KindVolumeClone:
 		src := a.p.volumeAny(r.Volume)
@@ -311,6 +314,7 @@ func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
 		if err := a.p.headEntries(v, first, es); err != nil {
 			return err
 		}
+		v.markUsed(first, first+n-1)
 		had := 0
 		for _, e := range es {
 			if e.kind == entryData {
@@ -478,6 +482,9 @@ func (a *apply) punch(v *volState, first, last, seq uint64, kind entryKind) erro
 
 // punch1 adds one hole or zero version, remembered for the head map.
 func (a *apply) punch1(vol, block uint64, e entry) error {
+	if v := a.p.volumeAny(vol); v != nil {
+		v.markUsed(block, block)
+	}
 	a.punched = append(a.punched, punchedBlock{vol, block, e})
 	return a.set(vol, block, e)
 }

@@ -53,8 +53,8 @@ type Options struct {
 	FS vfs.FS
 	// SegmentSize of journal segments (default 128 MiB).
 	SegmentSize int64
-	// IndexCacheSize is the block index's memory (default 64 MiB): half
-	// the head map (headmap.go), half pebble's block cache.
+	// IndexCacheSize is the block index's memory (default 64 MiB): three
+	// quarters the head map (headmap.go), the rest pebble's block cache.
 	IndexCacheSize int64
 	// CacheSize bounds the read cache of journal blocks (0: no cache).
 	CacheSize int64
@@ -171,6 +171,33 @@ type volState struct {
 	// reports (lastChange's records and snapshot creates; after a
 	// restart, the applied sequence then).
 	lastStreamed uint64
+
+	// used marks the head-map pages that ever had a version of this
+	// volume (its own), for volumes created since the pool opened; nil
+	// means unknown (every page is looked up in the index). A page no
+	// record ever touched is all unwritten blocks: loading it needs no
+	// index seek, which is what writes to a new volume mostly do.
+	usedMu sync.Mutex
+	used   map[uint64]uint64 // page/64 -> one bit a page
+}
+
+// markUsed records that blocks [first, last] have versions now. Called
+// under the pool's write lock before the index commit.
+func (v *volState) markUsed(first, last uint64) {
+	v.usedMu.Lock()
+	if v.used != nil {
+		for pg := first >> headPageShift; pg <= last>>headPageShift; pg++ {
+			v.used[pg/64] |= 1 << (pg % 64)
+		}
+	}
+	v.usedMu.Unlock()
+}
+
+// pageUnused reports whether no record ever touched page pg.
+func (v *volState) pageUnused(pg uint64) bool {
+	v.usedMu.Lock()
+	defer v.usedMu.Unlock()
+	return v.used != nil && v.used[pg/64]&(1<<(pg%64)) == 0
 }
 
 // newVolState makes the state of a volume created at seq.
@@ -294,7 +321,7 @@ func Open(opts Options) (*Pool, error) {
 		return nil, fmt.Errorf("cow: read cache: %w", err)
 	}
 	p.cache = c
-	p.head = newHeadMap(opts.IndexCacheSize / 2)
+	p.head = newHeadMap(headShare(opts.IndexCacheSize))
 	if err := p.open(); err != nil {
 		c.Close()
 		return nil, err
@@ -317,9 +344,10 @@ func (p *Pool) indexDir() string   { return p.opts.FS.PathJoin(p.opts.Dir, "inde
 func (p *Pool) journalDir() string { return p.opts.FS.PathJoin(p.opts.Dir, "journal") }
 
 func (p *Pool) openIndex() error {
-	// Half of the index's memory is the head map (headmap.go), half
-	// pebble's block cache.
-	cache := pebble.NewCache(p.opts.IndexCacheSize - p.opts.IndexCacheSize/2)
+	// Most of the index's memory is the head map (headmap.go): reads of
+	// the head and writes no longer go to pebble; the rest is pebble's
+	// block cache (points in time, page loads, garbage collection).
+	cache := pebble.NewCache(p.opts.IndexCacheSize - headShare(p.opts.IndexCacheSize))
 	defer cache.Unref()
 	db, err := pebble.Open(p.indexDir(), &pebble.Options{
 		FS:                          p.opts.FS,
