@@ -532,3 +532,34 @@ func TestRemoveSegmentAndScan(t *testing.T) {
 		t.Fatalf("replay from a removed segment: %v", err)
 	}
 }
+
+// TestDamageInOlderSegmentIsKept: a damaged data block in a segment that is
+// not the newest can never be a torn write: the record is kept and
+// reported, and every record after it replays.
+func TestDamageInOlderSegmentIsKept(t *testing.T) {
+	fs := vfs.NewMem()
+	j := openMem(t, fs, 0, nil)
+	var locs []Location
+	for i := 0; i < 80; i++ {
+		loc, err := j.Append(writeRec(1, 0, byte(i), 4))
+		if err != nil {
+			t.Fatal(err)
+		}
+		locs = append(locs, loc)
+	}
+	j.Close()
+	segs := segmentsOf(t, fs)
+	if len(segs) < 2 || segmentName(locs[3].Segment) != segs[0] {
+		t.Fatalf("want several segments, record 4 in the first: %v, %+v", segs, locs[3])
+	}
+	corrupt(t, fs, segs[0], 0, func(b []byte) []byte { b[locs[3].DataOffset(16)+2*BlockSize+5] ^= 0x40; return b })
+	n := 0
+	j, err := Open(Options{FS: fs, Dir: "j", SegmentSize: 1 << 20}, 0, func(*Record, Location) error { n++; return nil })
+	if err != nil {
+		t.Fatalf("damage in an older segment must not stop the open: %v", err)
+	}
+	defer j.Close()
+	if d := j.Damaged(); n != 80 || len(d) != 1 || d[0].Seq != 4 || len(d[0].Blocks) != 1 || d[0].Blocks[0] != "8192" {
+		t.Fatalf("replayed %d records, damage %+v", n, d)
+	}
+}

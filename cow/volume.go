@@ -111,24 +111,40 @@ func (p *Pool) readAhead(v *volState, first, last, seq uint64) {
 		seg, start, end = e.seg, e.off, e.off+bs
 		return true
 	}
-	// Errors are the real read's business.
-	if seq == Head && p.head != nil {
-		hp := entryPool.Get().(*[]entry)
-		defer entryPool.Put(hp)
-		n := last - first + 1
-		if uint64(cap(*hp)) < n {
-			*hp = make([]entry, n)
-		}
-		all := (*hp)[:n]
-		if p.headEntries(v, first, all) == nil {
-			for i, e := range all {
-				add(first+uint64(i), e)
-			}
-		}
-	} else {
-		_ = p.resolve(p.db, v, first, last, seq, add)
-	}
+	_ = p.versions(v, first, last-first+1, seq, false, add) // errors are the real read's business
 	flush()
+}
+
+// versions calls fn, in block order, for each block of [first, first+n)
+// of v that has a version at seq (as resolve does): for the head from the
+// head map (with memOnly only if its pages are present, else
+// errNotInMemory), for a point in time from the index.
+func (p *Pool) versions(v *volState, first, n, seq uint64, memOnly bool, fn func(b uint64, e entry) bool) error {
+	if seq != Head || p.head == nil {
+		if memOnly {
+			return errNotInMemory
+		}
+		return p.resolve(p.db, v, first, first+n-1, seq, fn)
+	}
+	hp := entryPool.Get().(*[]entry)
+	defer entryPool.Put(hp)
+	if uint64(cap(*hp)) < n {
+		*hp = make([]entry, n)
+	}
+	all := (*hp)[:n]
+	if memOnly {
+		if !p.head.copyRange(v.id, first, all) {
+			return errNotInMemory
+		}
+	} else if err := p.headEntries(v, first, all); err != nil {
+		return err
+	}
+	for i, e := range all {
+		if e.kind != entryNone && !fn(first+uint64(i), e) {
+			break
+		}
+	}
+	return nil
 }
 
 // OpenVolume opens the head of a volume for reading and writing.
@@ -217,39 +233,15 @@ func (p *Pool) readBlocks(v *volState, first uint64, buf []byte, seq uint64, mem
 	bp := blockPool.Get().(*[]uint64)
 	defer blockPool.Put(bp)
 	blocks = (*bp)[:0]
-	var err error
-	if memOnly && (seq != Head || p.head == nil) {
-		return errNotInMemory
-	}
-	if seq == Head && p.head != nil {
-		// The head's versions come from the head map (headmap.go).
-		hp := entryPool.Get().(*[]entry)
-		defer entryPool.Put(hp)
-		if uint64(cap(*hp)) < n {
-			*hp = make([]entry, n)
+	err := p.versions(v, first, n, seq, memOnly, func(b uint64, e entry) bool {
+		if e.kind == entryData {
+			es = append(es, e)
+			blocks = append(blocks, b)
 		}
-		all := (*hp)[:n]
-		if memOnly {
-			if !p.head.copyRange(v.id, first, all) {
-				return errNotInMemory
-			}
-		} else {
-			err = p.headEntries(v, first, all)
-		}
-		for i, e := range all {
-			if e.kind == entryData {
-				es = append(es, e)
-				blocks = append(blocks, first+uint64(i))
-			}
-		}
-	} else {
-		err = p.resolve(p.db, v, first, first+n-1, seq, func(b uint64, e entry) bool {
-			if e.kind == entryData {
-				es = append(es, e)
-				blocks = append(blocks, b)
-			}
-			return true
-		})
+		return true
+	})
+	if errors.Is(err, errNotInMemory) {
+		return err
 	}
 	*esp, *bp = es, blocks
 	if err != nil {
