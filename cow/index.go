@@ -315,6 +315,7 @@ func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
 			return err
 		}
 		v.markUsed(first, first+n-1)
+		v.markWritten(first, first+n-1)
 		had := 0
 		for _, e := range es {
 			if e.kind == entryData {

@@ -81,8 +81,12 @@ type Options struct {
 	GCLiveRatio float64
 	// GCRate bounds relocation, in bytes a second (default 64 MiB/s).
 	GCRate int64
-	// GCBatchBytes bounds the old segments one pass examines (default 1 GiB).
+	// GCBatchBytes bounds the old segments one pass examines, and the data
+	// one pass rewrites to defragment volumes (default 1 GiB).
 	GCBatchBytes int64
+	// NoDefrag turns off garbage collection's rewriting of fragmented
+	// volume heads in block order (defrag.go).
+	NoDefrag bool
 	// CheckpointInterval is how often the index is persisted, which bounds
 	// the journal replayed after a crash (default 30s; negative disables).
 	CheckpointInterval time.Duration
@@ -179,6 +183,9 @@ type volState struct {
 	// index seek, which is what writes to a new volume mostly do.
 	usedMu sync.Mutex
 	used   map[uint64]uint64 // page/64 -> one bit a page
+	// Extents written in this garbage collection interval and the last
+	// (defrag.go); under usedMu.
+	fragNow, fragOld defragBits
 }
 
 // markUsed records that blocks [first, last] have versions now. Called

@@ -47,6 +47,7 @@ type job struct {
 	once    bool
 	reads   bool
 	writes  bool
+	mixRead int   // rwmixread= of a mixed job (fio's default 50)
 	sizeX   int64 // target size: sizeX times the working set ...
 	sizeMax int64 // ... at most this (0: no cap)
 	prepare []string
@@ -77,12 +78,29 @@ func loadJobs(dir string) ([]*job, error) {
 		}
 		jobs = append(jobs, j)
 	}
-	// Group each fresh job after its overwrite twin.
+	// Jobs that write less run first: every job of a round on the main
+	// target sees the layout the jobs before it left, and a store that
+	// keeps every write lays out random writes in the order they came
+	// (the peers overwrite in place). Read jobs so measure the prefilled
+	// layout, whatever order the files sort in; the layout after random
+	// overwrites has its own job (seqread-1m-after-randwrite-qd32, on its
+	// own target). Each fresh job runs after its overwrite twin.
 	sortKey := func(j *job) string {
-		return strings.Replace(j.name, "-fresh", "", 1) + map[bool]string{false: "0", true: "1"}[j.fresh]
+		return fmt.Sprintf("%03d %s %v", j.writeShare(), strings.Replace(j.name, "-fresh", "", 1), j.fresh)
 	}
 	sort.Slice(jobs, func(a, b int) bool { return sortKey(jobs[a]) < sortKey(jobs[b]) })
 	return jobs, nil
+}
+
+// writeShare is the percentage of the job's I/Os that are writes.
+func (j *job) writeShare() int {
+	switch {
+	case !j.writes:
+		return 0
+	case !j.reads:
+		return 100
+	}
+	return 100 - j.mixRead
 }
 
 func parseJob(path string) (*job, error) {
@@ -90,7 +108,7 @@ func parseJob(path string) (*job, error) {
 	if err != nil {
 		return nil, err
 	}
-	j := &job{name: strings.TrimSuffix(filepath.Base(path), ".fio"), file: path}
+	j := &job{name: strings.TrimSuffix(filepath.Base(path), ".fio"), file: path, mixRead: 50}
 	sections := 0
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for sc.Scan() {
@@ -110,6 +128,12 @@ func parseJob(path string) (*job, error) {
 			rw := line[strings.IndexByte(line, '=')+1:]
 			j.reads = strings.Contains(rw, "read") || strings.Contains(rw, "rw")
 			j.writes = strings.Contains(rw, "write") || strings.Contains(rw, "rw")
+		case strings.HasPrefix(line, "rwmixread="):
+			n, err := strconv.Atoi(strings.TrimPrefix(line, "rwmixread="))
+			if err != nil || n < 0 || n > 100 {
+				return nil, fmt.Errorf("%s: rwmixread must be 0..100, got %q", path, line)
+			}
+			j.mixRead = n
 		}
 	}
 	if sections != 1 {

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/strata-storage/strata/control"
 	"github.com/strata-storage/strata/internal/units"
 )
 
@@ -46,19 +47,12 @@ func collectGarbage(ctx context.Context, s *system, _ target, _ int64) (string, 
 	if err != nil {
 		return "", err
 	}
-	var st struct {
-		DeadVersions    int64         `json:"dead_versions"`
-		SegmentsRemoved int           `json:"segments_removed"`
-		BytesFreed      int64         `json:"bytes_freed"`
-		BytesRelocated  int64         `json:"bytes_relocated"`
-		JournalBytes    int64         `json:"journal_bytes"`
-		LiveBytes       int64         `json:"live_bytes"`
-		Duration        time.Duration `json:"duration"`
-	}
+	var st control.GCStats
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		return "", fmt.Errorf("strata gc --now --json: %v: %s", err, firstLine(out))
 	}
-	return fmt.Sprintf("strata gc --now ran: freed %s in %d segments, relocated %s, dropped %d dead versions in %s; journal %s, live %s",
+	return fmt.Sprintf("strata gc --now ran: defragmented %s (%d of %d MiB extents), freed %s in %d segments, relocated %s, dropped %d dead versions in %s; journal %s, live %s",
+		units.FormatSize(st.BytesDefragmented), st.ExtentsRewritten, st.ExtentsExamined,
 		units.FormatSize(st.BytesFreed), st.SegmentsRemoved, units.FormatSize(st.BytesRelocated), st.DeadVersions,
 		st.Duration.Round(time.Millisecond), units.FormatSize(st.JournalBytes), units.FormatSize(st.LiveBytes)), nil
 }

@@ -39,6 +39,22 @@ func TestJobFilesAndTargets(t *testing.T) {
 	if j := byName["randwrite-4k-qd32"]; j == nil || j.targetSize(1<<30) != 1<<30 || j.once {
 		t.Errorf("randwrite-4k-qd32: want a time-based job on the working set, got %+v", j)
 	}
+	// Read jobs run before any job that writes, mixes by their write share,
+	// and each fresh job right after its overwrite twin.
+	share, at := -1, map[string]int{}
+	for i, j := range jobs {
+		if j.writeShare() < share {
+			t.Errorf("job %s (%d%% writes) runs after a job with %d%%", j.name, j.writeShare(), share)
+		}
+		share = j.writeShare()
+		at[j.name] = i
+	}
+	if vm := byName["vm-boot-qd8"]; vm == nil || vm.writeShare() != 10 {
+		t.Errorf("vm-boot-qd8: want 10%% writes, got %+v", vm)
+	}
+	if at["randwrite-4k-fresh-qd32"] != at["randwrite-4k-qd32"]+1 {
+		t.Errorf("randwrite-4k-fresh-qd32 does not follow its twin: %v", at)
+	}
 }
 
 func TestParseCommentErrors(t *testing.T) {

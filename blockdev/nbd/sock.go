@@ -37,11 +37,22 @@ type sockConn struct {
 	readFn func(fd uintptr) bool
 }
 
+// sendBuffer is the send buffer asked for on Unix sockets (the kernel caps
+// it at net.core.wmem_max).
+const sendBuffer = 4 << 20
+
 // errWouldBlock: the socket holds nothing to read now.
 var errWouldBlock = errors.New("nbd: read would block")
 
 func newSockConn(nc net.Conn) *sockConn {
 	s := &sockConn{Conn: nc}
+	if uc, ok := nc.(*net.UnixConn); ok {
+		// A 1 MiB read reply fits the socket at once instead of going out in
+		// 208 KiB pieces, each a wait for the client to drain the last.
+		if os.Getenv("XSND") == "" {
+			_ = uc.SetWriteBuffer(sendBuffer)
+		}
+	}
 	if sc, ok := nc.(syscall.Conn); ok && canReadNonblock {
 		if raw, err := sc.SyscallConn(); err == nil {
 			s.raw = raw

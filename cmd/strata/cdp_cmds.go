@@ -289,7 +289,10 @@ func gcCommand() *cli.Command {
 		Description: `Garbage collection also runs in the background (strata serve
 --gc-interval). It frees journal segments no retained point needs (heads,
 snapshots, clones' origins, the retention window), copying the live part of
-mostly dead ones forward first. It never changes what any point reads.`,
+mostly dead ones forward first, and rewrites the newest data of volume
+ranges written at random in block order, so sequential reads of them read
+sequentially again (defragmentation; strata serve --no-defrag turns it off).
+It never changes what any point reads.`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "now", Usage: "run a pass now (required)"},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
@@ -305,6 +308,10 @@ mostly dead ones forward first. It never changes what any point reads.`,
 			}
 			if c.Bool("json") {
 				return printJSON(st)
+			}
+			if st.ExtentsRewritten > 0 {
+				fmt.Printf("defragmented %d of %d MiB range(s) examined: rewrote %s in block order\n",
+					st.ExtentsRewritten, st.ExtentsExamined, units.FormatSize(st.BytesDefragmented))
 			}
 			if st.SegmentsExamined == 0 {
 				fmt.Printf("nothing to free yet: every journal segment holds points inside the retention window (journal %s)\n", units.FormatSize(st.JournalBytes))

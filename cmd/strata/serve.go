@@ -55,6 +55,7 @@ requests finish, the journal is synced, the lock is released.`,
 			&cli.StringFlag{Name: "retention", Value: "24h", Usage: "how long every write stays readable as a point in time (90m, 24h, 7d); volumes may override it"},
 			&cli.StringFlag{Name: "retention-size", Value: "0", Usage: "cap on the journal (e.g. 20GiB; 0: none): history older than fits is discarded early, and status says so"},
 			&cli.StringFlag{Name: "gc-interval", Value: "1m", Usage: "how often garbage collection runs in the background (0 disables it)"},
+			&cli.BoolFlag{Name: "no-defrag", Usage: "garbage collection does not rewrite volume ranges written at random (and then left alone for an interval) in block order; sequential reads of them stay scattered"},
 			&cli.StringFlag{Name: "tls-cert", Usage: "PEM certificate for NBD over TLS (NBD_OPT_STARTTLS; clients use nbds:// URIs)"},
 			&cli.StringFlag{Name: "tls-key", Usage: "PEM private key of --tls-cert"},
 			&cli.StringFlag{Name: "tls-ca", Usage: "PEM CA bundle: require client certificates signed by it"},
@@ -131,6 +132,7 @@ func runServe(c *cli.Context) error {
 		return fmt.Errorf("--gc-interval: %w", err)
 	}
 	o.Pool.GCInterval = gcEvery
+	o.Pool.NoDefrag = c.Bool("no-defrag")
 	if gcEvery == 0 {
 		o.Pool.GCInterval = -1
 	}
