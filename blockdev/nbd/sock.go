@@ -49,9 +49,7 @@ func newSockConn(nc net.Conn) *sockConn {
 	if uc, ok := nc.(*net.UnixConn); ok {
 		// A 1 MiB read reply fits the socket at once instead of going out in
 		// 208 KiB pieces, each a wait for the client to drain the last.
-		if os.Getenv("XSND") == "" {
-			_ = uc.SetWriteBuffer(sendBuffer)
-		}
+		_ = uc.SetWriteBuffer(sendBuffer)
 	}
 	if sc, ok := nc.(syscall.Conn); ok && canReadNonblock {
 		if raw, err := sc.SyscallConn(); err == nil {
