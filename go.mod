@@ -12,6 +12,7 @@ require (
 	github.com/semistrict/go-ublk v0.2.0
 	github.com/urfave/cli/v2 v2.27.5
 	golang.org/x/image v0.15.0
+	golang.org/x/sys v0.33.0
 )
 
 require (
@@ -56,7 +57,6 @@ require (
 	golang.org/x/crypto v0.39.0 // indirect
 	golang.org/x/exp v0.0.0-20230626212559-97b1e661b5df // indirect
 	golang.org/x/net v0.41.0 // indirect
-	golang.org/x/sys v0.33.0 // indirect
 	golang.org/x/text v0.26.0 // indirect
 	google.golang.org/protobuf v1.33.0 // indirect
 )

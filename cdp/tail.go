@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"unsafe"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // The tail: appends copy records into in-memory chunks of the current
@@ -314,6 +316,37 @@ func (j *Journal) ReadMemory(seg uint64, off int64, p []byte) bool {
 	s := j.segs[seg]
 	j.segMu.RUnlock()
 	return s != nil && j.readTail(s, off, p) == len(p)
+}
+
+// ReadCached fills p with len(p) bytes at offset off of segment seg if
+// none of them needs a wait for the disk: from the tail's memory, else from
+// the operating system's page cache (a read that would wait is not made).
+// It reports whether it did; false is no error (the caller reads with
+// ReadAt instead). A file system without such reads (not the OS's) never
+// has them.
+func (j *Journal) ReadCached(seg uint64, off int64, p []byte) bool {
+	j.segMu.RLock()
+	s := j.segs[seg]
+	j.segMu.RUnlock()
+	if s == nil {
+		return false
+	}
+	for len(p) > 0 {
+		if n := j.readTail(s, off, p); n > 0 {
+			off, p = off+int64(n), p[n:]
+			continue
+		}
+		fd := s.f.Fd()
+		if fd == vfs.InvalidFd || off+int64(len(p)) > s.written.Load() {
+			return false
+		}
+		n, err := preadNoWait(fd, p, off)
+		if err != nil || n <= 0 {
+			return false
+		}
+		off, p = off+int64(n), p[n:]
+	}
+	return true
 }
 
 // TailBytes is the memory the tail holds: chunks kept for reads and

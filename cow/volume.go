@@ -284,12 +284,7 @@ func (p *Pool) readBlocks(v *volState, first uint64, buf []byte, seq uint64, mem
 		if useCache {
 			for m := i; m < k; m++ {
 				(*hit)[m] = p.cache.Get(es[m].seg, es[m].off, buf[(blocks[m]-first)*bs:(blocks[m]-first+1)*bs])
-				if memOnly && !(*hit)[m] {
-					return errNotInMemory
-				}
 			}
-		} else if memOnly {
-			return errNotInMemory
 		}
 		for m := i; m < k; {
 			if (*hit)[m] {
@@ -300,7 +295,7 @@ func (p *Pool) readBlocks(v *volState, first uint64, buf []byte, seq uint64, mem
 			for e < k && !(*hit)[e] {
 				e++
 			}
-			if err := p.readJournal(v, es[m:e], blocks[m:e], buf[(blocks[m]-first)*bs:(blocks[e-1]-first+1)*bs], useCache); err != nil {
+			if err := p.readJournal(v, es[m:e], blocks[m:e], buf[(blocks[m]-first)*bs:(blocks[e-1]-first+1)*bs], useCache, memOnly); err != nil {
 				return err
 			}
 			m = e
@@ -311,18 +306,27 @@ func (p *Pool) readBlocks(v *volState, first uint64, buf []byte, seq uint64, mem
 }
 
 // readJournal reads blocks that sit next to each other in one journal
-// segment into dst with one read, checks each against its checksum and
-// caches it.
-func (p *Pool) readJournal(v *volState, es []entry, blocks []uint64, dst []byte, useCache bool) error {
-	if err := p.j.Load().ReadAt(es[0].seg, es[0].off, dst); err != nil {
-		return fmt.Errorf("%w: %v", blockdev.ErrIO, err)
+// segment into dst with one read and checks each against its checksum.
+// What the page cache held is read without waiting (memOnly: only that,
+// else errNotInMemory) and not cached again; what came from the disk goes
+// into the block cache (useCache), which so holds what the kernel did not.
+func (p *Pool) readJournal(v *volState, es []entry, blocks []uint64, dst []byte, useCache, memOnly bool) error {
+	j := p.j.Load()
+	cached := (memOnly || useCache) && j.ReadCached(es[0].seg, es[0].off, dst)
+	if !cached {
+		if memOnly {
+			return errNotInMemory
+		}
+		if err := j.ReadAt(es[0].seg, es[0].off, dst); err != nil {
+			return fmt.Errorf("%w: %v", blockdev.ErrIO, err)
+		}
 	}
 	for m := range es {
 		blk := dst[m*bs : (m+1)*bs]
 		if cdp.Checksum(blk) != es[m].crc {
 			return fmt.Errorf("%w: checksum mismatch in volume %q block %d (journal segment %d offset %d)", blockdev.ErrIO, v.name, blocks[m], es[m].seg, es[m].off)
 		}
-		if useCache {
+		if useCache && !cached {
 			p.cache.Put(es[m].seg, es[m].off, blk)
 		}
 	}

