@@ -382,16 +382,13 @@ func (h *Volume) ReadAt(p []byte, off int64) (int, error) {
 // errNotInMemory: a memory-only read would need I/O.
 var errNotInMemory = errors.New("cow: not in memory")
 
-// maxFastRead bounds the reads TryReadAt serves (the frontend's goroutine
-// that parses requests runs them).
-const maxFastRead = 64 << 10
 
 // TryReadAt reads len(p) bytes at off of the head if everything it needs
 // is in memory (blockdev.FastReader): where the blocks are (head map) and
 // their data (the journal's recent writes, the block cache). It never
 // reads a file or the index, and reports false when it would have to.
 func (h *Volume) TryReadAt(p []byte, off int64) (bool, error) {
-	if h.seq != Head || len(p) > maxFastRead || off%bs != 0 || len(p)%bs != 0 || len(p) == 0 {
+	if h.seq != Head || off%bs != 0 || len(p)%bs != 0 || len(p) == 0 {
 		return false, nil
 	}
 	if err := h.check(off, int64(len(p))); err != nil {

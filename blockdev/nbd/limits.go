@@ -114,6 +114,14 @@ func (l *limiter) acquire(n int64) {
 	l.mu.Unlock()
 }
 
+// alone reports whether the request the reader just acquired for is the
+// only one in flight.
+func (l *limiter) alone() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.reqs == 1
+}
+
 func (l *limiter) release(n int64) {
 	l.mu.Lock()
 	l.reqs--

@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -138,7 +141,7 @@ func TestPipelinedBatch(t *testing.T) {
 				}
 				const whole, past, empty = n, n + 1, n + 2
 				rs = append(rs,
-					rq{typ: cmdRead, handle: whole, length: n * 4096}, // past maxFastRead: a worker, and a writev
+					rq{typ: cmdRead, handle: whole, length: n * 4096}, // past maxFastRead: inline only if alone, a writev
 					rq{typ: cmdRead, handle: past, off: n * 4096, length: 4096},
 					rq{typ: cmdRead, handle: empty, off: 4096},
 					rq{typ: cmdDisc, handle: n + 3})
@@ -164,7 +167,9 @@ func TestPipelinedBatch(t *testing.T) {
 				c.expectClosed()
 
 				if fast {
-					if f := dev.fastReads.Load(); f != n {
+					// The 1 MiB read is served inline too if it
+					// found the small ones all done (readLoneInline).
+					if f := dev.fastReads.Load(); f != n && f != n+1 {
 						t.Fatalf("%d of %d reads served inline", f, n)
 					}
 					// Inline replies go out eight at a time
@@ -450,5 +455,93 @@ func TestReplyBuf(t *testing.T) {
 	}
 	if got := bytes.Join(rec.writes, nil); !bytes.Equal(got, want) {
 		t.Fatal("bytes out differ from bytes in")
+	}
+}
+
+// A WRITE with nothing else in flight runs in the reader (no worker, no
+// handoff), also when the client pipelines them and each finds the last
+// done; one sent while a READ is in flight, and a FUA WRITE, go to
+// workers. Where each ran is read off its stack.
+func TestLoneWritesRunInReader(t *testing.T) {
+	x := newTestExporter()
+	g := newGate()
+	var mu sync.Mutex
+	inReader := map[int64]bool{}
+	x.devs["vol"].hook = func(op string, off int64) error {
+		if op == "write" {
+			mu.Lock()
+			inReader[off] = strings.Contains(string(debug.Stack()), "(*conn).transmit")
+			mu.Unlock()
+		}
+		return g.hook(op, off)
+	}
+	ts := startServer(t, x, Options{})
+	c := dial(t, ts)
+	c.negotiate("vol", true, false)
+	for i := range uint64(4) { // queue depth 1
+		if r := c.do(0, cmdWrite, i*4096, 4096, pattern(4096, byte(i))); r.errno != 0 {
+			t.Fatalf("write %d: %+v", i, r)
+		}
+	}
+	if r := c.do(cmdFlagFUA, cmdWrite, 8*4096, 4096, pattern(4096, 8)); r.errno != 0 {
+		t.Fatalf("FUA write: %+v", r)
+	}
+	g.block("read", 0)
+	c.sendReq(0, cmdRead, 100, 0, 4096, nil)
+	g.waitEntered(t, "read0")
+	var rs []rq
+	for i := uint64(16); i < 24; i++ {
+		rs = append(rs, rq{typ: cmdWrite, handle: i, off: i * 4096, length: 4096, payload: pattern(4096, byte(i))})
+	}
+	c.sendBatch(rs)
+	c.readReplies(len(rs))
+	g.release("read", 0)
+	c.readReplies(1)
+	mu.Lock()
+	defer mu.Unlock()
+	for i := int64(0); i < 4; i++ {
+		if !inReader[i*4096] {
+			t.Errorf("lone write %d ran on a worker", i)
+		}
+	}
+	if inReader[8*4096] {
+		t.Error("a FUA write ran in the reader")
+	}
+	for i := int64(16); i < 24; i++ {
+		if inReader[i*4096] {
+			t.Errorf("write %d ran in the reader while a read was in flight", i)
+		}
+	}
+	got := make([]byte, 4096)
+	for _, i := range []int64{0, 3, 8, 16, 23} {
+		x.devs["vol"].ReadAt(got, i*4096)
+		if !bytes.Equal(got, pattern(4096, byte(i))) {
+			t.Errorf("block %d differs", i)
+		}
+	}
+}
+
+// A large READ with nothing else in flight is served in the reader when
+// the device has it in memory; one the device declines goes to a worker.
+func TestLoneLargeReadInline(t *testing.T) {
+	x := newTestExporter()
+	dev := x.devs["vol"]
+	want := pattern(1<<20, 7)
+	dev.WriteAt(want, 0)
+	declined := atomic.Bool{}
+	dev.fast = func(off int64) (bool, error) { return declined.Load(), nil }
+	ts := startServer(t, x, Options{})
+	c := dial(t, ts)
+	c.negotiate("vol", true, false)
+	for _, decline := range []bool{false, true} {
+		declined.Store(decline)
+		fast, slow := dev.fastReads.Load(), dev.reads.Load()
+		r := c.do(0, cmdRead, 0, 1<<20, nil)
+		if d := readData(t, r); !bytes.Equal(d, want) {
+			t.Fatalf("decline=%v: 1 MiB read differs", decline)
+		}
+		if inline := dev.fastReads.Load() - fast; inline != map[bool]int64{false: 1, true: 0}[decline] || dev.reads.Load()-slow != 1-inline {
+			t.Fatalf("decline=%v: %d served inline, %d by ReadAt", decline, inline, dev.reads.Load()-slow)
+		}
 	}
 }

@@ -55,6 +55,24 @@ func (c *conn) transmit() {
 				c.lim.release(cost)
 				return
 			}
+			if req.flags&cmdFlagFUA == 0 && c.lim.alone() {
+				// Nothing else in flight: a worker would only add a
+				// goroutine handoff each way. At queue depth 1, and
+				// also for pipelined writes that each find the last
+				// one done: 4 KiB random writes went 14k -> 20-21k
+				// IOPS at QD1 (fresh volume), 80k -> 98k at QD32.
+				// Only writes: the engine's WRITE is a memory
+				// operation (the journal tail, the index) that waits
+				// at most for the journal's back-pressure, while a
+				// READ may wait for a disk, and later requests must
+				// not queue behind that; a FUA write waits for a
+				// flush. The price: requests the client sends while
+				// such a write waits for back-pressure are read after
+				// it.
+				c.running.Add(1)
+				c.handle(req, buf, cost)
+				continue
+			}
 			c.dispatch(job{req, buf, cost})
 			continue
 		}
@@ -70,6 +88,9 @@ func (c *conn) transmit() {
 			cost = bufCost(req.length)
 		}
 		c.acquire(cost)
+		if req.typ == cmdRead && c.fast != nil && req.length > maxFastRead && c.lim.alone() && c.readLoneInline(&req, cost) {
+			continue
+		}
 		c.dispatch(job{req, nil, cost})
 	}
 }
@@ -237,6 +258,30 @@ func (c *conn) tryReadLocked(req *request) (bool, error) {
 // idled 26% of the time at QD32 (perf), 10% with this, and 4 KiB random
 // reads went 132k -> 160k IOPS (fio nbd engine, QD32, cached).
 const inlineFlush = 8 * (structuredHeaderLen + 8 + 4096)
+
+// readLoneInline serves a large READ in the reader when nothing else is in
+// flight (a client at queue depth 1 waits for it anyway) and the device has
+// the data in memory: no goroutine handoff each way (1 MiB sequential reads
+// at QD1 went 1.8 -> 2.1 GB/s). It releases cost when it served the read.
+func (c *conn) readLoneInline(req *request, cost int64) bool {
+	buf := getBuf(req.length)
+	ok, err := c.fast.TryReadAt(*buf, int64(req.off))
+	switch {
+	case err != nil:
+		c.replyDeviceError(req, err)
+	case ok:
+		c.beginReply()
+		c.putReadHeader(c.whdr[:], req)
+		c.write(c.whdr[:c.readHeaderLen()])
+		c.write(*buf)
+		c.endReply()
+	}
+	putBuf(buf)
+	if ok || err != nil {
+		c.lim.release(cost)
+	}
+	return ok || err != nil
+}
 
 func (c *conn) handleRead(req *request) {
 	buf := getBuf(req.length)
