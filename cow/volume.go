@@ -382,7 +382,6 @@ func (h *Volume) ReadAt(p []byte, off int64) (int, error) {
 // errNotInMemory: a memory-only read would need I/O.
 var errNotInMemory = errors.New("cow: not in memory")
 
-
 // TryReadAt reads len(p) bytes at off of the head if everything it needs
 // is in memory (blockdev.FastReader): where the blocks are (head map) and
 // their data (the journal's recent writes, the block cache). It never
