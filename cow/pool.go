@@ -62,7 +62,8 @@ type Options struct {
 	// the journal's records (default 4 MiB; negative: per record).
 	JournalReserve int64
 	// TailCache is the part of CacheSize that keeps the journal's most
-	// recent writes in memory for reads (default half; negative: none).
+	// recent writes in memory for reads (default three quarters;
+	// negative: none).
 	TailCache int64
 	// IndexMemTableSize is pebble's memtable size (default 32 MiB).
 	IndexMemTableSize uint64
@@ -134,10 +135,17 @@ func (o *Options) fill() error {
 		o.Now = time.Now
 	}
 	if o.TailCache == 0 {
-		// Half the read cache holds the journal's most recent writes as
-		// written (no per-block bookkeeping), half single blocks read
-		// from older parts of it.
-		o.TailCache = o.CacheSize / 2
+		// Three quarters of the read cache hold the journal's most
+		// recent writes as written, a quarter single blocks read from
+		// older parts of it. The tail is the only copy in memory of what
+		// was written (direct writes leave nothing in the page cache)
+		// and costs no per-block bookkeeping, while older data that is
+		// read is in the page cache anyway (reads try it first), so the
+		// block cache only keeps what the kernel did not have. With the
+		// split at a half, 4 KiB random reads of a working set that fit
+		// the read cache went 175-197k IOPS, at three quarters 205-213k,
+		// and the VM boot mix 42-43k against 48-50k.
+		o.TailCache = o.CacheSize * 3 / 4
 		if o.CacheSize <= 0 {
 			o.TailCache = -1
 		}
