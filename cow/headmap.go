@@ -64,6 +64,21 @@ func newHeadMap(budget int64) *headMap {
 	return h
 }
 
+// bytes is the memory the head map's pages hold now.
+func (h *headMap) bytes() int64 {
+	if h == nil {
+		return 0
+	}
+	var n int64
+	for i := range h.shards {
+		s := &h.shards[i]
+		s.mu.RLock()
+		n += int64(len(s.pages))
+		s.mu.RUnlock()
+	}
+	return n * headPageBytes
+}
+
 func (h *headMap) shard(k pageKey) *headShard {
 	x := k.vol*0x9E3779B97F4A7C15 ^ k.page*0xBF58476D1CE4E5B9
 	return &h.shards[(x^x>>29)%headShards]

@@ -868,10 +868,19 @@ type Stats struct {
 	ReadAhead    int64       `json:"read_ahead_bytes"` // journal bytes hinted by read-ahead
 	AppliedSeq   uint64      `json:"applied_seq"`
 	IndexBytes   uint64      `json:"index_bytes"`
+	IndexMemory  IndexMemory `json:"index_memory"`
 	JournalError string      `json:"journal_error,omitempty"`
 	// Damaged lists records recovery found with damaged data blocks: they
 	// read as I/O errors; everything else serves (P8).
 	Damaged []cdp.Damage `json:"damaged,omitempty"`
+}
+
+// IndexMemory is what the block index holds in memory; --index-cache and
+// the memtable size bound it.
+type IndexMemory struct {
+	HeadMapBytes    int64  `json:"head_map_bytes"`    // head map pages present
+	MemTableBytes   uint64 `json:"memtable_bytes"`    // the index's memtables (written keys not yet in files)
+	BlockCacheBytes int64  `json:"block_cache_bytes"` // the index files' block cache
 }
 
 // Stats returns the pool's counters.
@@ -883,7 +892,9 @@ func (p *Pool) Stats() Stats {
 	n := len(p.byName)
 	p.vmu.RUnlock()
 	j := p.j.Load()
-	st := Stats{Volumes: n, Journal: j.Stats(), Cache: p.cache.Stats(), ReadAhead: p.prefetched.Load(), AppliedSeq: applied, IndexBytes: p.db.Metrics().DiskSpaceUsage()}
+	m := p.db.Metrics()
+	st := Stats{Volumes: n, Journal: j.Stats(), Cache: p.cache.Stats(), ReadAhead: p.prefetched.Load(), AppliedSeq: applied, IndexBytes: m.DiskSpaceUsage(),
+		IndexMemory: IndexMemory{HeadMapBytes: p.head.bytes(), MemTableBytes: m.MemTable.Size, BlockCacheBytes: m.BlockCache.Size}}
 	st.Cache.AddRecent(p.opts.CacheSize, j.TailBytes(), p.recentHits.Load())
 	st.Damaged = j.Damaged()
 	if err := j.Err(); err != nil {

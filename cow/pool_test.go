@@ -912,3 +912,28 @@ func TestDamagedBlockCostsOnlyItself(t *testing.T) {
 		t.Fatalf("rewritten block: %v", err)
 	}
 }
+
+// Stats report the index's memory: head map pages appear as volumes are
+// written and stay within the head map's share of IndexCacheSize.
+func TestIndexMemoryStats(t *testing.T) {
+	p, err := Open(Options{Dir: "data", FS: vfs.NewMem(), SegmentSize: 4 << 20, CheckpointInterval: -1, IndexCacheSize: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	v := mustVol(t, p, "a", 256<<20)
+	defer v.Close()
+	if n := p.Stats().IndexMemory.HeadMapBytes; n != 0 {
+		t.Fatalf("head map holds %d bytes before any write", n)
+	}
+	for off := int64(0); off < 256<<20; off += 64 << 10 {
+		if _, err := v.WriteAt(make([]byte, 4096), off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	im := p.Stats().IndexMemory
+	t.Logf("%+v", im)
+	if im.HeadMapBytes == 0 || im.HeadMapBytes > 4<<20 || im.MemTableBytes == 0 {
+		t.Fatalf("index memory %+v: want head map pages within the 3 MiB share and a memtable", im)
+	}
+}

@@ -270,7 +270,10 @@ the volumes and the connected NBD clients.`,
 			j := st.Pool.Journal
 			fmt.Printf("journal:  %s in %d segment(s), last seq %d, durable through %d, %d fsyncs\n",
 				units.FormatSize(j.Bytes), j.Segments, j.LastSeq, j.SyncedSeq, j.Fsyncs)
-			fmt.Printf("index:    %s, applied through seq %d\n", units.FormatSize(int64(st.Pool.IndexBytes)), st.Pool.AppliedSeq)
+			im := st.Pool.IndexMemory
+			fmt.Printf("index:    %s, applied through seq %d; in memory: head map %s, memtables %s, block cache %s\n",
+				units.FormatSize(int64(st.Pool.IndexBytes)), st.Pool.AppliedSeq, units.FormatSize(im.HeadMapBytes),
+				units.FormatSize(int64(im.MemTableBytes)), units.FormatSize(im.BlockCacheBytes))
 			if cs := st.Pool.Cache; cs.Enabled {
 				fmt.Printf("cache:    %s of %s, hit ratio %.1f%% (%d hits, %d misses), %d evictions\n",
 					units.FormatSize(cs.Bytes), units.FormatSize(cs.MaxBytes), 100*cs.HitRatio, cs.Hits, cs.Misses, cs.Evictions)
