@@ -42,7 +42,6 @@ const (
 type defragBits map[uint64]uint64
 
 func (d defragBits) set(x uint64)      { d[x/64] |= 1 << (x % 64) }
-func (d defragBits) has(x uint64) bool { return d[x/64]&(1<<(x%64)) != 0 }
 
 // markWritten notes that blocks [first, last] were written. Under the
 // pool's write lock.
