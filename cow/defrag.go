@@ -41,7 +41,7 @@ const (
 // defragBits marks extents of a volume, one bit each.
 type defragBits map[uint64]uint64
 
-func (d defragBits) set(x uint64)      { d[x/64] |= 1 << (x % 64) }
+func (d defragBits) set(x uint64) { d[x/64] |= 1 << (x % 64) }
 
 // markWritten notes that blocks [first, last] were written. Under the
 // pool's write lock.
