@@ -25,6 +25,9 @@ for round in $(seq "$ROUNDS"); do
   sleep "$SECS"
   JOURNAL=$(du -sb "$W/d/journal" | cut -f1)
   kill -9 "$SP"; wait "$SP" 2>/dev/null || true
+  # The clients lost their server; fio's rate limiter would spin on the dead
+  # connection instead of exiting.
+  kill -9 "$F1" "$F2" 2>/dev/null || true
   wait "$F1" "$F2" 2>/dev/null || true
   : > "$W/serve.log"
   s=$(date +%s.%N)

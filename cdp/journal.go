@@ -973,9 +973,25 @@ func (j *Journal) Stats() Stats {
 func (j *Journal) LastSeq() uint64 { return j.appended.Load() }
 
 // Close syncs and closes the journal.
-func (j *Journal) Close() error {
+//
+// A clean close also leaves proof that every record was durable: after the
+// final sync it starts an empty segment whose header names where the last
+// one's records end, as a rotation does. The next open so treats damage in
+// the newest record as damage (kept, its blocks read as I/O errors), never
+// as a torn tail to cut off; only a crash leaves a tail that may be torn.
+// The empty segment is reused by the next open.
+func (j *Journal) Close() error { return j.close(true) }
+
+// close closes the journal; mark: leave the proof above (tests simulate a
+// crash without it).
+func (j *Journal) close(mark bool) error {
 	err := j.Sync()
 	j.mu.Lock()
+	if cur := j.mu.cur; mark && err == nil && !j.mu.closed && cur != nil && cur.size > segmentHeaderSize {
+		if serr := j.startSegment(j.mu.nextSeq, cur); serr != nil {
+			err = fmt.Errorf("cdp: mark the clean end of the journal: %w", serr)
+		}
+	}
 	j.mu.closed = true
 	j.mu.Unlock()
 	j.t.Lock()

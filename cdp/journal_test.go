@@ -216,7 +216,7 @@ func TestTornTailIsCut(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			j.Close()
+			j.close(false) // a crash: no proof of a clean end
 			segs := segmentsOf(t, fs)
 			corrupt(t, fs, segs[0], 0, tc.cut)
 			got, err := collect(t, fs)
@@ -310,7 +310,7 @@ func TestUnsyncedGapIsTornTail(t *testing.T) {
 			j.Sync()
 		}
 	}
-	j.Close() // Close syncs, but the records' headers only prove 2 synced
+	j.close(false) // a crash after a sync that reached the disk: the records' headers only prove 2 synced
 	segs := segmentsOf(t, fs)
 	corrupt(t, fs, segs[0], 0, func(b []byte) []byte { b[locs[3].DataOffset(4)+17] ^= 1; return b })
 	got, err := collect(t, fs)
@@ -561,5 +561,62 @@ func TestDamageInOlderSegmentIsKept(t *testing.T) {
 	defer j.Close()
 	if d := j.Damaged(); n != 80 || len(d) != 1 || d[0].Seq != 4 || len(d[0].Blocks) != 1 || d[0].Blocks[0] != "8192" {
 		t.Fatalf("replayed %d records, damage %+v", n, d)
+	}
+}
+
+// After a clean close, the newest record is proven durable: damage to its
+// data is kept as damage (reported, its blocks unreadable), not cut off as
+// a torn tail, and its framing damaged refuses the open; after a crash the
+// same damage is a torn tail.
+func TestCleanCloseProvesTheEnd(t *testing.T) {
+	for _, clean := range []bool{true, false} {
+		fs := vfs.NewMem()
+		j := openMem(t, fs, 0, nil)
+		var last Location
+		for i := 0; i < 3; i++ {
+			loc, err := j.Append(writeRec(1, 0, byte(i), 1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			last = loc
+		}
+		if err := j.close(clean); err != nil {
+			t.Fatal(err)
+		}
+		segs := segmentsOf(t, fs)
+		if want := map[bool]int{true: 2, false: 1}[clean]; len(segs) != want {
+			t.Fatalf("clean=%v: %d segments after close, want %d", clean, len(segs), want)
+		}
+		corrupt(t, fs, segs[0], 0, func(b []byte) []byte { b[last.DataOffset(4)+9] ^= 1; return b })
+		var seqs []uint64
+		j, err := Open(Options{FS: fs, Dir: "j", SegmentSize: 1 << 20}, 0, func(r *Record, _ Location) error {
+			seqs = append(seqs, r.Seq)
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("clean=%v: open: %v", clean, err)
+		}
+		if clean {
+			if len(seqs) != 3 || len(j.Damaged()) != 1 || j.Damaged()[0].Seq != 3 {
+				t.Fatalf("after a clean close: replayed %v, damage %+v; want all 3 kept and record 3 damaged", seqs, j.Damaged())
+			}
+		} else if len(seqs) != 2 || len(j.Damaged()) != 0 {
+			t.Fatalf("after a crash: replayed %v, damage %+v; want the torn record 3 cut", seqs, j.Damaged())
+		}
+		// Reopening a cleanly closed journal reuses its empty segment.
+		if _, err := j.Append(writeRec(1, 0, 9, 1)); err != nil {
+			t.Fatal(err)
+		}
+		if err := j.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if clean {
+			// The framing of the newest record before the clean stop:
+			// corruption, refused, with nothing cut.
+			corrupt(t, fs, segs[0], 0, func(b []byte) []byte { b[last.Offset+40] ^= 1; return b })
+			if _, err := collect(t, fs); !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("damaged framing of a proven record: want ErrCorrupt, got %v", err)
+			}
+		}
 	}
 }

@@ -270,6 +270,10 @@ type Pool struct {
 		historyCut time.Time
 		// ship: replication targets' pins (replication.go).
 		ship map[string]ShipPin
+		// replaying: open is replaying the journal (index.go: writes
+		// leave the written count to a recount instead of looking up
+		// what each block held).
+		replaying bool
 	}
 	// gcMu: one garbage collection pass at a time.
 	gcMu   sync.Mutex
@@ -422,8 +426,10 @@ func (p *Pool) open() error {
 		DirectIO: p.opts.FS == vfs.Default, TailCache: p.opts.TailCache, ReserveAhead: p.opts.JournalReserve},
 		applied+1, func(r *cdp.Record, loc cdp.Location) error {
 			replayed++
+			p.wmu.replaying = true
 			return p.applyLocked(r, loc)
 		})
+	p.wmu.replaying = false
 	if err != nil {
 		p.db.Close()
 		return fmt.Errorf("cow: open journal: %w", err)
@@ -433,8 +439,10 @@ func (p *Pool) open() error {
 		// (the pool had already failed). The journal is the truth.
 		j.Close()
 		p.db.Close()
-		return fmt.Errorf("%w: the index has applied sequence %d but the journal ends at %d; if the journal still starts at sequence 1, move %s aside to rebuild the index from it",
-			cdp.ErrCorrupt, p.wmu.applied, last, p.indexDir())
+		return fmt.Errorf("%w: the index has applied records up to sequence %d but the journal ends at %d: records %d..%d are missing from the journal "+
+			"(damage near its end; the log says where). Opening would serve volumes without them, so the pool stays closed. "+
+			"Keep the journal and the index (%s) as they are, and restore the data directory from a backup or promote a replica",
+			cdp.ErrCorrupt, p.wmu.applied, last, last+1, p.wmu.applied, p.indexDir())
 	}
 	p.j.Store(j)
 	if replayed > 0 {
@@ -663,11 +671,15 @@ type VolumeInfo struct {
 	ReadOnly bool `json:"read_only,omitempty"`
 	// Replica links a replica to its source.
 	Replica *ReplicaState `json:"replica,omitempty"`
+	// Recounting: Written is being recounted in the background (after
+	// recovery, a clone or a rollback) and is not exact until then.
+	Recounting bool `json:"written_recounting,omitempty"`
 }
 
 func (p *Pool) infoLocked(v *volState) VolumeInfo {
-	return VolumeInfo{Name: v.name, ID: v.id, Size: v.size.Load(), Written: v.written * cdp.BlockSize,
-		Created: time.Unix(0, v.created).UTC(), Handles: v.handles.Load(), ReadOnly: v.meta.ReadOnly, Replica: v.meta.Replica.clone()}
+	return VolumeInfo{Name: v.name, ID: v.id, Size: v.size.Load(), Written: max(v.written, 0) * cdp.BlockSize,
+		Created: time.Unix(0, v.created).UTC(), Handles: v.handles.Load(), ReadOnly: v.meta.ReadOnly, Replica: v.meta.Replica.clone(),
+		Recounting: v.meta.WrittenStale}
 }
 
 // Volumes lists the volumes, by name.

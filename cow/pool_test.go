@@ -276,9 +276,14 @@ func checkModel(t *testing.T, p *Pool, handles map[string]*Volume, m model, when
 				}
 			}
 		}
-		// Written accounting matches the data blocks' count, and block
-		// status never calls a block with non-zero bytes a zero/hole.
+		// Written accounting matches the data blocks' count (once a
+		// background recount, after a replay, is done), and block status
+		// never calls a block with non-zero bytes a zero/hole.
 		info, _ := p.VolumeInfo(n)
+		for deadline := time.Now().Add(10 * time.Second); info.Recounting && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+			info, _ = p.VolumeInfo(n)
+		}
 		ext, err := h.BlockStatus(0, h.Size())
 		if err != nil {
 			t.Fatal(err)

@@ -162,7 +162,7 @@ a multiple of 4 KiB. The volume is served at once as NBD export NAME.`,
 						if v.ReadOnly {
 							mode = "ro"
 						}
-						fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\n", v.Name, units.FormatSize(v.Size), units.FormatSize(v.Written), v.Handles, mode, v.Created.Format(time.RFC3339))
+						fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\n", v.Name, units.FormatSize(v.Size), writtenText(v), v.Handles, mode, v.Created.Format(time.RFC3339))
 					}
 					return w.Flush()
 				},
@@ -329,4 +329,12 @@ the volumes and the connected NBD clients.`,
 			return nil
 		},
 	}
+}
+
+// writtenText is a volume's written bytes, marked while they are recounted.
+func writtenText(v control.VolumeInfo) string {
+	if v.Recounting {
+		return units.FormatSize(v.Written) + " (counting)"
+	}
+	return units.FormatSize(v.Written)
 }
