@@ -303,6 +303,12 @@ type Pool struct {
 	recentHits atomic.Uint64
 	// prefetched counts bytes of journal hinted by read-ahead.
 	prefetched atomic.Int64
+	// readDamage counts reads that found a block failing its checksum
+	// (each answered with an I/O error); damageLog limits the log to
+	// one line a block.
+	readDamage atomic.Int64
+	damageMu   sync.Mutex
+	damageLog  map[[2]uint64]bool
 
 	stop chan struct{}
 	done chan struct{}
@@ -881,6 +887,10 @@ type Stats struct {
 	AppliedSeq   uint64      `json:"applied_seq"`
 	IndexBytes   uint64      `json:"index_bytes"`
 	IndexMemory  IndexMemory `json:"index_memory"`
+	// ReadDamaged counts reads since the pool opened that found a block
+	// failing its checksum (answered with an I/O error; the log names
+	// each block once). Damage recovery met is in Damaged.
+	ReadDamaged int64 `json:"read_damaged_blocks,omitempty"`
 	JournalError string      `json:"journal_error,omitempty"`
 	// Damaged lists records recovery found with damaged data blocks: they
 	// read as I/O errors; everything else serves (P8).
@@ -906,7 +916,8 @@ func (p *Pool) Stats() Stats {
 	j := p.j.Load()
 	m := p.db.Metrics()
 	st := Stats{Volumes: n, Journal: j.Stats(), Cache: p.cache.Stats(), ReadAhead: p.prefetched.Load(), AppliedSeq: applied, IndexBytes: m.DiskSpaceUsage(),
-		IndexMemory: IndexMemory{HeadMapBytes: p.head.bytes(), MemTableBytes: m.MemTable.Size, BlockCacheBytes: m.BlockCache.Size}}
+		IndexMemory: IndexMemory{HeadMapBytes: p.head.bytes(), MemTableBytes: m.MemTable.Size, BlockCacheBytes: m.BlockCache.Size},
+		ReadDamaged: p.readDamage.Load()}
 	st.Cache.AddRecent(p.opts.CacheSize, j.TailBytes(), p.recentHits.Load())
 	st.Damaged = j.Damaged()
 	if err := j.Err(); err != nil {

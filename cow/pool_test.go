@@ -461,6 +461,10 @@ func TestChecksumMismatchIsEIO(t *testing.T) {
 	if _, err := v.ReadAt(make([]byte, 4096), 0); !errors.Is(err, blockdev.ErrIO) {
 		t.Fatalf("want ErrIO on a checksum mismatch, got %v", err)
 	}
+	v.ReadAt(make([]byte, 4096), 0)
+	if n := p.Stats().ReadDamaged; n != 2 {
+		t.Fatalf("stats count %d damaged reads, want 2", n)
+	}
 	p.Close()
 }
 

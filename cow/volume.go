@@ -324,6 +324,7 @@ func (p *Pool) readJournal(v *volState, es []entry, blocks []uint64, dst []byte,
 	for m := range es {
 		blk := dst[m*bs : (m+1)*bs]
 		if cdp.Checksum(blk) != es[m].crc {
+			p.noteReadDamage(v, blocks[m], es[m])
 			return fmt.Errorf("%w: checksum mismatch in volume %q block %d (journal segment %d offset %d)", blockdev.ErrIO, v.name, blocks[m], es[m].seg, es[m].off)
 		}
 		if useCache && !cached {
@@ -625,4 +626,22 @@ func (h *Volume) BlockStatus(off, length int64) ([]blockdev.Extent, error) {
 		add(off+length, blockdev.ExtentHole|blockdev.ExtentZero)
 	}
 	return out, nil
+}
+
+// noteReadDamage counts a read that found block b of v failing its checksum
+// and logs each such block once (at most 1024 of them).
+func (p *Pool) noteReadDamage(v *volState, b uint64, e entry) {
+	p.readDamage.Add(1)
+	p.damageMu.Lock()
+	defer p.damageMu.Unlock()
+	k := [2]uint64{e.seg, uint64(e.off)}
+	if p.damageLog[k] || len(p.damageLog) >= 1024 {
+		return
+	}
+	if p.damageLog == nil {
+		p.damageLog = map[[2]uint64]bool{}
+	}
+	p.damageLog[k] = true
+	p.opts.Logger.Warn("damaged block: its checksum fails, reads of it get an I/O error until it is rewritten or restored",
+		"volume", v.name, "offset", b*bs, "segment", e.seg, "segment_offset", e.off, "seq", e.seq)
 }

@@ -42,6 +42,7 @@ func (d *Daemon) metrics(w http.ResponseWriter, req *http.Request) {
 	metric("strata_journal_fsyncs_total", "counter", "Journal fsyncs (group commits).", j.Fsyncs)
 	metric("strata_journal_damaged_blocks", "gauge", "Blocks found damaged when the pool opened; they read as I/O errors.", j.DamagedBlocks)
 	metric("strata_index_bytes", "gauge", "Block index size on disk.", st.IndexBytes)
+	metric("strata_read_damaged_blocks_total", "counter", "Reads since start that found a block failing its checksum (answered with an I/O error).", uint64(st.ReadDamaged))
 	metric("strata_index_memory_bytes", "gauge", "Block index memory: head map pages, memtables, index block cache.",
 		uint64(st.IndexMemory.HeadMapBytes)+st.IndexMemory.MemTableBytes+uint64(st.IndexMemory.BlockCacheBytes))
 	failed := 0

@@ -34,8 +34,8 @@ func flipInJournal(t *testing.T, dir string, pat byte) bool {
 // newest flushed record after a clean stop. The pool opens (the clean stop
 // proved that record durable, so it is not cut as a torn tail), that block
 // reads as an I/O error (its checksum), the others read as written, and a
-// rewrite heals it. (Recovery does not rescan records the index already
-// holds, so status lists only damage recovery met; a scrub would find this.)
+// rewrite heals it; status reports the damaged read. (Recovery does not
+// rescan records the index already holds; a scrub would find it first.)
 func TestE2EDamagedNewestRecordAfterCleanStop(t *testing.T) {
 	need(t, "qemu-io")
 	s := startServer(t)
@@ -50,6 +50,9 @@ func TestE2EDamagedNewestRecordAfterCleanStop(t *testing.T) {
 		t.Fatalf("the damaged block read without an error: %s", r)
 	}
 	mustQemuIO(t, s.uri("d"), "read -P 0x11 0 64k", "read -P 0 2M 4k")
+	if st := s.mustCLI("status"); !strings.Contains(st, "DAMAGED:") || !strings.Contains(st, "failing its checksum") {
+		t.Fatalf("status does not report the damaged read:\n%s", st)
+	}
 	// Rewriting the block heals it; the pool takes writes.
 	mustQemuIO(t, s.uri("d"), "write -P 0x6d 1M 4k", "flush", "read -P 0x6d 1M 4k")
 }

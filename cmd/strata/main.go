@@ -287,6 +287,9 @@ the volumes and the connected NBD clients.`,
 				fmt.Printf("DAMAGED:  %d block(s) of %s record %d (volume id %d, segment %d offset %d) read as I/O errors; first at byte %s; rewrite or restore them\n",
 					len(d.Blocks), d.Kind, d.Seq, d.Volume, d.Segment, d.Offset, d.Blocks[0])
 			}
+			if n := st.Pool.ReadDamaged; n > 0 {
+				fmt.Printf("DAMAGED:  %d read(s) since start found a block failing its checksum (answered with I/O errors; the log names each block); rewrite or restore them\n", n)
+			}
 			var written, size int64
 			for _, v := range st.Volumes {
 				written += v.Written
