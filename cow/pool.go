@@ -880,18 +880,18 @@ func (p *Pool) FsyncLatency() cdp.FsyncStats { return p.j.Load().FsyncLatency() 
 
 // Stats describe the pool.
 type Stats struct {
-	Volumes      int         `json:"volumes"`
-	Journal      cdp.Stats   `json:"journal"`
-	Cache        cache.Stats `json:"cache"`
-	ReadAhead    int64       `json:"read_ahead_bytes"` // journal bytes hinted by read-ahead
-	AppliedSeq   uint64      `json:"applied_seq"`
-	IndexBytes   uint64      `json:"index_bytes"`
-	IndexMemory  IndexMemory `json:"index_memory"`
+	Volumes     int         `json:"volumes"`
+	Journal     cdp.Stats   `json:"journal"`
+	Cache       cache.Stats `json:"cache"`
+	ReadAhead   int64       `json:"read_ahead_bytes"` // journal bytes hinted by read-ahead
+	AppliedSeq  uint64      `json:"applied_seq"`
+	IndexBytes  uint64      `json:"index_bytes"`
+	IndexMemory IndexMemory `json:"index_memory"`
 	// ReadDamaged counts reads since the pool opened that found a block
 	// failing its checksum (answered with an I/O error; the log names
 	// each block once). Damage recovery met is in Damaged.
-	ReadDamaged int64 `json:"read_damaged_blocks,omitempty"`
-	JournalError string      `json:"journal_error,omitempty"`
+	ReadDamaged  int64  `json:"read_damaged_blocks,omitempty"`
+	JournalError string `json:"journal_error,omitempty"`
 	// Damaged lists records recovery found with damaged data blocks: they
 	// read as I/O errors; everything else serves (P8).
 	Damaged []cdp.Damage `json:"damaged,omitempty"`
