@@ -148,11 +148,20 @@ func (p *Pool) defragVolume(ctx context.Context, v *volState, exts []uint64, bud
 		return nil
 	}
 	es := make([]liveBlock, 0, defragExtent)
-	for _, x := range exts {
+	for i, x := range exts {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if budget > 0 && st.bytes >= budget {
+		if budget > 0 && st.bytes+int64(len(batch))*cdp.BlockSize >= budget {
+			// Out of budget: the rest waits for a later pass.
+			v.usedMu.Lock()
+			if v.fragNow == nil {
+				v.fragNow = defragBits{}
+			}
+			for _, y := range exts[i:] {
+				v.fragNow.set(y)
+			}
+			v.usedMu.Unlock()
 			break
 		}
 		first := x << defragExtentShift

@@ -223,3 +223,42 @@ func TestDefragLeavesDamageInPlace(t *testing.T) {
 		}
 	}
 }
+
+// A pass that runs out of its budget leaves the rest of the quiet extents
+// for a later pass instead of forgetting them.
+func TestDefragBudgetCarriesOver(t *testing.T) {
+	fs := vfs.NewMem()
+	p, err := Open(Options{Dir: "data", FS: fs, SegmentSize: 1 << 20, CheckpointInterval: -1, CacheSize: 1 << 20, GCInterval: -1, GCBatchBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	v := mustVol(t, p, "vol", 3<<20)
+	defer v.Close()
+	rng := rand.New(rand.NewPCG(5, 6))
+	for x := 0; x < 3; x++ {
+		for _, b := range rng.Perm(defragExtent) {
+			if _, err := v.WriteAt(fill(byte(b), bs), int64(x*defragExtent+b)*bs); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	ctx := context.Background()
+	moved := int64(0)
+	for pass := 0; pass < 8 && moved < 3; pass++ {
+		st, err := p.gc(ctx, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.ExtentsRewritten > 1 {
+			t.Fatalf("pass %d rewrote %d extents with a 1 MiB budget", pass, st.ExtentsRewritten)
+		}
+		moved += st.ExtentsRewritten
+	}
+	if moved != 3 {
+		t.Fatalf("rewrote %d of 3 fragmented extents in 8 passes: the budget dropped some", moved)
+	}
+	if n := maxPieces(t, p, v); n != 1 {
+		t.Fatalf("an extent is still in %d pieces", n)
+	}
+}
