@@ -26,8 +26,10 @@ for round in $(seq "$ROUNDS"); do
   JOURNAL=$(du -sb "$W/d/journal" | cut -f1)
   kill -9 "$SP"; wait "$SP" 2>/dev/null || true
   # The clients lost their server; fio's rate limiter would spin on the dead
-  # connection instead of exiting.
+  # connection instead of exiting. fio runs each job in a child process:
+  # kill every fio of this run (they name its socket).
   kill -9 "$F1" "$F2" 2>/dev/null || true
+  pkill -9 -f "$W/d/nbd.sock" 2>/dev/null || true
   wait "$F1" "$F2" 2>/dev/null || true
   : > "$W/serve.log"
   s=$(date +%s.%N)
