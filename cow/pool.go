@@ -428,11 +428,11 @@ func (p *Pool) open() error {
 	replayed := 0
 	p.wmu.Lock()
 	defer p.wmu.Unlock()
+	p.wmu.replaying = true
 	j, err := cdp.Open(cdp.Options{FS: p.opts.FS, Dir: p.journalDir(), SegmentSize: p.opts.SegmentSize, Logger: p.opts.Logger, Now: p.opts.Now,
 		DirectIO: p.opts.FS == vfs.Default, TailCache: p.opts.TailCache, ReserveAhead: p.opts.JournalReserve},
 		applied+1, func(r *cdp.Record, loc cdp.Location) error {
 			replayed++
-			p.wmu.replaying = true
 			return p.applyLocked(r, loc)
 		})
 	p.wmu.replaying = false
