@@ -2,7 +2,6 @@ package nbd
 
 import (
 	"encoding/binary"
-	"io"
 	"net"
 )
 
@@ -29,6 +28,11 @@ import (
 // the reader waits for the client would deadlock a client that waits for
 // that reply.
 //
+// To flush is to seal the buffer into the send queue and send it, or leave
+// it to the goroutine sending at that moment (sendLocked, below), which
+// sends everything queued before it stops: nothing sealed waits without a
+// sender.
+//
 // A READ reply still goes out only after its data was read: the reader's
 // inline reads put data into the buffer before the header is committed, and
 // workers write a reply only once the device call returned.
@@ -44,30 +48,22 @@ const maxFastRead = 64 << 10
 // compile).
 var _ [replyBufSize - structuredHeaderLen - 8 - maxFastRead]struct{}
 
-// replyBuf gathers replies for one write to the connection. It is not safe
-// for concurrent use: the connection guards it with wmu.
+// maxCopied is the largest payload copied into the reply buffer; a larger
+// one (a big READ's data) goes to the socket from its own buffer.
+const maxCopied = maxFastRead
+
+// spareBufs bounds the empty reply buffers a connection keeps for reuse.
+const spareBufs = 4
+
+// replyBuf gathers small replies for one write to the connection. It is not
+// safe for concurrent use: the connection guards it with wmu.
 type replyBuf struct {
-	w   io.Writer
-	buf []byte // replies not yet written; cap(buf) is the size
-	vec net.Buffers
-	iov [2][]byte // backing array of vec, so writev does not allocate
+	buf []byte // cap(buf) is the size
 }
 
-func newReplyBuf(w io.Writer) *replyBuf {
-	return &replyBuf{w: w, buf: make([]byte, 0, replyBufSize)}
-}
+func newReplyBuf() *replyBuf { return &replyBuf{buf: make([]byte, 0, replyBufSize)} }
 
-// flush writes out the buffered replies.
-func (b *replyBuf) flush() error {
-	if len(b.buf) == 0 {
-		return nil
-	}
-	_, err := b.w.Write(b.buf)
-	b.buf = b.buf[:0]
-	return err
-}
-
-// free is how many bytes fit before the buffer must be flushed.
+// free is how many bytes fit before the buffer must be sealed.
 func (b *replyBuf) free() int { return cap(b.buf) - len(b.buf) }
 
 // reserve returns the next n free bytes (n <= free()) for the caller to fill
@@ -77,28 +73,88 @@ func (b *replyBuf) reserve(n int) []byte { return b.buf[len(b.buf) : len(b.buf)+
 // commit appends the first n bytes of the space reserve returned.
 func (b *replyBuf) commit(n int) { b.buf = b.buf[:len(b.buf)+n] }
 
-// write appends p. A p larger than the buffer is not copied: it goes out at
-// once with what is buffered, in one writev.
-func (b *replyBuf) write(p []byte) error {
-	if len(p) <= b.free() {
-		b.buf = append(b.buf, p...)
-		return nil
+// segment is a piece of the reply stream waiting to be sent: a sealed
+// buffer of small replies, or the data of one large READ, which goes back
+// to its pool, and its cost to the limiter, once sent.
+type segment struct {
+	small *replyBuf
+	data  *[]byte
+	cost  int64
+}
+
+// Sending. Replies are sealed into a queue of segments under wmu, and the
+// goroutine that finds nobody sending becomes the sender: it takes the
+// whole queue, writes it with one writev without holding wmu, and repeats
+// until the queue is empty. A goroutine that seals while another sends
+// leaves at once; the sender takes its segment on its next round. So a
+// worker writing a 1 MiB reply no longer holds wmu while the socket takes
+// it: the reader keeps answering small READs into the next buffer (the VM
+// boot mix, 1 MiB reads among small ones, idled the machine about 20%
+// waiting on wmu), and at queue depth 1 the goroutine that replied sends
+// its own reply, with no handoff.
+
+// sealLocked moves the small replies gathered in out to the queue and
+// starts an empty buffer; under wmu.
+func (c *conn) sealLocked() {
+	if len(c.out.buf) == 0 {
+		return
 	}
-	if len(p) < cap(b.buf) {
-		if err := b.flush(); err != nil {
-			return err
+	c.queue = append(c.queue, segment{small: c.out})
+	if n := len(c.spare); n > 0 {
+		c.out, c.spare = c.spare[n-1], c.spare[:n-1]
+	} else {
+		c.out = newReplyBuf()
+	}
+	c.unflushed.Store(false)
+}
+
+// sendLocked sends the queue unless another goroutine is sending it; under
+// wmu, which it releases while it writes.
+func (c *conn) sendLocked() {
+	if c.sending || len(c.queue) == 0 {
+		return
+	}
+	c.sending = true
+	for len(c.queue) > 0 {
+		batch := c.queue
+		c.queue = c.sent[:0]
+		werr := c.werr
+		c.wmu.Unlock()
+		if werr == nil {
+			vec := c.vec[:0]
+			for _, s := range batch {
+				if s.small != nil {
+					vec = append(vec, s.small.buf)
+				} else {
+					vec = append(vec, *s.data)
+				}
+			}
+			c.vec = vec
+			bufs := net.Buffers(vec) // WriteTo consumes its receiver
+			_, werr = bufs.WriteTo(c.w)
+			clear(vec)
 		}
-		b.buf = append(b.buf, p...)
-		return nil
+		for i := range batch {
+			if batch[i].data != nil {
+				putBuf(batch[i].data)
+				c.lim.release(batch[i].cost)
+			}
+		}
+		c.wmu.Lock()
+		if werr != nil && c.werr == nil {
+			c.werr = werr
+			c.nc.Close()
+		}
+		for i, s := range batch {
+			if s.small != nil && len(c.spare) < spareBufs {
+				s.small.buf = s.small.buf[:0]
+				c.spare = append(c.spare, s.small)
+			}
+			batch[i] = segment{}
+		}
+		c.sent = batch
 	}
-	if len(b.buf) == 0 {
-		_, err := b.w.Write(p)
-		return err
-	}
-	b.vec = append(b.iov[:0], b.buf, p)
-	_, err := b.vec.WriteTo(b.w)
-	b.buf = b.buf[:0]
-	return err
+	c.sending = false
 }
 
 // readerIdle is called by the reader before a call that may block: from now
@@ -133,25 +189,29 @@ func (c *conn) endReply() {
 	c.wmu.Unlock()
 }
 
-// flushLocked writes out the buffered replies; under wmu. A write error
-// closes the connection, and later replies are dropped.
+// flushLocked sends the gathered replies (or leaves them to the goroutine
+// sending now); under wmu. A write error closes the connection, and later
+// replies are dropped.
 func (c *conn) flushLocked() {
-	if c.werr == nil {
-		if c.werr = c.out.flush(); c.werr != nil {
-			c.nc.Close()
-		}
-	}
-	c.unflushed.Store(false)
+	c.sealLocked()
+	c.sendLocked()
 }
 
-// write appends p to the replies; under wmu.
+// write appends a small reply part p (at most maxCopied bytes) to out;
+// under wmu.
 func (c *conn) write(p []byte) {
-	if c.werr != nil || len(p) == 0 {
-		return
+	if len(p) > c.out.free() {
+		c.sealLocked()
 	}
-	if c.werr = c.out.write(p); c.werr != nil {
-		c.nc.Close()
-	}
+	c.out.buf = append(c.out.buf, p...)
+}
+
+// writeData queues a large READ's data after its header, handing buf (and
+// its cost in the limiter) to the sender, and sends; under wmu.
+func (c *conn) writeData(buf *[]byte, cost int64) {
+	c.sealLocked()
+	c.queue = append(c.queue, segment{data: buf, cost: cost})
+	c.sendLocked()
 }
 
 // replyError sends an error reply: a structured error chunk when structured

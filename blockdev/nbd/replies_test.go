@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"path/filepath"
 	"runtime/debug"
@@ -408,53 +409,145 @@ func TestServeWithoutSyscallConn(t *testing.T) {
 	}
 }
 
-// recorder is an io.Writer that keeps each write.
-type recorder struct{ writes [][]byte }
+// recorder is an io.Writer that keeps each write; a write of more than
+// gateAt bytes waits for gate to be closed (nil: no wait).
+type recorder struct {
+	mu      sync.Mutex
+	writes  [][]byte
+	gateAt  int
+	gate    chan struct{}
+	entered chan struct{}
+}
 
 func (r *recorder) Write(p []byte) (int, error) {
+	if r.gate != nil && len(p) > r.gateAt {
+		close(r.entered)
+		<-r.gate
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.writes = append(r.writes, bytes.Clone(p))
 	return len(p), nil
 }
 
-// TestReplyBuf covers each way a reply enters the buffer: appended, after a
-// flush when it does not fit, straight through when larger than the buffer,
-// and reserved then committed. The bytes come out in order.
-func TestReplyBuf(t *testing.T) {
+func (r *recorder) bytes() []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return bytes.Join(r.writes, nil)
+}
+
+// sendConn is a connection with only what the reply path uses.
+func sendConn(w io.Writer) *conn {
+	a, _ := net.Pipe()
+	return &conn{nc: a, w: w, out: newReplyBuf(), lim: newLimiter(8, 64<<20)}
+}
+
+// TestReplySend covers each way a reply enters the stream: copied into the
+// buffer, sealed when it does not fit, and a large payload handed over
+// without a copy, returned to the limiter once sent. The bytes come out in
+// order, small buffers are reused.
+func TestReplySend(t *testing.T) {
 	var rec recorder
-	b := newReplyBuf(&rec)
+	c := sendConn(&rec)
 	var want []byte
 	put := func(p []byte) {
-		if err := b.write(p); err != nil {
-			t.Fatal(err)
-		}
+		c.write(p)
 		want = append(want, p...)
 	}
-	put(pattern(100, 1))
-	put(pattern(replyBufSize-50, 2)) // does not fit: flush, then buffered
-	if len(rec.writes) != 1 || len(rec.writes[0]) != 100 {
-		t.Fatalf("writes %d", len(rec.writes))
+	c.wmu.Lock()
+	put(pattern(2000, 1))
+	put(pattern(maxCopied, 2))
+	put(pattern(maxCopied, 3)) // does not fit: the first buffer is sealed
+	if len(c.queue) != 1 || len(rec.writes) != 0 {
+		t.Fatalf("%d segments queued, %d writes: want 1, 0", len(c.queue), len(rec.writes))
 	}
-	put(pattern(2*replyBufSize, 3)) // larger than the buffer: out with it
-	if len(rec.writes) != 3 || b.free() != replyBufSize {
-		t.Fatalf("%d writes, %d free after a large reply", len(rec.writes), b.free())
+	c.lim.acquire(1 << 20)
+	data := getBuf(1 << 20)
+	copy(*data, pattern(1<<20, 4))
+	want = append(want, *data...)
+	c.writeData(data, 1<<20) // seals and sends the queue: three segments (one writev on a socket)
+	if len(rec.writes) != 3 || len(c.queue) != 0 || c.sending {
+		t.Fatalf("%d writes, %d queued, sending %v", len(rec.writes), len(c.queue), c.sending)
 	}
-	put(pattern(replyBufSize+1, 4)) // larger, empty buffer: straight through
-	if len(rec.writes) != 4 || b.free() != replyBufSize {
-		t.Fatalf("%d writes, %d free after a large reply", len(rec.writes), b.free())
+	if c.lim.reqs != 0 || c.lim.bytes != 0 {
+		t.Fatalf("limiter holds %d requests, %d bytes after the data was sent", c.lim.reqs, c.lim.bytes)
 	}
-	p := b.reserve(10)
+	if len(c.spare) != 2 {
+		t.Fatalf("%d spare buffers after sending two, want 2", len(c.spare))
+	}
+	p := c.out.reserve(10)
 	copy(p, "0123456789")
-	b.commit(8)
+	c.out.commit(8)
 	want = append(want, "01234567"...)
 	put(pattern(5, 5))
-	if err := b.flush(); err != nil {
-		t.Fatal(err)
+	c.flushLocked()
+	c.flushLocked()
+	c.wmu.Unlock()
+	if len(rec.writes) != 4 {
+		t.Fatalf("%d writes, want 4 (an empty flush writes nothing)", len(rec.writes))
 	}
-	if err := b.flush(); err != nil || len(rec.writes) != 5 {
-		t.Fatalf("an empty flush wrote: %d writes, %v", len(rec.writes), err)
-	}
-	if got := bytes.Join(rec.writes, nil); !bytes.Equal(got, want) {
+	if !bytes.Equal(rec.bytes(), want) {
 		t.Fatal("bytes out differ from bytes in")
+	}
+}
+
+// While one goroutine sends a large reply into a socket that does not take
+// it, others still add replies: they wait for wmu only as long as it takes
+// to copy them, not for the socket. The sender sends them when it is done.
+func TestReplySendDoesNotBlockOthers(t *testing.T) {
+	rec := recorder{gateAt: replyBufSize, gate: make(chan struct{}), entered: make(chan struct{})}
+	c := sendConn(&rec)
+	c.lim.acquire(1 << 20)
+	data := getBuf(1 << 20)
+	copy(*data, pattern(1<<20, 9))
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		c.beginReply()
+		c.write([]byte("header"))
+		c.writeData(data, 1<<20)
+		c.endReply()
+	}()
+	<-rec.entered // the sender is in write(2), without wmu
+	replied := make(chan struct{})
+	go func() {
+		defer close(replied)
+		c.idle.Store(true) // as when the reader waits for the client: replies flush themselves
+		c.beginReply()
+		c.write([]byte("small reply"))
+		c.endReply()
+	}()
+	select {
+	case <-replied:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a small reply waited for the socket behind a large one")
+	}
+	close(rec.gate)
+	<-sent
+	want := append(append([]byte("header"), pattern(1<<20, 9)...), "small reply"...)
+	if !bytes.Equal(rec.bytes(), want) {
+		t.Fatalf("got %d bytes, want %d in order", len(rec.bytes()), len(want))
+	}
+}
+
+// A write error closes the connection; later replies are dropped, and the
+// data handed over is still returned to the limiter.
+func TestReplySendError(t *testing.T) {
+	a, b := net.Pipe()
+	b.Close()
+	c := &conn{nc: a, w: a, out: newReplyBuf(), lim: newLimiter(8, 64<<20)}
+	c.lim.acquire(1 << 20)
+	c.wmu.Lock()
+	c.write([]byte("reply"))
+	c.writeData(getBuf(1<<20), 1<<20)
+	c.write([]byte("later"))
+	c.flushLocked()
+	c.wmu.Unlock()
+	if c.werr == nil {
+		t.Fatal("no write error recorded")
+	}
+	if c.lim.reqs != 0 || c.lim.bytes != 0 {
+		t.Fatalf("limiter holds %d requests, %d bytes", c.lim.reqs, c.lim.bytes)
 	}
 }
 

@@ -358,9 +358,14 @@ type conn struct {
 	idle      atomic.Bool
 	unflushed atomic.Bool
 	wmu       sync.Mutex
-	out       *replyBuf // under wmu
-	whdr      [32]byte  // reply header scratch, under wmu
-	werr      error     // first write error, under wmu
+	out       *replyBuf   // small replies being gathered, under wmu
+	queue     []segment   // sealed, waiting to be sent, under wmu
+	sent      []segment   // the last batch sent (its backing array is reused), under wmu
+	spare     []*replyBuf // empty buffers for out, under wmu
+	sending   bool        // a goroutine sends the queue (sendLocked), under wmu
+	vec       net.Buffers // the sender's writev vector
+	whdr      [32]byte    // reply header scratch, under wmu
+	werr      error       // first write error, under wmu
 }
 
 func (s *Server) newConn(nc net.Conn) *conn {

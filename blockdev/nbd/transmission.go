@@ -15,7 +15,7 @@ import (
 // connection was stopped or broke) and every request in flight has replied.
 // See replies.go for when the replies it and the workers queue are flushed.
 func (c *conn) transmit() {
-	c.out = newReplyBuf(c.w)
+	c.out = newReplyBuf()
 	c.bw = nil   // the handshake's writer; replies go through c.out
 	c.sock.c = c // reads that would block flush the replies first
 	defer func() {
@@ -170,7 +170,9 @@ func (c *conn) handle(req request, buf *[]byte, cost int64) {
 			c.nc.Close()
 		}
 		putBuf(buf)
-		c.lim.release(cost)
+		if cost >= 0 {
+			c.lim.release(cost)
+		}
 		c.running.Done()
 	}()
 	off := int64(req.off) // check bounded it by the export size
@@ -178,7 +180,9 @@ func (c *conn) handle(req request, buf *[]byte, cost int64) {
 	var err error
 	switch req.typ {
 	case cmdRead:
-		c.handleRead(&req)
+		if c.handleRead(&req, cost) {
+			cost = -1 // the sender releases it with the data
+		}
 		return
 	case cmdBlockStatus:
 		c.handleBlockStatus(&req)
@@ -233,7 +237,8 @@ func (c *conn) tryReadLocked(req *request) (bool, error) {
 	h := c.readHeaderLen()
 	n := h + int(req.length)
 	if c.out.free() < n {
-		c.flushLocked()
+		c.sealLocked()
+		defer c.sendLocked() // before endReply
 	}
 	if c.werr != nil {
 		return true, nil // the connection is closing; the reply would be dropped
@@ -269,47 +274,63 @@ const inlineFlush = 8 * (structuredHeaderLen + 8 + 4096)
 func (c *conn) readLoneInline(req *request, cost int64) bool {
 	buf := getBuf(req.length)
 	ok, err := c.fast.TryReadAt(*buf, int64(req.off))
-	switch {
-	case err != nil:
-		c.replyDeviceError(req, err)
-	case ok:
-		c.beginReply()
-		c.putReadHeader(c.whdr[:], req)
-		c.write(c.whdr[:c.readHeaderLen()])
-		c.write(*buf)
-		c.endReply()
+	if err == nil && ok {
+		if !c.replyRead(req, buf, cost) {
+			putBuf(buf)
+			c.lim.release(cost)
+		}
+		return true
 	}
 	putBuf(buf)
-	if ok || err != nil {
+	if err != nil {
+		c.replyDeviceError(req, err)
 		c.lim.release(cost)
 	}
-	return ok || err != nil
+	return err != nil
 }
 
-func (c *conn) handleRead(req *request) {
+// replyRead sends a successful READ reply carrying *buf. A small payload is
+// copied into the reply buffer; a large one is handed to the sender with
+// its cost, which then returns both (reported true).
+func (c *conn) replyRead(req *request, buf *[]byte, cost int64) bool {
+	c.beginReply()
+	defer c.endReply()
+	c.putReadHeader(c.whdr[:], req)
+	c.write(c.whdr[:c.readHeaderLen()])
+	if len(*buf) <= maxCopied {
+		c.write(*buf)
+		return false
+	}
+	c.writeData(buf, cost)
+	return true
+}
+
+// handleRead serves a READ on a worker; it reports whether it handed its
+// buffer and cost to the sender (replyRead).
+func (c *conn) handleRead(req *request, cost int64) bool {
 	buf := getBuf(req.length)
-	defer putBuf(buf)
 	if buf == nil {
 		c.beginReply()
 		defer c.endReply()
 		if !c.structured {
 			putSimple(c.whdr[:], req.handle, 0)
 			c.write(c.whdr[:simpleReplyLen])
-			return
+			return false
 		}
 		putChunk(c.whdr[:], req.handle, replyFlagDone, replyTypeNone, 0)
 		c.write(c.whdr[:structuredHeaderLen])
-		return
+		return false
 	}
 	if _, err := c.exp.ReadAt(*buf, int64(req.off)); err != nil {
+		putBuf(buf)
 		c.replyDeviceError(req, err)
-		return
+		return false
 	}
-	c.beginReply()
-	defer c.endReply()
-	c.putReadHeader(c.whdr[:], req)
-	c.write(c.whdr[:c.readHeaderLen()])
-	c.write(*buf)
+	if c.replyRead(req, buf, cost) {
+		return true
+	}
+	putBuf(buf)
+	return false
 }
 
 func (c *conn) handleBlockStatus(req *request) {
