@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"strings"
@@ -528,6 +529,12 @@ func (c *conn) enter(exp Export, name string, strictAlign bool) {
 		strictAlign: strictAlign,
 		minBlock:    c.s.opts.MinBlockSize,
 		maxBlock:    c.s.opts.MaxBlockSize,
+	}
+	if !strictAlign {
+		// The client did not ask for block sizes, so it did not promise
+		// to stay within our maximum: the spec's default maximum is the
+		// export's size. Such requests are served in chunks (long.go).
+		c.caps.maxBlock = math.MaxUint32
 	}
 	c.lim = newLimiter(c.s.opts.MaxRequestsInFlight, c.s.opts.MaxBytesInFlight)
 	canonical := canonicalName(exp, name)

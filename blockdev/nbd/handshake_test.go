@@ -116,8 +116,8 @@ func TestInfoGo(t *testing.T) {
 			if ei.size != wantSize || ei.flags&tfHasFlags == 0 || ei.flags&tfSendDF != 0 {
 				t.Errorf("size %d flags %#x", ei.size, ei.flags)
 			}
-			if !ei.bs || ei.min != 512 || ei.pref != 4096 || ei.max != 32<<20 {
-				t.Errorf("block size %v %d/%d/%d, want always sent 512/4096/32M", ei.bs, ei.min, ei.pref, ei.max)
+			if !ei.bs || ei.min != 1 || ei.pref != 4096 || ei.max != 32<<20 {
+				t.Errorf("block size %v %d/%d/%d, want always sent 1/4096/32M", ei.bs, ei.min, ei.pref, ei.max)
 			}
 			if ei.hasName != slices.Contains(tc.infos, infoName) || ei.name != tc.wantName {
 				t.Errorf("name %v %q", ei.hasName, ei.name)

@@ -34,6 +34,13 @@ type memDev struct {
 
 	reads     atomic.Int64 // ReadAt calls
 	fastReads atomic.Int64 // reads TryReadAt served
+	largest   atomic.Int64 // the longest ReadAt or WriteAt
+}
+
+// noteLen records n in largest.
+func (d *memDev) noteLen(n int) {
+	for l := d.largest.Load(); int64(n) > l && !d.largest.CompareAndSwap(l, int64(n)); l = d.largest.Load() {
+	}
 }
 
 func newMemDev(size int64) *memDev {
@@ -58,6 +65,7 @@ func (d *memDev) check(off, n int64) error {
 
 func (d *memDev) ReadAt(p []byte, off int64) (int, error) {
 	d.reads.Add(1)
+	d.noteLen(len(p))
 	if err := d.callHook("read", off); err != nil {
 		return 0, err
 	}
@@ -125,6 +133,7 @@ func (d *memDev) update(off, n int64, alloc bool, fn func(blk []byte, in, i, n i
 }
 
 func (d *memDev) WriteAt(p []byte, off int64) (int, error) {
+	d.noteLen(len(p))
 	if err := d.callHook("write", off); err != nil {
 		return 0, err
 	}

@@ -155,6 +155,7 @@ func (c *conn) sendLocked() {
 		c.sent = batch
 	}
 	c.sending = false
+	c.sendDone.Broadcast() // a long READ may wait to send (long.go)
 }
 
 // readerIdle is called by the reader before a call that may block: from now
@@ -221,10 +222,16 @@ func (c *conn) replyError(req *request, errno uint32, msg string) {
 		c.replySimple(req.handle, errno)
 		return
 	}
-	msg = shortMessage(msg)
 	c.beginReply()
 	defer c.endReply()
-	putChunk(c.whdr[:], req.handle, replyFlagDone, replyTypeError, uint32(6+len(msg)))
+	c.writeErrorChunk(req.handle, errno, msg)
+}
+
+// writeErrorChunk appends an error chunk that ends a structured reply;
+// under wmu.
+func (c *conn) writeErrorChunk(handle uint64, errno uint32, msg string) {
+	msg = shortMessage(msg)
+	putChunk(c.whdr[:], handle, replyFlagDone, replyTypeError, uint32(6+len(msg)))
 	binary.BigEndian.PutUint32(c.whdr[structuredHeaderLen:], errno)
 	binary.BigEndian.PutUint16(c.whdr[structuredHeaderLen+4:], uint16(len(msg)))
 	c.write(c.whdr[:structuredHeaderLen+6])

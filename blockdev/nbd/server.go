@@ -64,10 +64,14 @@ type Options struct {
 	// its own). Default 128 MiB.
 	MaxBytesInFlight int64
 	// Block size constraints advertised with NBD_INFO_BLOCK_SIZE. Minimum: a
-	// power of two up to 64 KiB (default 512). Preferred: a power of two at
-	// least max(Minimum, 512) (default 4096). Maximum: a multiple of Minimum,
-	// at least Preferred, at most 1 GiB (default 32 MiB); READ and WRITE
-	// longer than Maximum fail with EINVAL.
+	// power of two up to 64 KiB (default 1: any alignment works, as with
+	// qemu-nbd; libnbd in its default strict mode refuses to send requests
+	// the minimum does not divide). Preferred: a power of two at least
+	// max(Minimum, 512) (default 4096). Maximum: a multiple of Minimum, at
+	// least Preferred, at most 1 GiB (default 32 MiB). A client that asked
+	// for these sizes gets EINVAL for a READ or WRITE longer than Maximum;
+	// one that did not may send them up to the export's size, and they are
+	// served in chunks (long.go).
 	MinBlockSize, PreferredBlockSize, MaxBlockSize uint32
 	// TLS, when set, lets clients upgrade with NBD_OPT_STARTTLS (nil: the
 	// option is answered NBD_REP_ERR_UNSUP).
@@ -99,7 +103,7 @@ func (o *Options) withDefaults() (Options, error) {
 		r.MaxBytesInFlight = 128 << 20
 	}
 	if r.MinBlockSize == 0 {
-		r.MinBlockSize = 512
+		r.MinBlockSize = 1
 	}
 	if r.PreferredBlockSize == 0 {
 		r.PreferredBlockSize = 4096
@@ -363,6 +367,7 @@ type conn struct {
 	sent      []segment   // the last batch sent (its backing array is reused), under wmu
 	spare     []*replyBuf // empty buffers for out, under wmu
 	sending   bool        // a goroutine sends the queue (sendLocked), under wmu
+	sendDone  sync.Cond   // broadcast when sending ends; L is &wmu
 	vec       net.Buffers // the sender's writev vector
 	whdr      [32]byte    // reply header scratch, under wmu
 	werr      error       // first write error, under wmu

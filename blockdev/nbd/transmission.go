@@ -16,6 +16,7 @@ import (
 // See replies.go for when the replies it and the workers queue are flushed.
 func (c *conn) transmit() {
 	c.out = newReplyBuf()
+	c.sendDone.L = &c.wmu
 	c.bw = nil   // the handshake's writer; replies go through c.out
 	c.sock.c = c // reads that would block flush the replies first
 	defer func() {
@@ -45,6 +46,12 @@ func (c *conn) transmit() {
 					return
 				}
 				c.replyError(&req, errno, msg)
+				continue
+			}
+			if c.isLong(req.length) {
+				if !c.writeLong(&req) {
+					return
+				}
 				continue
 			}
 			cost := bufCost(req.length)
@@ -86,9 +93,13 @@ func (c *conn) transmit() {
 				continue
 			}
 			cost = bufCost(req.length)
+			if c.isLong(req.length) {
+				cost = bufCost(longChunk)
+			}
 		}
 		c.acquire(cost)
-		if req.typ == cmdRead && c.fast != nil && req.length > maxFastRead && c.br.Buffered() == 0 && c.lim.alone() && c.readLoneInline(&req, cost) {
+		if req.typ == cmdRead && c.fast != nil && req.length > maxFastRead && !c.isLong(req.length) &&
+			c.br.Buffered() == 0 && c.lim.alone() && c.readLoneInline(&req, cost) {
 			continue
 		}
 		c.dispatch(job{req, nil, cost})
@@ -180,6 +191,10 @@ func (c *conn) handle(req request, buf *[]byte, cost int64) {
 	var err error
 	switch req.typ {
 	case cmdRead:
+		if c.isLong(req.length) {
+			c.readLong(&req)
+			return
+		}
 		if c.handleRead(&req, cost) {
 			cost = -1 // the sender releases it with the data
 		}

@@ -80,7 +80,7 @@ func TestReadWrite(t *testing.T) {
 func TestRequestErrors(t *testing.T) {
 	const size = 1 << 20
 	both(t, func(t *testing.T, structured bool) {
-		ts := startServer(t, newTestExporter(), Options{})
+		ts := startServer(t, newTestExporter(), Options{MinBlockSize: 512})
 		c := dial(t, ts)
 		c.negotiate("vol", structured, false) // asks for block sizes: alignment is enforced
 		dev := ts.x.devs["vol"]

@@ -36,7 +36,7 @@ func TestE2ENbdinfo(t *testing.T) {
 			"can_fast_zero":        true,
 			"can_multi_conn":       true,
 			"can_df":               true,
-			"block_size_minimum":   float64(512),
+			"block_size_minimum":   float64(1),
 			"block_size_preferred": float64(4096),
 			"block_size_maximum":   float64(33554432),
 		}
@@ -111,4 +111,45 @@ func TestE2ENbdinfo(t *testing.T) {
 			t.Errorf("nbdinfo error does not name the export:\n%s", r)
 		}
 	})
+}
+
+// conformanceScript runs libnbd as clients nobody here wrote do: in its
+// default strict mode (it checks requests against the advertised block
+// sizes before sending them) a 4-byte read at offset 0; and, as a client
+// that never asked for block sizes may, READs and WRITEs of 40 and 64 MiB,
+// past the 32 MiB maximum (the spec's default maximum is the export size).
+const conformanceScript = `
+import sys, nbd
+uri = sys.argv[1]
+h = nbd.NBD()
+h.connect_uri(uri)
+h.pwrite(b"abcdefgh", 0)
+assert h.pread(4, 0) == b"abcd"
+assert h.pread(3, 5) == b"fgh"
+h.shutdown()
+
+h = nbd.NBD()
+h.set_strict_mode(0)
+h.set_request_block_size(False)
+h.connect_uri(uri)
+for n in (40 << 20, 64 << 20):
+    data = bytes([n >> 20]) * 4096 + bytes(range(256)) * ((n - 8192) // 256) + bytes([7]) * 4096
+    h.pwrite(data, 12345, nbd.CMD_FLAG_FUA)
+    got = h.pread(n, 12345)
+    assert got == data, "%d MiB read back differs" % (n >> 20)
+h.shutdown()
+print("OK")
+`
+
+// TestE2ENBDConformance: libnbd's strict mode reads 4 bytes at offset 0
+// (minimum block size 1), and a client that did not negotiate block sizes
+// reads and writes 40 and 64 MiB at once.
+func TestE2ENBDConformance(t *testing.T) {
+	needPython(t)
+	s := startServer(t)
+	s.createVolume("big", "256MiB")
+	r := runSpec(t, cmdSpec{name: python3, args: []string{"-c", conformanceScript, s.uri("big")}})
+	if r.code != 0 || strings.TrimSpace(r.stdout) != "OK" {
+		t.Fatalf("libnbd: %v", r)
+	}
 }
