@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/strata-storage/strata/control"
+	"github.com/strata-storage/strata/internal/metricstest"
 )
 
 // start runs a daemon in-process on dir, with the options that edit sets,
@@ -69,8 +70,16 @@ func TestStartServeClose(t *testing.T) {
 	if st, _ := c.Status(ctx); st.LastGC == nil {
 		t.Fatal("status has no last GC after a pass")
 	}
-	if m, err := c.Metrics(ctx); err != nil || !strings.Contains(m, `strata_volume_size_bytes{volume="v0"} 16777216`) {
-		t.Fatalf("metrics: %v\n%s", err, m)
+	m, err := c.Metrics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fams, err := metricstest.Parse(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := fams.Value("strata_volume_size_bytes", "volume", "v0"); err != nil || v != 16<<20 {
+		t.Fatalf("metrics: size of v0 %v, %v\n%s", v, err, m)
 	}
 
 	if err := d.Close(ctx); err != nil {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/strata-storage/strata/control"
+	"github.com/strata-storage/strata/internal/metricstest"
 )
 
 // replSites starts a source site and a replica site that accepts streams
@@ -181,8 +182,12 @@ func TestE2EReplication(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := fmt.Sprintf("strata_replication_lag_records{volume=%q,target=%q} 0", "v", pto); !strings.Contains(string(mb), want) {
-			t.Fatalf("metrics lack %s:\n%s", want, mb)
+		fams, err := metricstest.Parse(mb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if lag, err := fams.Value("strata_replication_lag_records", "volume", "v", "target", pto); err != nil || lag != 0 {
+			t.Fatalf("metrics: lag %v, %v:\n%s", lag, err, mb)
 		}
 		out := a.mustCLI("status")
 		if !strings.Contains(out, pto) {
