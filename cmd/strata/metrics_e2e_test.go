@@ -12,6 +12,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/strata-storage/strata/control"
 	"github.com/strata-storage/strata/internal/metricstest"
 )
 
@@ -112,4 +113,19 @@ func TestE2EMetricsListen(t *testing.T) {
 	if r2.StatusCode != http.StatusNotFound {
 		t.Fatalf("the metrics listener answers the control API: %s", r2.Status)
 	}
+}
+
+// scrape reads the daemon's /metrics on the control socket and parses it
+// with Prometheus's text parser; it returns the text too, for messages.
+func (s *server) scrape(t *testing.T) (metricstest.Families, string) {
+	t.Helper()
+	text, err := control.NewClient(filepath.Join(s.dir, "control.sock")).Metrics(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fams, err := metricstest.Parse(text)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, text)
+	}
+	return fams, text
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
@@ -15,7 +14,6 @@ import (
 	"time"
 
 	"github.com/strata-storage/strata/control"
-	"github.com/strata-storage/strata/internal/metricstest"
 )
 
 // replSites starts a source site and a replica site that accepts streams
@@ -178,14 +176,7 @@ func TestE2EReplication(t *testing.T) {
 		px.refuse(false)
 		waitLag("after the connection came back")
 		sameContent(t, "head after continuous shipping", a.uri("v"), b.uri("v"))
-		mb, err := control.NewClient(filepath.Join(a.dir, "control.sock")).Metrics(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		fams, err := metricstest.Parse(mb)
-		if err != nil {
-			t.Fatal(err)
-		}
+		fams, mb := a.scrape(t)
 		if lag, err := fams.Value("strata_replication_lag_records", "volume", "v", "target", pto); err != nil || lag != 0 {
 			t.Fatalf("metrics: lag %v, %v:\n%s", lag, err, mb)
 		}
