@@ -216,18 +216,25 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-// TestReplication ships between two in-process daemons: once, then
-// continuously until the replication is removed.
-func TestReplication(t *testing.T) {
-	ctx := context.Background()
+// replicaSite starts a daemon that accepts replication streams, and
+// returns its client and the target that ships to it.
+func replicaSite(t *testing.T) (*control.Client, control.TargetSpec) {
+	t.Helper()
 	token, err := filepath.Abs(filepath.Join("testdata", "token"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := freeAddr(t)
+	_, c := start(t, t.TempDir(), func(o *Options) { o.ReplicaListen, o.ReplicaTokenFile = addr, token })
+	return c, control.TargetSpec{To: "strata://" + addr, TokenFile: token}
+}
+
+// TestReplication ships between two in-process daemons: once, then
+// continuously until the replication is removed.
+func TestReplication(t *testing.T) {
+	ctx := context.Background()
 	_, src := start(t, t.TempDir(), func(o *Options) { o.Volumes = []VolumeSpec{{Name: "v", Size: 8 << 20}} })
-	_, dst := start(t, t.TempDir(), func(o *Options) { o.ReplicaListen, o.ReplicaTokenFile = addr, token })
-	target := control.TargetSpec{To: "strata://" + addr, TokenFile: token}
+	dst, target := replicaSite(t)
 
 	res, err := src.Replicate(ctx, control.ReplicateRequest{Volume: "v", TargetSpec: target}, nil)
 	if err != nil {

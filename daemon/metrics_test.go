@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -65,17 +64,13 @@ var strataFamilies = []struct {
 // daemons run in this process, each with its own registry.
 func TestMetricsFamilies(t *testing.T) {
 	ctx := context.Background()
-	token, err := filepath.Abs(filepath.Join("testdata", "token"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	replAddr, metricsAddr := freeAddr(t), freeAddr(t)
+	metricsAddr := freeAddr(t)
 	d, src := start(t, t.TempDir(), func(o *Options) {
 		o.Volumes = []VolumeSpec{{Name: "v", Size: 8 << 20}}
 		o.MetricsListen = metricsAddr
 		o.Pool.CacheSize = 4 << 20
 	})
-	start(t, t.TempDir(), func(o *Options) { o.ReplicaListen, o.ReplicaTokenFile = replAddr, token })
+	_, target := replicaSite(t)
 
 	// I/O through the export the NBD server opens, so it is metered.
 	exp, err := exporter{d.pool, d.io}.Open("v")
@@ -95,7 +90,6 @@ func TestMetricsFamilies(t *testing.T) {
 	if _, err := src.GC(ctx); err != nil {
 		t.Fatal(err)
 	}
-	target := control.TargetSpec{To: "strata://" + replAddr, TokenFile: token}
 	if _, err := src.Replicate(ctx, control.ReplicateRequest{Volume: "v", TargetSpec: target}, nil); err != nil {
 		t.Fatal(err)
 	}
