@@ -282,7 +282,7 @@ func (d *Daemon) controlHandler() http.Handler {
 		writeJSON(w, http.StatusOK, st)
 	})
 	d.replicationHandlers(mux)
-	mux.HandleFunc("GET /metrics", d.metrics)
+	mux.Handle("GET /metrics", d.metricsHandler())
 	// Profiles of the running daemon, for performance work:
 	// curl --unix-socket DATA/control.sock http://strata/debug/pprof/profile?seconds=10 > cpu.prof
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)

@@ -24,6 +24,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/strata-storage/strata/blockdev/nbd"
 	"github.com/strata-storage/strata/blockdev/ublk"
 	"github.com/strata-storage/strata/control"
@@ -98,6 +100,7 @@ type Daemon struct {
 	socks      []string
 	started    time.Time
 	io         *ioMetrics
+	reg        *prometheus.Registry
 	ublkStop   context.CancelFunc
 	ublkWG     sync.WaitGroup
 	repl       *replManager
@@ -134,6 +137,10 @@ func Start(o Options) (*Daemon, error) {
 		return nil, fmt.Errorf("open pool in %s: %w", o.Dir, err)
 	}
 	d.pool = pool
+	d.io = newIOMetrics()
+	if d.reg, err = d.newRegistry(); err != nil {
+		return nil, err
+	}
 	for _, v := range o.Volumes {
 		if _, err := pool.VolumeInfo(v.Name); err == nil {
 			continue
@@ -183,7 +190,7 @@ func Start(o Options) (*Daemon, error) {
 			return nil, fmt.Errorf("--metrics-listen %s: %w", o.MetricsListen, err)
 		}
 		mux := http.NewServeMux()
-		mux.HandleFunc("GET /metrics", d.metrics)
+		mux.Handle("GET /metrics", d.metricsHandler())
 		d.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go d.metricsSrv.Serve(ml)
 	}

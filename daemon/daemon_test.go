@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/strata-storage/strata/control"
+	"github.com/strata-storage/strata/internal/metricstest"
 )
 
 // start runs a daemon in-process on dir, with the options that edit sets,
@@ -69,8 +70,16 @@ func TestStartServeClose(t *testing.T) {
 	if st, _ := c.Status(ctx); st.LastGC == nil {
 		t.Fatal("status has no last GC after a pass")
 	}
-	if m, err := c.Metrics(ctx); err != nil || !strings.Contains(m, `strata_volume_size_bytes{volume="v0"} 16777216`) {
-		t.Fatalf("metrics: %v\n%s", err, m)
+	m, err := c.Metrics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fams, err := metricstest.Parse(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := fams.Value("strata_volume_size_bytes", "volume", "v0"); err != nil || v != 16<<20 {
+		t.Fatalf("metrics: size of v0 %v, %v\n%s", v, err, m)
 	}
 
 	if err := d.Close(ctx); err != nil {
@@ -207,18 +216,25 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-// TestReplication ships between two in-process daemons: once, then
-// continuously until the replication is removed.
-func TestReplication(t *testing.T) {
-	ctx := context.Background()
+// replicaSite starts a daemon that accepts replication streams, and
+// returns its client and the target that ships to it.
+func replicaSite(t *testing.T) (*control.Client, control.TargetSpec) {
+	t.Helper()
 	token, err := filepath.Abs(filepath.Join("testdata", "token"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := freeAddr(t)
+	_, c := start(t, t.TempDir(), func(o *Options) { o.ReplicaListen, o.ReplicaTokenFile = addr, token })
+	return c, control.TargetSpec{To: "strata://" + addr, TokenFile: token}
+}
+
+// TestReplication ships between two in-process daemons: once, then
+// continuously until the replication is removed.
+func TestReplication(t *testing.T) {
+	ctx := context.Background()
 	_, src := start(t, t.TempDir(), func(o *Options) { o.Volumes = []VolumeSpec{{Name: "v", Size: 8 << 20}} })
-	_, dst := start(t, t.TempDir(), func(o *Options) { o.ReplicaListen, o.ReplicaTokenFile = addr, token })
-	target := control.TargetSpec{To: "strata://" + addr, TokenFile: token}
+	dst, target := replicaSite(t)
 
 	res, err := src.Replicate(ctx, control.ReplicateRequest{Volume: "v", TargetSpec: target}, nil)
 	if err != nil {

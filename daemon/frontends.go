@@ -19,7 +19,6 @@ import (
 // address the options name.
 func (d *Daemon) startNBD() error {
 	o := d.opts
-	d.io = &ioMetrics{}
 	var err error
 	if d.nbd, err = nbd.NewServer(exporter{d.pool, d.io}, nbd.Options{Logger: o.Logger, TLS: o.TLS, RequireTLS: o.RequireTLS}); err != nil {
 		return err

@@ -1,12 +1,10 @@
 package daemon
 
 import (
-	"fmt"
-	"sort"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/strata-storage/strata/cow"
 )
@@ -14,47 +12,64 @@ import (
 // Latency buckets (seconds) for the I/O histograms.
 var latencyBuckets = []float64{50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1}
 
-// histogram is a fixed-bucket latency histogram safe for concurrent use.
-type histogram struct {
-	counts [14]atomic.Uint64 // one per bucket, then +Inf
-	sumNs  atomic.Uint64
-	n      atomic.Uint64
-}
-
-func (h *histogram) observe(d time.Duration) {
-	s := d.Seconds()
-	i := sort.SearchFloat64s(latencyBuckets, s)
-	h.counts[i].Add(1)
-	h.sumNs.Add(uint64(d))
-	h.n.Add(1)
-}
-
 // opMetrics are one volume's counters for one operation.
 type opMetrics struct {
-	bytes atomic.Uint64
-	errs  atomic.Uint64
-	lat   histogram
+	bytes prometheus.Counter
+	errs  prometheus.Counter
+	lat   prometheus.Observer
 }
 
 var ioOps = []string{"read", "write", "flush", "trim", "zero"}
 
-// ioMetrics holds every volume's I/O counters.
+// ioMetrics holds every volume's I/O counters (strata_io_seconds,
+// strata_io_bytes_total, strata_io_errors_total, labelled volume and op).
+// A volume's series appear once it is first exported, every operation's at
+// once, and stay until the daemon stops. It is a prometheus.Collector.
 type ioMetrics struct {
+	lat   *prometheus.HistogramVec
+	bytes *prometheus.CounterVec
+	errs  *prometheus.CounterVec
+
 	mu   sync.Mutex
 	vols map[string]map[string]*opMetrics
 }
 
+func newIOMetrics() *ioMetrics {
+	labels := []string{"volume", "op"}
+	return &ioMetrics{
+		lat: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "strata_io_seconds",
+			Help: "NBD request latency by volume and operation.", Buckets: latencyBuckets}, labels),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strata_io_bytes_total",
+			Help: "Bytes read, written, trimmed or zeroed by volume."}, labels),
+		errs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strata_io_errors_total",
+			Help: "Failed requests by volume and operation."}, labels),
+		vols: map[string]map[string]*opMetrics{},
+	}
+}
+
+func (m *ioMetrics) Describe(ch chan<- *prometheus.Desc) {
+	m.lat.Describe(ch)
+	m.bytes.Describe(ch)
+	m.errs.Describe(ch)
+}
+
+func (m *ioMetrics) Collect(ch chan<- prometheus.Metric) {
+	m.lat.Collect(ch)
+	m.bytes.Collect(ch)
+	m.errs.Collect(ch)
+}
+
+// forVolume returns the volume's counters by operation; the NBD hot path
+// keeps them, so no request looks series up by label.
 func (m *ioMetrics) forVolume(name string) map[string]*opMetrics {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.vols == nil {
-		m.vols = map[string]map[string]*opMetrics{}
-	}
 	ops := m.vols[name]
 	if ops == nil {
 		ops = map[string]*opMetrics{}
 		for _, op := range ioOps {
-			ops[op] = &opMetrics{}
+			ops[op] = &opMetrics{bytes: m.bytes.WithLabelValues(name, op), errs: m.errs.WithLabelValues(name, op),
+				lat: m.lat.WithLabelValues(name, op)}
 		}
 		m.vols[name] = ops
 	}
@@ -70,12 +85,12 @@ type meteredVolume struct {
 
 func (v *meteredVolume) note(op string, start time.Time, n int, err error) {
 	m := v.ops[op]
-	m.lat.observe(time.Since(start))
+	m.lat.Observe(time.Since(start).Seconds())
 	if err != nil {
-		m.errs.Add(1)
+		m.errs.Inc()
 		return
 	}
-	m.bytes.Add(uint64(n))
+	m.bytes.Add(float64(n))
 }
 
 func (v *meteredVolume) ReadAt(p []byte, off int64) (int, error) {
@@ -122,49 +137,4 @@ func (v *meteredVolume) WriteZeroes(off, length int64, noHole bool) error {
 	err := v.Volume.WriteZeroes(off, length, noHole)
 	v.note("zero", t, int(length), err)
 	return err
-}
-
-// writeHistogram writes one Prometheus histogram series.
-func writeHistogram(b *strings.Builder, name, labels string, h *histogram) {
-	var cum uint64
-	for i, le := range latencyBuckets {
-		cum += h.counts[i].Load()
-		fmt.Fprintf(b, "%s_bucket{%s,le=\"%g\"} %d\n", name, labels, le, cum)
-	}
-	cum += h.counts[len(latencyBuckets)].Load()
-	fmt.Fprintf(b, "%s_bucket{%s,le=\"+Inf\"} %d\n", name, labels, cum)
-	fmt.Fprintf(b, "%s_sum{%s} %g\n", name, labels, float64(h.sumNs.Load())/1e9)
-	fmt.Fprintf(b, "%s_count{%s} %d\n", name, labels, h.n.Load())
-}
-
-// write appends the I/O metrics.
-func (m *ioMetrics) write(b *strings.Builder) {
-	m.mu.Lock()
-	names := make([]string, 0, len(m.vols))
-	for n := range m.vols {
-		names = append(names, n)
-	}
-	m.mu.Unlock()
-	sort.Strings(names)
-	fmt.Fprintf(b, "# HELP strata_io_seconds NBD request latency by volume and operation.\n# TYPE strata_io_seconds histogram\n")
-	for _, n := range names {
-		ops := m.forVolume(n)
-		for _, op := range ioOps {
-			writeHistogram(b, "strata_io_seconds", fmt.Sprintf("volume=%q,op=%q", n, op), &ops[op].lat)
-		}
-	}
-	fmt.Fprintf(b, "# HELP strata_io_bytes_total Bytes read, written, trimmed or zeroed by volume.\n# TYPE strata_io_bytes_total counter\n")
-	for _, n := range names {
-		ops := m.forVolume(n)
-		for _, op := range ioOps {
-			fmt.Fprintf(b, "strata_io_bytes_total{volume=%q,op=%q} %d\n", n, op, ops[op].bytes.Load())
-		}
-	}
-	fmt.Fprintf(b, "# HELP strata_io_errors_total Failed requests by volume and operation.\n# TYPE strata_io_errors_total counter\n")
-	for _, n := range names {
-		ops := m.forVolume(n)
-		for _, op := range ioOps {
-			fmt.Fprintf(b, "strata_io_errors_total{volume=%q,op=%q} %d\n", n, op, ops[op].errs.Load())
-		}
-	}
 }

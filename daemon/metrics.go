@@ -1,93 +1,186 @@
 package daemon
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
-	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/strata-storage/strata/cdp"
 )
 
-// metrics serves the daemon's counters in the Prometheus text format, on the
-// control socket (GET /metrics) and, with --metrics-listen, on TCP for
-// scrapers.
-func (d *Daemon) metrics(w http.ResponseWriter, req *http.Request) {
-	st := d.pool.Stats()
-	var b strings.Builder
-	metric := func(name, typ, help string, v any, labels ...string) {
-		if !strings.Contains(b.String(), "# TYPE "+name+" ") {
-			fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
-		}
-		l := ""
-		if len(labels) == 2 && labels[0] == "" {
-			l = labels[1] // preformatted
-		} else if len(labels) == 2 {
-			l = fmt.Sprintf("{%s=%q}", labels[0], labels[1])
-		}
-		fmt.Fprintf(&b, "%s%s %v\n", name, l, v)
-	}
-	c := st.Cache
-	metric("strata_cache_max_bytes", "gauge", "Read cache capacity (0: off).", c.MaxBytes)
-	metric("strata_cache_bytes", "gauge", "Bytes in the read cache.", c.Bytes)
-	metric("strata_cache_hits_total", "counter", "Read cache hits.", c.Hits)
-	metric("strata_cache_misses_total", "counter", "Read cache misses.", c.Misses)
-	metric("strata_cache_evictions_total", "counter", "Blocks evicted from the read cache.", c.Evictions)
-	metric("strata_cache_hit_ratio", "gauge", "Read cache hits / lookups since start.", c.HitRatio)
-	metric("strata_read_ahead_bytes_total", "counter", "Journal bytes hinted to the kernel by read-ahead.", st.ReadAhead)
-	j := st.Journal
-	metric("strata_journal_bytes", "gauge", "Journal size on disk.", j.Bytes)
-	metric("strata_journal_segments", "gauge", "Journal segment files.", j.Segments)
-	metric("strata_journal_last_seq", "gauge", "Sequence number of the newest record.", j.LastSeq)
-	metric("strata_journal_synced_seq", "gauge", "Every record up to this one is durable.", j.SyncedSeq)
-	metric("strata_journal_fsyncs_total", "counter", "Journal fsyncs (group commits).", j.Fsyncs)
-	metric("strata_journal_damaged_blocks", "gauge", "Blocks found damaged when the pool opened; they read as I/O errors.", j.DamagedBlocks)
-	metric("strata_index_bytes", "gauge", "Block index size on disk.", st.IndexBytes)
-	metric("strata_read_damaged_blocks_total", "counter", "Reads since start that found a block failing its checksum (answered with an I/O error).", uint64(st.ReadDamaged))
-	metric("strata_index_memory_bytes", "gauge", "Block index memory: head map pages, memtables, index block cache.",
-		uint64(st.IndexMemory.HeadMapBytes)+st.IndexMemory.MemTableBytes+uint64(st.IndexMemory.BlockCacheBytes))
-	failed := 0
-	if st.JournalError != "" {
-		failed = 1
-	}
-	metric("strata_pool_failed", "gauge", "1 after a failed fsync: the pool refuses writes until restarted.", failed)
-	metric("strata_nbd_connections", "gauge", "Open NBD connections.", len(d.nbd.Connections()))
-	for _, v := range d.pool.Volumes() {
-		metric("strata_volume_size_bytes", "gauge", "Volume size.", v.Size, "volume", v.Name)
-		metric("strata_volume_written_bytes", "gauge", "Bytes whose newest version holds data.", v.Written, "volume", v.Name)
-	}
-	if g := d.lastGC(); g != nil {
-		metric("strata_gc_last_bytes_freed", "gauge", "Bytes freed by the last garbage collection pass.", g.Stats.BytesFreed)
-		metric("strata_gc_last_bytes_relocated", "gauge", "Bytes copied forward by the last pass.", g.Stats.BytesRelocated)
-		metric("strata_gc_last_run_timestamp_seconds", "gauge", "When the last pass ran.", g.At.Unix())
-	}
-	for _, r := range d.repl.statuses(req.Context()) {
-		l := fmt.Sprintf("{volume=%q,target=%q}", r.Volume, r.Target)
-		metric("strata_replication_acked_seq", "gauge", "The source point the target holds.", r.Acked, "", l)
-		metric("strata_replication_lag_records", "gauge", "Changes of the volume the target does not hold yet.", r.LagRecords, "", l)
-		metric("strata_replication_lag_bytes", "gauge", "Data bytes the target does not hold yet.", r.LagBytes, "", l)
-		metric("strata_replication_lag_seconds", "gauge", "Age of the oldest change the target does not hold (0: up to date).", r.LagSeconds, "", l)
-		failing := 0
-		if r.LastError != "" {
-			failing = 1
-		}
-		metric("strata_replication_failing", "gauge", "1 when the last run to the target failed.", failing, "", l)
-	}
-	d.io.write(&b)
-	fmt.Fprintf(&b, "# HELP strata_journal_fsync_seconds Journal fsync latency.\n# TYPE strata_journal_fsync_seconds histogram\n")
-	writeFsyncHistogram(&b, d.pool.FsyncLatency())
-	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-	fmt.Fprint(w, b.String())
+// The daemon's metrics live in a registry of its own (never the global
+// one), so several daemons in one process, as tests run them, do not
+// collide. /metrics serves it on the control socket and, with
+// --metrics-listen, on TCP for scrapers.
+
+// family is one metric family the pool collector reports.
+type family struct {
+	name, help string
+	typ        prometheus.ValueType // unused by the histogram
+	labels     []string
 }
 
-// writeFsyncHistogram writes the journal's fsync latency histogram.
-func writeFsyncHistogram(b *strings.Builder, f cdp.FsyncStats) {
+// poolFamilies are the families read from the pool, the NBD server, garbage
+// collection and replication at scrape time. Their names, types and labels
+// are a contract with dashboards and alerts: never rename one.
+var poolFamilies = []family{
+	{"strata_cache_max_bytes", "Read cache capacity (0: off).", prometheus.GaugeValue, nil},
+	{"strata_cache_bytes", "Bytes in the read cache.", prometheus.GaugeValue, nil},
+	{"strata_cache_hits_total", "Read cache hits.", prometheus.CounterValue, nil},
+	{"strata_cache_misses_total", "Read cache misses.", prometheus.CounterValue, nil},
+	{"strata_cache_evictions_total", "Blocks evicted from the read cache.", prometheus.CounterValue, nil},
+	{"strata_cache_hit_ratio", "Read cache hits / lookups since start.", prometheus.GaugeValue, nil},
+	{"strata_read_ahead_bytes_total", "Journal bytes hinted to the kernel by read-ahead.", prometheus.CounterValue, nil},
+	{"strata_journal_bytes", "Journal size on disk.", prometheus.GaugeValue, nil},
+	{"strata_journal_segments", "Journal segment files.", prometheus.GaugeValue, nil},
+	{"strata_journal_last_seq", "Sequence number of the newest record.", prometheus.GaugeValue, nil},
+	{"strata_journal_synced_seq", "Every record up to this one is durable.", prometheus.GaugeValue, nil},
+	{"strata_journal_fsyncs_total", "Journal fsyncs (group commits).", prometheus.CounterValue, nil},
+	{"strata_journal_damaged_blocks", "Blocks found damaged when the pool opened; they read as I/O errors.", prometheus.GaugeValue, nil},
+	{"strata_journal_fsync_seconds", "Journal fsync latency.", 0, nil},
+	{"strata_index_bytes", "Block index size on disk.", prometheus.GaugeValue, nil},
+	{"strata_index_memory_bytes", "Block index memory: head map pages, memtables, index block cache.", prometheus.GaugeValue, nil},
+	{"strata_read_damaged_blocks_total", "Reads since start that found a block failing its checksum (answered with an I/O error).", prometheus.CounterValue, nil},
+	{"strata_pool_failed", "1 after a failed fsync: the pool refuses writes until restarted.", prometheus.GaugeValue, nil},
+	{"strata_nbd_connections", "Open NBD connections.", prometheus.GaugeValue, nil},
+	{"strata_volume_size_bytes", "Volume size.", prometheus.GaugeValue, []string{"volume"}},
+	{"strata_volume_written_bytes", "Bytes whose newest version holds data.", prometheus.GaugeValue, []string{"volume"}},
+	{"strata_gc_last_bytes_freed", "Bytes freed by the last garbage collection pass.", prometheus.GaugeValue, nil},
+	{"strata_gc_last_bytes_relocated", "Bytes copied forward by the last pass.", prometheus.GaugeValue, nil},
+	{"strata_gc_last_run_timestamp_seconds", "When the last pass ran.", prometheus.GaugeValue, nil},
+	{"strata_replication_acked_seq", "The source point the target holds.", prometheus.GaugeValue, []string{"volume", "target"}},
+	{"strata_replication_lag_records", "Changes of the volume the target does not hold yet.", prometheus.GaugeValue, []string{"volume", "target"}},
+	{"strata_replication_lag_bytes", "Data bytes the target does not hold yet.", prometheus.GaugeValue, []string{"volume", "target"}},
+	{"strata_replication_lag_seconds", "Age of the oldest change the target does not hold (0: up to date).", prometheus.GaugeValue, []string{"volume", "target"}},
+	{"strata_replication_failing", "1 when the last run to the target failed.", prometheus.GaugeValue, []string{"volume", "target"}},
+}
+
+// scrapeTimeout bounds what one scrape spends measuring replication lag.
+const scrapeTimeout = 10 * time.Second
+
+// poolCollector reads the daemon's state when scraped: nothing updates
+// gauges in the background, so a scrape always sees the pool as it is.
+type poolCollector struct {
+	d     *Daemon
+	descs map[string]*prometheus.Desc
+	types map[string]prometheus.ValueType
+}
+
+func newPoolCollector(d *Daemon) *poolCollector {
+	c := &poolCollector{d: d, descs: map[string]*prometheus.Desc{}, types: map[string]prometheus.ValueType{}}
+	for _, f := range poolFamilies {
+		c.descs[f.name] = prometheus.NewDesc(f.name, f.help, f.labels, nil)
+		c.types[f.name] = f.typ
+	}
+	return c
+}
+
+func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, f := range poolFamilies {
+		ch <- c.descs[f.name]
+	}
+}
+
+func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	d := c.d
+	emit := func(name string, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(c.descs[name], c.types[name], v, labels...)
+	}
+	bit := func(b bool) float64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	st := d.pool.Stats()
+	ca, j, im := st.Cache, st.Journal, st.IndexMemory
+	emit("strata_cache_max_bytes", float64(ca.MaxBytes))
+	emit("strata_cache_bytes", float64(ca.Bytes))
+	emit("strata_cache_hits_total", float64(ca.Hits))
+	emit("strata_cache_misses_total", float64(ca.Misses))
+	emit("strata_cache_evictions_total", float64(ca.Evictions))
+	emit("strata_cache_hit_ratio", ca.HitRatio)
+	emit("strata_read_ahead_bytes_total", float64(st.ReadAhead))
+	emit("strata_journal_bytes", float64(j.Bytes))
+	emit("strata_journal_segments", float64(j.Segments))
+	emit("strata_journal_last_seq", float64(j.LastSeq))
+	emit("strata_journal_synced_seq", float64(j.SyncedSeq))
+	emit("strata_journal_fsyncs_total", float64(j.Fsyncs))
+	emit("strata_journal_damaged_blocks", float64(j.DamagedBlocks))
+	emit("strata_index_bytes", float64(st.IndexBytes))
+	emit("strata_index_memory_bytes", float64(im.HeadMapBytes)+float64(im.MemTableBytes)+float64(im.BlockCacheBytes))
+	emit("strata_read_damaged_blocks_total", float64(st.ReadDamaged))
+	emit("strata_pool_failed", bit(st.JournalError != ""))
+	emit("strata_nbd_connections", float64(len(d.nbd.Connections())))
+	ch <- fsyncHistogram(c.descs["strata_journal_fsync_seconds"], d.pool.FsyncLatency())
+	for _, v := range d.pool.Volumes() {
+		emit("strata_volume_size_bytes", float64(v.Size), v.Name)
+		emit("strata_volume_written_bytes", float64(v.Written), v.Name)
+	}
+	if g := d.lastGC(); g != nil {
+		emit("strata_gc_last_bytes_freed", float64(g.Stats.BytesFreed))
+		emit("strata_gc_last_bytes_relocated", float64(g.Stats.BytesRelocated))
+		emit("strata_gc_last_run_timestamp_seconds", float64(g.At.Unix()))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
+	defer cancel()
+	for _, r := range d.repl.statuses(ctx) {
+		emit("strata_replication_acked_seq", float64(r.Acked), r.Volume, r.Target)
+		emit("strata_replication_lag_records", float64(r.LagRecords), r.Volume, r.Target)
+		emit("strata_replication_lag_bytes", float64(r.LagBytes), r.Volume, r.Target)
+		emit("strata_replication_lag_seconds", r.LagSeconds, r.Volume, r.Target)
+		emit("strata_replication_failing", bit(r.LastError != ""), r.Volume, r.Target)
+	}
+}
+
+// fsyncHistogram is the journal's fsync latency histogram, which package
+// cdp keeps in buckets of its own.
+func fsyncHistogram(desc *prometheus.Desc, f cdp.FsyncStats) prometheus.Metric {
+	buckets := make(map[float64]uint64, len(cdp.FsyncBuckets))
 	var cum uint64
 	for i, le := range cdp.FsyncBuckets {
 		cum += f.Counts[i]
-		fmt.Fprintf(b, "strata_journal_fsync_seconds_bucket{le=\"%g\"} %d\n", le.Seconds(), cum)
+		buckets[le.Seconds()] = cum
 	}
 	cum += f.Counts[len(cdp.FsyncBuckets)]
-	fmt.Fprintf(b, "strata_journal_fsync_seconds_bucket{le=\"+Inf\"} %d\n", cum)
-	fmt.Fprintf(b, "strata_journal_fsync_seconds_sum %g\n", f.Sum.Seconds())
-	fmt.Fprintf(b, "strata_journal_fsync_seconds_count %d\n", cum)
+	return prometheus.MustNewConstHistogram(desc, cum, f.Sum.Seconds(), buckets)
 }
+
+// newRegistry is the daemon's registry: the pool's families, the I/O
+// metrics of the NBD exports, and the process and Go runtime collectors
+// (process_*, go_*).
+func (d *Daemon) newRegistry() (*prometheus.Registry, error) {
+	reg := prometheus.NewRegistry()
+	for _, c := range []prometheus.Collector{
+		newPoolCollector(d),
+		d.io,
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewGoCollector(),
+	} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	return reg, nil
+}
+
+// metricsHandler serves the registry in the format the scraper asks for
+// (the Prometheus text format by default). A family that fails to collect
+// is logged and left out; the others are still served.
+func (d *Daemon) metricsHandler() http.Handler {
+	return promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{
+		ErrorLog:      promLogger{d.opts.Logger},
+		ErrorHandling: promhttp.ContinueOnError,
+	})
+}
+
+// promLogger passes promhttp's errors to the daemon's log.
+type promLogger struct{ log *slog.Logger }
+
+func (l promLogger) Println(v ...any) { l.log.Warn("metrics: " + fmt.Sprint(v...)) }

@@ -94,7 +94,7 @@ type replManager struct {
 	path string // DATA/replication.json
 
 	mu      sync.Mutex
-	running map[string]time.Time // pin ids being shipped
+	running map[string]*shipRun // by pin id
 	entries map[string]*control.Replication
 	status  map[string]*control.ReplicationStatus
 	stops   map[string]context.CancelFunc
@@ -102,7 +102,7 @@ type replManager struct {
 }
 
 func newReplManager(pool *cow.Pool, log *slog.Logger, path string) (*replManager, error) {
-	m := &replManager{pool: pool, log: log, path: path, running: map[string]time.Time{},
+	m := &replManager{pool: pool, log: log, path: path, running: map[string]*shipRun{},
 		entries: map[string]*control.Replication{}, status: map[string]*control.ReplicationStatus{}, stops: map[string]context.CancelFunc{}}
 	b, err := os.ReadFile(m.path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -169,21 +169,76 @@ func (m *replManager) close() {
 	m.wg.Wait()
 }
 
-// run ships vol to t once, holding the pair's lock.
+// shipRun is a run that holds its volume and target's slot.
+type shipRun struct {
+	since time.Time
+	ctx   context.Context // ends when the run is cancelled: its client went away, or the daemon stops
+	done  chan struct{}   // closed once the run has ended and left the slot
+}
+
+// A run whose context has ended is on its way out; a run of the same pair
+// that finds it waits for it rather than answering busy. goneGrace is how
+// long a run that still looks alive is given to show it is not (the daemon
+// notices a client killed with kill -9 a moment after its connection
+// closes); stopWait bounds the wait for a cancelled run to end.
+const (
+	goneGrace = 500 * time.Millisecond
+	stopWait  = 30 * time.Second
+)
+
+// acquire takes the slot of the pair id for a run that lives as long as
+// ctx, waiting out a run that is ending; release gives it back.
+func (m *replManager) acquire(ctx context.Context, id, vol string, t control.TargetSpec) (release func(), err error) {
+	for {
+		m.mu.Lock()
+		cur := m.running[id]
+		if cur == nil {
+			r := &shipRun{since: time.Now(), ctx: ctx, done: make(chan struct{})}
+			m.running[id] = r
+			m.mu.Unlock()
+			return func() {
+				m.mu.Lock()
+				delete(m.running, id)
+				m.mu.Unlock()
+				close(r.done)
+			}, nil
+		}
+		m.mu.Unlock()
+		busy := fmt.Errorf("%w: a replication of %s to %s has been running since %s", replica.ErrBusy, vol, t.Redacted(), cur.since.Format(time.RFC3339))
+		select {
+		case <-cur.ctx.Done():
+		case <-time.After(goneGrace):
+			return nil, busy
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		select {
+		case <-cur.done:
+		case <-time.After(stopWait):
+			return nil, fmt.Errorf("%w; it was cancelled %s ago and has not stopped", busy, stopWait)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// run ships vol to t once, holding the pair's slot until it ends. The run
+// lives as long as ctx: a --once run's is its request's, so a client that
+// disconnects (or is killed) cancels its run, and a rerun goes on from the
+// point the target holds.
 func (m *replManager) run(ctx context.Context, vol string, t control.TargetSpec, progress func(replica.Progress)) (replica.Result, error) {
 	id := control.ReplicationID(vol, t)
-	m.mu.Lock()
-	if since, busy := m.running[id]; busy {
-		m.mu.Unlock()
-		return replica.Result{}, fmt.Errorf("%w: a replication of %s to %s has been running since %s", replica.ErrBusy, vol, t.Redacted(), since.Format(time.RFC3339))
+	release, err := m.acquire(ctx, id, vol, t)
+	if err != nil {
+		return replica.Result{}, err
 	}
-	m.running[id] = time.Now()
+	defer release()
+	m.mu.Lock()
 	st := m.statusLocked(id, vol, t, "")
 	st.Running, st.LastRun = true, time.Now().UTC()
 	m.mu.Unlock()
 	defer func() {
 		m.mu.Lock()
-		delete(m.running, id)
 		m.status[id].Running = false
 		m.mu.Unlock()
 	}()
@@ -444,12 +499,19 @@ func (d *Daemon) replicationHandlers(mux *http.ServeMux) {
 		}
 		s := newStreamer(w)
 		last := time.Time{}
+		// The run lives as long as the request: a client that goes away,
+		// even killed with kill -9, cancels it and frees its slot.
 		res, err := m.run(r.Context(), req.Volume, req.TargetSpec, func(p replica.Progress) {
 			if time.Since(last) > 200*time.Millisecond {
 				last = time.Now()
 				s.send(control.Event{Progress: &p})
 			}
 		})
+		if err != nil && r.Context().Err() != nil {
+			log.Info("replicate --once cancelled: its client went away; a rerun goes on from the point the target holds",
+				"volume", req.Volume, "target", req.Redacted(), "acked", res.Acked)
+			return
+		}
 		if err != nil {
 			log.Warn("replicate --once failed", "volume", req.Volume, "target", req.Redacted(), "err", err)
 			s.fail(err)

@@ -6,9 +6,14 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"regexp"
 	"strconv"
+	"strings"
 	"testing"
+
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/strata-storage/strata/control"
+	"github.com/strata-storage/strata/internal/metricstest"
 )
 
 // TestE2EMetrics: the control socket serves the counters, the read cache's
@@ -32,43 +37,52 @@ func TestE2EMetrics(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	text := string(body)
-	value := func(re string) float64 {
-		m := regexp.MustCompile(`(?m)^` + re + ` (\S+)$`).FindStringSubmatch(text)
-		if m == nil {
-			t.Fatalf("metrics lack %s:\n%s", re, text)
+	fams, err := metricstest.Parse(string(body))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, body)
+	}
+	value := func(name string, labels ...string) float64 {
+		t.Helper()
+		v, err := fams.Value(name, labels...)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, body)
 		}
-		v, _ := strconv.ParseFloat(m[1], 64)
 		return v
 	}
-	if v := value(`strata_volume_written_bytes\{volume="m"\}`); v != 1<<20 {
+	if v := value("strata_volume_written_bytes", "volume", "m"); v != 1<<20 {
 		t.Errorf("written %v, want 1 MiB", v)
 	}
-	if v := value(`strata_cache_hits_total`); v < 3 {
+	if v := value("strata_cache_hits_total"); v < 3 {
 		t.Errorf("cache hits %v after reading the same blocks twice", v)
 	}
-	if v := value(`strata_cache_max_bytes`); v != 256<<20 {
+	if v := value("strata_cache_max_bytes"); v != 256<<20 {
 		t.Errorf("cache capacity %v, want the 256 MiB default", v)
 	}
-	if v := value(`strata_journal_fsyncs_total`); v < 1 {
+	if v := value("strata_journal_fsyncs_total"); v < 1 {
 		t.Errorf("fsyncs %v", v)
 	}
-	value(`strata_pool_failed`)
+	value("strata_pool_failed")
 	// Per-volume I/O: bytes and latency histograms by operation.
-	if v := value(`strata_io_bytes_total\{volume="m",op="write"\}`); v != 1<<20 {
+	if v := value("strata_io_bytes_total", "volume", "m", "op", "write"); v != 1<<20 {
 		t.Errorf("io write bytes %v, want 1 MiB", v)
 	}
-	if v := value(`strata_io_seconds_count\{volume="m",op="read"\}`); v < 6 {
+	if v := value("strata_io_seconds_count", "volume", "m", "op", "read"); v < 6 {
 		t.Errorf("read latency count %v, want the 6 reads", v)
 	}
-	if v := value(`strata_io_seconds_bucket\{volume="m",op="read",le="\+Inf"\}`); v != value(`strata_io_seconds_count\{volume="m",op="read"\}`) {
+	if v := value("strata_io_seconds_bucket", "volume", "m", "op", "read", "le", "+Inf"); v != value("strata_io_seconds_count", "volume", "m", "op", "read") {
 		t.Errorf("+Inf bucket %v differs from the count", v)
 	}
-	if v := value(`strata_journal_fsync_seconds_count`); v < 1 {
+	if v := value("strata_journal_fsync_seconds_count"); v < 1 {
 		t.Errorf("fsync latency count %v", v)
 	}
-	if resp.Header.Get("Content-Type") == "" || !regexp.MustCompile(`# TYPE strata_cache_hits_total counter`).MatchString(text) {
-		t.Errorf("not the Prometheus text format:\n%s", text)
+	if v := value("process_resident_memory_bytes"); v <= 0 {
+		t.Errorf("process collector: resident memory %v", v)
+	}
+	if v := value("go_goroutines"); v < 1 {
+		t.Errorf("Go collector: goroutines %v", v)
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") || fams["strata_cache_hits_total"].GetType() != dto.MetricType_COUNTER {
+		t.Errorf("not the Prometheus text format (%s):\n%s", ct, body)
 	}
 }
 
@@ -83,8 +97,12 @@ func TestE2EMetricsListen(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	if !regexp.MustCompile(`(?m)^strata_volume_size_bytes\{volume="x"\} 4194304$`).Match(body) {
-		t.Fatalf("TCP metrics lack the volume:\n%s", body)
+	fams, err := metricstest.Parse(string(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := fams.Value("strata_volume_size_bytes", "volume", "x"); err != nil || v != 4<<20 {
+		t.Fatalf("TCP metrics: size of x %v, %v:\n%s", v, err, body)
 	}
 	// Only /metrics: the control API stays on the control socket.
 	r2, err := http.Get("http://127.0.0.1:" + strconv.Itoa(port) + "/v1/volumes")
@@ -95,4 +113,19 @@ func TestE2EMetricsListen(t *testing.T) {
 	if r2.StatusCode != http.StatusNotFound {
 		t.Fatalf("the metrics listener answers the control API: %s", r2.Status)
 	}
+}
+
+// scrape reads the daemon's /metrics on the control socket and parses it
+// with Prometheus's text parser; it returns the text too, for messages.
+func (s *server) scrape(t *testing.T) (metricstest.Families, string) {
+	t.Helper()
+	text, err := control.NewClient(filepath.Join(s.dir, "control.sock")).Metrics(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fams, err := metricstest.Parse(text)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, text)
+	}
+	return fams, text
 }

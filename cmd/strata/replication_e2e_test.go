@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
@@ -138,6 +137,55 @@ func TestE2EReplication(t *testing.T) {
 		sameContent(t, "head after a killed run", a.uri("v"), b.uri("v"))
 	})
 
+	t.Run("kill -9 of the client cancels its run", func(t *testing.T) {
+		a.on(t)
+		target := func() control.ReplicationStatus {
+			for _, st := range replicationList(t, a) {
+				if st.Target == to {
+					return st
+				}
+			}
+			t.Fatalf("no status for %s: %+v", to, replicationList(t, a))
+			return control.ReplicationStatus{}
+		}
+		before := target().Acked
+		// 16 records of 1 MiB; a slow run (1 MiB/s, batches of 1 MiB)
+		// takes about 16 s. Once the target holds a few, kill -9 the CLI
+		// that started it.
+		for i := int64(0); i < 16; i++ {
+			fillRandom(t, a.uri("v"), (48+i)<<20, 1<<20)
+		}
+		slow := startBG(t, strataBin, "--data", a.dir, "replicate", "v", "--to", to, "--token-file", tok, "--once", "--bwlimit", "1MiB/s")
+		var mid control.ReplicationStatus
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			if mid = target(); mid.Running && mid.Acked >= before+3 {
+				break
+			}
+			if time.Now().After(deadline) || slow.exited() {
+				t.Fatalf("the slow run acknowledged nothing: %+v\n%s", mid, slow.output())
+			}
+		}
+		slow.kill()
+		// The rerun at once: not "already running"; it goes on from the
+		// point the target holds.
+		r := a.cli("replicate", "v", "--to", to, "--token-file", tok, "--once", "--json")
+		if r.code != 0 {
+			t.Fatalf("rerun right after kill -9 of the client: %s", r)
+		}
+		var res control.ShipResult
+		if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
+			t.Fatalf("rerun: %v: %s", err, r.stdout)
+		}
+		t.Logf("killed at acked seq %d (run started at %d); rerun from seq %d, %d bytes", mid.Acked, before, res.Start, res.DataBytes)
+		if res.Full || res.Start < mid.Acked || res.DataBytes == 0 || res.DataBytes >= 16<<20 {
+			t.Fatalf("rerun did not resume from the target's point: %+v (killed run started at %d, target held %d)", res, before, mid.Acked)
+		}
+		if st := target(); st.Running || st.LagRecords != 0 {
+			t.Fatalf("after the rerun: %+v", st)
+		}
+		sameContent(t, "head after a killed client", a.uri("v"), b.uri("v"))
+	})
+
 	t.Run("continuous through cut connections", func(t *testing.T) {
 		a.on(t)
 		px := newE2EProxy(t, bAddr)
@@ -177,12 +225,9 @@ func TestE2EReplication(t *testing.T) {
 		px.refuse(false)
 		waitLag("after the connection came back")
 		sameContent(t, "head after continuous shipping", a.uri("v"), b.uri("v"))
-		mb, err := control.NewClient(filepath.Join(a.dir, "control.sock")).Metrics(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if want := fmt.Sprintf("strata_replication_lag_records{volume=%q,target=%q} 0", "v", pto); !strings.Contains(string(mb), want) {
-			t.Fatalf("metrics lack %s:\n%s", want, mb)
+		fams, mb := a.scrape(t)
+		if lag, err := fams.Value("strata_replication_lag_records", "volume", "v", "target", pto); err != nil || lag != 0 {
+			t.Fatalf("metrics: lag %v, %v:\n%s", lag, err, mb)
 		}
 		out := a.mustCLI("status")
 		if !strings.Contains(out, pto) {
