@@ -53,8 +53,12 @@ var (
 )
 
 // FormatVersion is the segment format this code writes. Versions only move
-// forward; a segment with a newer version is refused.
-const FormatVersion = 1
+// forward; a segment with a newer version is refused, an older one is read
+// (version 2 added the snapshot flags FlagSnapScheduled and
+// FlagSnapAppConsistent, which version 1 records never carry, so a version 1
+// segment reads the same; an older build refuses a version 2 segment
+// instead of dropping the flags).
+const FormatVersion = 2
 
 const (
 	segmentHeaderSize = 64
@@ -291,8 +295,8 @@ func decodeSegHeader(b []byte) (segHeader, error) {
 	if le.Uint32(b[60:]) != Checksum(b[:60]) {
 		return h, errors.New("segment header checksum mismatch")
 	}
-	if v := le.Uint32(b[8:]); v != FormatVersion {
-		return h, fmt.Errorf("segment format version %d is not supported (this build reads version %d)", v, FormatVersion)
+	if v := le.Uint32(b[8:]); v < 1 || v > FormatVersion {
+		return h, fmt.Errorf("segment format version %d is not supported (this build reads versions 1 to %d)", v, FormatVersion)
 	}
 	h.firstSeq = le.Uint64(b[16:])
 	h.prevID = le.Uint64(b[24:])
