@@ -1,0 +1,261 @@
+package daemon
+
+import (
+	"context"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/strata-storage/strata/control"
+	"github.com/strata-storage/strata/cow"
+)
+
+// fakeClock is a Clock that moves only when the test says: every After
+// is reported on sleeping, and the test fires it after setting the time.
+type fakeClock struct {
+	mu       sync.Mutex
+	now      time.Time
+	sleeping chan sleeper
+}
+
+type sleeper struct {
+	until time.Time
+	ch    chan time.Time
+}
+
+func newFakeClock(start string) *fakeClock {
+	t, err := time.Parse(time.RFC3339, start)
+	if err != nil {
+		panic(err)
+	}
+	return &fakeClock{now: t, sleeping: make(chan sleeper, 1<<16)}
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t.After(c.now) {
+		c.now = t
+	}
+}
+
+func (c *fakeClock) After(d time.Duration) <-chan time.Time {
+	ch := make(chan time.Time, 1)
+	c.sleeping <- sleeper{c.Now().Add(d), ch}
+	return ch
+}
+
+// runUntil wakes the manager at each time it asks for, until it asks for
+// one after end (the clock stays before it).
+func (c *fakeClock) runUntil(t *testing.T, end time.Time) {
+	t.Helper()
+	for {
+		select {
+		case s := <-c.sleeping:
+			if !s.until.Before(end) {
+				return
+			}
+			c.set(s.until)
+			s.ch <- c.Now()
+		case <-time.After(10 * time.Second):
+			t.Fatal("the schedule manager stopped asking for time")
+		}
+	}
+}
+
+// memPool is a pool in memory whose records are timed by clk, with 1 MiB
+// volumes vols.
+func memPool(t *testing.T, clk *fakeClock, vols ...string) *cow.Pool {
+	t.Helper()
+	p, err := cow.Open(cow.Options{Dir: "data", FS: vfs.NewMem(), SegmentSize: 1 << 20, GCInterval: -1, CheckpointInterval: -1,
+		IndexMemTableSize: 1 << 20, Now: clk.Now, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	for _, v := range vols {
+		if _, err := p.CreateVolume(v, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return p
+}
+
+func snapNames(t *testing.T, p *cow.Pool, vol string, scheduled bool) []string {
+	t.Helper()
+	snaps, err := p.Snapshots(vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, sn := range snaps {
+		if sn.Scheduled == scheduled {
+			out = append(out, sn.Name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func mustKeep(t *testing.T, s string) control.Keep {
+	t.Helper()
+	k, err := control.ParseKeep(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// A month of 15-minute snapshots under hourly=24,daily=14,weekly=8,
+// monthly=12 leaves exactly the newest of each of the last 24 hours, 14
+// days and 6 weeks (of which November 2026 has parts of six) and never
+// touches a snapshot taken by hand. Stopped for five hours, the manager
+// takes one snapshot at its start, not one for each missed slot.
+func TestScheduleMonth(t *testing.T) {
+	clk := newFakeClock("2026-11-01T00:00:00Z")
+	p := memPool(t, clk, "vm")
+	if _, err := p.CreateSnapshot("vm", "before-upgrade", ""); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "schedules.json")
+	log := slog.New(slog.DiscardHandler)
+	m, err := newScheduleManager(p, log, clk, path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.set(control.Schedule{Volume: "vm", Every: 15 * time.Minute, Keep: mustKeep(t, "hourly=24,daily=14,weekly=8,monthly=12")}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	m.start()
+	end, _ := time.Parse(time.RFC3339, "2026-12-01T00:00:00Z")
+	clk.runUntil(t, end)
+	m.close()
+	t.Logf("a month of schedule took %s", time.Since(start))
+
+	var want []string
+	for h := 0; h < 24; h++ {
+		want = append(want, time.Date(2026, 11, 30, h, 45, 0, 0, time.UTC).Format("auto-20060102T150405Z"))
+	}
+	for day := 17; day <= 29; day++ {
+		want = append(want, time.Date(2026, 11, day, 23, 45, 0, 0, time.UTC).Format("auto-20060102T150405Z"))
+	}
+	want = append(want, "auto-20261101T234500Z", "auto-20261108T234500Z", "auto-20261115T234500Z")
+	slices.Sort(want)
+	if got := snapNames(t, p, "vm", true); !slices.Equal(got, want) {
+		t.Fatalf("scheduled snapshots left after a month:\n got %v\nwant %v", got, want)
+	}
+	if got := snapNames(t, p, "vm", false); !slices.Equal(got, []string{"before-upgrade"}) {
+		t.Fatalf("snapshots taken by hand: %v", got)
+	}
+	st := m.statuses()
+	if len(st) != 1 || st[0].Scheduled != 40 || st[0].Pruned != 30*24*4-40 || st[0].LastError != "" {
+		t.Fatalf("status: %+v", st)
+	}
+
+	// Down for five hours and ten minutes: the schedule is read back from
+	// its file, and one snapshot stands for the twenty slots missed.
+	clk.set(end.Add(5*time.Hour + 10*time.Minute))
+	m, err = newScheduleManager(p, log, clk, path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.start()
+	s := <-clk.sleeping // the first pass is done
+	m.close()
+	// The new hour and the new day push the oldest hourly and daily out.
+	want = slices.DeleteFunc(want, func(n string) bool { return n == "auto-20261130T004500Z" || n == "auto-20261117T234500Z" })
+	want = append(want, "auto-20261201T051000Z")
+	if got := snapNames(t, p, "vm", true); !slices.Equal(got, want) {
+		t.Fatalf("after a restart:\n got %v\nwant %v", got, want)
+	}
+	if want := end.Add(5*time.Hour + 15*time.Minute); !s.until.Equal(want) {
+		t.Fatalf("next pass at %s, want %s", s.until, want)
+	}
+}
+
+// A replica's schedule takes no snapshots: it thins the copies of the
+// source's scheduled snapshots by its own, longer policy, by the times
+// in their names (when the source took them, not when they arrived).
+func TestScheduleReplicaThinsOnly(t *testing.T) {
+	clk := newFakeClock("2026-12-01T12:00:00Z")
+	p := memPool(t, clk, "r")
+	if err := p.SetReplicaState("r", &cow.ReplicaState{SourcePool: "0123", SourceVol: 1, SourceName: "vm"}); err != nil {
+		t.Fatal(err)
+	}
+	// Four days of the source's hourly snapshots, all arriving now.
+	for h := 0; h < 96; h++ {
+		name := time.Date(2026, 11, 27, h, 0, 0, 0, time.UTC).Format("auto-20060102T150405Z")
+		if _, err := p.CreateSnapshotWith("r", name, cow.SnapshotOptions{Scheduled: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := p.CreateSnapshot("r", "auto-by-hand", ""); err != nil {
+		t.Fatal(err)
+	}
+	m, err := newScheduleManager(p, slog.New(slog.DiscardHandler), clk, filepath.Join(t.TempDir(), "s.json"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.set(control.Schedule{Volume: "r", Every: time.Hour, Keep: mustKeep(t, "daily=3")}); err != nil {
+		t.Fatal(err)
+	}
+	m.pass(context.Background())
+	want := []string{"auto-20261128T230000Z", "auto-20261129T230000Z", "auto-20261130T230000Z"}
+	if got := snapNames(t, p, "r", true); !slices.Equal(got, want) {
+		t.Fatalf("replica kept %v, want %v", got, want)
+	}
+	if got := snapNames(t, p, "r", false); !slices.Equal(got, []string{"auto-by-hand"}) {
+		t.Fatalf("snapshots taken by hand: %v", got)
+	}
+	if st := m.statuses(); len(st) != 1 || !st[0].Replica || st[0].Pruned != 93 {
+		t.Fatalf("status: %+v", st)
+	}
+}
+
+// The pool-wide default applies to volumes without a schedule of their
+// own; a volume's own schedule overrides it, and removing it goes back
+// to the default.
+func TestScheduleDefaultAndOverride(t *testing.T) {
+	clk := newFakeClock("2026-12-01T12:00:00Z")
+	p := memPool(t, clk, "a", "b")
+	def := &control.Schedule{Every: time.Hour, Keep: mustKeep(t, "frequent=2")}
+	m, err := newScheduleManager(p, slog.New(slog.DiscardHandler), clk, filepath.Join(t.TempDir(), "s.json"), def)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.set(control.Schedule{Volume: "b", Every: 30 * time.Minute, Keep: mustKeep(t, "frequent=4")}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 6; i++ {
+		m.pass(context.Background())
+		clk.set(clk.Now().Add(30 * time.Minute))
+	}
+	if a, b := snapNames(t, p, "a", true), snapNames(t, p, "b", true); len(a) != 2 || len(b) != 4 {
+		t.Fatalf("default kept %v on a, the override %v on b", a, b)
+	}
+	st := m.statuses()
+	if len(st) != 2 || !st[0].Default || st[1].Default || st[1].Every != 30*time.Minute {
+		t.Fatalf("statuses: %+v", st)
+	}
+	if err := m.remove("b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.remove("b"); err == nil {
+		t.Fatal("removing a schedule twice succeeded")
+	}
+	m.pass(context.Background())
+	if b := snapNames(t, p, "b", true); len(b) != 2 {
+		t.Fatalf("b back on the default kept %v", b)
+	}
+}
