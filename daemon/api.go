@@ -121,6 +121,7 @@ func (d *Daemon) controlHandler() http.Handler {
 			writeErr(w, err)
 			return
 		}
+		d.sched.forget(name)
 		log.Info("deleted volume", "name", name, "disconnected", n)
 		writeJSON(w, http.StatusOK, control.DeleteReply{Disconnected: n})
 	})

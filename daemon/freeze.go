@@ -102,6 +102,19 @@ func quiescedSnapshot(ctx context.Context, pool snapshotter, log *slog.Logger, v
 		sn, err = pool.CreateSnapshotWith(vol, name, o)
 		return sn, "", err
 	}
+	// Nothing is frozen for a snapshot that cannot be taken.
+	if err := cow.ValidateName(name); err != nil {
+		return cow.Snapshot{}, "", fmt.Errorf("snapshot name: %w", err)
+	}
+	snaps, err := pool.Snapshots(vol)
+	if err != nil {
+		return cow.Snapshot{}, "", err
+	}
+	for _, sn := range snaps {
+		if sn.Name == name {
+			return cow.Snapshot{}, "", fmt.Errorf("snapshot %s@%s %w", vol, name, cow.ErrExists)
+		}
+	}
 	f := newFreezer(q)
 	timeout := q.Timeout
 	if timeout == 0 {

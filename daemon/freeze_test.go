@@ -82,6 +82,12 @@ func TestQuiescedSnapshotCommands(t *testing.T) {
 	if !errors.Is(err, errFreeze) || !strings.Contains(err.Error(), "cannot freeze") || read() != "thaw" {
 		t.Fatalf("a failing freeze: %v", err)
 	}
+	// A snapshot that cannot be taken freezes nothing.
+	for _, c := range []struct{ vol, name string }{{"vm", "app"}, {"nope", "x"}, {"vm", "bad/name"}} {
+		if _, _, err := quiescedSnapshot(ctx, p, log, c.vol, c.name, cow.SnapshotOptions{}, q("echo freeze >> "+marks)); err == nil || read() != "" {
+			t.Fatalf("%s@%s: %v, and the freeze ran", c.vol, c.name, err)
+		}
+	}
 	// No shell unless asked for: the words are the command's arguments.
 	argv, err := control.SplitCommand(`touch "` + dir + `/x;y" '` + dir + `/$HOME'`)
 	if err != nil {

@@ -183,6 +183,22 @@ func (m *scheduleManager) remove(vol string) error {
 	return nil
 }
 
+// forget drops a deleted volume's schedule, so that a new volume of the
+// same name does not inherit it.
+func (m *scheduleManager) forget(vol string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if old := m.mu.entries[vol]; old != nil {
+		delete(m.mu.entries, vol)
+		if err := m.saveLocked(); err != nil {
+			m.mu.entries[vol] = old
+			m.log.Error("schedule: could not drop a deleted volume's schedule", "volume", vol, "err", err)
+			return
+		}
+	}
+	delete(m.mu.state, vol)
+}
+
 // effective is vol's schedule: its own, else the default (nil: none).
 func (m *scheduleManager) effective(vol string) (*control.Schedule, bool) {
 	m.mu.Lock()

@@ -259,3 +259,58 @@ func TestScheduleDefaultAndOverride(t *testing.T) {
 		t.Fatalf("b back on the default kept %v", b)
 	}
 }
+
+// Through the control API: a schedule is set, refused when malformed,
+// kept across a restart, and dropped with its volume (a new volume of the
+// same name does not inherit it).
+func TestScheduleAPI(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	d, c := start(t, dir, nil)
+	for _, v := range []string{"v", "w"} {
+		if _, err := c.CreateVolume(ctx, control.CreateVolumeRequest{Name: v, Size: 1 << 20}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keep := mustKeep(t, "daily=7")
+	if _, err := c.SetSchedule(ctx, control.Schedule{Volume: "v", Every: 7 * time.Minute, Keep: keep}); apiCode(err) != control.CodeInvalid {
+		t.Fatalf("an interval that does not divide a day: %v", err)
+	}
+	if _, err := c.SetSchedule(ctx, control.Schedule{Volume: "nope", Every: time.Hour, Keep: keep}); apiCode(err) != control.CodeNotFound {
+		t.Fatalf("a schedule for a missing volume: %v", err)
+	}
+	for _, v := range []string{"v", "w"} {
+		if _, err := c.SetSchedule(ctx, control.Schedule{Volume: v, Every: time.Hour, Keep: keep}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l, err := c.Schedules(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(l) == 2 && l[0].Scheduled == 1 && l[1].Scheduled == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no scheduled snapshots after 10 s: %+v", l)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := c.DeleteVolume(ctx, "v", false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateVolume(ctx, control.CreateVolumeRequest{Name: "v", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	d.Close(ctx)
+	_, c = start(t, dir, nil)
+	l, err := c.Schedules(ctx)
+	if err != nil || len(l) != 1 || l[0].Volume != "w" || l[0].Every != time.Hour || l[0].Keep != keep {
+		t.Fatalf("after a restart: %+v %v", l, err)
+	}
+	if err := c.RemoveSchedule(ctx, "v"); apiCode(err) != control.CodeNotFound {
+		t.Fatalf("removing a schedule that is not there: %v", err)
+	}
+}

@@ -86,6 +86,11 @@ func session(conn net.Conn, cmd string, out any) error {
 	r := bufio.NewReader(conn)
 	enc := json.NewEncoder(conn)
 	id := rand.Int64N(1 << 53)
+	// A 0xFF byte first makes the agent drop whatever an earlier client
+	// left half-written in the channel.
+	if _, err := conn.Write([]byte{0xFF}); err != nil {
+		return err
+	}
 	if err := enc.Encode(request{Execute: "guest-sync-delimited", Arguments: map[string]int64{"id": id}}); err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ package qgatest
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"net"
 	"path/filepath"
@@ -98,6 +99,8 @@ func (a *Agent) serve(c net.Conn, b Behaviour) {
 		if err != nil {
 			return
 		}
+		// Clients send 0xFF to reset the agent's parser.
+		line = bytes.TrimLeft(line, "\xff")
 		var req struct {
 			Execute   string         `json:"execute"`
 			Arguments map[string]any `json:"arguments"`
