@@ -334,6 +334,7 @@ func (j *Journal) recover(from uint64, replay ReplayFunc) error {
 	type segState struct {
 		seg *segment
 		hdr segHeader
+		raw []byte // the header as it is on disk
 	}
 	var states []segState
 	for i, id := range ids {
@@ -374,7 +375,7 @@ func (j *Journal) recover(from uint64, replay ReplayFunc) error {
 		}
 		s := &segment{id: id, name: name, f: f, size: st.Size()}
 		j.segs[id] = s
-		states = append(states, segState{seg: s, hdr: hdr})
+		states = append(states, segState{seg: s, hdr: hdr, raw: hb})
 	}
 
 	// Find where replay starts: the last segment whose first sequence is <= from.
@@ -468,7 +469,19 @@ func (j *Journal) recover(from uint64, replay ReplayFunc) error {
 			s := lastSeg.seg
 			s.size = segmentHeaderSize
 			s.synced.Store(segmentHeaderSize)
-			return j.useSegment(s, encodeSegHeader(lastSeg.hdr))
+			h := encodeSegHeader(lastSeg.hdr)
+			if !bytes.Equal(h, lastSeg.raw) {
+				// Left by a build of an older format version: it takes
+				// this one's before records go into it (buffered writes
+				// start after the header and would leave it as it is).
+				if _, err := s.f.WriteAt(h, 0); err != nil {
+					return j.classifyWriteErr(fmt.Errorf("cdp: rewrite segment header %s: %w", s.name, err))
+				}
+				if err := s.f.Sync(); err != nil {
+					return j.fail(fmt.Errorf("sync segment header %s: %w", s.name, err))
+				}
+			}
+			return j.useSegment(s, h)
 		}
 		return j.startSegment(next, lastSeg.seg)
 	}
