@@ -66,11 +66,15 @@ func (d *Daemon) metrics(w http.ResponseWriter, req *http.Request) {
 		metric("strata_replication_lag_records", "gauge", "Changes of the volume the target does not hold yet.", r.LagRecords, "", l)
 		metric("strata_replication_lag_bytes", "gauge", "Data bytes the target does not hold yet.", r.LagBytes, "", l)
 		metric("strata_replication_lag_seconds", "gauge", "Age of the oldest change the target does not hold (0: up to date).", r.LagSeconds, "", l)
-		failing := 0
-		if r.LastError != "" {
-			failing = 1
+		metric("strata_replication_failing", "gauge", "1 when the last run to the target failed.", nonEmpty(r.LastError), "", l)
+	}
+	for _, s := range d.sched.statuses() {
+		metric("strata_schedule_snapshots", "gauge", "Scheduled snapshots the volume holds.", s.Scheduled, "volume", s.Volume)
+		if !s.Last.IsZero() {
+			metric("strata_schedule_last_snapshot_timestamp_seconds", "gauge", "When the volume's newest scheduled snapshot was taken.", s.Last.Unix(), "volume", s.Volume)
 		}
-		metric("strata_replication_failing", "gauge", "1 when the last run to the target failed.", failing, "", l)
+		metric("strata_schedule_pruned_total", "counter", "Scheduled snapshots thinned since the daemon started.", s.Pruned, "volume", s.Volume)
+		metric("strata_schedule_failing", "gauge", "1 when the schedule's last pass met an error (a failed freeze, snapshot or prune).", nonEmpty(s.LastError), "volume", s.Volume)
 	}
 	d.io.write(&b)
 	fmt.Fprintf(&b, "# HELP strata_journal_fsync_seconds Journal fsync latency.\n# TYPE strata_journal_fsync_seconds histogram\n")
@@ -90,4 +94,12 @@ func writeFsyncHistogram(b *strings.Builder, f cdp.FsyncStats) {
 	fmt.Fprintf(b, "strata_journal_fsync_seconds_bucket{le=\"+Inf\"} %d\n", cum)
 	fmt.Fprintf(b, "strata_journal_fsync_seconds_sum %g\n", f.Sum.Seconds())
 	fmt.Fprintf(b, "strata_journal_fsync_seconds_count %d\n", cum)
+}
+
+// nonEmpty is 1 for an error message, 0 for none.
+func nonEmpty(msg string) int {
+	if msg != "" {
+		return 1
+	}
+	return 0
 }

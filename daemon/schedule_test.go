@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -284,20 +285,7 @@ func TestScheduleAPI(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		l, err := c.Schedules(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(l) == 2 && l[0].Scheduled == 1 && l[1].Scheduled == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no scheduled snapshots after 10 s: %+v", l)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitSchedules(t, c, func(l []control.ScheduleStatus) bool { return len(l) == 2 && l[0].Scheduled == 1 && l[1].Scheduled == 1 })
 	if _, err := c.DeleteVolume(ctx, "v", false); err != nil {
 		t.Fatal(err)
 	}
@@ -306,11 +294,33 @@ func TestScheduleAPI(t *testing.T) {
 	}
 	d.Close(ctx)
 	_, c = start(t, dir, nil)
-	l, err := c.Schedules(ctx)
-	if err != nil || len(l) != 1 || l[0].Volume != "w" || l[0].Every != time.Hour || l[0].Keep != keep {
-		t.Fatalf("after a restart: %+v %v", l, err)
+	l := waitSchedules(t, c, func(l []control.ScheduleStatus) bool { return len(l) == 1 && l[0].Scheduled == 1 })
+	if l[0].Volume != "w" || l[0].Every != time.Hour || l[0].Keep != keep {
+		t.Fatalf("after a restart: %+v", l)
+	}
+	if m, err := c.Metrics(ctx); err != nil || !strings.Contains(m, `strata_schedule_snapshots{volume="w"} 1`) || !strings.Contains(m, `strata_schedule_failing{volume="w"} 0`) {
+		t.Fatalf("metrics: %v\n%s", err, m)
 	}
 	if err := c.RemoveSchedule(ctx, "v"); apiCode(err) != control.CodeNotFound {
 		t.Fatalf("removing a schedule that is not there: %v", err)
+	}
+}
+
+// waitSchedules polls the daemon's schedules (10 s at most) until ok.
+func waitSchedules(t *testing.T, c *control.Client, ok func([]control.ScheduleStatus) bool) []control.ScheduleStatus {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l, err := c.Schedules(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok(l) {
+			return l
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("schedules after 10 s: %+v", l)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
