@@ -285,7 +285,9 @@ func TestScheduleAPI(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitSchedules(t, c, func(l []control.ScheduleStatus) bool { return len(l) == 2 && l[0].Scheduled == 1 && l[1].Scheduled == 1 })
+	waitSchedules(t, c, func(l []control.ScheduleStatus) bool {
+		return len(l) == 2 && l[0].Scheduled == 1 && l[1].Scheduled == 1
+	})
 	if _, err := c.DeleteVolume(ctx, "v", false); err != nil {
 		t.Fatal(err)
 	}
