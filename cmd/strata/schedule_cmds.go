@@ -26,6 +26,9 @@ func quiesceFlags() []cli.Flag {
 // readQuiesce returns the freeze the flags ask for (nil: none).
 func readQuiesce(c *cli.Context) (*control.Quiesce, error) {
 	if !c.IsSet("freeze-cmd") && !c.IsSet("thaw-cmd") && !c.IsSet("qga") {
+		if c.IsSet("freeze-timeout") {
+			return nil, fmt.Errorf("--freeze-timeout goes with --freeze-cmd/--thaw-cmd or --qga")
+		}
 		return nil, nil
 	}
 	q := &control.Quiesce{}

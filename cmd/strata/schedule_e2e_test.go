@@ -84,6 +84,8 @@ func TestE2ESchedule(t *testing.T) {
 		{[]string{"schedule", "add", "vm1", "--every", "15m", "--keep", "hourly"}, "is not RULE=N"},
 		{[]string{"schedule", "add", "vm1", "--every", "15m", "--keep", "daily=1", "--freeze-cmd", "true"}, "go together"},
 		{[]string{"schedule", "add", "nope", "--every", "15m", "--keep", "daily=1"}, "does not exist"},
+		{[]string{"snapshot", "create", "vm1", "x", "--freeze-timeout", "5s"}, "--freeze-timeout goes with"},
+		{[]string{"snapshot", "create", "vm1", "x", "--qga", "/run/x.sock", "--thaw-cmd", "true"}, "not both"},
 		{[]string{"schedule", "remove", "other"}, "no schedule of its own"},
 	} {
 		checkOneLineError(t, strings.Join(bad.args, " "), a.cli(bad.args...), bad.want)
