@@ -21,6 +21,7 @@ type fakeClock struct {
 	mu       sync.Mutex
 	now      time.Time
 	sleeping chan sleeper
+	held     *sleeper // a request runUntil left for its next call
 }
 
 type sleeper struct {
@@ -57,20 +58,27 @@ func (c *fakeClock) After(d time.Duration) <-chan time.Time {
 }
 
 // runUntil wakes the manager at each time it asks for, until it asks for
-// one after end (the clock stays before it).
+// one at or after end (the clock stays before it; that request waits for
+// the next runUntil).
 func (c *fakeClock) runUntil(t *testing.T, end time.Time) {
 	t.Helper()
 	for {
-		select {
-		case s := <-c.sleeping:
-			if !s.until.Before(end) {
-				return
+		var s sleeper
+		if c.held != nil {
+			s, c.held = *c.held, nil
+		} else {
+			select {
+			case s = <-c.sleeping:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the schedule manager stopped asking for time")
 			}
-			c.set(s.until)
-			s.ch <- c.Now()
-		case <-time.After(10 * time.Second):
-			t.Fatal("the schedule manager stopped asking for time")
 		}
+		if !s.until.Before(end) {
+			c.held = &s
+			return
+		}
+		c.set(s.until)
+		s.ch <- c.Now()
 	}
 }
 
@@ -324,5 +332,94 @@ func waitSchedules(t *testing.T, c *control.Client, ok func([]control.ScheduleSt
 			t.Fatalf("schedules after 10 s: %+v", l)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A DR site keeps a longer policy than the source: the source keeps three
+// days, the replica, shipped to once a simulated day, thins the copies of
+// every scheduled snapshot it received to two days of hours and a month
+// of days, and takes none itself.
+func TestScheduleReplicaSite(t *testing.T) {
+	ctx := context.Background()
+	token, err := filepath.Abs(filepath.Join("testdata", "token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	srcClk, dstClk := newFakeClock("2026-11-01T00:00:00Z"), newFakeClock("2026-11-01T00:00:00Z")
+	_, src := start(t, t.TempDir(), func(o *Options) {
+		o.Volumes = []VolumeSpec{{Name: "v", Size: 1 << 20}}
+		o.Clock, o.Pool.Now = srcClk, srcClk.Now
+	})
+	_, dst := start(t, t.TempDir(), func(o *Options) {
+		o.ReplicaListen, o.ReplicaTokenFile = addr, token
+		o.Clock, o.Pool.Now = dstClk, dstClk.Now
+	})
+	target := control.TargetSpec{To: "strata://" + addr, TokenFile: token}
+	ship := func() {
+		t.Helper()
+		if _, err := src.Replicate(ctx, control.ReplicateRequest{Volume: "v", TargetSpec: target}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The first copy goes before any snapshot: every later one travels
+	// as a record, deleted at the source or not.
+	ship()
+	dstPolicy := control.Schedule{Volume: "v", Every: time.Hour, Keep: mustKeep(t, "hourly=48,daily=30")}
+	if _, err := dst.SetSchedule(ctx, dstPolicy); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.SetSchedule(ctx, control.Schedule{Volume: "v", Every: time.Hour, Keep: mustKeep(t, "daily=3")}); err != nil {
+		t.Fatal(err)
+	}
+	start := srcClk.Now()
+	for day := 1; day <= 10; day++ {
+		srcClk.runUntil(t, start.Add(time.Duration(day)*24*time.Hour))
+		ship()
+	}
+	// One more pass at the replica, after the last shipment.
+	for len(dstClk.sleeping) > 0 {
+		<-dstClk.sleeping
+	}
+	if _, err := dst.SetSchedule(ctx, dstPolicy); err != nil {
+		t.Fatal(err)
+	}
+	<-dstClk.sleeping
+
+	names := func(c *control.Client) []string {
+		snaps, err := c.Snapshots(ctx, "v")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, sn := range snaps {
+			if !sn.Scheduled {
+				t.Fatalf("snapshot %s is not marked as scheduled", sn.Name)
+			}
+			out = append(out, sn.Name)
+		}
+		slices.Sort(out)
+		return out
+	}
+	name := func(day, hour int) string {
+		return time.Date(2026, 11, day, hour, 0, 0, 0, time.UTC).Format("auto-20060102T150405Z")
+	}
+	if got, want := names(src), []string{name(8, 23), name(9, 23), name(10, 23)}; !slices.Equal(got, want) {
+		t.Fatalf("the source keeps %v, want %v", got, want)
+	}
+	var want []string
+	for h := 0; h < 48; h++ {
+		want = append(want, name(9+h/24, h%24))
+	}
+	for day := 1; day <= 8; day++ {
+		want = append(want, name(day, 23))
+	}
+	slices.Sort(want)
+	if got := names(dst); !slices.Equal(got, want) {
+		t.Fatalf("the replica keeps\n%v\nwant\n%v", got, want)
+	}
+	l, err := dst.Schedules(ctx)
+	if err != nil || len(l) != 1 || !l[0].Replica || l[0].Scheduled != len(want) || l[0].Pruned != 240-int64(len(want)) {
+		t.Fatalf("replica schedule status: %+v %v", l, err)
 	}
 }
