@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"time"
@@ -82,8 +83,12 @@ func call(ctx context.Context, socket, cmd string, out any) error {
 	return nil
 }
 
+// maxSession bounds what one session reads: the agent runs inside the
+// guest, which the daemon does not trust.
+const maxSession = 1 << 20
+
 func session(conn net.Conn, cmd string, out any) error {
-	r := bufio.NewReader(conn)
+	r := bufio.NewReader(io.LimitReader(conn, maxSession))
 	enc := json.NewEncoder(conn)
 	id := rand.Int64N(1 << 53)
 	// A 0xFF byte first makes the agent drop whatever an earlier client
