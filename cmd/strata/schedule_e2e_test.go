@@ -132,15 +132,23 @@ func TestE2ESchedule(t *testing.T) {
 // freeze needs recovery.
 func TestE2EAppConsistentFsfreeze(t *testing.T) {
 	needRoot(t)
-	need(t, "nbdfuse", "fusermount3", "losetup", "mkfs.ext4", "e2fsck", "dumpe2fs", "mount", "umount", "fsfreeze", "nbdcopy")
+	need(t, "nbdfuse", "fusermount3", "losetup", "mkfs.ext4", "e2fsck", "dumpe2fs", "mount", "umount", "fsfreeze", "findmnt", "nbdcopy")
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skipf("no /dev/fuse: %v", err)
+		t.Skipf("nbdfuse is unusable: no /dev/fuse (%v)", err)
+	}
+	if r := runSpec(t, cmdSpec{name: "losetup", args: []string{"-f"}, timeout: 30 * time.Second}); r.code != 0 {
+		t.Skipf("losetup is unusable here (no free loop device?): %s", r)
 	}
 	s := startServer(t)
 	s.createVolume("db", "128MiB")
 	a := attachFuseLoop(t, s.uri("db"))
 	mustRunTimeout(t, 2*time.Minute, "mkfs.ext4", "-q", a.dev)
 	m := mountDev(t, a.dev)
+	// fsfreeze freezes whatever filesystem holds the path: make sure it is
+	// the test's, never this machine's own.
+	if src := strings.TrimSpace(mustRun(t, "findmnt", "-n", "-o", "SOURCE", "--mountpoint", m.dir).stdout); src != a.dev {
+		t.Fatalf("%s is not the mount of %s (findmnt says %q): refusing to freeze it", m.dir, a.dev, src)
+	}
 	// Whatever happens, the filesystem is thawed before it is unmounted
 	// (cleanups run last-registered first).
 	t.Cleanup(func() { runSpec(t, cmdSpec{name: "fsfreeze", args: []string{"-u", m.dir}, timeout: 30 * time.Second}) })
