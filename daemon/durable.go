@@ -9,6 +9,9 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/strata-storage/strata/cdp"
 )
 
 // writeFileDurable replaces path with b so that a crash leaves the old or
@@ -34,13 +37,8 @@ func writeFileDurable(path string, b []byte) error {
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("replace %s: %w", path, err)
 	}
-	dir, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return fmt.Errorf("sync directory of %s: %w", path, err)
-	}
-	defer dir.Close()
-	if err := dir.Sync(); err != nil {
-		return fmt.Errorf("sync directory of %s: %w", path, err)
+	if err := cdp.SyncDir(vfs.Default, filepath.Dir(path)); err != nil {
+		return fmt.Errorf("replace %s: %w", path, err)
 	}
 	return nil
 }
