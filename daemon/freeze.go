@@ -78,9 +78,20 @@ func (f qgaFreezer) Freeze(ctx context.Context) error {
 	return err
 }
 
+// Thaw thaws, then asks the agent whether anything is still frozen: the
+// guest must not be left frozen by a thaw that half-worked.
 func (f qgaFreezer) Thaw(ctx context.Context) error {
-	_, err := qga.Thaw(ctx, string(f))
-	return err
+	if _, err := qga.Thaw(ctx, string(f)); err != nil {
+		return err
+	}
+	st, err := qga.Status(ctx, string(f))
+	if err != nil {
+		return err
+	}
+	if st != "thawed" {
+		return fmt.Errorf("the guest agent at %s says its filesystems are %q after the thaw", string(f), st)
+	}
+	return nil
 }
 
 // snapshotter is what snapshots need of the pool.

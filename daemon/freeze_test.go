@@ -27,7 +27,7 @@ func TestQuiescedSnapshotQGA(t *testing.T) {
 	if err != nil || warning != "" || !sn.AppConsistent || ok.Frozen() {
 		t.Fatalf("obeying agent: %+v %q %v, frozen %v", sn, warning, err, ok.Frozen())
 	}
-	if got := ok.Commands(); !slices.Equal(got, []string{"guest-sync-delimited", "guest-fsfreeze-freeze", "guest-sync-delimited", "guest-fsfreeze-thaw"}) {
+	if got := ok.Commands(); !slices.Equal(got, []string{"guest-sync-delimited", "guest-fsfreeze-freeze", "guest-sync-delimited", "guest-fsfreeze-thaw", "guest-sync-delimited", "guest-fsfreeze-status"}) {
 		t.Fatalf("agent saw %v", got)
 	}
 
@@ -49,7 +49,14 @@ func TestQuiescedSnapshotQGA(t *testing.T) {
 	if !errors.Is(err, errFreeze) || refuse.Frozen() {
 		t.Fatalf("refusing agent: %v, frozen %v", err, refuse.Frozen())
 	}
-	if got := snapNames(t, p, "vm", false); !slices.Equal(got, []string{"app", "hung"}) {
+	// A thaw that leaves the guest frozen: the snapshot is there, and the
+	// error says the guest may still be frozen.
+	stuck := qgatest.Start(t, qgatest.StayFrozen)
+	sn, _, err = quiescedSnapshot(ctx, p, log, "vm", "stuck", cow.SnapshotOptions{}, &control.Quiesce{QGA: stuck.Socket})
+	if !errors.Is(err, errThaw) || sn.Name != "stuck" || !strings.Contains(err.Error(), `"frozen"`) {
+		t.Fatalf("an agent that stays frozen: %+v %v", sn, err)
+	}
+	if got := snapNames(t, p, "vm", false); !slices.Equal(got, []string{"app", "hung", "stuck"}) {
 		t.Fatalf("snapshots: %v", got)
 	}
 }

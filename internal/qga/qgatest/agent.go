@@ -25,6 +25,8 @@ const (
 	// Refuse freezes part of the guest, then answers with an error, as
 	// an agent does whose freeze hook failed half-way.
 	Refuse
+	// StayFrozen freezes, and answers a thaw without thawing.
+	StayFrozen
 )
 
 // Agent is a running test agent.
@@ -130,6 +132,10 @@ func (a *Agent) serve(c net.Conn, b Behaviour) {
 				enc.Encode(reply{"return": 2})
 			}
 		case "guest-fsfreeze-thaw":
+			if b == StayFrozen {
+				enc.Encode(reply{"return": 0})
+				continue
+			}
 			n := 0
 			if a.setFrozen(false) {
 				n = 2
