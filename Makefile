@@ -60,6 +60,9 @@ e2e: build
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecodeRecord -fuzztime 20s ./cdp
 	$(GO) test -run '^$$' -fuzz FuzzRequest -fuzztime 20s ./blockdev/nbd
+	$(GO) test -run '^$$' -fuzz FuzzReadReply -fuzztime 20s ./internal/qga
+	$(GO) test -run '^$$' -fuzz FuzzSplitCommand -fuzztime 10s ./control
+	$(GO) test -run '^$$' -fuzz FuzzParseKeep -fuzztime 10s ./control
 
 test: test-deps vet staticcheck fmt-check race e2e
 

@@ -53,8 +53,12 @@ var (
 )
 
 // FormatVersion is the segment format this code writes. Versions only move
-// forward; a segment with a newer version is refused.
-const FormatVersion = 1
+// forward; a segment with a newer version is refused, an older one is read
+// (version 2 added the snapshot flags FlagSnapScheduled and
+// FlagSnapAppConsistent, which version 1 records never carry, so a version 1
+// segment reads the same; an older build refuses a version 2 segment
+// instead of dropping the flags).
+const FormatVersion = 2
 
 const (
 	segmentHeaderSize = 64
@@ -291,8 +295,8 @@ func decodeSegHeader(b []byte) (segHeader, error) {
 	if le.Uint32(b[60:]) != Checksum(b[:60]) {
 		return h, errors.New("segment header checksum mismatch")
 	}
-	if v := le.Uint32(b[8:]); v != FormatVersion {
-		return h, fmt.Errorf("segment format version %d is not supported (this build reads version %d)", v, FormatVersion)
+	if v := le.Uint32(b[8:]); v < 1 || v > FormatVersion {
+		return h, fmt.Errorf("segment format version %d is not supported (this build reads versions 1 to %d)", v, FormatVersion)
 	}
 	h.firstSeq = le.Uint64(b[16:])
 	h.prevID = le.Uint64(b[24:])
@@ -330,6 +334,7 @@ func (j *Journal) recover(from uint64, replay ReplayFunc) error {
 	type segState struct {
 		seg *segment
 		hdr segHeader
+		raw []byte // the header as it is on disk
 	}
 	var states []segState
 	for i, id := range ids {
@@ -370,7 +375,7 @@ func (j *Journal) recover(from uint64, replay ReplayFunc) error {
 		}
 		s := &segment{id: id, name: name, f: f, size: st.Size()}
 		j.segs[id] = s
-		states = append(states, segState{seg: s, hdr: hdr})
+		states = append(states, segState{seg: s, hdr: hdr, raw: hb})
 	}
 
 	// Find where replay starts: the last segment whose first sequence is <= from.
@@ -464,7 +469,19 @@ func (j *Journal) recover(from uint64, replay ReplayFunc) error {
 			s := lastSeg.seg
 			s.size = segmentHeaderSize
 			s.synced.Store(segmentHeaderSize)
-			return j.useSegment(s, encodeSegHeader(lastSeg.hdr))
+			h := encodeSegHeader(lastSeg.hdr)
+			if !bytes.Equal(h, lastSeg.raw) {
+				// Left by a build of an older format version: it takes
+				// this one's before records go into it (buffered writes
+				// start after the header and would leave it as it is).
+				if _, err := s.f.WriteAt(h, 0); err != nil {
+					return j.classifyWriteErr(fmt.Errorf("cdp: rewrite segment header %s: %w", s.name, err))
+				}
+				if err := s.f.Sync(); err != nil {
+					return j.fail(fmt.Errorf("sync segment header %s: %w", s.name, err))
+				}
+			}
+			return j.useSegment(s, h)
 		}
 		return j.startSegment(next, lastSeg.seg)
 	}

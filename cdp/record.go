@@ -113,6 +113,12 @@ func (k Kind) valid() bool { return k >= KindWrite && k <= KindRelocate }
 const (
 	// FlagNoHole on a KindZero record: the zeroed range stays allocated.
 	FlagNoHole uint8 = 1 << 0
+	// FlagSnapScheduled on a KindSnapshotCreate record: a schedule took
+	// the snapshot (its thinning may delete it), not a user.
+	FlagSnapScheduled uint8 = 1 << 1
+	// FlagSnapAppConsistent on a KindSnapshotCreate record: the snapshot
+	// was taken while the application or guest was frozen.
+	FlagSnapAppConsistent uint8 = 1 << 2
 )
 
 // Record is one entry of the journal. Append assigns Seq and Time.

@@ -10,7 +10,7 @@
 //	POST   /v1/volumes/NAME/resize ResizeRequest -> VolumeInfo
 //	POST   /v1/volumes/NAME/settings SettingsRequest
 //	GET    /v1/status                       -> Status
-//	POST   /v1/volumes/NAME/snapshots SnapshotRequest -> Snapshot
+//	POST   /v1/volumes/NAME/snapshots SnapshotRequest -> SnapshotCreated
 //	GET    /v1/volumes/NAME/snapshots       -> []SnapshotInfo
 //	DELETE /v1/volumes/NAME/snapshots/SNAP
 //	POST   /v1/volumes/NAME/rollback RollbackRequest -> Point
@@ -25,6 +25,9 @@
 //	POST   /v1/volumes/NAME/promote         -> ReplicaState
 //	POST   /v1/volumes/NAME/demote DemoteRequest -> DemoteReply
 //	POST   /v1/restore        RestoreRequest -> Event stream (NDJSON)
+//	GET    /v1/schedules                    -> []ScheduleStatus
+//	PUT    /v1/schedules/VOL  Schedule      -> Schedule
+//	DELETE /v1/schedules/VOL
 //	GET    /metrics                         -> Prometheus text format
 //	GET    /debug/pprof/...                 -> Go profiles (net/http/pprof)
 //
@@ -95,7 +98,7 @@ func ValidateName(name string) error { return cow.ValidateName(name) }
 // developers.
 func UserMessage(err error) string {
 	msg := err.Error()
-	for _, p := range []string{"cow: ", "blockdev: ", "cdp: "} {
+	for _, p := range []string{"cow: ", "blockdev: ", "cdp: ", "control: ", "qga: "} {
 		msg = strings.ReplaceAll(msg, p, "")
 	}
 	return msg
@@ -124,6 +127,16 @@ type DeleteReply struct {
 type SnapshotRequest struct {
 	Name  string `json:"name"`
 	Label string `json:"label"`
+	// Quiesce: freeze the application or guest around the snapshot.
+	Quiesce *Quiesce `json:"quiesce,omitempty"`
+}
+
+// SnapshotCreated is the reply to a snapshot create: the snapshot, and
+// what went wrong with a freeze that did not stop it (a freeze that timed
+// out: the snapshot is crash-consistent).
+type SnapshotCreated struct {
+	Snapshot
+	Warning string `json:"warning,omitempty"`
 }
 
 type SnapshotInfo struct {

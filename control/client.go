@@ -71,6 +71,12 @@ func (c *Client) CreateSnapshot(ctx context.Context, vol string, req SnapshotReq
 	return request[Snapshot](ctx, c, "POST", volumePath(vol, "snapshots"), req)
 }
 
+// CreateSnapshotQuiesced is CreateSnapshot with the reply's warning (a
+// freeze that timed out).
+func (c *Client) CreateSnapshotQuiesced(ctx context.Context, vol string, req SnapshotRequest) (SnapshotCreated, error) {
+	return request[SnapshotCreated](ctx, c, "POST", volumePath(vol, "snapshots"), req)
+}
+
 func (c *Client) Snapshots(ctx context.Context, vol string) ([]SnapshotInfo, error) {
 	return request[[]SnapshotInfo](ctx, c, "GET", volumePath(vol, "snapshots"), nil)
 }

@@ -384,7 +384,8 @@ func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
 		if err != nil {
 			return err
 		}
-		v.meta.Snapshots = append(v.meta.Snapshots, Snapshot{Name: name, Seq: r.Seq, Time: time.Unix(0, r.Time).UTC(), Label: label})
+		v.meta.Snapshots = append(v.meta.Snapshots, Snapshot{Name: name, Seq: r.Seq, Time: time.Unix(0, r.Time).UTC(), Label: label,
+			Scheduled: r.Flags&cdp.FlagSnapScheduled != 0, AppConsistent: r.Flags&cdp.FlagSnapAppConsistent != 0})
 		a.metaDirty[v.id] = v
 	case cdp.KindSnapshotDelete:
 		name := string(r.Meta)

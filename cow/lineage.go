@@ -2,7 +2,9 @@ package cow
 
 import (
 	"encoding/json"
+
 	"fmt"
+	"github.com/strata-storage/strata/cdp"
 	"sort"
 	"time"
 )
@@ -33,6 +35,30 @@ type Snapshot struct {
 	Seq   uint64    `json:"seq"`
 	Time  time.Time `json:"time"`
 	Label string    `json:"label,omitempty"`
+	// Scheduled: a schedule took it, and its thinning may delete it;
+	// snapshots taken by hand (Scheduled false) are never pruned.
+	Scheduled bool `json:"scheduled,omitempty"`
+	// AppConsistent: taken while the application or guest was frozen;
+	// otherwise crash-consistent (what a power cut would have left).
+	AppConsistent bool `json:"app_consistent,omitempty"`
+}
+
+// SnapshotOptions are what a snapshot records besides its name.
+type SnapshotOptions struct {
+	Label         string
+	Scheduled     bool
+	AppConsistent bool
+}
+
+func (o SnapshotOptions) flags() uint8 {
+	var f uint8
+	if o.Scheduled {
+		f |= cdp.FlagSnapScheduled
+	}
+	if o.AppConsistent {
+		f |= cdp.FlagSnapAppConsistent
+	}
+	return f
 }
 
 // volMeta is the part of a volume's metadata that changes rarely; it is

@@ -276,9 +276,16 @@ func (p *Pool) unpin(vol, seq uint64) {
 
 // CreateSnapshot names volume vol's current point. O(1): no data is copied.
 func (p *Pool) CreateSnapshot(vol, name, label string) (Snapshot, error) {
+	return p.CreateSnapshotWith(vol, name, SnapshotOptions{Label: label})
+}
+
+// CreateSnapshotWith is CreateSnapshot with what else the snapshot records
+// (taken by a schedule, app-consistent).
+func (p *Pool) CreateSnapshotWith(vol, name string, o SnapshotOptions) (Snapshot, error) {
 	if err := ValidateName(name); err != nil {
 		return Snapshot{}, fmt.Errorf("snapshot name: %w", err)
 	}
+	label := o.Label
 	if len(label) > 1024 {
 		return Snapshot{}, fmt.Errorf("%w: the label is longer than 1024 bytes", ErrInvalidName)
 	}
@@ -294,7 +301,7 @@ func (p *Pool) CreateSnapshot(vol, name, label string) (Snapshot, error) {
 			return Snapshot{}, fmt.Errorf("snapshot %s@%s %w", vol, name, ErrExists)
 		}
 	}
-	err := p.appendLocked(&cdp.Record{Kind: cdp.KindSnapshotCreate, Volume: v.id, Meta: encodeSnapshotMeta(name, label)})
+	err := p.appendLocked(&cdp.Record{Kind: cdp.KindSnapshotCreate, Volume: v.id, Flags: o.flags(), Meta: encodeSnapshotMeta(name, label)})
 	var sn Snapshot
 	if err == nil {
 		sn = v.meta.Snapshots[len(v.meta.Snapshots)-1]

@@ -214,3 +214,46 @@ func TestPointErrors(t *testing.T) {
 }
 
 func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
+
+// What a snapshot records besides its name (scheduled, app-consistent)
+// survives a reopen from the index and a rebuild of the index from the
+// journal.
+func TestSnapshotMarksDurable(t *testing.T) {
+	fs := vfs.NewMem()
+	p := openPool(t, fs)
+	mustVol(t, p, "vol", 1<<20).Close()
+	want := map[string]SnapshotOptions{
+		"hand":  {Label: "by hand"},
+		"sched": {Scheduled: true},
+		"app":   {Label: "db", Scheduled: true, AppConsistent: true},
+	}
+	for _, name := range []string{"hand", "sched", "app"} {
+		if _, err := p.CreateSnapshotWith("vol", name, want[name]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(p *Pool, when string) {
+		t.Helper()
+		snaps, err := p.Snapshots("vol")
+		if err != nil || len(snaps) != 3 {
+			t.Fatalf("%s: %v %v", when, snaps, err)
+		}
+		for _, sn := range snaps {
+			w := want[sn.Name]
+			if sn.Label != w.Label || sn.Scheduled != w.Scheduled || sn.AppConsistent != w.AppConsistent {
+				t.Fatalf("%s: snapshot %+v, want %+v", when, sn, w)
+			}
+		}
+	}
+	check(p, "created")
+	p.Close()
+	p = openPool(t, fs)
+	check(p, "reopened")
+	p.Close()
+	if err := fs.RemoveAll("data/index"); err != nil {
+		t.Fatal(err)
+	}
+	p = openPool(t, fs)
+	defer p.Close()
+	check(p, "index rebuilt from the journal")
+}

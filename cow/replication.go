@@ -70,6 +70,8 @@ type Change struct {
 	Data  []byte
 	Name  string // snapshot create and delete
 	Label string
+	// Snapshot creates: what the snapshot records besides its name.
+	Scheduled, AppConsistent bool
 }
 
 // DataChange reports whether the change alters the volume's content or
@@ -198,6 +200,7 @@ func (p *Pool) changes(ctx context.Context, vol string, after, upto uint64, with
 				return false
 			}
 			c.Name, c.Label = name, label
+			c.Scheduled, c.AppConsistent = r.Flags&cdp.FlagSnapScheduled != 0, r.Flags&cdp.FlagSnapAppConsistent != 0
 		case cdp.KindSnapshotDelete:
 			c.Name = string(r.Meta)
 		}

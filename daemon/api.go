@@ -41,6 +41,9 @@ var errorClasses = []errorClass{
 	{cow.ErrInvalidName, http.StatusBadRequest, control.CodeInvalid},
 	{cow.ErrInvalidSize, http.StatusBadRequest, control.CodeInvalid},
 	{errBadRequest, http.StatusBadRequest, control.CodeInvalid},
+	{control.ErrBadSpec, http.StatusBadRequest, control.CodeInvalid},
+	{errFreeze, http.StatusBadGateway, control.CodeRefused},
+	{errThaw, http.StatusBadGateway, control.CodeRefused},
 	{blockdev.ErrNoSpace, http.StatusInsufficientStorage, control.CodeNoSpace},
 	{cdp.ErrFailed, http.StatusInternalServerError, control.CodeIO},
 	{blockdev.ErrIO, http.StatusInternalServerError, control.CodeIO},
@@ -118,6 +121,7 @@ func (d *Daemon) controlHandler() http.Handler {
 			writeErr(w, err)
 			return
 		}
+		d.sched.forget(name)
 		log.Info("deleted volume", "name", name, "disconnected", n)
 		writeJSON(w, http.StatusOK, control.DeleteReply{Disconnected: n})
 	})
@@ -160,13 +164,19 @@ func (d *Daemon) controlHandler() http.Handler {
 			writeErr(w, err)
 			return
 		}
-		sn, err := d.pool.CreateSnapshot(r.PathValue("name"), req.Name, req.Label)
+		if req.Quiesce != nil {
+			if err := req.Quiesce.Validate(); err != nil {
+				writeErr(w, err)
+				return
+			}
+		}
+		sn, warning, err := quiescedSnapshot(r.Context(), d.pool, log, r.PathValue("name"), req.Name, cow.SnapshotOptions{Label: req.Label}, req.Quiesce)
 		if err != nil {
 			writeErr(w, err)
 			return
 		}
-		log.Info("created snapshot", "volume", r.PathValue("name"), "name", sn.Name, "seq", sn.Seq)
-		writeJSON(w, http.StatusCreated, sn)
+		log.Info("created snapshot", "volume", r.PathValue("name"), "name", sn.Name, "seq", sn.Seq, "app_consistent", sn.AppConsistent)
+		writeJSON(w, http.StatusCreated, control.SnapshotCreated{Snapshot: sn, Warning: warning})
 	})
 	mux.HandleFunc("GET /v1/volumes/{name}/snapshots", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
@@ -282,6 +292,7 @@ func (d *Daemon) controlHandler() http.Handler {
 		writeJSON(w, http.StatusOK, st)
 	})
 	d.replicationHandlers(mux)
+	d.scheduleHandlers(mux)
 	mux.Handle("GET /metrics", d.metricsHandler())
 	// Profiles of the running daemon, for performance work:
 	// curl --unix-socket DATA/control.sock http://strata/debug/pprof/profile?seconds=10 > cpu.prof

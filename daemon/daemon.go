@@ -3,8 +3,10 @@
 // listeners (NBD on a Unix socket and TCP, with TLS and access lists; ublk
 // devices), the control API (HTTP on the control socket, see package
 // control), the replication manager (configured continuous and interval
-// shipping, --once runs, the listener for other sites' streams) and the
-// metrics. Start runs one, Close stops it; tests can run one in-process.
+// shipping, --once runs, the listener for other sites' streams), the
+// snapshot schedules (schedule.go; app-consistent snapshots in freeze.go)
+// and the metrics. Start runs one, Close stops it; tests can run one
+// in-process.
 package daemon
 
 import (
@@ -70,6 +72,11 @@ type Options struct {
 	Volumes []VolumeSpec
 	// Pool configures the pool; Dir and Logger are the daemon's.
 	Pool cow.Options
+	// Schedule is the pool-wide default snapshot schedule, which volumes
+	// without one of their own follow (nil: none; Volume is ignored).
+	Schedule *control.Schedule
+	// Clock runs the schedules (default the wall clock).
+	Clock Clock
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
 	// Version is what status reports.
@@ -104,6 +111,7 @@ type Daemon struct {
 	ublkStop   context.CancelFunc
 	ublkWG     sync.WaitGroup
 	repl       *replManager
+	sched      *scheduleManager
 	replSrv    *replica.Server
 	closeOnce  sync.Once
 	closeErr   error
@@ -160,6 +168,10 @@ func Start(o Options) (*Daemon, error) {
 	if d.repl, err = newReplManager(pool, o.Logger, filepath.Join(o.Dir, "replication.json")); err != nil {
 		return nil, fmt.Errorf("replication: %w", err)
 	}
+	if d.sched, err = newScheduleManager(pool, o.Logger, o.Clock, filepath.Join(o.Dir, "schedules.json"), o.Schedule); err != nil {
+		return nil, fmt.Errorf("schedules: %w", err)
+	}
+	d.sched.start()
 	if o.ReplicaListen != "" {
 		l, err := net.Listen("tcp", o.ReplicaListen)
 		if err != nil {
@@ -209,6 +221,9 @@ func (o *Options) fill() (string, error) {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if o.Clock == nil {
+		o.Clock = wallClock{}
 	}
 	var token string
 	if o.ReplicaListen != "" {
@@ -263,6 +278,9 @@ func (d *Daemon) close(ctx context.Context) error {
 	}
 	for _, l := range d.lns {
 		l.Close()
+	}
+	if d.sched != nil {
+		d.sched.close()
 	}
 	if d.repl != nil {
 		d.repl.close()

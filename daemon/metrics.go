@@ -59,6 +59,10 @@ var poolFamilies = []family{
 	{"strata_replication_lag_bytes", "Data bytes the target does not hold yet.", prometheus.GaugeValue, []string{"volume", "target"}},
 	{"strata_replication_lag_seconds", "Age of the oldest change the target does not hold (0: up to date).", prometheus.GaugeValue, []string{"volume", "target"}},
 	{"strata_replication_failing", "1 when the last run to the target failed.", prometheus.GaugeValue, []string{"volume", "target"}},
+	{"strata_schedule_snapshots", "Scheduled snapshots the volume holds.", prometheus.GaugeValue, []string{"volume"}},
+	{"strata_schedule_last_snapshot_timestamp_seconds", "When the volume's newest scheduled snapshot was taken.", prometheus.GaugeValue, []string{"volume"}},
+	{"strata_schedule_pruned_total", "Scheduled snapshots thinned since the daemon started.", prometheus.CounterValue, []string{"volume"}},
+	{"strata_schedule_failing", "1 when the schedule's last pass met an error (a failed freeze, snapshot or prune).", prometheus.GaugeValue, []string{"volume"}},
 }
 
 // scrapeTimeout bounds what one scrape spends measuring replication lag.
@@ -136,6 +140,14 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		emit("strata_replication_lag_bytes", float64(r.LagBytes), r.Volume, r.Target)
 		emit("strata_replication_lag_seconds", r.LagSeconds, r.Volume, r.Target)
 		emit("strata_replication_failing", bit(r.LastError != ""), r.Volume, r.Target)
+	}
+	for _, s := range d.sched.statuses() {
+		emit("strata_schedule_snapshots", float64(s.Scheduled), s.Volume)
+		if !s.Last.IsZero() {
+			emit("strata_schedule_last_snapshot_timestamp_seconds", float64(s.Last.Unix()), s.Volume)
+		}
+		emit("strata_schedule_pruned_total", float64(s.Pruned), s.Volume)
+		emit("strata_schedule_failing", bit(s.LastError != ""), s.Volume)
 	}
 }
 

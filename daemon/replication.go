@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -103,19 +102,10 @@ type replManager struct {
 
 func newReplManager(pool *cow.Pool, log *slog.Logger, path string) (*replManager, error) {
 	m := &replManager{pool: pool, log: log, path: path, running: map[string]*shipRun{},
-		entries: map[string]*control.Replication{}, status: map[string]*control.ReplicationStatus{}, stops: map[string]context.CancelFunc{}}
-	b, err := os.ReadFile(m.path)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		status: map[string]*control.ReplicationStatus{}, stops: map[string]context.CancelFunc{}}
+	var err error
+	if m.entries, err = loadEntries(path, func(e *control.Replication) string { return e.ID }); err != nil {
 		return nil, err
-	}
-	if len(b) > 0 {
-		var list []*control.Replication
-		if err := json.Unmarshal(b, &list); err != nil {
-			return nil, fmt.Errorf("%s: %w", m.path, err)
-		}
-		for _, e := range list {
-			m.entries[e.ID] = e
-		}
 	}
 	for _, e := range m.entries {
 		m.start(e)
@@ -125,40 +115,7 @@ func newReplManager(pool *cow.Pool, log *slog.Logger, path string) (*replManager
 
 // saveLocked writes the entries: temp file, fsync, rename, fsync the
 // directory.
-func (m *replManager) saveLocked() error {
-	list := make([]*control.Replication, 0, len(m.entries))
-	for _, e := range m.entries {
-		list = append(list, e)
-	}
-	sort.Slice(list, func(a, b int) bool { return list[a].ID < list[b].ID })
-	b, err := json.MarshalIndent(list, "", "  ")
-	if err != nil {
-		return err
-	}
-	tmp := m.path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	f.Close()
-	if err := os.Rename(tmp, m.path); err != nil {
-		return err
-	}
-	dir, err := os.Open(filepath.Dir(m.path))
-	if err != nil {
-		return err
-	}
-	defer dir.Close()
-	return dir.Sync()
-}
+func (m *replManager) saveLocked() error { return saveEntries(m.path, m.entries) }
 
 func (m *replManager) close() {
 	m.mu.Lock()

@@ -358,7 +358,8 @@ func applyOps(ctx context.Context, p *cow.Pool, name string, b *Batch, replica b
 				err = p.ResizeVolume(name, int64(op.Length), true)
 			}
 		case OpSnapshot:
-			if _, err = p.CreateSnapshot(name, op.Name, op.Label); errors.Is(err, cow.ErrExists) {
+			o := cow.SnapshotOptions{Label: op.Label, Scheduled: op.Scheduled, AppConsistent: op.AppConsistent}
+			if _, err = p.CreateSnapshotWith(name, op.Name, o); errors.Is(err, cow.ErrExists) {
 				log.Info("replication: snapshot already exists at the target; kept", "volume", name, "snapshot", op.Name)
 				err = nil
 			}

@@ -168,7 +168,10 @@ func TestShipPointsAndDelta(t *testing.T) {
 	}
 	snaps := []string{}
 	snap := func(name string) {
-		if _, err := a.pool.CreateSnapshot("v", name, "label of "+name); err != nil {
+		// s2 travels in the first copy, s5 as a record: both carry what
+		// the snapshot records besides its name.
+		o := cow.SnapshotOptions{Label: "label of " + name, Scheduled: name == "s2" || name == "s5", AppConsistent: name == "s5"}
+		if _, err := a.pool.CreateSnapshotWith("v", name, o); err != nil {
 			t.Fatal(err)
 		}
 		snaps = append(snaps, name)
@@ -219,6 +222,20 @@ func TestShipPointsAndDelta(t *testing.T) {
 	}
 	if !bytes.Equal(a.read("v", ""), b.read("v", "")) {
 		t.Fatal("head differs after the second run")
+	}
+	marks := func(p *cow.Pool) map[string][2]bool {
+		snaps, err := p.Snapshots("v")
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[string][2]bool{}
+		for _, sn := range snaps {
+			m[sn.Name] = [2]bool{sn.Scheduled, sn.AppConsistent}
+		}
+		return m
+	}
+	if am, bm := marks(a.pool), marks(b.pool); fmt.Sprint(am) != fmt.Sprint(bm) || bm["s2"] != [2]bool{true, false} || bm["s5"] != [2]bool{true, true} {
+		t.Fatalf("snapshot marks: source %v, replica %v", am, bm)
 	}
 	// Only the delta travels: 4 KiB more, then a run that carries 4 KiB.
 	h, _ := a.pool.OpenVolume("v")

@@ -433,7 +433,7 @@ func (s *shipper) incremental(acked uint64) error {
 			b.Ops = append(b.Ops, Op{Kind: OpResize, Seq: c.Seq, Time: c.Time, Length: c.Length})
 			b.Size = int64(c.Length)
 		case cdp.KindSnapshotCreate:
-			b.Ops = append(b.Ops, Op{Kind: OpSnapshot, Seq: c.Seq, Time: c.Time, Name: c.Name, Label: c.Label})
+			b.Ops = append(b.Ops, Op{Kind: OpSnapshot, Seq: c.Seq, Time: c.Time, Name: c.Name, Label: c.Label, Scheduled: c.Scheduled, AppConsistent: c.AppConsistent})
 		case cdp.KindSnapshotDelete:
 			// Not mirrored: the replica keeps its own history.
 			return nil
@@ -534,7 +534,7 @@ func (s *shipper) diff(from, to uint64, phase string, skip uint64, snaps ...cow.
 	}
 	b.Partial = false
 	for _, sn := range snaps {
-		b.Ops = append(b.Ops, Op{Kind: OpSnapshot, Seq: to, Time: sn.Time.UnixNano(), Name: sn.Name, Label: sn.Label})
+		b.Ops = append(b.Ops, Op{Kind: OpSnapshot, Seq: to, Time: sn.Time.UnixNano(), Name: sn.Name, Label: sn.Label, Scheduled: sn.Scheduled, AppConsistent: sn.AppConsistent})
 	}
 	b.Ops = append(b.Ops, Op{Kind: OpPoint, Seq: to, Time: now})
 	return s.send(b)

@@ -89,6 +89,9 @@ type Op struct {
 	Data   []byte
 	Name   string
 	Label  string
+	// OpSnapshot: the snapshot was taken by a schedule (a replica's own
+	// schedule thins such copies), and while the application was frozen.
+	Scheduled, AppConsistent bool
 }
 
 // Batch takes a replica from source point From to source point To.
@@ -262,6 +265,12 @@ func appendRaw(dst []byte, b *Batch) []byte {
 		if op.NoHole {
 			of |= 1
 		}
+		if op.Scheduled {
+			of |= 2
+		}
+		if op.AppConsistent {
+			of |= 4
+		}
 		dst = append(dst, of)
 		dst = le.AppendUint32(dst, uint32(len(op.Data)))
 		dst = le.AppendUint16(dst, uint16(len(op.Name)))
@@ -347,7 +356,8 @@ func decodeRaw(raw []byte) (*Batch, error) {
 		if len(r) < opHeaderSize {
 			return nil, bad("op header is short")
 		}
-		op := Op{Kind: OpKind(r[0]), Seq: le.Uint64(r[1:]), Time: int64(le.Uint64(r[9:])), Offset: le.Uint64(r[17:]), Length: le.Uint64(r[25:]), NoHole: r[33]&1 != 0}
+		op := Op{Kind: OpKind(r[0]), Seq: le.Uint64(r[1:]), Time: int64(le.Uint64(r[9:])), Offset: le.Uint64(r[17:]), Length: le.Uint64(r[25:]),
+			NoHole: r[33]&1 != 0, Scheduled: r[33]&2 != 0, AppConsistent: r[33]&4 != 0}
 		dl, nl, ll := int(le.Uint32(r[34:])), int(le.Uint16(r[38:])), int(le.Uint16(r[40:]))
 		r = r[42:]
 		if dl+nl+ll > len(r) {
@@ -378,7 +388,7 @@ func (b *Batch) Equal(o *Batch) bool {
 	for i := range b.Ops {
 		x, y := &b.Ops[i], &o.Ops[i]
 		if x.Kind != y.Kind || x.Seq != y.Seq || x.Time != y.Time || x.Offset != y.Offset || x.Length != y.Length ||
-			x.NoHole != y.NoHole || !bytes.Equal(x.Data, y.Data) || x.Name != y.Name || x.Label != y.Label {
+			x.NoHole != y.NoHole || x.Scheduled != y.Scheduled || x.AppConsistent != y.AppConsistent || !bytes.Equal(x.Data, y.Data) || x.Name != y.Name || x.Label != y.Label {
 			return false
 		}
 	}

@@ -23,12 +23,13 @@ func snapshotCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "snapshot",
 		Usage: "name points in a volume's history (O(1), no data copied)",
-		UsageText: `strata snapshot create VOL NAME [--label TEXT]
+		UsageText: `strata snapshot create VOL NAME [--label TEXT] [--freeze-cmd CMD --thaw-cmd CMD | --qga SOCKET]
 strata snapshot list VOL
 strata snapshot delete VOL NAME
 
 Examples:
    strata snapshot create vm1 before-upgrade --label "kernel 6.12"
+   strata snapshot create db1 consistent --freeze-cmd "fsfreeze -f /srv/db" --thaw-cmd "fsfreeze -u /srv/db"
    strata snapshot list vm1
    nbdinfo nbd://127.0.0.1:10809/vm1@before-upgrade     # read it, read-only`,
 		Description: `A snapshot names the volume's current point; it stays readable (as the
@@ -37,20 +38,41 @@ whatever the retention window. Names follow the volume name rules.`,
 		Subcommands: []*cli.Command{
 			{
 				Name:      "create",
-				Usage:     "snapshot a volume now",
+				Usage:     "snapshot a volume now (optionally with the application frozen)",
 				ArgsUsage: "VOL NAME",
-				UsageText: "strata snapshot create VOL NAME [--label TEXT]\n\nExample:\n   strata snapshot create vm1 nightly-2026-11-21",
-				Flags:     []cli.Flag{&cli.StringFlag{Name: "label", Usage: "free text kept with the snapshot"}},
+				UsageText: `strata snapshot create VOL NAME [--label TEXT] [--freeze-cmd CMD --thaw-cmd CMD | --qga SOCKET] [--freeze-timeout 10s]
+
+Examples:
+   strata snapshot create vm1 nightly-2026-11-21
+   strata snapshot create db1 before-migration --freeze-cmd "fsfreeze -f /srv/db" --thaw-cmd "fsfreeze -u /srv/db"
+   strata snapshot create db1 flushed --freeze-cmd "sh -c 'psql -c CHECKPOINT && fsfreeze -f /srv/db'" --thaw-cmd "fsfreeze -u /srv/db"
+   strata snapshot create vm2 quiesced --qga /run/qemu/vm2-qga.sock`,
+				Description: `With a freeze, the daemon (not the CLI, so schedules can do the same) runs
+the freeze command, or asks the VM's QEMU guest agent to freeze its
+filesystems, takes the snapshot and thaws: the snapshot is app-consistent.
+Commands run without a shell (give sh -c '...' to have one), as the daemon's
+user, from its directory. A freeze still running after --freeze-timeout is
+abandoned: the thaw runs anyway and the snapshot is taken crash-consistent
+(a warning says so). A freeze that fails takes no snapshot; the thaw runs
+in case it froze part of the application. snapshot list shows which is which.`,
+				Flags: append([]cli.Flag{&cli.StringFlag{Name: "label", Usage: "free text kept with the snapshot"}}, quiesceFlags()...),
 				Action: func(c *cli.Context) error {
 					args, err := nArgs(c, "VOL NAME", 2)
 					if err != nil {
 						return err
 					}
-					sn, err := client(c).CreateSnapshot(c.Context, args[0], control.SnapshotRequest{Name: args[1], Label: c.String("label")})
+					q, err := readQuiesce(c)
 					if err != nil {
 						return err
 					}
-					fmt.Printf("created snapshot %s@%s (seq:%d, %s)\n", args[0], sn.Name, sn.Seq, sn.Time.Format(time.RFC3339))
+					sn, err := client(c).CreateSnapshotQuiesced(c.Context, args[0], control.SnapshotRequest{Name: args[1], Label: c.String("label"), Quiesce: q})
+					if err != nil {
+						return err
+					}
+					if sn.Warning != "" {
+						fmt.Fprintf(os.Stderr, "warning: %s\n", sn.Warning)
+					}
+					fmt.Printf("created snapshot %s@%s (seq:%d, %s, %s-consistent)\n", args[0], sn.Name, sn.Seq, sn.Time.Format(time.RFC3339), consistency(sn.Snapshot))
 					return nil
 				},
 			},
@@ -74,9 +96,10 @@ whatever the retention window. Names follow the volume name rules.`,
 						return printJSON(snaps)
 					}
 					w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-					fmt.Fprintln(w, "NAME\tPOINT\tTIME\tEXCLUSIVE\tLABEL")
+					fmt.Fprintln(w, "NAME\tPOINT\tTIME\tEXCLUSIVE\tTAKEN BY\tCONSISTENT\tLABEL")
 					for _, sn := range snaps {
-						fmt.Fprintf(w, "%s\tseq:%d\t%s\t%s\t%s\n", sn.Name, sn.Seq, sn.Time.Format(time.RFC3339), units.FormatSize(sn.Exclusive), sn.Label)
+						fmt.Fprintf(w, "%s\tseq:%d\t%s\t%s\t%s\t%s\t%s\n", sn.Name, sn.Seq, sn.Time.Format(time.RFC3339), units.FormatSize(sn.Exclusive),
+							takenBy(sn.Snapshot), consistency(sn.Snapshot), sn.Label)
 					}
 					return w.Flush()
 				},

@@ -41,7 +41,8 @@ Examples:
    strata serve --volume vol0=10GiB                  # create vol0 if missing
    strata serve --listen 0.0.0.0:10809               # serve NBD beyond loopback
    strata serve --listen ""                          # Unix socket only
-   strata serve --listen 0.0.0.0:10809 --tls-cert server-cert.pem --tls-key server-key.pem --tls=require`,
+   strata serve --listen 0.0.0.0:10809 --tls-cert server-cert.pem --tls-key server-key.pem --tls=require
+   strata serve --schedule-every 15m --schedule-keep hourly=24,daily=14,weekly=8,monthly=12`,
 		Description: `Serves every volume as an NBD export named after it, on a Unix socket
 (DATA/nbd.sock) and on TCP (127.0.0.1:10809). A flush on any connection
 makes every completed write durable. Stop with SIGTERM or Ctrl-C: in-flight
@@ -68,6 +69,8 @@ requests finish, the journal is synced, the lock is released.`,
 			&cli.StringFlag{Name: "replica-listen", Usage: "accept replication streams from other sites on ADDR (e.g. 0.0.0.0:10810; TLS with --tls-cert/--tls-key)"},
 			&cli.StringFlag{Name: "replica-token-file", Usage: "file holding the token shippers must present (required with --replica-listen)"},
 			&cli.BoolFlag{Name: "insecure", Usage: "allow --replica-listen off loopback without TLS"},
+			&cli.StringFlag{Name: "schedule-every", Usage: "default snapshot schedule of every volume without its own (strata schedule add): interval, e.g. 1h; needs --schedule-keep"},
+			&cli.StringFlag{Name: "schedule-keep", Usage: "the default schedule's thinning, e.g. hourly=24,daily=14,weekly=8,monthly=12 (alone: replicas and volumes are only thinned)"},
 			&cli.StringFlag{Name: "segment-size", Value: "128MiB", Usage: "journal segment file size (1MiB..1GiB); smaller segments let GC free space in finer steps"},
 		},
 		Action: runServe,
@@ -135,6 +138,9 @@ func runServe(c *cli.Context) error {
 	o.Pool.NoDefrag = c.Bool("no-defrag")
 	if gcEvery == 0 {
 		o.Pool.GCInterval = -1
+	}
+	if o.Schedule, err = defaultSchedule(c); err != nil {
+		return err
 	}
 	for _, spec := range c.StringSlice("volume") {
 		name, sz, ok := strings.Cut(spec, "=")
@@ -308,4 +314,29 @@ func parseAllow(s string) ([]*net.IPNet, error) {
 		out = append(out, n)
 	}
 	return out, nil
+}
+
+// defaultSchedule is the pool-wide snapshot schedule --schedule-every and
+// --schedule-keep set (nil: none).
+func defaultSchedule(c *cli.Context) (*control.Schedule, error) {
+	if !c.IsSet("schedule-every") && !c.IsSet("schedule-keep") {
+		return nil, nil
+	}
+	if c.String("schedule-keep") == "" {
+		return nil, fmt.Errorf("--schedule-every needs --schedule-keep (e.g. hourly=24,daily=14,weekly=8,monthly=12)")
+	}
+	s := &control.Schedule{}
+	var err error
+	if c.IsSet("schedule-every") {
+		if s.Every, err = units.ParseDuration(c.String("schedule-every")); err != nil || s.Every <= 0 {
+			return nil, fmt.Errorf("--schedule-every %q: give a duration such as 15m, 1h or 1d", c.String("schedule-every"))
+		}
+	}
+	if s.Keep, err = control.ParseKeep(c.String("schedule-keep")); err != nil {
+		return nil, fmt.Errorf("--schedule-keep: %s", control.UserMessage(err))
+	}
+	if err := s.Validate(); err != nil {
+		return nil, fmt.Errorf("--schedule-every/--schedule-keep: %s", control.UserMessage(err))
+	}
+	return s, nil
 }
