@@ -64,6 +64,13 @@ type Options struct {
 	ReplicaListen    string
 	ReplicaTokenFile string
 	ReplicaInsecure  bool
+	// ConsoleListen serves the web console on this TCP address ("": off;
+	// see ConsoleAddr for the host's default). Its login token is in
+	// ConsoleTokenFile (default Dir/console.token, created with a random
+	// token when missing); ConsoleReadOnly refuses every change from it.
+	ConsoleListen    string
+	ConsoleTokenFile string
+	ConsoleReadOnly  bool
 	// Volumes are created at start unless they exist.
 	Volumes []VolumeSpec
 	// Pool configures the pool; Dir and Logger are the daemon's.
@@ -88,22 +95,24 @@ const maxSocketPath = 107
 
 // Daemon owns a data directory while it runs.
 type Daemon struct {
-	opts       Options
-	lock       *os.File
-	pool       *cow.Pool
-	nbd        *nbd.Server
-	control    *http.Server
-	metricsSrv *http.Server
-	lns        []net.Listener
-	socks      []string
-	started    time.Time
-	io         *ioMetrics
-	ublkStop   context.CancelFunc
-	ublkWG     sync.WaitGroup
-	repl       *replManager
-	replSrv    *replica.Server
-	closeOnce  sync.Once
-	closeErr   error
+	opts        Options
+	lock        *os.File
+	pool        *cow.Pool
+	nbd         *nbd.Server
+	control     *http.Server
+	metricsSrv  *http.Server
+	consoleSrv  *http.Server
+	consoleAddr string
+	lns         []net.Listener
+	socks       []string
+	started     time.Time
+	io          *ioMetrics
+	ublkStop    context.CancelFunc
+	ublkWG      sync.WaitGroup
+	repl        *replManager
+	replSrv     *replica.Server
+	closeOnce   sync.Once
+	closeErr    error
 
 	mu struct {
 		sync.Mutex
@@ -187,6 +196,9 @@ func Start(o Options) (*Daemon, error) {
 		d.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go d.metricsSrv.Serve(ml)
 	}
+	if err := d.startConsole(); err != nil {
+		return nil, err
+	}
 	ok = true
 	return d, nil
 }
@@ -202,6 +214,12 @@ func (o *Options) fill() (string, error) {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if o.ConsoleListen != "" {
+		o.ConsoleListen = ConsoleAddr(o.ConsoleListen)
+		if o.ConsoleTokenFile == "" {
+			o.ConsoleTokenFile = filepath.Join(o.Dir, "console.token")
+		}
 	}
 	var token string
 	if o.ReplicaListen != "" {
@@ -244,6 +262,9 @@ func (d *Daemon) close(ctx context.Context) error {
 	}
 	if d.metricsSrv != nil {
 		d.metricsSrv.Shutdown(ctx)
+	}
+	if d.consoleSrv != nil {
+		d.consoleSrv.Shutdown(ctx)
 	}
 	if d.ublkStop != nil {
 		d.ublkStop()
