@@ -209,12 +209,12 @@ func TestE2EConsole(t *testing.T) {
 	if !strings.Contains(row, "16.0 MiB") || !strings.Contains(row, "1.00 MiB") {
 		t.Fatalf("the pool page's row of web says %q; want its size (16.0 MiB) and written (1.00 MiB)", row)
 	}
-	shoot(t, ctx, shots, "pool")
 
 	// Some I/O for the live charts (after B: the moment picked below
 	// does not see it).
+	var fio *bgProc
 	if _, err := exec.LookPath("fio"); err == nil {
-		fio := startBG(t, "fio", "--name=console", "--ioengine=nbd", "--uri="+s.uri("web"), "--rw=randrw", "--bs=4k",
+		fio = startBG(t, "fio", "--name=console", "--ioengine=nbd", "--uri="+s.uri("web"), "--rw=randrw", "--bs=4k",
 			"--offset=4M", "--size=8M", "--time_based", "--runtime=15", "--rate_iops=300,200")
 		t.Cleanup(func() { fio.stop(5 * time.Second) })
 	}
@@ -270,7 +270,7 @@ func TestE2EConsole(t *testing.T) {
 		t.Fatal("the clone made from the page does not hold the data of the moment picked")
 	}
 
-	if _, err := exec.LookPath("fio"); err == nil {
+	if fio != nil {
 		browse(t, ctx, "live charts", chromedp.Poll[chromedp.Void](`(document.querySelector('#chart-iops path.w')?.getAttribute('d') || '').split('L').length > 5`,
 			chromedp.WithPollingTimeout(20*time.Second)))
 	}
@@ -291,14 +291,48 @@ func TestE2EConsole(t *testing.T) {
 	s.mustCLI("replication", "add", "web-then", "--to", fmt.Sprintf("strata://127.0.0.1:%d/gone", freePort(t)), "--token-file", replTok, "--mode", "interval", "--every", "1h")
 	browse(t, ctx, "replication page",
 		chromedp.Navigate(base+"/#/replication"),
-		chromedp.WaitVisible(css(`#replication table`)),
+		chromedp.WaitVisible(css(`#replication .target`)),
 		// The live target catches up (after fio stops writing) and says so.
-		chromedp.Poll[chromedp.Void](fmt.Sprintf(`[...document.querySelectorAll('#replication tr')].some(tr => tr.textContent.includes(%q) && tr.textContent.includes('0 s, 0 changes'))`, replAddr+"/web"),
+		chromedp.Poll[chromedp.Void](fmt.Sprintf(`[...document.querySelectorAll('#replication .target')].some(p => p.textContent.includes(%q) && p.textContent.includes('0 s, 0 changes') && !p.textContent.includes('seq:0'))`, replAddr+"/web"),
 			chromedp.WithPollingTimeout(25*time.Second)))
 	if repl := get(t, ctx, "replication page", chromedp.Text(css("#replication"))); !strings.Contains(repl, "connection refused") {
 		t.Fatalf("the replication page does not show the unreachable target's error:\n%s", repl)
 	}
 	shoot(t, ctx, shots, "replication")
+
+	// Roll web back to its snapshot, picked by its mark on the time line,
+	// once fio is done with it (a rollback under attached clients needs
+	// force).
+	for fio != nil && !fio.exited() {
+		time.Sleep(100 * time.Millisecond)
+	}
+	browse(t, ctx, "pick the snapshot",
+		chromedp.Navigate(base+"/#/volume/web"),
+		chromedp.WaitVisible(css(`#timeline svg`)),
+		chromedp.Click(css(`#timeline g.snap[data-snapshot="from-console"] path`)),
+		chromedp.Poll[chromedp.Void](`document.getElementById('export-name')?.textContent === 'web@from-console'`),
+		chromedp.Poll[chromedp.Void](`document.querySelector('#vol-cards')?.textContent.includes('Attached clients0')`),
+		chromedp.Click(css("#rollback")),
+		chromedp.WaitVisible(css("#confirm-ok")))
+	if dlg := get(t, ctx, "rollback dialog", chromedp.Text(css("#confirm-body"))); !strings.Contains(dlg, "Nothing is destroyed") ||
+		!strings.Contains(dlg, "strata rollback web --to from-console") {
+		t.Fatalf("the rollback confirmation says %q", dlg)
+	}
+	shoot(t, ctx, shots, "rollback")
+	browse(t, ctx, "roll back",
+		chromedp.Click(css("#confirm-ok")),
+		chromedp.Poll[chromedp.Void](`document.getElementById('status').textContent.startsWith('Rolled web back')`))
+	// The snapshot was taken after B and before fio wrote at 4 MiB.
+	wantSnap := make([]byte, 16<<20)
+	copy(wantSnap, bytes.Repeat([]byte{0xbb}, 1<<20))
+	if got := nbdRead(t, s.uri("web")); !bytes.Equal(got, wantSnap) {
+		t.Fatal("after the rollback from the page, web does not read as its snapshot from-console")
+	}
+	browse(t, ctx, "pool page at the end",
+		chromedp.Click(css("#nav-pool")),
+		chromedp.WaitVisible(css(`#volumes tr[data-key="web-then"]`)),
+		chromedp.Poll[chromedp.Void](`document.querySelector('#volumes tr[data-key="web"]').textContent.includes('lag')`))
+	shoot(t, ctx, shots, "pool")
 }
 
 // consoleRefusals checks the console's API refuses requests without the

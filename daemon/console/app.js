@@ -268,7 +268,7 @@ function pagePool(app) {
     const c = p.cache;
     cards.replaceChildren(
       card('Disk used', fmtBytes(used), `${fmtBytes(sp.free_bytes)} free`, used / (used + sp.free_bytes)),
-      card('Journal', fmtBytes(p.journal.bytes), `${p.journal.segments} segments, seq ${p.journal.last_seq} (synced ${p.journal.synced_seq})`),
+      card('Journal', fmtBytes(p.journal.bytes), `${p.journal.segments} segment${p.journal.segments === 1 ? '' : 's'}, seq ${p.journal.last_seq} (synced ${p.journal.synced_seq})`),
       card('Live data', fmtBytes(sp.live_bytes), `what any retained point sees; index ${fmtBytes(p.index_bytes)}`),
       card('Cache hit ratio', c.enabled ? (c.hit_ratio * 100).toFixed(1) + ' %' : 'off', c.enabled ? `${fmtBytes(c.bytes)} of ${fmtBytes(c.max_bytes)}` : null, c.enabled ? c.hit_ratio : undefined),
       card('Connections', String(st.connections.length), `${st.volumes.length} volume${st.volumes.length === 1 ? '' : 's'}`),
@@ -632,21 +632,28 @@ function pageReplication(app) {
       a.push(r.lag_seconds);
       if (a.length > 150) a.shift();
     }
-    list.replaceChildren(table([
-      { label: 'Volume' }, { label: 'Target' }, { label: 'Mode' }, { label: 'Acked seq', num: true }, { label: 'Lag', num: true }, { label: 'Lag over time' },
-      { label: 'Last success' }, { label: 'Last error', wrap: true }, { label: 'Shipped', num: true },
-    ], rs.map((r) => ({
-      key: r.id,
-      cells: [h('a', { href: '#/volume/' + encodeURIComponent(r.volume), text: r.volume }), h('span', { class: 'mono', text: r.target }),
-        h('span', {}, r.mode, r.running ? h('span', { class: 'badge', text: 'running' }) : null),
-        String(r.acked_seq),
-        `${fmtSeconds(r.lag_seconds)}, ${r.lag_records} changes, ${fmtBytes(r.lag_bytes)}`,
-        sparkline(S.lagSeries[r.id]),
-        fmtTime(r.last_ok),
-        r.last_error ? h('span', { class: 'error', text: `${r.last_error} (${fmtTime(r.last_run)})` }) : '—',
-        fmtBytes(r.shipped_bytes)],
-    })), 'No replication configured: strata replication add VOL --to strata://HOST:PORT (or s3://...)'));
+    if (!rs.length) {
+      list.replaceChildren(h('div', { class: 'panel empty', text: 'No replication configured: strata replication add VOL --to strata://HOST:PORT/VOL (or s3://...)' }));
+      return;
+    }
+    list.replaceChildren(...rs.map((r) => h('div', { class: 'panel target', 'data-key': r.id },
+      h('div', { class: 'target-head' }, h('a', { href: '#/volume/' + encodeURIComponent(r.volume), text: r.volume }), ' → ',
+        h('span', { class: 'mono', text: r.target }), ' ', h('span', { class: 'badge', text: r.mode }),
+        r.running ? h('span', { class: 'badge', text: 'shipping' }) : null,
+        r.last_error ? h('span', { class: 'badge bad', text: 'failing' }) : null),
+      h('dl', { class: 'facts' },
+        fact('Acked', `seq:${r.acked_seq}`),
+        fact('Lag', `${fmtSeconds(r.lag_seconds)}, ${r.lag_records} changes, ${fmtBytes(r.lag_bytes)}`),
+        fact('Lag over time', sparkline(S.lagSeries[r.id])),
+        fact('Last success', fmtTime(r.last_ok)),
+        fact('Last run', fmtTime(r.last_run)),
+        fact('Shipped', fmtBytes(r.shipped_bytes) + ' since start')),
+      r.last_error ? h('p', { class: 'error last-error', text: 'Last error: ' + r.last_error }) : null)));
   });
+}
+
+function fact(label, value) {
+  return h('div', {}, h('dt', { text: label }), h('dd', {}, value));
 }
 
 init();
