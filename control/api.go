@@ -30,6 +30,11 @@
 //
 // Errors are Error ({"error": "...", "code": "..."}) with a matching HTTP
 // status; a streamed reply ends with an Event that carries them instead.
+//
+// The web console (strata serve --console) serves the same API under /api/
+// to a logged-in browser or to "Authorization: Bearer TOKEN" (all but
+// /debug/); its refusals are CodeAuth (no or a wrong token) and
+// CodeRefused (cross-site, no CSRF token, or a read-only console).
 package control
 
 import (

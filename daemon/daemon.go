@@ -3,8 +3,10 @@
 // listeners (NBD on a Unix socket and TCP, with TLS and access lists; ublk
 // devices), the control API (HTTP on the control socket, see package
 // control), the replication manager (configured continuous and interval
-// shipping, --once runs, the listener for other sites' streams) and the
-// metrics. Start runs one, Close stops it; tests can run one in-process.
+// shipping, --once runs, the listener for other sites' streams), the
+// metrics and the web console (the control API over HTTP behind a login,
+// with its pages). Start runs one, Close stops it; tests can run one
+// in-process.
 package daemon
 
 import (

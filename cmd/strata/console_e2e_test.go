@@ -271,7 +271,7 @@ func TestE2EConsole(t *testing.T) {
 	}
 
 	if fio != nil {
-		browse(t, ctx, "live charts", chromedp.Poll[chromedp.Void](`(document.querySelector('#chart-iops path.w')?.getAttribute('d') || '').split('L').length > 5`,
+		browse(t, ctx, "live charts", chromedp.Poll[chromedp.Void](`(document.querySelector('#chart-iops path.w')?.getAttribute('d') || '').split('L').length > 10`,
 			chromedp.WithPollingTimeout(20*time.Second)))
 	}
 	shoot(t, ctx, shots, "volume")

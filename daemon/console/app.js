@@ -331,7 +331,7 @@ function pageVolume(app, name) {
   app.append(h('h1', {}, h('a', { href: '#/pool', text: 'Pool' }), ' / ', h('span', { id: 'vol-name', text: name })), st0, cards,
     h('h2', { text: 'History' }),
     h('div', { class: 'panel' },
-      h('p', { class: 'sub', text: 'Write activity over the retention window; snapshots are marks. Click a moment (or a snapshot) to read, clone or roll back to it.' }),
+      h('p', { class: 'sub', text: 'Write activity (counted by the minute) over the retention window; snapshots are marks. Click a moment (or a snapshot) to read, clone or roll back to it.' }),
       tl,
       h('div', { class: 'pick' },
         h('div', { class: 'row' }, h('label', { for: 'point', text: 'Point' }), point,
@@ -516,14 +516,16 @@ function pageVolume(app, name) {
     if (!pickInfo.firstChild) showPoint();
   });
   every(5000, refreshHistory);
-  every(15000, async () => showSpace(space, name, await api('GET', '/v1/df')));
+  // df reads the whole index: every 15 s, or when asked.
+  const refreshSpace = async () => showSpace(space, name, await api('GET', '/v1/df'), () => refreshSpace().catch((e) => flash(e.message, true)));
+  every(15000, refreshSpace);
   liveCharts(charts, name);
   const onResize = () => drawTimeline();
   window.addEventListener('resize', onResize);
   S.cleanups.push(() => window.removeEventListener('resize', onResize));
 }
 
-function showSpace(el, name, df) {
+function showSpace(el, name, df, refresh) {
   const v = (df.volumes || []).find((x) => x.name === name);
   if (!v) {
     el.replaceChildren(h('div', { class: 'empty', text: 'No space figures for this volume.' }));
@@ -544,7 +546,8 @@ function showSpace(el, name, df) {
     return d;
   }));
   el.replaceChildren(h('div', { class: 'panel' },
-    h('div', { class: 'sub', text: `Provisioned ${fmtBytes(v.provisioned)}, written ${fmtBytes(v.written)} (as strata df)` }), bar,
+    h('div', { class: 'row' }, h('span', { class: 'sub', text: `Provisioned ${fmtBytes(v.provisioned)}, written ${fmtBytes(v.written)}, as strata df at ${new Date().toISOString().slice(11, 19)} UTC` }),
+      h('button', { id: 'space-refresh', text: 'Refresh', onclick: refresh })), bar,
     table([{ label: 'Part' }, { label: 'Bytes', num: true }, { label: 'What' }],
       parts.map(([k, label, n, what]) => ({ key: k, cells: [h('span', {}, h('span', { class: 'key k-' + k }), label), fmtBytes(n), what] }))
         .concat(Object.entries(v.snapshot_exclusive || {}).map(([sn, n]) => ({ key: 'snap-' + sn, cells: [`  snapshot ${sn}`, fmtBytes(n), 'freed if this snapshot is deleted'] }))), '')));
