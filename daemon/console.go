@@ -144,11 +144,11 @@ type consoleSession struct {
 	ReadOnly bool   `json:"read_only"`
 }
 
-func (c *console) handler() http.Handler {
+func (c *console) handler() (http.Handler, error) {
 	mux := http.NewServeMux()
 	static, err := fs.Sub(consoleFiles, "console")
 	if err != nil {
-		panic(err) // the embedded tree always has it
+		return nil, fmt.Errorf("console pages: %w", err)
 	}
 	files := http.FileServerFS(static)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -205,7 +205,7 @@ func (c *console) handler() http.Handler {
 		}
 		api.ServeHTTP(w, r)
 	})
-	return securityHeaders(mux)
+	return securityHeaders(mux), nil
 }
 
 // authorized checks the session (or bearer token) and, for requests that
@@ -294,8 +294,9 @@ func securityHeaders(h http.Handler) http.Handler {
 	})
 }
 
-// startConsole listens on o.ConsoleListen and serves the console.
-func (d *Daemon) startConsole() error {
+// startConsole listens on o.ConsoleListen and serves the console, with
+// api, the control socket's handler, under /api/.
+func (d *Daemon) startConsole(api http.Handler) error {
 	o := d.opts
 	if o.ConsoleListen == "" {
 		return nil
@@ -311,8 +312,13 @@ func (d *Daemon) startConsole() error {
 	if !replica.IsLoopback(o.ConsoleListen) {
 		o.Logger.Warn("the console is served off loopback over plain HTTP: its token and session cross the network in the clear; prefer an SSH tunnel to a loopback console", "addr", l.Addr().String())
 	}
+	h, err := newConsole(api, tok, o.ConsoleReadOnly).handler()
+	if err != nil {
+		l.Close()
+		return err
+	}
 	d.consoleAddr = l.Addr().String()
-	d.consoleSrv = &http.Server{Handler: newConsole(d.controlHandler(), tok, o.ConsoleReadOnly).handler(), ReadHeaderTimeout: 10 * time.Second}
+	d.consoleSrv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go d.consoleSrv.Serve(l)
 	return nil
 }

@@ -186,7 +186,8 @@ func Start(o Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.socks = append(d.socks, o.ControlSocket)
-	d.control = &http.Server{Handler: d.controlHandler(), ReadHeaderTimeout: 10 * time.Second}
+	api := d.controlHandler()
+	d.control = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
 	go d.control.Serve(cl)
 	if o.MetricsListen != "" {
 		ml, err := net.Listen("tcp", o.MetricsListen)
@@ -198,7 +199,7 @@ func Start(o Options) (*Daemon, error) {
 		d.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go d.metricsSrv.Serve(ml)
 	}
-	if err := d.startConsole(); err != nil {
+	if err := d.startConsole(api); err != nil {
 		return nil, err
 	}
 	ok = true

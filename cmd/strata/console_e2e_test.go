@@ -420,3 +420,55 @@ func consoleRefusals(t *testing.T, s *server, base, token string) {
 		t.Fatalf("profiles through the console: %d, want 404", code)
 	}
 }
+
+// A read-only console shows the pool and the time line but offers no
+// action, and its API refuses changes.
+func TestE2EConsoleReadOnly(t *testing.T) {
+	exe := chromiumPath(t)
+	port := freePort(t)
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	s := startServer(t, "--volume", "web=16MiB", "--console", strconv.Itoa(port), "--console-read-only")
+	raw, err := os.ReadFile(filepath.Join(s.dir, "console.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := browser(t, exe)
+	browse(t, ctx, "log in",
+		chromedp.Navigate(base+"/"),
+		chromedp.WaitVisible(css("#login")),
+		chromedp.SetValue(css("#token"), strings.TrimSpace(string(raw))),
+		chromedp.Click(css("#login button[type=submit]")),
+		chromedp.WaitVisible(css("#ro-badge")),
+		chromedp.Click(css(`#volumes a[href="#/volume/web"]`)),
+		chromedp.WaitVisible(css(`#timeline svg`)),
+		chromedp.Click(css("#pick-now")),
+		chromedp.WaitVisible(css("#export-name")))
+	if n := get(t, ctx, "action buttons", chromedp.Evaluate[int](`document.querySelectorAll('#clone, #rollback, #snapshot').length`)); n != 0 {
+		t.Fatalf("a read-only console offers %d actions", n)
+	}
+	// The page's own request, with its session and CSRF token, is refused.
+	msg := get(t, ctx, "clone through the API", chromedp.Evaluate[string](`fetch('/api/v1/clones', {method: 'POST', headers: {'X-Strata-CSRF': S.csrf, 'Content-Type': 'application/json'},
+		body: JSON.stringify({source: 'web@seq:1', name: 'c'})}).then(r => r.status + ' ' + r.statusText)`, chromedp.EvalAsValue, chromedp.EvalAwaitPromise))
+	if !strings.HasPrefix(msg, "403") {
+		t.Fatalf("a clone through a read-only console: %s", msg)
+	}
+	if list := s.mustCLI("volume", "list"); strings.Contains(list, "\nc ") {
+		t.Fatalf("a read-only console created a volume:\n%s", list)
+	}
+}
+
+func TestE2EConsoleFlags(t *testing.T) {
+	for _, args := range [][]string{{"--console-read-only"}, {"--console-token-file", "/tmp/x"}, {"--console", ""}} {
+		dir := shortTempDir(t)
+		r := run(t, strataBin, append([]string{"--data", dir, "serve", "--listen", ""}, args...)...)
+		checkOneLineError(t, strings.Join(args, " "), r, "--console")
+	}
+	// A token file others may read is refused, saying how to fix it.
+	dir := shortTempDir(t)
+	tok := filepath.Join(dir, "console.token")
+	if err := os.WriteFile(tok, []byte("a-token-of-twenty-chars\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, strataBin, "--data", dir, "serve", "--listen", "", "--console", strconv.Itoa(freePort(t)))
+	checkOneLineError(t, "token file mode 0644", r, "chmod 600")
+}

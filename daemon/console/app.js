@@ -152,9 +152,18 @@ function stopTimers() {
   S.cleanups = [];
 }
 
-// every runs f now and then every ms milliseconds until the page changes.
+// every runs f now and then every ms milliseconds until the page changes,
+// skipping a turn while the last one still waits for the daemon.
 function every(ms, f) {
-  const run = () => f().catch((e) => flash(e.message, true));
+  let busy = false;
+  const run = () => {
+    if (busy) return;
+    busy = true;
+    f().then(() => {
+      const el = document.getElementById('status');
+      if (el && el.classList.contains('error')) el.textContent = '';
+    }, (e) => flash(e.message, true)).finally(() => { busy = false; });
+  };
   run();
   S.timers.push(setInterval(run, ms));
 }
