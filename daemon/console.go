@@ -127,15 +127,19 @@ type console struct {
 	session  string // the session cookie's value
 	csrf     string
 	readOnly bool
+	// loopback: the console listens on loopback only, so a request
+	// naming another host came through DNS rebinding (or a proxy that
+	// should say which host it serves) and is refused.
+	loopback bool
 }
 
-func newConsole(api http.Handler, token string, readOnly bool) *console {
+func newConsole(api http.Handler, token string, readOnly, loopback bool) *console {
 	derive := func(purpose string) string {
 		m := hmac.New(sha256.New, []byte(token))
 		io.WriteString(m, purpose)
 		return hex.EncodeToString(m.Sum(nil))
 	}
-	return &console{api: api, token: token, session: derive("strata console session"), csrf: derive("strata console csrf"), readOnly: readOnly}
+	return &console{api: api, token: token, session: derive("strata console session"), csrf: derive("strata console csrf"), readOnly: readOnly, loopback: loopback}
 }
 
 // consoleSession is the reply to a login and to GET /session.
@@ -205,7 +209,7 @@ func (c *console) handler() (http.Handler, error) {
 		}
 		api.ServeHTTP(w, r)
 	})
-	return securityHeaders(mux), nil
+	return c.guard(mux), nil
 }
 
 // authorized checks the session (or bearer token) and, for requests that
@@ -282,8 +286,15 @@ func refuse(w http.ResponseWriter, status int, code, msg string) {
 	writeJSON(w, status, control.Error{Message: msg, Code: code})
 }
 
-func securityHeaders(h http.Handler) http.Handler {
+// guard sets the headers that keep the pages from being framed, cached or
+// given scripts from elsewhere, and refuses hosts a loopback console
+// cannot be.
+func (c *console) guard(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c.loopback && !replica.IsLoopback(r.Host) {
+			refuse(w, http.StatusMisdirectedRequest, control.CodeRefused, fmt.Sprintf("this console serves 127.0.0.1, localhost and [::1], not %q", r.Host))
+			return
+		}
 		hd := w.Header()
 		hd.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'")
 		hd.Set("X-Content-Type-Options", "nosniff")
@@ -312,7 +323,7 @@ func (d *Daemon) startConsole(api http.Handler) error {
 	if !replica.IsLoopback(o.ConsoleListen) {
 		o.Logger.Warn("the console is served off loopback over plain HTTP: its token and session cross the network in the clear; prefer an SSH tunnel to a loopback console", "addr", l.Addr().String())
 	}
-	h, err := newConsole(api, tok, o.ConsoleReadOnly).handler()
+	h, err := newConsole(api, tok, o.ConsoleReadOnly, replica.IsLoopback(o.ConsoleListen)).handler()
 	if err != nil {
 		l.Close()
 		return err

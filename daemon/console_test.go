@@ -171,6 +171,29 @@ func TestConsoleAPI(t *testing.T) {
 	if vols, _ := cl.Volumes(context.Background()); len(vols) != 2 {
 		t.Fatalf("a refused delete deleted: %+v", vols)
 	}
+	// DNS rebinding: another name for a loopback console.
+	req, _ := http.NewRequest("GET", c.base+"/api/v1/volumes", nil)
+	req.Host = "evil.example:8080"
+	req.Header.Set("Cookie", c.cookie)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMisdirectedRequest {
+		t.Fatalf("a request for host evil.example: %d", resp.StatusCode)
+	}
+	for _, host := range []string{"localhost", "[::1]:8080"} {
+		req.Host = host
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("a request for host %s: %d", host, resp.StatusCode)
+		}
+	}
 	if code, _ := c.do("POST", "/", "", nil); code != http.StatusMethodNotAllowed {
 		t.Fatalf("POST to a page: %d", code)
 	}

@@ -271,8 +271,20 @@ func TestE2EConsole(t *testing.T) {
 	}
 
 	if fio != nil {
+		// fio writes 200 and reads 300 a second: the charts and cards say so.
 		browse(t, ctx, "live charts", chromedp.Poll[chromedp.Void](`(document.querySelector('#chart-iops path.w')?.getAttribute('d') || '').split('L').length > 10`,
 			chromedp.WithPollingTimeout(20*time.Second)))
+		legend := get(t, ctx, "IOPS legend", chromedp.Text(css("#chart-iops .legend")))
+		var r, w float64
+		if _, err := fmt.Sscanf(legend, "read %g · write %g", &r, &w); err != nil || r < 100 || w < 100 {
+			t.Fatalf("with fio at 300 reads and 200 writes a second, the IOPS chart says %q", legend)
+		}
+		if cards := get(t, ctx, "volume cards", chromedp.Text(css("#vol-cards"))); !strings.Contains(cards, "local (Unix socket) → web") {
+			t.Fatalf("the volume page does not show fio attached:\n%s", cards)
+		}
+	}
+	if space := get(t, ctx, "space", chromedp.Text(css("#space"))); !strings.Contains(space, "snapshot from-console") || !strings.Contains(space, "Provisioned 16.0 MiB") {
+		t.Fatalf("the space panel does not give web's line of df:\n%s", space)
 	}
 	shoot(t, ctx, shots, "volume")
 	browse(t, ctx, "the clone's page",
