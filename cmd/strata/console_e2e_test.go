@@ -146,12 +146,13 @@ func nbdRead(t *testing.T, uri string) []byte {
 }
 
 func TestE2EConsole(t *testing.T) {
-	need(t, "qemu-io", "nbdcopy")
+	need(t, "qemu-io", "qemu-img", "nbdcopy")
 	exe := chromiumPath(t)
 	shots := shotDir(t)
 	port := freePort(t)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	s := startServer(t, "--volume", "web=16MiB", "--console", strconv.Itoa(port))
+	nbdAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	s := startServer(t, "--volume", "web=16MiB", "--console", strconv.Itoa(port), "--listen", nbdAddr)
 	// The banner follows the control socket by a moment.
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		out, _ := os.ReadFile(s.logs[len(s.logs)-2])
@@ -249,6 +250,27 @@ func TestE2EConsole(t *testing.T) {
 	}
 	if got := nbdRead(t, uri); !bytes.Equal(got, wantA) {
 		t.Fatalf("the export %s the time line gave does not read the data of that moment (1 MiB of 0xaa)", exp)
+	}
+	// The same over TCP, with qemu-img, and the commands that attach it.
+	tcp := get(t, ctx, "TCP URI", chromedp.Text(css("#export-tcp")))
+	if want := "nbd://" + nbdAddr + "/" + exp; tcp != want {
+		t.Fatalf("the page gives TCP URI %q, want %q", tcp, want)
+	}
+	img := filepath.Join(t.TempDir(), "a.img")
+	if err := os.WriteFile(img, wantA, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", tcp, img); r.code != 0 {
+		t.Fatalf("qemu-img compare %s with the data of that moment: %s", tcp, r)
+	}
+	host, p, _ := strings.Cut(nbdAddr, ":")
+	for id, want := range map[string]string{
+		"cmd-qemu":       "-drive file=" + tcp + ",format=raw,if=virtio,readonly=on",
+		"cmd-nbd-client": "nbd-client -N '" + exp + "' " + host + " " + p + " /dev/nbd0",
+	} {
+		if got := get(t, ctx, id, chromedp.Text(css("#"+id))); !strings.Contains(got, want) {
+			t.Fatalf("#%s says %q; want it to hold %q", id, got, want)
+		}
 	}
 
 	// Clone that moment from the page.

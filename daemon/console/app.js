@@ -312,18 +312,20 @@ function nbdAddr(st) {
   return { host, port };
 }
 
+// exportCommands lists [label, id, text] for reading export exp.
 function exportCommands(st, exp) {
-  const out = [['Export name', exp]];
+  const out = [['Export name', 'export-name', exp]];
   const tcp = nbdAddr(st);
   if (st.nbd_socket) {
     const uri = `nbd+unix:///${exp}?socket=${st.nbd_socket}`;
-    out.push(['NBD URI', uri], ['Inspect', `nbdinfo '${uri}'`], ['Copy out', `nbdcopy '${uri}' ${exp.replace(/[@:]/g, '-')}.img`]);
+    out.push(['NBD URI', 'export-uri', uri], ['Inspect', 'cmd-nbdinfo', `nbdinfo '${uri}'`],
+      ['Copy out', 'cmd-nbdcopy', `nbdcopy '${uri}' ${exp.replace(/[@:]/g, '-')}.img`]);
   }
   if (tcp) {
     const uri = `nbd://${tcp.host}:${tcp.port}/${exp}`;
-    out.push(['NBD URI (TCP)', uri],
-      ['QEMU', `qemu-system-x86_64 -drive file=${uri},format=raw,if=virtio,readonly=on ...`],
-      ['Kernel', `nbd-client -N '${exp}' ${tcp.host} ${tcp.port} /dev/nbd0`]);
+    out.push(['NBD URI (TCP)', 'export-tcp', uri],
+      ['QEMU', 'cmd-qemu', `qemu-system-x86_64 -drive file=${uri},format=raw,if=virtio,readonly=on ...`],
+      ['Kernel', 'cmd-nbd-client', `nbd-client -N '${exp}' ${tcp.host} ${tcp.port} /dev/nbd0`]);
   }
   return out;
 }
@@ -368,8 +370,8 @@ function pageVolume(app, name) {
       return;
     }
     const exp = `${name}@${spec}`;
-    pickInfo.replaceChildren(...exportCommands(S.status, exp).map(([k, v], i) =>
-      h('div', { class: 'cmd' }, h('span', { text: k }), h('code', { id: i === 0 ? 'export-name' : (k === 'NBD URI' ? 'export-uri' : null), text: v }))));
+    pickInfo.replaceChildren(...exportCommands(S.status, exp).map(([label, id, text]) =>
+      h('div', { class: 'cmd' }, h('span', { text: label }), h('code', { id, text }))));
     if (S.readOnly) {
       actions.replaceChildren(h('span', { class: 'sub', text: 'Read-only console: clone and roll back with the CLI (strata clone, strata rollback).' }));
       return;
