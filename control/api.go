@@ -53,6 +53,7 @@ type (
 	Snapshot     = cow.Snapshot
 	Point        = cow.Point
 	History      = cow.History
+	Branch       = cow.Branch
 	Space        = cow.Space
 	GCStats      = cow.GCStats
 	PoolStats    = cow.Stats
@@ -61,6 +62,13 @@ type (
 	Progress     = replica.Progress
 	ShipResult   = replica.Result
 	Restored     = replica.Restored
+)
+
+// Branch kinds (History.Branches).
+const (
+	BranchOrigin   = cow.BranchOrigin
+	BranchRollback = cow.BranchRollback
+	BranchClone    = cow.BranchClone
 )
 
 // Error is a failed request's reply. Code classifies it (one of the Code

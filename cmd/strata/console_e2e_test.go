@@ -362,6 +362,19 @@ func TestE2EConsole(t *testing.T) {
 	if got := nbdRead(t, s.uri("web")); !bytes.Equal(got, wantSnap) {
 		t.Fatal("after the rollback from the page, web does not read as its snapshot from-console")
 	}
+	// The time line shows both forks of web's history: the clone and the
+	// rollback, each with the point it shows.
+	browse(t, ctx, "branches",
+		chromedp.Poll[chromedp.Void](`document.getElementById('branches')?.textContent.includes('rolled back to web@seq:')`),
+		chromedp.WaitVisible(css(`#timeline g.branch.clone`)),
+		chromedp.WaitVisible(css(`#timeline g.branch.rollback`)))
+	if br := get(t, ctx, "branches", chromedp.Text(css("#branches"))); !strings.Contains(br, "clone web-then made of web@seq:") {
+		t.Fatalf("the time line's branches say:\n%s", br)
+	}
+	shoot(t, ctx, shots, "history")
+	if pit := s.mustCLI("pit", "web"); !strings.Contains(pit, "rolled back to web@seq:") || !strings.Contains(pit, "clone web-then made of web@seq:") {
+		t.Fatalf("strata pit does not list the branches the page shows:\n%s", pit)
+	}
 	browse(t, ctx, "pool page at the end",
 		chromedp.Click(css("#nav-pool")),
 		chromedp.WaitVisible(css(`#volumes tr[data-key="web-then"]`)),

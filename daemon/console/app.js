@@ -462,7 +462,8 @@ function pageVolume(app, name) {
     const oldest = Date.parse(hist.oldest.time);
     const newest = Date.parse(hist.newest.time);
     const snapTimes = hist.snapshots.map((sn) => Date.parse(sn.time));
-    Object.assign(geo, { width, from: Math.min(oldest, ...snapTimes), to: Math.max(newest, geo.from + 1000) });
+    const branchTimes = hist.branches.flatMap((b) => [b.time, b.base_time]).filter((t) => t).map((t) => Date.parse(t));
+    Object.assign(geo, { width, from: Math.min(oldest, ...snapTimes, ...branchTimes), to: Math.max(newest, geo.from + 1000) });
     if (geo.to - geo.from < 1000) geo.to = geo.from + 1000;
     const base = geo.height - geo.bottom;
     const svg = s('svg', { viewBox: `0 0 ${width} ${geo.height}`, 'data-from': geo.from, 'data-to': geo.to, role: 'img', 'aria-label': `history of ${name}` });
@@ -494,6 +495,25 @@ function pageVolume(app, name) {
       g.addEventListener('click', (e) => { e.stopPropagation(); pick(sn.name); });
       svg.append(g);
     });
+    // Branches: a curve from the point a clone or rollback shows to where
+    // it began. A clone's leads to its page; a rollback's picks the
+    // moment just before it (what the rollback set aside).
+    hist.branches.forEach((b) => {
+      if (!b.time || !b.base_time || b.kind === 'origin') return;
+      const x0 = xOf(Date.parse(b.base_time)), x1 = xOf(Date.parse(b.time));
+      const y0 = base - 2, y1 = geo.top + 8;
+      const g = s('g', { class: 'branch ' + b.kind, 'data-branch': b.kind + ':' + b.volume + ':' + b.seq },
+        s('path', { d: `M${x0} ${y0} C${x0} ${y1} ${x0} ${y1} ${x1} ${y1}` }),
+        s('circle', { cx: x1, cy: y1, r: 4 }),
+        s('text', { x: Math.min(x1 + 6, width - geo.right - 80), y: y1 + 14, text: b.kind === 'clone' ? 'clone ' + b.volume : '↺ rollback' }),
+        s('title', { text: branchText(name, b) }));
+      g.addEventListener('click', (e) => {
+        e.stopPropagation();
+        if (b.kind === 'clone') location.hash = '#/volume/' + encodeURIComponent(b.volume);
+        else pick(`seq:${b.seq - 1}`);
+      });
+      svg.append(g);
+    });
     const t = spec === '' ? NaN : (hist.snapshots.find((sn) => sn.name === spec) ? Date.parse(hist.snapshots.find((sn) => sn.name === spec).time) : Date.parse(spec));
     if (!isNaN(t)) svg.append(s('line', { class: 'cursor', x1: xOf(t), x2: xOf(t), y1: geo.top - 4, y2: base }));
     svg.addEventListener('click', (e) => {
@@ -504,12 +524,17 @@ function pageVolume(app, name) {
     });
     tl.replaceChildren(svg,
       h('div', { class: 'sub' }, `Readable from ${fmtTime(hist.oldest.time)} (seq:${hist.oldest.seq}) to now (seq:${hist.newest.seq}); retention ${fmtDuration(hist.retention)}`,
-        hist.history_cut ? `; the journal's size cap cut history at ${fmtTime(hist.history_cut)}` : ''));
+        hist.history_cut ? `; the journal's size cap cut history at ${fmtTime(hist.history_cut)}` : ''),
+      hist.branches.length ? h('ul', { id: 'branches', class: 'branches' }, hist.branches.map((b) => h('li', {},
+        branchText(name, b), ' ',
+        b.kind === 'rollback' ? h('button', { class: 'link', text: 'pick the moment before it', onclick: () => pick(`seq:${b.seq - 1}`) })
+          : h('a', { href: '#/volume/' + encodeURIComponent(b.volume), text: 'open ' + b.volume })))) : null);
   }
 
   async function refreshHistory() {
     hist = await api('GET', volPath(name, 'history') + '?buckets=60');
     hist.snapshots = hist.snapshots || [];
+    hist.branches = hist.branches || [];
     hist.activity = hist.activity || [];
     drawTimeline();
   }
@@ -534,6 +559,14 @@ function pageVolume(app, name) {
   const onResize = () => drawTimeline();
   window.addEventListener('resize', onResize);
   S.cleanups.push(() => window.removeEventListener('resize', onResize));
+}
+
+// branchText says what a fork of vol's history is, as strata pit does.
+function branchText(vol, b) {
+  const at = (t) => fmtTime(t);
+  if (b.kind === 'origin') return `${at(b.time)}: cloned from ${b.volume}@seq:${b.base_seq} (${at(b.base_time)})`;
+  if (b.kind === 'rollback') return `${at(b.time)}: rolled back to ${vol}@seq:${b.base_seq} (${at(b.base_time)})`;
+  return `${at(b.time)}: clone ${b.volume} made of ${vol}@seq:${b.base_seq} (${at(b.base_time)})`;
 }
 
 function showSpace(el, name, df, refresh) {
