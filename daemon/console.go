@@ -328,14 +328,14 @@ func (d *Daemon) startConsole(api http.Handler) error {
 		l.Close()
 		return err
 	}
-	d.consoleAddr = l.Addr().String()
+	d.consoleAt = l.Addr().String()
 	d.consoleSrv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go d.consoleSrv.Serve(l)
 	return nil
 }
 
 // ConsoleAddr is the address the console listens on ("": none).
-func (d *Daemon) ConsoleAddr() string { return d.consoleAddr }
+func (d *Daemon) ConsoleAddr() string { return d.consoleAt }
 
 // ConsoleTokenFile is the file that holds the console's login token ("":
 // no console).

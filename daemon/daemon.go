@@ -97,24 +97,24 @@ const maxSocketPath = 107
 
 // Daemon owns a data directory while it runs.
 type Daemon struct {
-	opts        Options
-	lock        *os.File
-	pool        *cow.Pool
-	nbd         *nbd.Server
-	control     *http.Server
-	metricsSrv  *http.Server
-	consoleSrv  *http.Server
-	consoleAddr string
-	lns         []net.Listener
-	socks       []string
-	started     time.Time
-	io          *ioMetrics
-	ublkStop    context.CancelFunc
-	ublkWG      sync.WaitGroup
-	repl        *replManager
-	replSrv     *replica.Server
-	closeOnce   sync.Once
-	closeErr    error
+	opts       Options
+	lock       *os.File
+	pool       *cow.Pool
+	nbd        *nbd.Server
+	control    *http.Server
+	metricsSrv *http.Server
+	consoleSrv *http.Server
+	consoleAt  string
+	lns        []net.Listener
+	socks      []string
+	started    time.Time
+	io         *ioMetrics
+	ublkStop   context.CancelFunc
+	ublkWG     sync.WaitGroup
+	repl       *replManager
+	replSrv    *replica.Server
+	closeOnce  sync.Once
+	closeErr   error
 
 	mu struct {
 		sync.Mutex
