@@ -10,7 +10,7 @@ VOLUME    ?= vol0=10GiB
 RACE_PKGS := ./cdp/... ./cow/... ./cache/... ./blockdev/... ./replica/... ./daemon/... ./control/... ./internal/...
 VERSITYGW := v1.0.14
 STATICCHECK := v0.8.2
-TEST_DEBS := fio qemu-utils libnbd-bin nbdkit python3-libnbd fuse3 e2fsprogs util-linux
+TEST_DEBS := fio qemu-utils libnbd-bin nbdkit python3-libnbd fuse3 e2fsprogs util-linux chromium
 
 .PHONY: all build run test test-deps vet staticcheck fmt-check unit race e2e fuzz bench clean
 
@@ -19,15 +19,20 @@ all: build
 build:
 	$(GO) build -o $(BIN) ./cmd/strata
 
+# The web console listens on 127.0.0.1:$(CONSOLE); its login token is in
+# $(DATA)/console.token.
+CONSOLE   ?= 8080
 run: build
-	./$(BIN) serve --data $(DATA) --volume $(VOLUME)
+	./$(BIN) serve --data $(DATA) --volume $(VOLUME) --console $(CONSOLE)
 
-# Installs what the tests drive (real NBD clients, nbdkit, ext4 tools).
+# Installs what the tests drive (real NBD clients, nbdkit, ext4 tools, and
+# headless Chromium for the web console's browser tests).
 # Needs root (or sudo) and Debian/Ubuntu; skips the install when all
 # tools are already there.
 test-deps:
 	@if command -v fio >/dev/null && command -v qemu-io >/dev/null && command -v nbdinfo >/dev/null && \
-	    command -v nbdkit >/dev/null && command -v nbdfuse >/dev/null && /usr/bin/python3 -c 'import nbd' 2>/dev/null; then \
+	    command -v nbdkit >/dev/null && command -v nbdfuse >/dev/null && command -v chromium >/dev/null && \
+	    /usr/bin/python3 -c 'import nbd' 2>/dev/null; then \
 		echo "test tools present"; \
 	else \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -33,6 +33,11 @@
 //
 // Errors are Error ({"error": "...", "code": "..."}) with a matching HTTP
 // status; a streamed reply ends with an Event that carries them instead.
+//
+// The web console (strata serve --console) serves the same API under /api/
+// to a logged-in browser or to "Authorization: Bearer TOKEN" (all but
+// /debug/); its refusals are CodeAuth (no or a wrong token) and
+// CodeRefused (cross-site, no CSRF token, or a read-only console).
 package control
 
 import (
@@ -51,6 +56,7 @@ type (
 	Snapshot     = cow.Snapshot
 	Point        = cow.Point
 	History      = cow.History
+	Branch       = cow.Branch
 	Space        = cow.Space
 	GCStats      = cow.GCStats
 	PoolStats    = cow.Stats
@@ -59,6 +65,13 @@ type (
 	Progress     = replica.Progress
 	ShipResult   = replica.Result
 	Restored     = replica.Restored
+)
+
+// Branch kinds (History.Branches).
+const (
+	BranchOrigin   = cow.BranchOrigin
+	BranchRollback = cow.BranchRollback
+	BranchClone    = cow.BranchClone
 )
 
 // Error is a failed request's reply. Code classifies it (one of the Code

@@ -78,6 +78,50 @@ type History struct {
 	Snapshots  []Snapshot    `json:"snapshots"`
 	Activity   []Bucket      `json:"activity"`
 	HistoryCut time.Time     `json:"history_cut,omitzero"` // when the size cap last cut history short
+	// Branches are where the volume's history forks: the point it was
+	// cloned from, its rollbacks, and the clones made of it, oldest first.
+	Branches []Branch `json:"branches"`
+}
+
+// Branch kinds.
+const (
+	BranchOrigin   = "origin"   // the volume is a clone of Base
+	BranchRollback = "rollback" // from Seq on the volume shows its own earlier point Base
+	BranchClone    = "clone"    // Volume is a clone of this volume's point Base
+)
+
+// Branch is one fork of a volume's history.
+type Branch struct {
+	Kind     string    `json:"kind"`
+	Volume   string    `json:"volume"` // the volume Base belongs to (origin), the clone (clone), this volume (rollback)
+	Seq      uint64    `json:"seq"`    // where the branch starts: the clone's create or the rollback record
+	Time     time.Time `json:"time,omitzero"`
+	BaseSeq  uint64    `json:"base_seq"` // the point the branch shows
+	BaseTime time.Time `json:"base_time,omitzero"`
+}
+
+// branchesLocked lists v's branches without their times. wmu is held.
+func (p *Pool) branchesLocked(v *volState) []Branch {
+	var out []Branch
+	for i, g := range v.meta.Gens {
+		switch {
+		case i == 0 && g.BaseVol != 0:
+			name := ""
+			if o := p.volumeAny(g.BaseVol); o != nil {
+				name = o.name
+			}
+			out = append(out, Branch{Kind: BranchOrigin, Volume: name, Seq: g.Start, BaseSeq: g.BaseSeq})
+		case i > 0:
+			out = append(out, Branch{Kind: BranchRollback, Volume: v.name, Seq: g.Start, BaseSeq: g.BaseSeq})
+		}
+	}
+	for _, o := range p.allVolumesLocked() {
+		if g := o.meta.Gens[0]; o != v && g.BaseVol == v.id {
+			out = append(out, Branch{Kind: BranchClone, Volume: o.name, Seq: g.Start, BaseSeq: g.BaseSeq})
+		}
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].Seq < out[b].Seq })
+	return out
 }
 
 // History returns a volume's retained window, snapshots and write activity
@@ -100,8 +144,13 @@ func (p *Pool) History(vol string, buckets int) (History, error) {
 	h.Oldest = Point{Volume: vol, Spec: "seq:" + uitoa(w), Seq: w, Size: v.meta.sizeAt(w)}
 	h.Newest = Point{Volume: vol, Spec: "seq:" + uitoa(p.wmu.applied), Seq: p.wmu.applied, Time: now.UTC(), Size: v.size.Load()}
 	curMinute, curCount := v.actMinute, v.actCount
+	h.Branches = p.branchesLocked(v)
 	p.wmu.Unlock()
 	h.Oldest.Time = p.oldestTime(v, w)
+	for i := range h.Branches {
+		b := &h.Branches[i]
+		b.Time, b.BaseTime = p.timeOfSeq(b.Seq), p.timeOfSeq(b.BaseSeq)
+	}
 	if buckets < 1 {
 		buckets = 24
 	}

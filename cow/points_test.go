@@ -257,3 +257,45 @@ func TestSnapshotMarksDurable(t *testing.T) {
 	defer p.Close()
 	check(p, "index rebuilt from the journal")
 }
+
+func TestHistoryBranches(t *testing.T) {
+	clk := newFakeClock()
+	p := openClockPool(t, vfs.NewMem(), clk, time.Hour)
+	v := mustVol(t, p, "vol", 1<<20)
+	v.WriteAt(fill('A', 4096), 0)
+	s1, err := p.CreateSnapshot("vol", "s1", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.WriteAt(fill('B', 4096), 0)
+	clk.Advance(time.Second)
+	if _, err := p.Clone("vol", "s1", "c1"); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(time.Second)
+	rb, err := p.Rollback("vol", "s1", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := p.History("vol", 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(h.Branches) != 2 {
+		t.Fatalf("vol's branches: %+v; want the clone and the rollback", h.Branches)
+	}
+	c, r := h.Branches[0], h.Branches[1]
+	if c.Kind != BranchClone || c.Volume != "c1" || c.BaseSeq != s1.Seq || !c.BaseTime.Equal(s1.Time) || !c.Time.After(s1.Time) {
+		t.Fatalf("the clone's branch: %+v; want c1 from seq %d (%s)", c, s1.Seq, s1.Time)
+	}
+	if r.Kind != BranchRollback || r.Volume != "vol" || r.BaseSeq != rb.Seq || r.Seq <= c.Seq || !r.Time.After(c.Time) {
+		t.Fatalf("the rollback's branch: %+v; want a rollback to seq %d after the clone %+v", r, rb.Seq, c)
+	}
+	hc, err := p.History("c1", 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hc.Branches) != 1 || hc.Branches[0].Kind != BranchOrigin || hc.Branches[0].Volume != "vol" || hc.Branches[0].BaseSeq != s1.Seq {
+		t.Fatalf("c1's branches: %+v; want its origin vol@seq:%d", hc.Branches, s1.Seq)
+	}
+}

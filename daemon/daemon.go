@@ -4,8 +4,9 @@
 // devices), the control API (HTTP on the control socket, see package
 // control), the replication manager (configured continuous and interval
 // shipping, --once runs, the listener for other sites' streams), the
-// snapshot schedules (schedule.go; app-consistent snapshots in freeze.go)
-// and the metrics. Start runs one, Close stops it; tests can run one
+// snapshot schedules (schedule.go; app-consistent snapshots in freeze.go),
+// the metrics and the web console (the control API over HTTP behind a
+// login, with its pages). Start runs one, Close stops it; tests can run one
 // in-process.
 package daemon
 
@@ -68,6 +69,13 @@ type Options struct {
 	ReplicaListen    string
 	ReplicaTokenFile string
 	ReplicaInsecure  bool
+	// ConsoleListen serves the web console on this TCP address ("": off;
+	// see ConsoleAddr for the host's default). Its login token is in
+	// ConsoleTokenFile (default Dir/console.token, created with a random
+	// token when missing); ConsoleReadOnly refuses every change from it.
+	ConsoleListen    string
+	ConsoleTokenFile string
+	ConsoleReadOnly  bool
 	// Volumes are created at start unless they exist.
 	Volumes []VolumeSpec
 	// Pool configures the pool; Dir and Logger are the daemon's.
@@ -103,6 +111,8 @@ type Daemon struct {
 	nbd        *nbd.Server
 	control    *http.Server
 	metricsSrv *http.Server
+	consoleSrv *http.Server
+	consoleAt  string
 	lns        []net.Listener
 	socks      []string
 	started    time.Time
@@ -194,7 +204,8 @@ func Start(o Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.socks = append(d.socks, o.ControlSocket)
-	d.control = &http.Server{Handler: d.controlHandler(), ReadHeaderTimeout: 10 * time.Second}
+	api := d.controlHandler()
+	d.control = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
 	go d.control.Serve(cl)
 	if o.MetricsListen != "" {
 		ml, err := net.Listen("tcp", o.MetricsListen)
@@ -205,6 +216,9 @@ func Start(o Options) (*Daemon, error) {
 		mux.Handle("GET /metrics", d.metricsHandler())
 		d.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go d.metricsSrv.Serve(ml)
+	}
+	if err := d.startConsole(api); err != nil {
+		return nil, err
 	}
 	ok = true
 	return d, nil
@@ -224,6 +238,12 @@ func (o *Options) fill() (string, error) {
 	}
 	if o.Clock == nil {
 		o.Clock = wallClock{}
+	}
+	if o.ConsoleListen != "" {
+		o.ConsoleListen = ConsoleAddr(o.ConsoleListen)
+		if o.ConsoleTokenFile == "" {
+			o.ConsoleTokenFile = filepath.Join(o.Dir, "console.token")
+		}
 	}
 	var token string
 	if o.ReplicaListen != "" {
@@ -266,6 +286,9 @@ func (d *Daemon) close(ctx context.Context) error {
 	}
 	if d.metricsSrv != nil {
 		d.metricsSrv.Shutdown(ctx)
+	}
+	if d.consoleSrv != nil {
+		d.consoleSrv.Shutdown(ctx)
 	}
 	if d.ublkStop != nil {
 		d.ublkStop()

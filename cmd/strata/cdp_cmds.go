@@ -238,6 +238,12 @@ help pick the moment before an incident.`,
 					fmt.Printf("  %-24s seq:%-10d %s %s\n", sn.Name, sn.Seq, sn.Time.Format(time.RFC3339), sn.Label)
 				}
 			}
+			if len(h.Branches) > 0 {
+				fmt.Println("branches:")
+				for _, b := range h.Branches {
+					fmt.Printf("  %s\n", branchText(h.Volume, b))
+				}
+			}
 			var peak int64
 			for _, b := range h.Activity {
 				peak = max(peak, b.Writes)
@@ -255,6 +261,19 @@ help pick the moment before an incident.`,
 			}
 			return nil
 		},
+	}
+}
+
+// branchText says what a fork of vol's history is.
+func branchText(vol string, b control.Branch) string {
+	at := func(t time.Time) string { return t.Format(time.RFC3339) }
+	switch b.Kind {
+	case control.BranchOrigin:
+		return fmt.Sprintf("%s  cloned from %s@seq:%d (%s)", at(b.Time), b.Volume, b.BaseSeq, at(b.BaseTime))
+	case control.BranchRollback:
+		return fmt.Sprintf("%s  rolled back to %s@seq:%d (%s)", at(b.Time), vol, b.BaseSeq, at(b.BaseTime))
+	default:
+		return fmt.Sprintf("%s  clone %s made of %s@seq:%d (%s)", at(b.Time), b.Volume, vol, b.BaseSeq, at(b.BaseTime))
 	}
 }
 

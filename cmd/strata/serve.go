@@ -42,7 +42,8 @@ Examples:
    strata serve --listen 0.0.0.0:10809               # serve NBD beyond loopback
    strata serve --listen ""                          # Unix socket only
    strata serve --listen 0.0.0.0:10809 --tls-cert server-cert.pem --tls-key server-key.pem --tls=require
-   strata serve --schedule-every 15m --schedule-keep hourly=24,daily=14,weekly=8,monthly=12`,
+   strata serve --schedule-every 15m --schedule-keep hourly=24,daily=14,weekly=8,monthly=12
+   strata serve --console 8080                       # web console on http://127.0.0.1:8080/`,
 		Description: `Serves every volume as an NBD export named after it, on a Unix socket
 (DATA/nbd.sock) and on TCP (127.0.0.1:10809). A flush on any connection
 makes every completed write durable. Stop with SIGTERM or Ctrl-C: in-flight
@@ -71,6 +72,9 @@ requests finish, the journal is synced, the lock is released.`,
 			&cli.BoolFlag{Name: "insecure", Usage: "allow --replica-listen off loopback without TLS"},
 			&cli.StringFlag{Name: "schedule-every", Usage: "default snapshot schedule of every volume without its own (strata schedule add): interval, e.g. 1h; needs --schedule-keep"},
 			&cli.StringFlag{Name: "schedule-keep", Usage: "the default schedule's thinning, e.g. hourly=24,daily=14,weekly=8,monthly=12 (alone: replicas and volumes are only thinned)"},
+			&cli.StringFlag{Name: "console", Usage: "serve the web console at http://ADDR/ (e.g. 8080 or :8080 for 127.0.0.1:8080, or 0.0.0.0:8080; default off)"},
+			&cli.StringFlag{Name: "console-token-file", Usage: "file holding the console's login token (default DATA/console.token, created with a random token when missing)"},
+			&cli.BoolFlag{Name: "console-read-only", Usage: "the console shows everything and changes nothing"},
 			&cli.StringFlag{Name: "segment-size", Value: "128MiB", Usage: "journal segment file size (1MiB..1GiB); smaller segments let GC free space in finer steps"},
 		},
 		Action: runServe,
@@ -103,6 +107,15 @@ func runServe(c *cli.Context) error {
 	}
 	if o.Allow, err = parseAllow(c.String("allow")); err != nil {
 		return err
+	}
+	if c.IsSet("console-token-file") || c.Bool("console-read-only") {
+		if !c.IsSet("console") {
+			return fmt.Errorf("--console-token-file and --console-read-only need --console ADDR")
+		}
+	}
+	o.ConsoleListen, o.ConsoleTokenFile, o.ConsoleReadOnly = c.String("console"), c.String("console-token-file"), c.Bool("console-read-only")
+	if c.IsSet("console") && o.ConsoleListen == "" {
+		return fmt.Errorf("--console needs an address, e.g. --console 8080 (127.0.0.1:8080)")
 	}
 	o.ReplicaListen, o.ReplicaTokenFile, o.ReplicaInsecure = c.String("replica-listen"), c.String("replica-token-file"), c.Bool("insecure")
 	if vols := c.StringSlice("ublk"); len(vols) > 0 {
@@ -171,7 +184,7 @@ func runServe(c *cli.Context) error {
 	if err != nil {
 		return userErr(err)
 	}
-	printBanner(o, d.Volumes())
+	printBanner(o, d, d.Volumes())
 	sig := make(chan os.Signal, 2)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	s := <-sig
@@ -234,7 +247,7 @@ func tlsConfig(c *cli.Context) (*tls.Config, bool, error) {
 	return cfg, mode == "require", nil
 }
 
-func printBanner(o daemon.Options, vols []control.VolumeInfo) {
+func printBanner(o daemon.Options, d *daemon.Daemon, vols []control.VolumeInfo) {
 	abs := func(p string) string {
 		if a, err := filepath.Abs(p); err == nil {
 			return a
@@ -262,6 +275,13 @@ func printBanner(o daemon.Options, vols []control.VolumeInfo) {
 			o.ReplicaListen, security, net.JoinHostPort(host, port))
 	}
 	fmt.Fprintf(&b, "  control socket: %s\n", abs(o.ControlSocket))
+	if addr := d.ConsoleAddr(); addr != "" {
+		mode := ""
+		if o.ConsoleReadOnly {
+			mode = ", read-only"
+		}
+		fmt.Fprintf(&b, "  console:        http://%s/ (login token in %s%s)\n", addr, abs(d.ConsoleTokenFile()), mode)
+	}
 	for _, v := range vols {
 		fmt.Fprintf(&b, "Volume %s (%s). Attach it with:\n", v.Name, units.FormatSize(v.Size))
 		if o.NBDListen != "" {
