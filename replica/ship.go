@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/strata-storage/strata/cdp"
@@ -194,9 +195,27 @@ type shipper struct {
 	stored0  int64
 	pace     time.Time // when the bytes sent so far may have left, at BWLimit
 	b        *Batch
-	inflight []sent // batches sent to a Pipeliner, not yet acknowledged
 	pos      uint64 // where the stream stands: the last whole batch sent ends here
 	scanFrom uint64 // the volume has no records from the target's point up to here
+	// read is the reading side's progress (phase, records read, full):
+	// each batch carries a copy to the sender, which reports it.
+	read Progress
+
+	// The sender: a goroutine that encodes and sends the batches the
+	// reading side queues (send), so that reading the next batch from the
+	// journal overlaps encoding and sending this one. It owns res (until
+	// it is done), inflight, pace and the target's calls after Open.
+	queue      chan queued
+	senderDone chan struct{}
+	senderErr  error  // set before senderDone closes
+	inflight   []sent // batches sent to a Pipeliner, not yet acknowledged
+}
+
+// queued is a batch on its way to the sender, with the reading side's
+// progress when it was made.
+type queued struct {
+	b    *Batch
+	read Progress
 }
 
 func (s *shipper) count() {
@@ -283,7 +302,7 @@ func (s *shipper) resume(st State) (bool, error) {
 		}
 	}
 	s.o.Logger.Info("replication: resuming an interrupted diff", "volume", s.o.Volume, "target", s.o.Target.String(), "diff_to", st.DiffTo, "at_byte", st.DiffNext)
-	s.res.Resumed = st.DiffNext
+	s.res.Resumed = st.DiffNext // before the first send: the sender does not touch it
 	phase := "difference"
 	if from == 0 {
 		phase = "full copy"
@@ -301,11 +320,45 @@ type sent struct {
 	to      uint64
 	partial bool
 	data    int64
+	read    Progress // the reading side's, when the batch was made
 }
 
-// send ships a batch. To a Pipeliner it returns once the batch is on its
-// way and at most pipelineDepth-1 earlier ones wait for their acks;
-// otherwise once the target has made it durable.
+// opBufs recycles the data buffers of large write ops a diff reads: a
+// fresh 8 MiB buffer is zeroed by the runtime first, which cost a tenth of
+// a first copy's CPU.
+var opBufs sync.Pool
+
+// getOpBuf returns a buffer of n bytes for a write op's data: a recycled
+// one of capacity maxOpData when n is large enough to be worth it.
+func getOpBuf(n uint64) []byte {
+	if n < maxOpData/8 {
+		return make([]byte, n)
+	}
+	if p, ok := opBufs.Get().(*[]byte); ok {
+		return (*p)[:n]
+	}
+	return make([]byte, n, maxOpData)
+}
+
+// putOpBufs recycles b's op buffers from getOpBuf.
+func putOpBufs(b *Batch) {
+	for i := range b.Ops {
+		if d := b.Ops[i].Data; cap(d) == maxOpData {
+			d = d[:0]
+			opBufs.Put(&d)
+			b.Ops[i].Data = nil
+		}
+	}
+}
+
+// senderQueue is how many batches the reading side may have made ahead of
+// the one the sender works on: one more batch of memory (BatchBytes) buys
+// the overlap.
+const senderQueue = 1
+
+// send hands a batch to the sender (started on first use). It returns at
+// once unless the sender is senderQueue batches behind, or with the
+// sender's error once it failed.
 func (s *shipper) send(b *Batch) error {
 	if err := s.ctx.Err(); err != nil {
 		return err
@@ -313,21 +366,58 @@ func (s *shipper) send(b *Batch) error {
 	if !b.Partial {
 		s.pos = b.To
 	}
+	if s.queue == nil {
+		s.queue = make(chan queued, senderQueue)
+		s.senderDone = make(chan struct{})
+		go s.sender()
+	}
+	select {
+	case s.queue <- queued{b: b, read: s.read}:
+		return nil
+	case <-s.senderDone:
+		return s.senderErr
+	case <-s.ctx.Done():
+		return s.ctx.Err()
+	}
+}
+
+// sender delivers queued batches until the queue closes or one fails.
+func (s *shipper) sender() {
+	defer close(s.senderDone)
+	for q := range s.queue {
+		if err := s.deliver(q); err != nil {
+			s.senderErr = err
+			return
+		}
+	}
+}
+
+// deliver ships a batch. To a Pipeliner it returns once the batch is on
+// its way and at most pipelineDepth-1 earlier ones wait for their acks;
+// otherwise once the target has made it durable.
+func (s *shipper) deliver(q queued) error {
+	b := q.b
+	if err := s.ctx.Err(); err != nil {
+		return err
+	}
+	f := sent{to: b.To, partial: b.Partial, data: b.DataBytes(), read: q.read}
+	// Once submitted (encoded) or sent, the batch's data is not used again.
+	defer putOpBufs(b)
 	pl, ok := s.o.Target.(Pipeliner)
 	if !ok {
 		if err := s.o.Target.Send(s.ctx, b); err != nil {
 			return fmt.Errorf("%s: %w", s.o.Target, err)
 		}
-		return s.acked(sent{to: b.To, partial: b.Partial, data: b.DataBytes()})
+		return s.acked(f)
 	}
 	if err := pl.Submit(s.ctx, b); err != nil {
 		// The target may have stopped on an earlier batch and said why.
-		if derr := s.drain(); derr != nil {
+		if derr := s.drainInflight(); derr != nil {
 			return derr
 		}
 		return fmt.Errorf("%s: %w", s.o.Target, err)
 	}
-	s.inflight = append(s.inflight, sent{to: b.To, partial: b.Partial, data: b.DataBytes()})
+	s.inflight = append(s.inflight, f)
 	for len(s.inflight) >= pipelineDepth {
 		if err := s.wait(pl); err != nil {
 			return err
@@ -336,8 +426,26 @@ func (s *shipper) send(b *Batch) error {
 	return nil
 }
 
-// drain waits for every batch in flight.
+// drain stops the sender once it has delivered what was queued, and waits
+// for every batch in flight; then the reading side's progress is the
+// run's. Its error is the sender's, or a batch's in flight.
 func (s *shipper) drain() error {
+	var err error
+	if s.queue != nil {
+		close(s.queue)
+		<-s.senderDone
+		err = s.senderErr
+		s.queue = nil
+	}
+	if derr := s.drainInflight(); err == nil {
+		err = derr
+	}
+	s.res.Phase, s.res.Records, s.res.Full = s.read.Phase, s.read.Records, s.read.Full
+	return err
+}
+
+// drainInflight waits for every batch in flight.
+func (s *shipper) drainInflight() error {
 	pl, ok := s.o.Target.(Pipeliner)
 	for ok && len(s.inflight) > 0 {
 		if err := s.wait(pl); err != nil {
@@ -359,6 +467,7 @@ func (s *shipper) wait(pl Pipeliner) error {
 
 // acked counts a batch the target made durable.
 func (s *shipper) acked(b sent) error {
+	s.res.Phase, s.res.Records, s.res.Full = b.read.Phase, b.read.Records, b.read.Full
 	s.res.Batches++
 	s.res.DataBytes += b.data
 	if !b.partial {
@@ -396,7 +505,7 @@ func (s *shipper) acked(b sent) error {
 // incremental ships the journal's records after acked, in order.
 func (s *shipper) incremental(acked uint64) error {
 	p := s.o.Pool
-	s.res.Phase = "records"
+	s.read.Phase = "records"
 	size := int64(0)
 	if info, err := p.VolumeInfo(s.o.Volume); err == nil {
 		size = info.Size
@@ -450,15 +559,15 @@ func (s *shipper) incremental(acked uint64) error {
 				return err
 			}
 			s.b = &Batch{From: c.Seq, Size: int64(c.Length)}
-			s.res.Phase = "records"
+			s.read.Phase = "records"
 			lastTime = c.Time
-			s.res.Records++
+			s.read.Records++
 			return nil
 		default:
 			return nil
 		}
 		b.Ops = append(b.Ops, Op{Kind: OpPoint, Seq: c.Seq, Time: c.Time})
-		s.res.Records++
+		s.read.Records++
 		lastTime = c.Time
 		if data >= s.o.BatchBytes {
 			return flush(c.Seq, c.Time)
@@ -478,8 +587,8 @@ func (s *shipper) incremental(acked uint64) error {
 // block) as a diff batch, in parts of at most BatchBytes.
 func (s *shipper) diff(from, to uint64, phase string, skip uint64, snaps ...cow.Snapshot) error {
 	p := s.o.Pool
-	s.res.Phase = phase
-	s.res.Full = s.res.Full || from == 0
+	s.read.Phase = phase
+	s.read.Full = s.read.Full || from == 0
 	h, err := p.OpenVolumeSeq(s.o.Volume, to)
 	if err != nil {
 		return err
@@ -512,7 +621,7 @@ func (s *shipper) diff(from, to uint64, phase string, skip uint64, snaps ...cow.
 		}
 		for done := uint64(0); done < length; {
 			chunk := min(length-done, maxOpData, max(uint64(s.o.BatchBytes)/cdp.BlockSize, 1)*cdp.BlockSize)
-			d := make([]byte, chunk)
+			d := getOpBuf(chunk)
 			if _, err := h.ReadAt(d, int64(off+done)); err != nil {
 				return fmt.Errorf("read %s@seq:%d: %w", s.o.Volume, to, err)
 			}

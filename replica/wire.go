@@ -126,7 +126,10 @@ func writeJSON(w io.Writer, typ byte, v any) error {
 	return writeMsg(w, typ, b)
 }
 
-func readMsg(r io.Reader) (byte, []byte, error) {
+func readMsg(r io.Reader) (byte, []byte, error) { return readMsgInto(r, nil) }
+
+// readMsgInto is readMsg reading the payload into buf when it fits.
+func readMsgInto(r io.Reader, buf []byte) (byte, []byte, error) {
 	var hdr [5]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return 0, nil, err
@@ -135,7 +138,11 @@ func readMsg(r io.Reader) (byte, []byte, error) {
 	if n > maxMessage {
 		return 0, nil, fmt.Errorf("%w: message of %d bytes is too large", ErrCorrupt, n)
 	}
-	b := make([]byte, n)
+	b := buf[:0]
+	if cap(b) < int(n) {
+		b = make([]byte, n)
+	}
+	b = b[:n]
 	if _, err := io.ReadFull(r, b); err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
@@ -200,6 +207,7 @@ type Remote struct {
 	counter sync.Mutex
 	unwatch func() bool // stops the context watch of the connection
 	pending []inflight  // submitted, not yet acknowledged
+	frame   []byte      // Submit's encoding space, reused batch after batch
 }
 
 // NewRemote makes a strata:// target; it connects on Open.
@@ -305,10 +313,11 @@ type inflight struct {
 
 // Submit implements Pipeliner: it sends b; Wait takes its ack.
 func (r *Remote) Submit(ctx context.Context, b *Batch) error {
-	frame, raw, err := EncodeBatch(b)
+	frame, raw, err := AppendBatch(r.frame[:0], b)
 	if err != nil {
 		return err
 	}
+	r.frame = frame[:0] // written before Submit returns: reusable
 	r.conn.SetWriteDeadline(time.Now().Add(ioTimeout))
 	if err := writeMsg(r.conn, msgBatch, frame); err != nil {
 		return err
@@ -562,6 +571,7 @@ func (s *Server) handle(c net.Conn) {
 		err := f.err
 		if err == nil {
 			err = sess.Apply(ctx, f.b)
+			f.b.Release()
 		}
 		if err != nil {
 			log.Warn("replication: batch refused", "err", err)
@@ -603,6 +613,7 @@ const drainTime = time.Minute
 // caller refused a batch), reads end by then.
 func readBatches(ctx context.Context, c net.Conn, br *bufio.Reader, in chan<- frameIn, drainUntil *atomic.Int64) {
 	defer close(in)
+	var frame []byte
 	for {
 		c.SetReadDeadline(time.Now().Add(ioTimeout))
 		// Set after ours, or read by us after the caller's store: either
@@ -611,7 +622,8 @@ func readBatches(ctx context.Context, c net.Conn, br *bufio.Reader, in chan<- fr
 			c.SetReadDeadline(time.Unix(0, d))
 		}
 		var f frameIn
-		typ, b, err := readMsg(br)
+		typ, b, err := readMsgInto(br, frame)
+		frame = b // decoded into a buffer of its own: reusable
 		switch {
 		case err != nil:
 			f.connErr = err
