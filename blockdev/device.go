@@ -75,6 +75,19 @@ type FastReader interface {
 	TryReadAt(p []byte, off int64) (ok bool, err error)
 }
 
+// RefReader is a Device that can serve a read from memory it holds without
+// copying it. A frontend calls ReadRefs where it would call TryReadAt (it
+// must return as quickly), for reads large enough that the copy matters.
+//
+// ReadRefs returns the n bytes at off as read-only slices, in order, that
+// stay unchanged until release is called; the caller sends them and then
+// calls release once. ok false means it holds nothing (release is nil) and
+// the caller reads another way; a non-nil error is the read error ReadAt
+// would return. It is safe for concurrent use with every other method.
+type RefReader interface {
+	ReadRefs(off int64, n int) (bufs [][]byte, release func(), ok bool, err error)
+}
+
 // Zeroer is a Device that can zero a range without the caller sending zeros.
 // With noHole the range must stay allocated (reads as zeros, reported as
 // zero but not as a hole); without it the device may punch a hole.

@@ -55,6 +55,11 @@ type chunk struct {
 	// Under t: bytes of buf in the file, and bytes the writer is asked to
 	// write (chunkSize once the chunk is full).
 	flushed, want int
+	// pins counts readers that hold slices of buf (PinMemory): taken under
+	// t's read lock, checked under its write lock before buf is reused
+	// for other bytes; a pinned chunk leaving the tail is dropped (its
+	// readers keep the memory alive) instead of recycled.
+	pins atomic.Int32
 }
 
 type chunkKey struct {
@@ -159,6 +164,10 @@ func (j *Journal) freeChunkLocked() *chunk {
 		j.t.recent[0] = nil
 		j.t.recent = j.t.recent[1:]
 		delete(j.t.index, chunkKey{c.seg.id, c.off / chunkSize})
+		if c.pins.Load() > 0 {
+			// Readers still send its bytes: a new buffer takes its place.
+			return &chunk{buf: alignedBuf()}
+		}
 	} else {
 		j.t.allocated++
 		return &chunk{buf: alignedBuf()}
@@ -243,6 +252,10 @@ func (j *Journal) retireLocked(c *chunk) {
 		j.t.recent[0] = nil
 		j.t.recent = j.t.recent[1:]
 		delete(j.t.index, chunkKey{old.seg.id, old.off / chunkSize})
+		if old.pins.Load() > 0 {
+			j.t.allocated-- // left to its readers and the garbage collector
+			continue
+		}
 		j.t.free = append(j.t.free, old)
 	}
 }
@@ -308,6 +321,48 @@ func (j *Journal) readTail(s *segment, off int64, p []byte) int {
 	return int(pos - off)
 }
 
+// TailPin keeps the tail memory PinMemory returned from being reused.
+type TailPin struct{ c *chunk }
+
+// Release lets the pinned memory be reused; its slices must not be used
+// afterwards.
+func (p TailPin) Release() { p.c.pins.Add(-1) }
+
+// PinMemory appends to bufs slices of the journal's memory holding the
+// n bytes at offset off of segment seg, and to pins what keeps them
+// unchanged until released, if the tail holds all of them (recent writes);
+// else it appends nothing and reports false. The slices are read-only.
+// It serves reads without a copy: a frontend sends the slices, then
+// releases the pins.
+func (j *Journal) PinMemory(seg uint64, off int64, n int, bufs [][]byte, pins []TailPin) ([][]byte, []TailPin, bool) {
+	j.segMu.RLock()
+	s := j.segs[seg]
+	j.segMu.RUnlock()
+	if s == nil {
+		return bufs, pins, false
+	}
+	end := off + int64(n)
+	j.t.RLock()
+	defer j.t.RUnlock()
+	nb, np := len(bufs), len(pins)
+	for pos := off; pos < end; {
+		c := j.t.index[chunkKey{s.id, pos / chunkSize}]
+		if c == nil || pos >= c.off+c.n.Load() {
+			for _, p := range pins[np:] {
+				p.Release()
+			}
+			clear(bufs[nb:])
+			return bufs[:nb], pins[:np], false
+		}
+		to := min(c.off+c.n.Load(), end)
+		c.pins.Add(1)
+		pins = append(pins, TailPin{c})
+		bufs = append(bufs, c.buf[pos-c.off:to-c.off:to-c.off])
+		pos = to
+	}
+	return bufs, pins, true
+}
+
 // ReadMemory fills p with len(p) bytes at offset off of segment seg if the
 // journal holds all of them in memory (recent writes), and reports whether
 // it did. It never reads a file.
@@ -364,7 +419,11 @@ func (j *Journal) dropTailLocked(s *segment) {
 	for _, c := range j.t.recent {
 		if c.seg == s {
 			delete(j.t.index, chunkKey{s.id, c.off / chunkSize})
-			j.t.free = append(j.t.free, c)
+			if c.pins.Load() > 0 {
+				j.t.allocated--
+			} else {
+				j.t.free = append(j.t.free, c)
+			}
 			continue
 		}
 		kept = append(kept, c)

@@ -409,6 +409,89 @@ func (h *Volume) TryReadAt(p []byte, off int64) (bool, error) {
 	return true, nil
 }
 
+// zeroRun is what unwritten blocks of a ReadRefs read point into; nothing
+// writes it.
+var zeroRun = make([]byte, 1<<20)
+
+// maxRefPieces bounds the slices one ReadRefs read uses: a range written
+// in many small scattered pieces is cheaper to copy than to send as that
+// many pieces.
+const maxRefPieces = 64
+
+// ReadRefs returns the n bytes at off of the head as read-only slices of
+// memory, without a copy (blockdev.RefReader), if the journal's memory of
+// recent writes holds every written block of the range: those slices,
+// pinned until release is called, and shared zeros for unwritten blocks.
+// It reports false, holding nothing, when it would need more (the block
+// cache, the page cache, a file, the index), or more than maxRefPieces
+// slices.
+func (h *Volume) ReadRefs(off int64, n int) (bufs [][]byte, release func(), ok bool, err error) {
+	if h.seq != Head || off%bs != 0 || n%bs != 0 || n == 0 {
+		return nil, nil, false, nil
+	}
+	if err := h.check(off, int64(n)); err != nil {
+		return nil, nil, false, err
+	}
+	unlock, err := h.p.readLock()
+	if err != nil {
+		return nil, nil, false, err
+	}
+	defer unlock()
+	first, count := uint64(off)/bs, uint64(n)/bs
+	esp := entryPool.Get().(*[]entry)
+	defer entryPool.Put(esp)
+	bp := blockPool.Get().(*[]uint64)
+	defer blockPool.Put(bp)
+	es, blocks := (*esp)[:0], (*bp)[:0]
+	err = h.p.versions(h.v, first, count, Head, true, func(b uint64, e entry) bool {
+		if e.kind == entryData {
+			es = append(es, e)
+			blocks = append(blocks, b)
+		}
+		return true
+	})
+	*esp, *bp = es, blocks
+	switch {
+	case errors.Is(err, errNotInMemory):
+		return nil, nil, false, nil
+	case err != nil:
+		return nil, nil, false, fmt.Errorf("%w: %v", blockdev.ErrIO, err)
+	}
+	j := h.p.j.Load()
+	var pins []cdp.TailPin
+	zeros := func(from, to uint64) {
+		for from < to {
+			k := min(to-from, uint64(len(zeroRun))/bs)
+			bufs = append(bufs, zeroRun[:k*bs:k*bs])
+			from += k
+		}
+	}
+	next := first
+	for i := 0; i < len(es) && len(bufs) <= maxRefPieces; {
+		k := i + 1
+		for k < len(es) && blocks[k] == blocks[k-1]+1 && es[k].seg == es[i].seg && es[k].off == es[k-1].off+bs {
+			k++
+		}
+		zeros(next, blocks[i])
+		if bufs, pins, ok = j.PinMemory(es[i].seg, es[i].off, (k-i)*bs, bufs, pins); !ok {
+			break
+		}
+		next, i = blocks[k-1]+1, k
+	}
+	release = func() {
+		for _, p := range pins {
+			p.Release()
+		}
+	}
+	if !ok && len(es) > 0 || len(bufs) > maxRefPieces {
+		release()
+		return nil, nil, false, nil
+	}
+	zeros(next, first+count)
+	h.noteRead(off, int64(n))
+	return bufs, release, true, nil
+}
+
 // WriteAt writes p at off. Whole blocks go to the journal as they are;
 // partial blocks at the edges are merged with their current content under
 // the write lock, so concurrent writes to different bytes of one block never

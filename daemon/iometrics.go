@@ -111,6 +111,18 @@ func (v *meteredVolume) TryReadAt(p []byte, off int64) (bool, error) {
 	return ok, err
 }
 
+// ReadRefs counts the reads the volume serves from its memory without a
+// copy (blockdev.RefReader); a read it declines is counted where it is
+// served.
+func (v *meteredVolume) ReadRefs(off int64, n int) ([][]byte, func(), bool, error) {
+	t := time.Now()
+	bufs, release, ok, err := v.Volume.ReadRefs(off, n)
+	if ok || err != nil {
+		v.note("read", t, n, err)
+	}
+	return bufs, release, ok, err
+}
+
 func (v *meteredVolume) WriteAt(p []byte, off int64) (int, error) {
 	t := time.Now()
 	n, err := v.Volume.WriteAt(p, off)

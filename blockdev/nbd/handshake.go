@@ -520,6 +520,7 @@ func (c *conn) enter(exp Export, name string, strictAlign bool) {
 	c.zeroer, _ = exp.(blockdev.Zeroer)
 	c.blockStatus, _ = exp.(blockdev.BlockStatuser)
 	c.fast, _ = exp.(blockdev.FastReader)
+	c.refs, _ = exp.(blockdev.RefReader)
 	c.caps = exportCaps{
 		readOnly:    exp.ReadOnly(),
 		trim:        c.trimmer != nil,

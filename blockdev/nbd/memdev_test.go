@@ -35,6 +35,42 @@ type memDev struct {
 	reads     atomic.Int64 // ReadAt calls
 	fastReads atomic.Int64 // reads TryReadAt served
 	largest   atomic.Int64 // the longest ReadAt or WriteAt
+
+	// refs, if set, makes ReadRefs serve reads (else it declines);
+	// refReads counts those it served, released the releases.
+	refs     atomic.Bool
+	refReads atomic.Int64
+	released atomic.Int64
+}
+
+// ReadRefs serves from copies of the blocks (a real device's slices stay
+// unchanged until released; a copy is how this device keeps that promise),
+// one slice per block, and counts releases.
+func (d *memDev) ReadRefs(off int64, n int) ([][]byte, func(), bool, error) {
+	if !d.refs.Load() {
+		return nil, nil, false, nil
+	}
+	if err := d.check(off, int64(n)); err != nil {
+		return nil, nil, false, err
+	}
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	var bufs [][]byte
+	for i := 0; i < n; {
+		k := min(n-i, memBlock-int((off+int64(i))%memBlock))
+		p := make([]byte, k)
+		d.readLocked(p, off+int64(i))
+		bufs = append(bufs, p)
+		i += k
+	}
+	d.refReads.Add(1)
+	var once atomic.Bool
+	return bufs, func() {
+		if once.Swap(true) {
+			panic("memdev: refs released twice")
+		}
+		d.released.Add(1)
+	}, true, nil
 }
 
 // noteLen records n in largest.

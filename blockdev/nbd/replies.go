@@ -74,12 +74,16 @@ func (b *replyBuf) reserve(n int) []byte { return b.buf[len(b.buf) : len(b.buf)+
 func (b *replyBuf) commit(n int) { b.buf = b.buf[:len(b.buf)+n] }
 
 // segment is a piece of the reply stream waiting to be sent: a sealed
-// buffer of small replies, or the data of one large READ, which goes back
-// to its pool, and its cost to the limiter, once sent.
+// buffer of small replies, or the data of one large READ, in a buffer that
+// goes back to its pool once sent or in the device's memory (refs) that
+// release lets go once sent; and the READ's cost, which goes back to the
+// limiter then (none: -1).
 type segment struct {
-	small *replyBuf
-	data  *[]byte
-	cost  int64
+	small   *replyBuf
+	data    *[]byte
+	refs    [][]byte
+	release func()
+	cost    int64
 }
 
 // Sending. Replies are sealed into a queue of segments under wmu, and the
@@ -100,6 +104,7 @@ func (c *conn) sealLocked() {
 		return
 	}
 	c.queue = append(c.queue, segment{small: c.out})
+	c.queued += len(c.out.buf)
 	if n := len(c.spare); n > 0 {
 		c.out, c.spare = c.spare[n-1], c.spare[:n-1]
 	} else {
@@ -115,18 +120,28 @@ func (c *conn) sendLocked() {
 		return
 	}
 	c.sending = true
+	c.sendQueueLocked()
+}
+
+// sendQueueLocked sends the queue until it is empty, then ends sending;
+// the caller set sending. Under wmu, which it releases while it writes.
+func (c *conn) sendQueueLocked() {
 	for len(c.queue) > 0 {
 		batch := c.queue
 		c.queue = c.sent[:0]
 		werr := c.werr
+		sent := c.queuedLen(batch)
 		c.wmu.Unlock()
 		if werr == nil {
 			vec := c.vec[:0]
 			for _, s := range batch {
-				if s.small != nil {
+				switch {
+				case s.small != nil:
 					vec = append(vec, s.small.buf)
-				} else {
+				case s.data != nil:
 					vec = append(vec, *s.data)
+				default:
+					vec = append(vec, s.refs...)
 				}
 			}
 			c.vec = vec
@@ -135,12 +150,22 @@ func (c *conn) sendLocked() {
 			clear(vec)
 		}
 		for i := range batch {
-			if batch[i].data != nil {
-				putBuf(batch[i].data)
-				c.lim.release(batch[i].cost)
+			s := &batch[i]
+			if s.small != nil {
+				continue
+			}
+			if s.data != nil {
+				putBuf(s.data)
+			} else {
+				s.release()
+			}
+			if s.cost >= 0 {
+				c.lim.release(s.cost)
 			}
 		}
 		c.wmu.Lock()
+		c.queued -= sent
+		c.sendDone.Broadcast() // replies may wait for the queue to shrink (endReply)
 		if werr != nil && c.werr == nil {
 			c.werr = werr
 			c.nc.Close()
@@ -157,6 +182,31 @@ func (c *conn) sendLocked() {
 	c.sending = false
 	c.sendDone.Broadcast() // a long READ may wait to send (long.go)
 }
+
+// queuedLen is the bytes of batch, as counted in queued; under wmu.
+func (c *conn) queuedLen(batch []segment) int {
+	n := 0
+	for _, s := range batch {
+		switch {
+		case s.small != nil:
+			n += len(s.small.buf)
+		case s.data != nil:
+			n += len(*s.data)
+		default:
+			for _, r := range s.refs {
+				n += len(r)
+			}
+		}
+	}
+	return n
+}
+
+// maxQueued bounds the reply bytes queued for a sender that the socket
+// keeps waiting: past it, a reply waits (endReply) for the queue to
+// shrink, as it waited for the socket before there was a queue. A client
+// that sends requests and reads no replies cannot make the server hold
+// more than this.
+const maxQueued = 8 << 20
 
 // readerIdle is called by the reader before a call that may block: from now
 // on replies flush themselves, and what is buffered goes out now.
@@ -187,6 +237,9 @@ func (c *conn) endReply() {
 	if c.pending.Add(-1) == 0 && c.idle.Load() {
 		c.flushLocked()
 	}
+	for c.queued > maxQueued && c.sending && c.werr == nil {
+		c.sendDone.Wait()
+	}
 	c.wmu.Unlock()
 }
 
@@ -207,11 +260,18 @@ func (c *conn) write(p []byte) {
 	c.out.buf = append(c.out.buf, p...)
 }
 
-// writeData queues a large READ's data after its header, handing buf (and
-// its cost in the limiter) to the sender, and sends; under wmu.
-func (c *conn) writeData(buf *[]byte, cost int64) {
+// writeData queues a large READ's data after its header, handing its
+// buffer or refs (and its cost in the limiter) to the sender, and sends;
+// under wmu.
+func (c *conn) writeData(s segment) {
 	c.sealLocked()
-	c.queue = append(c.queue, segment{data: buf, cost: cost})
+	c.queue = append(c.queue, s)
+	if s.data != nil {
+		c.queued += len(*s.data)
+	}
+	for _, r := range s.refs {
+		c.queued += len(r)
+	}
 	c.sendLocked()
 }
 

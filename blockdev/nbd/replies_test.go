@@ -439,7 +439,9 @@ func (r *recorder) bytes() []byte {
 // sendConn is a connection with only what the reply path uses.
 func sendConn(w io.Writer) *conn {
 	a, _ := net.Pipe()
-	return &conn{nc: a, w: w, out: newReplyBuf(), lim: newLimiter(8, 64<<20)}
+	c := &conn{nc: a, w: w, out: newReplyBuf(), lim: newLimiter(8, 64<<20)}
+	c.sendDone.L = &c.wmu
+	return c
 }
 
 // TestReplySend covers each way a reply enters the stream: copied into the
@@ -465,7 +467,7 @@ func TestReplySend(t *testing.T) {
 	data := getBuf(1 << 20)
 	copy(*data, pattern(1<<20, 4))
 	want = append(want, *data...)
-	c.writeData(data, 1<<20) // seals and sends the queue: three segments (one writev on a socket)
+	c.writeData(segment{data: data, cost: 1 << 20}) // seals and sends the queue: three segments (one writev on a socket)
 	if len(rec.writes) != 3 || len(c.queue) != 0 || c.sending {
 		t.Fatalf("%d writes, %d queued, sending %v", len(rec.writes), len(c.queue), c.sending)
 	}
@@ -505,7 +507,7 @@ func TestReplySendDoesNotBlockOthers(t *testing.T) {
 		defer close(sent)
 		c.beginReply()
 		c.write([]byte("header"))
-		c.writeData(data, 1<<20)
+		c.writeData(segment{data: data, cost: 1 << 20})
 		c.endReply()
 	}()
 	<-rec.entered // the sender is in write(2), without wmu
@@ -539,7 +541,7 @@ func TestReplySendError(t *testing.T) {
 	c.lim.acquire(1 << 20)
 	c.wmu.Lock()
 	c.write([]byte("reply"))
-	c.writeData(getBuf(1<<20), 1<<20)
+	c.writeData(segment{data: getBuf(1 << 20), cost: 1 << 20})
 	c.write([]byte("later"))
 	c.flushLocked()
 	c.wmu.Unlock()
@@ -636,5 +638,92 @@ func TestLoneLargeReadInline(t *testing.T) {
 		if inline := dev.fastReads.Load() - fast; inline != map[bool]int64{false: 1, true: 0}[decline] || dev.reads.Load()-slow != 1-inline {
 			t.Fatalf("decline=%v: %d served inline, %d by ReadAt", decline, inline, dev.reads.Load()-slow)
 		}
+	}
+}
+
+// A device that serves large reads from its memory (blockdev.RefReader)
+// has them sent from its slices: at queue depth 1 (in the reader) and
+// pipelined (on workers), every reply carries the right data, each read's
+// slices are released exactly once after it went out, and small reads
+// still go through the reply buffer. A device that declines is read as
+// usual.
+func TestReadRefs(t *testing.T) {
+	x := newTestExporter()
+	dev := x.devs["vol"]
+	want := pattern(1<<20, 5)
+	dev.WriteAt(want, 0)
+	dev.refs.Store(true)
+	ts := startServer(t, x, Options{})
+	c := dial(t, ts)
+	c.negotiate("vol", true, false)
+	if d := readData(t, c.do(0, cmdRead, 0, 1<<20, nil)); !bytes.Equal(d, want) {
+		t.Fatal("1 MiB read from refs differs")
+	}
+	var rs []rq
+	for i := uint64(0); i < 8; i++ {
+		rs = append(rs, rq{typ: cmdRead, handle: 100 + i, off: i * (128 << 10), length: 128 << 10})
+	}
+	rs = append(rs, rq{typ: cmdRead, handle: 200, off: 4096, length: 4096})
+	c.sendBatch(rs)
+	got := c.readReplies(len(rs))
+	for _, r := range rs {
+		d := readData(t, got[r.handle])
+		if !bytes.Equal(d, want[r.off:r.off+uint64(r.length)]) {
+			t.Fatalf("pipelined read %d differs", r.handle)
+		}
+	}
+	if n := dev.refReads.Load(); n != 9 {
+		t.Errorf("%d reads served from refs, want 9 (the 4 KiB one is copied)", n)
+	}
+	// The sender releases right after its write, which the client may
+	// see first.
+	for deadline := time.Now().Add(5 * time.Second); dev.released.Load() != dev.refReads.Load() && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	if r, n := dev.released.Load(), dev.refReads.Load(); r != n {
+		t.Errorf("%d of %d refs released after their replies", r, n)
+	}
+	dev.refs.Store(false)
+	if d := readData(t, c.do(0, cmdRead, 0, 1<<20, nil)); !bytes.Equal(d, want) {
+		t.Fatal("1 MiB read after refs declined differs")
+	}
+}
+
+// Replies queued behind a socket that does not take them are bounded: once
+// maxQueued bytes wait, a reply waits for the sender before it returns (as
+// it waited for the socket before there was a queue), and goes on when the
+// socket drains.
+func TestReplyQueueBounded(t *testing.T) {
+	rec := recorder{gateAt: replyBufSize, gate: make(chan struct{}), entered: make(chan struct{})}
+	c := sendConn(&rec)
+	c.lim.acquire(1 << 20)
+	data := getBuf(1 << 20)
+	go func() {
+		c.beginReply()
+		c.writeData(segment{data: data, cost: 1 << 20})
+		c.endReply()
+	}()
+	<-rec.entered // the sender waits in write(2)
+	c.idle.Store(true)
+	var replies atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 2*maxQueued/maxCopied; i++ {
+			c.beginReply()
+			c.write(pattern(maxCopied, byte(i)))
+			c.endReply()
+			replies.Add(1)
+		}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	if n := replies.Load(); n*maxCopied > maxQueued+replyBufSize || n == 0 {
+		t.Fatalf("%d replies of %d bytes queued behind a blocked socket; want about %d bytes, then a wait", n, maxCopied, maxQueued)
+	}
+	close(rec.gate)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("replies still wait after the socket drained")
 	}
 }

@@ -347,6 +347,7 @@ type conn struct {
 	zeroer      blockdev.Zeroer
 	blockStatus blockdev.BlockStatuser
 	fast        blockdev.FastReader
+	refs        blockdev.RefReader
 
 	// Transmission state.
 	hdr     [requestHeaderLen]byte // reader goroutine only
@@ -367,7 +368,8 @@ type conn struct {
 	sent      []segment   // the last batch sent (its backing array is reused), under wmu
 	spare     []*replyBuf // empty buffers for out, under wmu
 	sending   bool        // a goroutine sends the queue (sendLocked), under wmu
-	sendDone  sync.Cond   // broadcast when sending ends; L is &wmu
+	sendDone  sync.Cond   // broadcast when sending ends or sent a batch; L is &wmu
+	queued    int         // bytes in queue, under wmu
 	vec       net.Buffers // the sender's writev vector
 	whdr      [32]byte    // reply header scratch, under wmu
 	werr      error       // first write error, under wmu

@@ -89,6 +89,9 @@ func (c *conn) transmit() {
 		}
 		var cost int64
 		if req.typ == cmdRead {
+			if c.refs != nil && req.length >= minRefRead && req.length <= maxFastRead && c.readRefs(&req, -1) {
+				continue
+			}
 			if c.fast != nil && req.length > 0 && req.length <= maxFastRead && c.readInline(&req) {
 				continue
 			}
@@ -195,8 +198,8 @@ func (c *conn) handle(req request, buf *[]byte, cost int64) {
 			c.readLong(&req)
 			return
 		}
-		if c.handleRead(&req, cost) {
-			cost = -1 // the sender releases it with the data
+		if req.length > maxCopied && c.refs != nil && c.readRefs(&req, cost) || c.handleRead(&req, cost) {
+			cost = -1 // released already, or by the sender with the data
 		}
 		return
 	case cmdBlockStatus:
@@ -287,6 +290,9 @@ const inlineFlush = 8 * (structuredHeaderLen + 8 + 4096)
 // the reader, QD32 streams fell to one core's copying). It releases cost
 // when it served the read.
 func (c *conn) readLoneInline(req *request, cost int64) bool {
+	if c.refs != nil && c.readRefs(req, cost) {
+		return true
+	}
 	buf := getBuf(req.length)
 	ok, err := c.fast.TryReadAt(*buf, int64(req.off))
 	if err == nil && ok {
@@ -316,7 +322,38 @@ func (c *conn) replyRead(req *request, buf *[]byte, cost int64) bool {
 		c.write(*buf)
 		return false
 	}
-	c.writeData(buf, cost)
+	c.writeData(segment{data: buf, cost: cost})
+	return true
+}
+
+// minRefRead is the smallest READ served from the device's memory without
+// a copy: smaller ones are copied into the reply buffer, where they go out
+// many to a write.
+const minRefRead = 32 << 10
+
+// readRefs serves a READ from the device's memory without a copy
+// (blockdev.RefReader), if it holds the data: the reply's data goes to the
+// socket from the device's slices, which, and cost, the sender releases
+// once sent (cost -1: the read holds none, as the reader's inline reads).
+// It does not block: the reader uses it too. It reports whether it
+// replied.
+func (c *conn) readRefs(req *request, cost int64) bool {
+	bufs, release, ok, err := c.refs.ReadRefs(int64(req.off), int(req.length))
+	switch {
+	case err != nil:
+		c.replyDeviceError(req, err)
+		if cost >= 0 {
+			c.lim.release(cost)
+		}
+		return true
+	case !ok:
+		return false
+	}
+	c.beginReply()
+	defer c.endReply()
+	c.putReadHeader(c.whdr[:], req)
+	c.write(c.whdr[:c.readHeaderLen()])
+	c.writeData(segment{refs: bufs, release: release, cost: cost})
 	return true
 }
 
