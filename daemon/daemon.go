@@ -48,8 +48,11 @@ type Options struct {
 	ControlSocket string
 	// NBDSocket is the NBD Unix socket ("": none).
 	NBDSocket string
-	// NBDListen is the NBD TCP address ("": none).
-	NBDListen string
+	// NBDListen is the NBD TCP address ("": none). Off loopback it takes
+	// TLS or an Allow list, unless NBDInsecure: otherwise every volume
+	// would be served in the clear to any host that reaches it.
+	NBDListen   string
+	NBDInsecure bool
 	// TLS serves NBD over TLS (NBD_OPT_STARTTLS) when set; RequireTLS
 	// refuses clients that do not upgrade.
 	TLS        *tls.Config
@@ -244,6 +247,10 @@ func (o *Options) fill() (string, error) {
 		if o.ConsoleTokenFile == "" {
 			o.ConsoleTokenFile = filepath.Join(o.Dir, "console.token")
 		}
+	}
+	if o.NBDListen != "" && !replica.IsLoopback(o.NBDListen) && o.TLS == nil && len(o.Allow) == 0 && !o.NBDInsecure {
+		return "", fmt.Errorf("--listen %s is off loopback and would serve every volume in the clear to any host that reaches it: "+
+			"give --tls-cert/--tls-key (clients use nbds://), --allow with the networks that may connect, or --insecure to serve anyone anyway", o.NBDListen)
 	}
 	var token string
 	if o.ReplicaListen != "" {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -56,4 +57,44 @@ func TestE2EAllow(t *testing.T) {
 	dir := shortTempDir(t)
 	r := runSpec(t, cmdSpec{name: strataBin, args: []string{"--data", dir, "serve", "--listen", "", "--allow", "10.0.0.0/99"}, timeout: 10 * time.Second})
 	checkOneLineError(t, "serve --allow with a bad network", r, "allow")
+}
+
+// TestE2EListenOffLoopback: NBD over TCP beyond loopback in the clear, to
+// anyone, is refused unless asked for with --insecure; with an --allow
+// list it is served; the banner says who may connect.
+func TestE2EListenOffLoopback(t *testing.T) {
+	need(t, "nbdinfo")
+	port := strconv.Itoa(freePort(t))
+	dir := shortTempDir(t)
+	r := runSpec(t, cmdSpec{name: strataBin, args: []string{"--data", dir, "serve", "--listen", "0.0.0.0:" + port}, timeout: 10 * time.Second})
+	checkOneLineError(t, "serve --listen 0.0.0.0 in the clear", r, "off loopback", "--tls-cert", "--allow", "--insecure")
+
+	banner := func(s *server) string {
+		t.Helper()
+		b, err := os.ReadFile(s.logs[len(s.logs)-2]) // the run's stdout
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	s := startServer(t, "--listen", "0.0.0.0:"+port, "--insecure")
+	s.createVolume("a", "4MiB")
+	mustRun(t, "nbdinfo", "nbd://127.0.0.1:"+port+"/a")
+	if b := banner(s); !strings.Contains(b, "0.0.0.0:"+port+" (any host that reaches it, plaintext)") {
+		t.Errorf("banner with --insecure does not say who may connect:\n%s", b)
+	}
+	s.stop()
+
+	s = startServer(t, "--listen", "0.0.0.0:"+port, "--allow", "127.0.0.1")
+	s.createVolume("b", "4MiB")
+	mustRun(t, "nbdinfo", "nbd://127.0.0.1:"+port+"/b")
+	if b := banner(s); !strings.Contains(b, "(clients from 127.0.0.1/32, plaintext)") {
+		t.Errorf("banner with --allow does not say who may connect:\n%s", b)
+	}
+	s.stop()
+
+	s = startServer(t, "--listen", "127.0.0.1:"+port)
+	if b := banner(s); !strings.Contains(b, "(this host only, plaintext)") {
+		t.Errorf("banner on loopback does not say who may connect:\n%s", b)
+	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/strata-storage/strata/control"
 	"github.com/strata-storage/strata/daemon"
 	"github.com/strata-storage/strata/internal/units"
+	"github.com/strata-storage/strata/replica"
 )
 
 func newLogger(level string) (*slog.Logger, error) {
@@ -39,7 +40,7 @@ func serveCommand() *cli.Command {
 Examples:
    strata serve --data /var/lib/strata
    strata serve --volume vol0=10GiB                  # create vol0 if missing
-   strata serve --listen 0.0.0.0:10809               # serve NBD beyond loopback
+   strata serve --listen 0.0.0.0:10809 --allow 10.0.0.0/24   # serve NBD beyond loopback, to one network
    strata serve --listen ""                          # Unix socket only
    strata serve --listen 0.0.0.0:10809 --tls-cert server-cert.pem --tls-key server-key.pem --tls=require
    strata serve --schedule-every 15m --schedule-keep hourly=24,daily=14,weekly=8,monthly=12
@@ -69,7 +70,7 @@ requests finish, the journal is synced, the lock is released.`,
 			&cli.StringFlag{Name: "metrics-listen", Usage: "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9510; default off; they are always on the control socket)"},
 			&cli.StringFlag{Name: "replica-listen", Usage: "accept replication streams from other sites on ADDR (e.g. 0.0.0.0:10810; TLS with --tls-cert/--tls-key)"},
 			&cli.StringFlag{Name: "replica-token-file", Usage: "file holding the token shippers must present (required with --replica-listen)"},
-			&cli.BoolFlag{Name: "insecure", Usage: "allow --replica-listen off loopback without TLS"},
+			&cli.BoolFlag{Name: "insecure", Usage: "allow --listen off loopback with neither TLS nor --allow, and --replica-listen off loopback without TLS: plaintext to anyone who reaches the address"},
 			&cli.StringFlag{Name: "schedule-every", Usage: "default snapshot schedule of every volume without its own (strata schedule add): interval, e.g. 1h; needs --schedule-keep"},
 			&cli.StringFlag{Name: "schedule-keep", Usage: "the default schedule's thinning, e.g. hourly=24,daily=14,weekly=8,monthly=12 (alone: replicas and volumes are only thinned)"},
 			&cli.StringFlag{Name: "console", Usage: "serve the web console at http://ADDR/ (e.g. 8080 or :8080 for 127.0.0.1:8080, or 0.0.0.0:8080; default off)"},
@@ -118,6 +119,7 @@ func runServe(c *cli.Context) error {
 		return fmt.Errorf("--console needs an address, e.g. --console 8080 (127.0.0.1:8080)")
 	}
 	o.ReplicaListen, o.ReplicaTokenFile, o.ReplicaInsecure = c.String("replica-listen"), c.String("replica-token-file"), c.Bool("insecure")
+	o.NBDInsecure = c.Bool("insecure")
 	if vols := c.StringSlice("ublk"); len(vols) > 0 {
 		o.UblkVolumes = vols
 		o.Ublk.Queues, o.Ublk.QueueDepth = uint16(c.Int("ublk-queues")), uint16(c.Int("ublk-depth"))
@@ -247,6 +249,35 @@ func tlsConfig(c *cli.Context) (*tls.Config, bool, error) {
 	return cfg, mode == "require", nil
 }
 
+// whoMayConnect says, for the banner, who may use the NBD TCP listener.
+func whoMayConnect(o daemon.Options) string {
+	var who []string
+	switch {
+	case len(o.Allow) > 0:
+		nets := make([]string, len(o.Allow))
+		for i, n := range o.Allow {
+			nets[i] = n.String()
+		}
+		who = append(who, "clients from "+strings.Join(nets, ","))
+	case replica.IsLoopback(o.NBDListen):
+		who = append(who, "this host only")
+	default:
+		who = append(who, "any host that reaches it")
+	}
+	switch {
+	case o.RequireTLS:
+		who = append(who, "TLS required")
+	case o.TLS != nil:
+		who = append(who, "TLS offered, plaintext allowed")
+	default:
+		who = append(who, "plaintext")
+	}
+	if o.TLS != nil && o.TLS.ClientAuth == tls.RequireAndVerifyClientCert {
+		who = append(who, "client certificates required over TLS")
+	}
+	return strings.Join(who, ", ")
+}
+
 func printBanner(o daemon.Options, d *daemon.Daemon, vols []control.VolumeInfo) {
 	abs := func(p string) string {
 		if a, err := filepath.Abs(p); err == nil {
@@ -260,7 +291,7 @@ func printBanner(o daemon.Options, d *daemon.Daemon, vols []control.VolumeInfo) 
 		fmt.Fprintf(&b, "  NBD socket:     %s\n", abs(o.NBDSocket))
 	}
 	if o.NBDListen != "" {
-		fmt.Fprintf(&b, "  NBD TCP:        %s\n", o.NBDListen)
+		fmt.Fprintf(&b, "  NBD TCP:        %s (%s)\n", o.NBDListen, whoMayConnect(o))
 	}
 	if o.ReplicaListen != "" {
 		security := "plaintext"
