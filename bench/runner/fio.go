@@ -86,10 +86,24 @@ func loadJobs(dir string) ([]*job, error) {
 	// overwrites has its own job (seqread-1m-after-randwrite-qd32, on its
 	// own target). Each fresh job runs after its overwrite twin.
 	sortKey := func(j *job) string {
-		return fmt.Sprintf("%03d %s %v", j.writeShare(), strings.Replace(j.name, "-fresh", "", 1), j.fresh)
+		return fmt.Sprintf("%03d %s %v", j.orderShare(), strings.Replace(j.name, "-fresh", "", 1), j.fresh)
 	}
 	sort.Slice(jobs, func(a, b int) bool { return sortKey(jobs[a]) < sortKey(jobs[b]) })
 	return jobs, nil
+}
+
+// orderShare is the write share the job runs in order of: its own, or all
+// writes for a job with prepare steps, which write its target (a whole
+// working set, and more) just before it runs. Run earlier, that writing
+// came between the main target's prefill and the read jobs after it:
+// Strata's journal tail, which holds what was written recently, then held
+// the prepared target instead of the main one, and those read jobs read
+// the disk (the peers' files stay in the page cache).
+func (j *job) orderShare() int {
+	if len(j.prepare) > 0 {
+		return 100
+	}
+	return j.writeShare()
 }
 
 // writeShare is the percentage of the job's I/Os that are writes.

@@ -40,14 +40,18 @@ func TestJobFilesAndTargets(t *testing.T) {
 		t.Errorf("randwrite-4k-qd32: want a time-based job on the working set, got %+v", j)
 	}
 	// Read jobs run before any job that writes, mixes by their write share,
-	// and each fresh job right after its overwrite twin.
+	// a job whose preparation writes its target with the writers, and
+	// each fresh job right after its overwrite twin.
 	share, at := -1, map[string]int{}
 	for i, j := range jobs {
-		if j.writeShare() < share {
-			t.Errorf("job %s (%d%% writes) runs after a job with %d%%", j.name, j.writeShare(), share)
+		if j.orderShare() < share {
+			t.Errorf("job %s (%d%% writes) runs after a job with %d%%", j.name, j.orderShare(), share)
 		}
-		share = j.writeShare()
+		share = j.orderShare()
 		at[j.name] = i
+	}
+	if at["seqread-1m-after-randwrite-qd32"] < at["vm-boot-qd8"] || at["seqread-1m-after-randwrite-qd32"] < at["seqread-1m-qd1"] {
+		t.Errorf("the prepared read job runs before the main target's reads: %v", at)
 	}
 	if vm := byName["vm-boot-qd8"]; vm == nil || vm.writeShare() != 10 {
 		t.Errorf("vm-boot-qd8: want 10%% writes, got %+v", vm)
