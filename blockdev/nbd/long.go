@@ -86,13 +86,50 @@ func (c *conn) readLong(req *request) {
 	}
 	c.beginReply()
 	defer c.endReply()
-	for c.sending {
-		c.sendDone.Wait()
-	}
-	c.sending = true
-	werr := c.werr
-	c.wmu.Unlock()
+	c.takeSenderLocked()
+	ended := false
+	defer func() {
+		if !ended { // a panic below: let others send again (handle recovers)
+			c.sending = false
+			c.sendDone.Broadcast()
+		}
+	}()
+	werr, rerr := c.streamLong(req, df, buf, p)
+	c.sending = false
+	c.sendDone.Broadcast()
+	ended = true
+	c.finishLong(req, df, werr, rerr)
+	c.sendLocked() // what queued meanwhile
+}
 
+// takeSenderLocked makes this goroutine the sender with nothing queued
+// before it: it waits for the current sender, sends what is queued and
+// gathered (replies may span a sealed segment and the buffer after it: a
+// reply written straight to the socket must not land between the two),
+// and returns holding the role, under wmu.
+func (c *conn) takeSenderLocked() {
+	for {
+		for c.sending {
+			c.sendDone.Wait()
+		}
+		c.sealLocked()
+		c.sending = true
+		if len(c.queue) == 0 {
+			return
+		}
+		c.sendQueueLocked()
+	}
+}
+
+// streamLong writes a long READ's reply straight to the socket, without
+// wmu (taken again before it returns, also on a panic): the header, the
+// first piece p (already read) and the rest, piece by piece. It returns
+// the first socket error and the device error that cut the reply short.
+func (c *conn) streamLong(req *request, df bool, buf *[]byte, p []byte) (werr, rerr error) {
+	werr = c.werr
+	c.wmu.Unlock()
+	defer c.wmu.Lock()
+	off := int64(req.off)
 	var hdr [structuredHeaderLen + 8]byte
 	write := func(h, data []byte) {
 		if werr == nil {
@@ -100,7 +137,6 @@ func (c *conn) readLong(req *request) {
 			_, werr = bufs.WriteTo(c.w)
 		}
 	}
-	var rerr error
 	switch {
 	case !c.structured:
 		putSimple(hdr[:], req.handle, 0)
@@ -130,10 +166,12 @@ func (c *conn) readLong(req *request) {
 			break
 		}
 	}
+	return werr, rerr
+}
 
-	c.wmu.Lock()
-	c.sending = false
-	c.sendDone.Broadcast()
+// finishLong, under wmu again, ends a long READ's reply cut short by a
+// device error, and records a socket error.
+func (c *conn) finishLong(req *request, df bool, werr, rerr error) {
 	if werr == nil && rerr != nil {
 		if c.structured && !df {
 			// Not DONE yet: an error chunk ends the reply.
@@ -149,5 +187,4 @@ func (c *conn) readLong(req *request) {
 		c.werr = werr
 		c.nc.Close()
 	}
-	c.sendLocked() // what queued meanwhile
 }

@@ -168,3 +168,29 @@ func TestLongReadErrors(t *testing.T) {
 		}
 	})
 }
+
+// Before a long READ writes its reply straight to the socket, everything
+// gathered before it goes out: a reply may span a sealed segment and the
+// buffer after it (its header fitted, its data did not), and a reply
+// written directly must not land between the two.
+func TestTakeSenderSendsWhatCameBefore(t *testing.T) {
+	var rec recorder
+	c := sendConn(&rec)
+	c.wmu.Lock()
+	c.write(pattern(replyBufSize-100, 1)) // fills the buffer but 100 bytes
+	c.write([]byte("header"))             // fits
+	c.write(pattern(maxCopied, 2))        // does not: the header ends a sealed segment
+	if len(c.queue) != 1 || len(c.out.buf) == 0 {
+		t.Fatalf("setup: %d segments queued, %d bytes gathered", len(c.queue), len(c.out.buf))
+	}
+	c.takeSenderLocked()
+	if !c.sending || len(c.queue) != 0 || len(c.out.buf) != 0 {
+		t.Fatalf("took the sender's role with %d segments queued and %d bytes gathered", len(c.queue), len(c.out.buf))
+	}
+	c.sending = false
+	c.wmu.Unlock()
+	want := append(append(pattern(replyBufSize-100, 1), "header"...), pattern(maxCopied, 2)...)
+	if !bytes.Equal(rec.bytes(), want) {
+		t.Fatal("what came before the long read did not go out whole and in order")
+	}
+}
