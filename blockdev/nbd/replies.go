@@ -92,10 +92,12 @@ type segment struct {
 // until the queue is empty. A goroutine that seals while another sends
 // leaves at once; the sender takes its segment on its next round. So a
 // worker writing a 1 MiB reply no longer holds wmu while the socket takes
-// it: the reader keeps answering small READs into the next buffer (the VM
-// boot mix, 1 MiB reads among small ones, idled the machine about 20%
-// waiting on wmu), and at queue depth 1 the goroutine that replied sends
-// its own reply, with no handoff.
+// it: the reader keeps answering small READs into the next buffer, and at
+// queue depth 1 the goroutine that replied sends its own reply, with no
+// handoff. (It did not speed up the VM boot mix, 1 MiB reads among small
+// ones, as hoped: that mix waits on latency, not on wmu; see
+// docs/performance.md.) A large READ's data in the device's memory goes
+// out from there (refs), released once sent.
 
 // sealLocked moves the small replies gathered in out to the queue and
 // starts an empty buffer; under wmu.
