@@ -224,29 +224,50 @@ var entryPool = sync.Pool{New: func() any { s := make([]entry, 0, 256); return &
 // With memOnly it touches no file and no index: it returns errNotInMemory
 // unless the head map, the journal's memory and the block cache hold all
 // it needs.
-func (p *Pool) readBlocks(v *volState, first uint64, buf []byte, seq uint64, memOnly bool) error {
-	n := uint64(len(buf) / bs)
-	esp := entryPool.Get().(*[]entry)
-	defer entryPool.Put(esp)
-	es := (*esp)[:0]
-	var blocks []uint64
-	bp := blockPool.Get().(*[]uint64)
-	defer blockPool.Put(bp)
-	blocks = (*bp)[:0]
+// dataBlocks holds the written blocks of a range, as dataBlocks found
+// them: block numbers and where their data is, in pooled slices that put
+// returns.
+type dataBlocks struct {
+	esp    *[]entry
+	bp     *[]uint64
+	es     []entry
+	blocks []uint64
+}
+
+// dataBlocks collects the blocks of [first, first+n) of v that hold data
+// at seq. The error is errNotInMemory (memOnly, and a lookup would need the
+// index) or wraps blockdev.ErrIO. Call put once done with them, also after
+// an error.
+func (p *Pool) dataBlocks(v *volState, first, n, seq uint64, memOnly bool) (dataBlocks, error) {
+	d := dataBlocks{esp: entryPool.Get().(*[]entry), bp: blockPool.Get().(*[]uint64)}
+	d.es, d.blocks = (*d.esp)[:0], (*d.bp)[:0]
 	err := p.versions(v, first, n, seq, memOnly, func(b uint64, e entry) bool {
 		if e.kind == entryData {
-			es = append(es, e)
-			blocks = append(blocks, b)
+			d.es = append(d.es, e)
+			d.blocks = append(d.blocks, b)
 		}
 		return true
 	})
-	if errors.Is(err, errNotInMemory) {
+	if err != nil && !errors.Is(err, errNotInMemory) {
+		err = fmt.Errorf("%w: %v", blockdev.ErrIO, err)
+	}
+	return d, err
+}
+
+func (d *dataBlocks) put() {
+	*d.esp, *d.bp = d.es, d.blocks // keep what they grew to
+	entryPool.Put(d.esp)
+	blockPool.Put(d.bp)
+}
+
+func (p *Pool) readBlocks(v *volState, first uint64, buf []byte, seq uint64, memOnly bool) error {
+	n := uint64(len(buf) / bs)
+	d, err := p.dataBlocks(v, first, n, seq, memOnly)
+	defer d.put()
+	if err != nil {
 		return err
 	}
-	*esp, *bp = es, blocks
-	if err != nil {
-		return fmt.Errorf("%w: %v", blockdev.ErrIO, err)
-	}
+	es, blocks := d.es, d.blocks
 	j := p.j.Load()
 	// Zero what holds no data, take what the cache has, then read runs of
 	// missing blocks that sit next to each other in one segment with one
@@ -438,25 +459,15 @@ func (h *Volume) ReadRefs(off int64, n int) (bufs [][]byte, release func(), ok b
 	}
 	defer unlock()
 	first, count := uint64(off)/bs, uint64(n)/bs
-	esp := entryPool.Get().(*[]entry)
-	defer entryPool.Put(esp)
-	bp := blockPool.Get().(*[]uint64)
-	defer blockPool.Put(bp)
-	es, blocks := (*esp)[:0], (*bp)[:0]
-	err = h.p.versions(h.v, first, count, Head, true, func(b uint64, e entry) bool {
-		if e.kind == entryData {
-			es = append(es, e)
-			blocks = append(blocks, b)
-		}
-		return true
-	})
-	*esp, *bp = es, blocks
+	d, err := h.p.dataBlocks(h.v, first, count, Head, true)
+	defer d.put()
 	switch {
 	case errors.Is(err, errNotInMemory):
 		return nil, nil, false, nil
 	case err != nil:
-		return nil, nil, false, fmt.Errorf("%w: %v", blockdev.ErrIO, err)
+		return nil, nil, false, err
 	}
+	es, blocks := d.es, d.blocks
 	j := h.p.j.Load()
 	var pins []cdp.TailPin
 	zeros := func(from, to uint64) {

@@ -680,8 +680,8 @@ func TestReadRefs(t *testing.T) {
 	for deadline := time.Now().Add(5 * time.Second); dev.released.Load() != dev.refReads.Load() && time.Now().Before(deadline); {
 		time.Sleep(time.Millisecond)
 	}
-	if r, n := dev.released.Load(), dev.refReads.Load(); r != n {
-		t.Errorf("%d of %d refs released after their replies", r, n)
+	if r, n := dev.released.Load(), dev.refReads.Load(); r != n || dev.doubleReleased.Load() != 0 {
+		t.Errorf("%d of %d refs released after their replies, %d twice", r, n, dev.doubleReleased.Load())
 	}
 	dev.refs.Store(false)
 	if d := readData(t, c.do(0, cmdRead, 0, 1<<20, nil)); !bytes.Equal(d, want) {
