@@ -1106,6 +1106,12 @@ func (j *Journal) RemoveSegment(id uint64) error {
 // Meta (checked against the header checksum) but no Data: Scan reads no
 // block data. It is for finding records by time and for tools.
 func (j *Journal) Scan(from Location, fn func(r *Record, loc Location) bool) error {
+	return j.ScanNext(from, func(r *Record, loc, _ Location) bool { return fn(r, loc) })
+}
+
+// ScanNext is Scan that also gives where the record after each one starts,
+// so that a reader following the journal can resume there.
+func (j *Journal) ScanNext(from Location, fn func(r *Record, loc, next Location) bool) error {
 	segs := j.Segments()
 	hdr := make([]byte, RecordHeaderSize)
 	var meta []byte
@@ -1137,10 +1143,11 @@ func (j *Journal) Scan(from Location, fn func(r *Record, loc Location) bool) err
 			}
 			r := h.rec
 			r.Meta = meta
-			if !fn(&r, Location{Segment: si.ID, Offset: off}) {
+			next := off + RecordHeaderSize + int64(h.metaLen) + int64(h.dataLen)
+			if !fn(&r, Location{Segment: si.ID, Offset: off}, Location{Segment: si.ID, Offset: next}) {
 				return nil
 			}
-			off += RecordHeaderSize + int64(h.metaLen) + int64(h.dataLen)
+			off = next
 		}
 	}
 	return nil

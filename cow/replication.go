@@ -90,14 +90,30 @@ func (c *Change) DataChange() bool {
 // not reported. It fails with ErrHistoryGone when the journal no longer
 // holds all of them.
 func (p *Pool) Changes(ctx context.Context, vol string, after, upto uint64, fn func(c *Change) error) error {
-	return p.changes(ctx, vol, after, upto, true, fn)
+	return p.changes(ctx, vol, after, upto, true, nil, fn)
+}
+
+// A Cursor remembers where in the journal a reader of Changes stopped, so
+// that the next call starts there instead of at the start of a segment: a
+// follower that asks for a few records at a time (a synchronous mirror)
+// reads only those. The zero Cursor knows nothing.
+type Cursor struct {
+	after uint64       // the point the location follows
+	loc   cdp.Location // where the record after it starts
+}
+
+// ChangesFrom is Changes that starts where cur says the previous call
+// stopped, when that call ended at after, and leaves cur where this one
+// stops.
+func (p *Pool) ChangesFrom(ctx context.Context, vol string, after, upto uint64, cur *Cursor, fn func(c *Change) error) error {
+	return p.changes(ctx, vol, after, upto, true, cur, fn)
 }
 
 // Pending sums volume vol's changes after point seq: how many, the data
 // bytes they write, and when the oldest was made (zero if none). It reads
 // record headers only.
 func (p *Pool) Pending(ctx context.Context, vol string, seq uint64) (n, bytes int64, oldest time.Time, err error) {
-	err = p.changes(ctx, vol, seq, p.AppliedSeq(), false, func(c *Change) error {
+	err = p.changes(ctx, vol, seq, p.AppliedSeq(), false, nil, func(c *Change) error {
 		if !c.DataChange() {
 			return nil
 		}
@@ -113,7 +129,7 @@ func (p *Pool) Pending(ctx context.Context, vol string, seq uint64) (n, bytes in
 	return n, bytes, oldest, err
 }
 
-func (p *Pool) changes(ctx context.Context, vol string, after, upto uint64, withData bool, fn func(c *Change) error) error {
+func (p *Pool) changes(ctx context.Context, vol string, after, upto uint64, withData bool, cur *Cursor, fn func(c *Change) error) error {
 	v := p.lookup(vol)
 	if v == nil {
 		return notFound(vol)
@@ -138,9 +154,24 @@ func (p *Pool) changes(ctx context.Context, vol string, after, upto uint64, with
 		return fmt.Errorf("%w: volume %q: records after seq %d were removed (the journal starts at seq %d)", ErrHistoryGone, vol, after, segs[0].ID)
 	}
 	next := segs[start].ID
+	from := cdp.Location{Segment: segs[start].ID}
+	if cur != nil && cur.after == after && cur.loc.Segment != 0 {
+		for _, s := range segs[start:] {
+			if s.ID == cur.loc.Segment {
+				from, next = cur.loc, after+1
+				break
+			}
+		}
+	}
 	var data []byte
 	var ferr error
-	err = j.Scan(cdp.Location{Segment: segs[start].ID}, func(r *cdp.Record, loc cdp.Location) bool {
+	err = j.ScanNext(from, func(r *cdp.Record, loc, nextLoc cdp.Location) bool {
+		if cur != nil && r.Seq <= upto {
+			// Past this record (set before it is handled: a record fn
+			// fails on is read again by the next call only if the cursor
+			// is reset, which an error does below).
+			cur.after, cur.loc = r.Seq, nextLoc
+		}
 		if r.Seq != next {
 			ferr = fmt.Errorf("%w: volume %q: the journal jumps from seq %d to %d", ErrHistoryGone, vol, next-1, r.Seq)
 			return false
@@ -212,6 +243,9 @@ func (p *Pool) changes(ctx context.Context, vol string, after, upto uint64, with
 	})
 	if err == nil {
 		err = ferr
+	}
+	if err != nil && cur != nil {
+		*cur = Cursor{}
 	}
 	if err == nil && next <= upto && next <= j.LastSeq() {
 		err = fmt.Errorf("%w: volume %q: the journal ends at seq %d", ErrHistoryGone, vol, next-1)

@@ -24,6 +24,16 @@ type Receiver struct {
 	// replica back to its last complete point if a batch fails anyway).
 	Reserve int64
 
+	// CheckHello, when set, sees every stream's hello before the volume
+	// is touched; an error refuses the stream. The mirror manager fences
+	// stale primaries with it and learns of new secondaries.
+	CheckHello func(h Hello) error
+	// BeforeDiscard, when set, is called before a failback rolls back
+	// writes made here since the last common point (they stay readable as
+	// points in time either way); the mirror manager keeps them as a
+	// split clone.
+	BeforeDiscard func(vol string, common uint64) error
+
 	mu     sync.Mutex
 	active map[string]*Session // volumes a stream is applying to
 }
@@ -78,6 +88,11 @@ type Session struct {
 func (r *Receiver) Open(ctx context.Context, h Hello, stop func()) (*Session, State, error) {
 	if err := cow.ValidateName(h.Target); err != nil {
 		return nil, State{}, fmt.Errorf("%w: target volume: %v", ErrRefused, err)
+	}
+	if r.CheckHello != nil {
+		if err := r.CheckHello(h); err != nil {
+			return nil, State{}, err
+		}
 	}
 	s := &Session{r: r, name: h.Target, src: h.Source, stop: stop, done: make(chan struct{})}
 	for {
@@ -236,6 +251,11 @@ func (r *Receiver) failback(ctx context.Context, s *Session, h Hello, info cow.V
 	if info.Handles > 0 && !info.ReadOnly {
 		return State{}, fmt.Errorf("%w: volume %q is attached here (%d connections); detach it before failing back onto it", ErrRefused, h.Target, info.Handles)
 	}
+	if changed && r.BeforeDiscard != nil {
+		if err := r.BeforeDiscard(h.Target, common); err != nil {
+			return State{}, fmt.Errorf("before rolling back to the common point seq:%d: %w", common, err)
+		}
+	}
 	if changed {
 		if _, err := p.Rollback(h.Target, fmt.Sprintf("seq:%d", common), true); err != nil {
 			return State{}, fmt.Errorf("back to the common point seq:%d: %w", common, err)
@@ -386,6 +406,29 @@ func (s *Session) Close() {
 	}
 	s.r.mu.Unlock()
 	close(s.done)
+}
+
+// Stop ends the stream applying to vol, if one is: a secondary that takes
+// over cuts its old primary off.
+func (r *Receiver) Stop(vol string) {
+	r.mu.Lock()
+	s := r.active[vol]
+	r.mu.Unlock()
+	if s != nil && s.stop != nil {
+		s.stop()
+	}
+}
+
+// AwaitFailback makes vol read-only and ready to take a failback stream
+// from the replica that was promoted in its place: a mirror's primary that
+// lost its epoch steps down so. Writes made here since the last common
+// point, which only that stream tells, are rolled back then (after
+// BeforeDiscard; they stay readable as points in time).
+func AwaitFailback(p *cow.Pool, vol string) error {
+	if err := p.SetReadOnly(vol, true); err != nil {
+		return err
+	}
+	return p.SetReplicaState(vol, &cow.ReplicaState{Promoted: true, DiscardLocal: true})
 }
 
 // Promote makes replica vol writable: failover. A replica caught in the

@@ -89,56 +89,11 @@ type Result struct {
 // next run continues from there.
 func Ship(ctx context.Context, o ShipOptions) (Result, error) {
 	start := time.Now()
-	if o.BatchBytes <= 0 {
-		o.BatchBytes = DefaultBatchBytes
-		if o.BWLimit > 0 {
-			// About a second of transfer per batch keeps the pace smooth.
-			o.BatchBytes = min(max(o.BWLimit, 1<<20), DefaultBatchBytes)
-		}
-	}
-	if o.Logger == nil {
-		o.Logger = slog.Default()
-	}
-	if o.RemoteName == "" {
-		o.RemoteName = o.Volume
+	s, st, info, err := openShipper(ctx, &o, nil)
+	if err != nil {
+		return s.res, err
 	}
 	p := o.Pool
-	if o.Upto == 0 {
-		o.Upto = p.AppliedSeq()
-	}
-	info, err := p.VolumeInfo(o.Volume)
-	if err != nil {
-		return Result{}, err
-	}
-	h := Hello{Source: VolumeID{Pool: p.ID(), Vol: info.ID, Name: info.Name}, Target: o.RemoteName, Size: info.Size}
-	if rs := info.Replica; o.AllowReplica || rs == nil || rs.SourcePool == "" {
-		// An ordinary volume (or one waiting for a failback).
-	} else if rs.Promoted {
-		h.Origin = &Origin{Source: VolumeID{Pool: rs.SourcePool, Vol: rs.SourceVol, Name: rs.SourceName}, Seq: rs.Acked, Local: rs.Local}
-	} else {
-		return Result{}, fmt.Errorf("%w: %q is a replica of %s; promote it before shipping it on", ErrRefused, o.Volume, rs.SourceName)
-	}
-	st, err := o.Target.Open(ctx, h)
-	if err != nil {
-		return Result{}, fmt.Errorf("%s: %w", o.Target, err)
-	}
-	s := &shipper{o: o, ctx: ctx, pos: st.Acked, res: Result{Progress: Progress{Start: st.Acked, Acked: st.Acked, Upto: o.Upto}, Message: st.Message}}
-	if c, ok := o.Target.(Counter); ok {
-		s.counter = c
-		s.raw0, s.stored0 = c.Counters()
-	}
-	if o.PinID != "" {
-		// A clean range recorded by an earlier run (the volume had no
-		// records after the target's point up to there) lets the scan
-		// start past it; it holds only if the pin is not ahead of the
-		// target.
-		if pin, ok := p.ShipPins()[o.PinID]; ok && pin.Vol == info.ID && pin.Seq <= st.Acked && pin.Clean > st.Acked {
-			s.scanFrom = pin.Clean
-		}
-		if err := p.PinShipped(o.PinID, o.Volume, st.Acked); err != nil {
-			return s.res, err
-		}
-	}
 	if st.Acked < o.Upto && s.unchanged(st) {
 		// Nothing to send; the pin stops holding the journal of the
 		// pool's other volumes.
@@ -165,6 +120,65 @@ func Ship(ctx context.Context, o ShipOptions) (Result, error) {
 	return s.res, err
 }
 
+// openShipper fills o's defaults, opens the target (with mirror, for a
+// synchronous mirror's stream) and sets the target's pin; it returns the
+// shipper, what the target holds and the volume. On an error the
+// shipper is still there for its (empty) result.
+func openShipper(ctx context.Context, o *ShipOptions, mirror *Mirror) (*shipper, State, cow.VolumeInfo, error) {
+	if o.BatchBytes <= 0 {
+		o.BatchBytes = DefaultBatchBytes
+		if o.BWLimit > 0 {
+			// About a second of transfer per batch keeps the pace smooth.
+			o.BatchBytes = min(max(o.BWLimit, 1<<20), DefaultBatchBytes)
+		}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.RemoteName == "" {
+		o.RemoteName = o.Volume
+	}
+	p := o.Pool
+	if o.Upto == 0 {
+		o.Upto = p.AppliedSeq()
+	}
+	empty := &shipper{o: *o, ctx: ctx}
+	info, err := p.VolumeInfo(o.Volume)
+	if err != nil {
+		return empty, State{}, info, err
+	}
+	h := Hello{Source: VolumeID{Pool: p.ID(), Vol: info.ID, Name: info.Name}, Target: o.RemoteName, Size: info.Size, Mirror: mirror}
+	if rs := info.Replica; o.AllowReplica || rs == nil || rs.SourcePool == "" {
+		// An ordinary volume (or one waiting for a failback).
+	} else if rs.Promoted {
+		h.Origin = &Origin{Source: VolumeID{Pool: rs.SourcePool, Vol: rs.SourceVol, Name: rs.SourceName}, Seq: rs.Acked, Local: rs.Local}
+	} else {
+		return empty, State{}, info, fmt.Errorf("%w: %q is a replica of %s; promote it before shipping it on", ErrRefused, o.Volume, rs.SourceName)
+	}
+	st, err := o.Target.Open(ctx, h)
+	if err != nil {
+		return empty, State{}, info, fmt.Errorf("%s: %w", o.Target, err)
+	}
+	s := &shipper{o: *o, ctx: ctx, pos: st.Acked, target: st, res: Result{Progress: Progress{Start: st.Acked, Acked: st.Acked, Upto: o.Upto}, Message: st.Message}}
+	if c, ok := o.Target.(Counter); ok {
+		s.counter = c
+		s.raw0, s.stored0 = c.Counters()
+	}
+	if o.PinID != "" {
+		// A clean range recorded by an earlier run (the volume had no
+		// records after the target's point up to there) lets the scan
+		// start past it; it holds only if the pin is not ahead of the
+		// target.
+		if pin, ok := p.ShipPins()[o.PinID]; ok && pin.Vol == info.ID && pin.Seq <= st.Acked && pin.Clean > st.Acked {
+			s.scanFrom = pin.Clean
+		}
+		if err := p.PinShipped(o.PinID, o.Volume, st.Acked); err != nil {
+			return s, st, info, err
+		}
+	}
+	return s, st, info, nil
+}
+
 // unchanged says the target already holds the volume's current content
 // and was moved along recently: the run has nothing to send (on S3 even an
 // empty batch costs an object and a manifest).
@@ -187,16 +201,21 @@ func (s *shipper) unchanged(st State) bool {
 }
 
 type shipper struct {
-	o        ShipOptions
-	ctx      context.Context
-	res      Result
-	counter  Counter
-	raw0     int64
-	stored0  int64
-	pace     time.Time // when the bytes sent so far may have left, at BWLimit
-	b        *Batch
-	pos      uint64 // where the stream stands: the last whole batch sent ends here
-	scanFrom uint64 // the volume has no records from the target's point up to here
+	o       ShipOptions
+	ctx     context.Context
+	res     Result
+	counter Counter
+	raw0    int64
+	stored0 int64
+	pace    time.Time // when the bytes sent so far may have left, at BWLimit
+	b       *Batch
+	target  State // what the target said it holds when opened
+	cur     *cow.Cursor
+	// eagerAcks: the sender takes acks as soon as it has nothing to send,
+	// instead of when the pipeline is full or the run ends (a follower).
+	eagerAcks bool
+	pos       uint64 // where the stream stands: the last whole batch sent ends here
+	scanFrom  uint64 // the volume has no records from the target's point up to here
 	// read is the reading side's progress (phase, records read, full):
 	// each batch carries a copy to the sender, which reports it.
 	read Progress
@@ -384,7 +403,26 @@ func (s *shipper) send(b *Batch) error {
 // sender delivers queued batches until the queue closes or one fails.
 func (s *shipper) sender() {
 	defer close(s.senderDone)
-	for q := range s.queue {
+	for {
+		var q queued
+		var ok bool
+		select {
+		case q, ok = <-s.queue:
+		default:
+			if pl, can := s.o.Target.(Pipeliner); can && s.eagerAcks && len(s.inflight) > 0 {
+				// Nothing else to send: take the oldest ack now (a
+				// follower's flushes wait for it).
+				if err := s.wait(pl); err != nil {
+					s.senderErr = err
+					return
+				}
+				continue
+			}
+			q, ok = <-s.queue
+		}
+		if !ok {
+			return
+		}
 		if err := s.deliver(q); err != nil {
 			s.senderErr = err
 			return
@@ -524,7 +562,7 @@ func (s *shipper) incremental(acked uint64) error {
 	}
 	lastTime := int64(0)
 	// Records between acked and scanFrom are other volumes'.
-	err := p.Changes(s.ctx, s.o.Volume, max(acked, min(s.scanFrom, s.o.Upto)), s.o.Upto, func(c *cow.Change) error {
+	err := p.ChangesFrom(s.ctx, s.o.Volume, max(acked, min(s.scanFrom, s.o.Upto)), s.o.Upto, s.cur, func(c *cow.Change) error {
 		b := s.b
 		switch c.Kind {
 		case cdp.KindWrite:

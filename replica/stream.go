@@ -39,6 +39,12 @@ var (
 	ErrNoSpace = errors.New("replica: out of space")
 	// ErrNotFound: nothing was shipped for that volume (restore).
 	ErrNotFound = errors.New("replica: not found")
+	// ErrFenced: a mirror's stream comes from a primary whose epoch is
+	// older than one the target knows: another host took over.
+	ErrFenced = errors.New("replica: fenced")
+	// ErrHandedOver: the target took over as the mirror's primary, as
+	// the stream's hello asked (a planned switchover); no stream follows.
+	ErrHandedOver = errors.New("replica: handed over")
 )
 
 // OpKind says what an Op does.
@@ -172,6 +178,32 @@ type Hello struct {
 	Target string  `json:"target"`
 	Size   int64   `json:"size"`
 	Origin *Origin `json:"origin,omitempty"`
+	// Mirror marks the stream of a synchronous mirror (nil: replication).
+	Mirror *Mirror `json:"mirror,omitempty"`
+}
+
+// Mirror is what a synchronous mirror's primary tells its secondary when
+// it opens the stream. The target's receiver hands it to its CheckHello
+// hook, which fences a primary whose epoch is older than one it knows.
+type Mirror struct {
+	// Group names the mirror (at the witness too); Epoch counts its
+	// primaries: every promotion takes a higher one.
+	Group string `json:"group"`
+	Epoch uint64 `json:"epoch"`
+	// Peer is where the secondary reaches the primary's replica listener
+	// (strata://HOST:PORT), to ship back once promoted.
+	Peer string `json:"peer,omitempty"`
+	// Witness is the witness's HOST:PORT ("" without one).
+	Witness string `json:"witness,omitempty"`
+	// Self is where the primary reached the secondary (the URL it ships
+	// to), which the secondary names itself with once it ships back.
+	Self string `json:"self,omitempty"`
+	// Handover asks the secondary to take over now (a planned
+	// switchover; the primary has stopped I/O and the secondary holds
+	// every write): it promotes itself with Epoch and the hello fails
+	// with ErrHandedOver. Final (a migration) also ends the mirror there.
+	Handover bool `json:"handover,omitempty"`
+	Final    bool `json:"final,omitempty"`
 }
 
 // State is what a target holds of a volume.
@@ -190,6 +222,8 @@ type State struct {
 	// Message: what the target did on Open (a failback accepted), for the
 	// user.
 	Message string `json:"message,omitempty"`
+	// Pool is the target pool's identity (strata:// targets).
+	Pool string `json:"pool,omitempty"`
 }
 
 // Counter is implemented by targets that count what they sent: the

@@ -86,13 +86,17 @@ func errCode(err error) string {
 		return "notfound"
 	case errors.Is(err, cow.ErrPoint):
 		return "point"
+	case errors.Is(err, ErrFenced):
+		return "fenced"
+	case errors.Is(err, ErrHandedOver):
+		return "handedover"
 	}
 	return "error"
 }
 
 func codeErr(e errorMsg) error {
 	class := map[string]error{"auth": ErrAuth, "busy": ErrBusy, "refused": ErrRefused, "nospace": ErrNoSpace,
-		"corrupt": ErrCorrupt, "notfound": ErrNotFound, "point": cow.ErrPoint}[e.Code]
+		"corrupt": ErrCorrupt, "notfound": ErrNotFound, "point": cow.ErrPoint, "fenced": ErrFenced, "handedover": ErrHandedOver}[e.Code]
 	if class == nil {
 		return fmt.Errorf("target: %s", e.Message)
 	}
@@ -551,6 +555,7 @@ func (s *Server) handle(c net.Conn) {
 	}
 	defer sess.Close()
 	c.SetWriteDeadline(time.Now().Add(ioTimeout))
+	st.Pool = s.Receiver.Pool.ID()
 	if err := writeJSON(c, msgState, st); err != nil {
 		return
 	}

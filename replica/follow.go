@@ -1,0 +1,221 @@
+package replica
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/strata-storage/strata/cow"
+)
+
+// A Follower keeps one volume's stream to a target open and ships each
+// change moments after it is written, instead of once per run: the stream
+// of a synchronous mirror. It first catches the target up as Ship does (a
+// full copy for a new target, the journal since its point otherwise),
+// then follows the journal with a cursor, sending whatever was written
+// since the last batch each time it is kicked (or every Idle). Batches
+// are pipelined as Ship's are, so while one is applied at the target the
+// next gathers what came in meanwhile: under load batches grow, and the
+// target's fsyncs are shared.
+//
+// Acked says how far the target holds the volume durably; WaitAcked
+// blocks until it holds a point, which is what a mirrored FLUSH waits
+// for. A Follower stops at its first error (Done, Err); its owner starts a
+// new one, which resumes from the target's point.
+type Follower struct {
+	o      ShipOptions
+	mirror *Mirror
+	idle   time.Duration
+	kick   chan struct{}
+	done   chan struct{}
+	cancel context.CancelFunc
+
+	mu struct {
+		sync.Mutex
+		acked   uint64
+		opened  bool
+		target  State         // what the target held when the stream opened
+		upto    uint64        // the point the last batch queued ends at
+		changed chan struct{} // closed (and replaced) when acked moves or the follower stops
+		err     error
+	}
+}
+
+// DefaultFollowIdle is how often a follower with nothing new to send moves
+// its target along anyway (an empty batch), which also finds a dead
+// connection.
+const DefaultFollowIdle = time.Second
+
+// Follow starts a follower of o.Volume to o.Target (o.Upto is ignored).
+// m, when not nil, marks the stream as a mirror's. idle <= 0 means
+// DefaultFollowIdle. The follower ends when ctx ends, Stop is called, or
+// the stream fails.
+func Follow(ctx context.Context, o ShipOptions, m *Mirror, idle time.Duration) *Follower {
+	if idle <= 0 {
+		idle = DefaultFollowIdle
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	f := &Follower{o: o, mirror: m, idle: idle, kick: make(chan struct{}, 1), done: make(chan struct{}), cancel: cancel}
+	f.mu.changed = make(chan struct{})
+	go func() {
+		err := f.run(ctx)
+		cancel()
+		f.mu.Lock()
+		f.mu.err = err
+		close(f.mu.changed)
+		f.mu.Unlock()
+		close(f.done)
+	}()
+	return f
+}
+
+// Kick tells the follower there is something new to ship. It never blocks.
+func (f *Follower) Kick() {
+	select {
+	case f.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Stop ends the follower and waits for it.
+func (f *Follower) Stop() {
+	f.cancel()
+	<-f.done
+}
+
+// Done is closed when the follower has ended; Err then says why.
+func (f *Follower) Done() <-chan struct{} { return f.done }
+
+// Err is why the follower ended (nil while it runs).
+func (f *Follower) Err() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.mu.err
+}
+
+// Acked is the point the target holds durably.
+func (f *Follower) Acked() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.mu.acked
+}
+
+// Opened says whether the stream is open, and what the target held then
+// (its pool's identity among it).
+func (f *Follower) Opened() (State, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.mu.target, f.mu.opened
+}
+
+// Queued is the point the last batch handed to the sender ends at: the
+// follower has read the journal up to there.
+func (f *Follower) Queued() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.mu.upto
+}
+
+// WaitAcked returns once the target holds point seq durably, or with the
+// follower's error if it ends first, or ctx's.
+func (f *Follower) WaitAcked(ctx context.Context, seq uint64) error {
+	for {
+		f.mu.Lock()
+		acked, err, ch := f.mu.acked, f.mu.err, f.mu.changed
+		done := false
+		select {
+		case <-f.done:
+			done = true
+		default:
+		}
+		f.mu.Unlock()
+		if acked >= seq {
+			return nil
+		}
+		if done {
+			if err == nil {
+				err = context.Canceled
+			}
+			return err
+		}
+		f.Kick()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (f *Follower) setAcked(seq uint64) {
+	f.mu.Lock()
+	if seq > f.mu.acked {
+		f.mu.acked = seq
+		close(f.mu.changed)
+		f.mu.changed = make(chan struct{})
+	}
+	f.mu.Unlock()
+}
+
+func (f *Follower) run(ctx context.Context) error {
+	o := f.o
+	o.Upto = 0
+	user := o.Progress
+	o.Progress = func(p Progress) {
+		f.setAcked(p.Acked)
+		if user != nil {
+			user(p)
+		}
+	}
+	// A stream that stays open does not move its target along when idle
+	// on its own: the loop below does, every f.idle.
+	o.IdleAdvance = 0
+	s, st, info, err := openShipper(ctx, &o, f.mirror)
+	if err != nil {
+		return err
+	}
+	defer f.o.Target.Close()
+	s.eagerAcks = true
+	f.mu.Lock()
+	f.mu.opened, f.mu.target, f.mu.acked, f.mu.upto = true, st, st.Acked, s.o.Upto
+	f.mu.Unlock()
+	fail := func(err error) error {
+		if derr := s.drain(); err == nil {
+			err = derr
+		}
+		return err
+	}
+	if st.Acked < s.o.Upto {
+		if err := s.run(st, info); err != nil {
+			return fail(err)
+		}
+	}
+	s.cur = &cow.Cursor{}
+	tick := time.NewTicker(f.idle)
+	defer tick.Stop()
+	for {
+		var senderDone <-chan struct{}
+		if s.queue != nil {
+			senderDone = s.senderDone
+		}
+		select {
+		case <-f.kick:
+		case <-tick.C:
+		case <-senderDone:
+			return fail(s.senderErr)
+		case <-ctx.Done():
+			return fail(ctx.Err())
+		}
+		upto := s.o.Pool.AppliedSeq()
+		if upto <= s.pos {
+			continue
+		}
+		s.o.Upto = upto
+		if err := s.incremental(s.pos); err != nil {
+			return fail(err)
+		}
+		f.mu.Lock()
+		f.mu.upto = upto
+		f.mu.Unlock()
+	}
+}
