@@ -292,6 +292,7 @@ func (d *Daemon) controlHandler() http.Handler {
 		writeJSON(w, http.StatusOK, st)
 	})
 	d.replicationHandlers(mux)
+	d.mirrorHandlers(mux)
 	d.scheduleHandlers(mux)
 	mux.Handle("GET /metrics", d.metricsHandler())
 	// Profiles of the running daemon, for performance work:

@@ -34,6 +34,7 @@ import (
 	"github.com/strata-storage/strata/control"
 	"github.com/strata-storage/strata/cow"
 	"github.com/strata-storage/strata/internal/units"
+	"github.com/strata-storage/strata/internal/vip"
 	"github.com/strata-storage/strata/replica"
 )
 
@@ -79,6 +80,12 @@ type Options struct {
 	ConsoleListen    string
 	ConsoleTokenFile string
 	ConsoleReadOnly  bool
+	// VIP is an address (ADDR/PREFIX) this host holds on VIPDev while it
+	// is the primary of a mirrored volume; OnPromote is a shell command
+	// run when it becomes primary or secondary of one (docs/ha.md).
+	VIP       string
+	VIPDev    string
+	OnPromote string
 	// Volumes are created at start unless they exist.
 	Volumes []VolumeSpec
 	// Pool configures the pool; Dir and Logger are the daemon's.
@@ -124,6 +131,9 @@ type Daemon struct {
 	ublkStop   context.CancelFunc
 	ublkWG     sync.WaitGroup
 	repl       *replManager
+	mirrors    *mirrorManager
+	vip        *vip.VIP // the floating address (nil: none)
+	vipMu      sync.Mutex
 	sched      *scheduleManager
 	replSrv    *replica.Server
 	closeOnce  sync.Once
@@ -172,6 +182,16 @@ func Start(o Options) (*Daemon, error) {
 		o.Logger.Info("created volume", "name", v.Name, "size", units.FormatSize(v.Size))
 	}
 
+	if o.VIP != "" || o.VIPDev != "" {
+		v, err := vip.Parse(o.VIP, o.VIPDev)
+		if err != nil {
+			return nil, fmt.Errorf("--vip/--vip-dev: %w", err)
+		}
+		d.vip = &v
+	}
+	if d.mirrors, err = newMirrorManager(d, filepath.Join(o.Dir, "mirror.json")); err != nil {
+		return nil, fmt.Errorf("mirror: %w", err)
+	}
 	if err := d.startNBD(); err != nil {
 		return nil, err
 	}
@@ -192,6 +212,8 @@ func Start(o Options) (*Daemon, error) {
 		}
 		d.lns = append(d.lns, l)
 		d.replSrv = &replica.Server{Receiver: replica.NewReceiver(pool, o.Logger), Token: replicaToken, Logger: o.Logger}
+		d.replSrv.Receiver.CheckHello = d.mirrors.checkHello
+		d.replSrv.Receiver.BeforeDiscard = d.mirrors.beforeDiscard
 		if o.TLS != nil {
 			// Shippers authenticate with the token; --tls-ca's client
 			// certificates are for NBD clients.
@@ -201,6 +223,7 @@ func Start(o Options) (*Daemon, error) {
 		}
 		go d.replSrv.Serve(l)
 	}
+	d.mirrors.start()
 
 	cl, err := listenUnix(o.ControlSocket, 0o600)
 	if err != nil {
@@ -308,6 +331,9 @@ func (d *Daemon) close(ctx context.Context) error {
 	}
 	for _, l := range d.lns {
 		l.Close()
+	}
+	if d.mirrors != nil {
+		d.mirrors.close()
 	}
 	if d.sched != nil {
 		d.sched.close()

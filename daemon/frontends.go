@@ -20,7 +20,7 @@ import (
 func (d *Daemon) startNBD() error {
 	o := d.opts
 	var err error
-	if d.nbd, err = nbd.NewServer(exporter{d.pool, d.io}, nbd.Options{Logger: o.Logger, TLS: o.TLS, RequireTLS: o.RequireTLS}); err != nil {
+	if d.nbd, err = nbd.NewServer(exporter{p: d.pool, io: d.io, mirrors: d.mirrors}, nbd.Options{Logger: o.Logger, TLS: o.TLS, RequireTLS: o.RequireTLS}); err != nil {
 		return err
 	}
 	if o.NBDSocket != "" {
@@ -57,8 +57,9 @@ func (d *Daemon) serveNBD(l net.Listener) {
 // after it. The empty (default) name means the only volume, if there is one.
 // The head of a volume is metered (its I/O shows in the metrics).
 type exporter struct {
-	p  *cow.Pool
-	io *ioMetrics
+	p       *cow.Pool
+	io      *ioMetrics
+	mirrors *mirrorManager
 }
 
 func (e exporter) Open(name string) (nbd.Export, error) {
@@ -77,11 +78,21 @@ func (e exporter) Open(name string) (nbd.Export, error) {
 		}
 		name = vols[0].Name
 	}
+	mr := e.mirrors.get(name)
+	if mr != nil {
+		if me := mr.entry(); me.Role != control.RolePrimary {
+			return nil, plainError{fmt.Errorf("%w: this host is the secondary of mirrored volume %q; its primary is %s", blockdev.ErrNotFound, name, me.PeerURL)}
+		}
+	}
 	v, err := e.p.OpenVolume(name)
 	if err != nil {
 		return nil, err
 	}
-	return &meteredVolume{Volume: v, ops: e.io.forVolume(name)}, nil
+	mv := &meteredVolume{Volume: v, ops: e.io.forVolume(name)}
+	if e.mirrors == nil {
+		return mv, nil
+	}
+	return &mirroredVolume{meteredVolume: mv, vol: name, slot: e.mirrors.slot(name)}, nil
 }
 
 func (e exporter) List() ([]nbd.ExportInfo, error) {

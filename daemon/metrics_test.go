@@ -73,11 +73,11 @@ func TestMetricsFamilies(t *testing.T) {
 	_, target := replicaSite(t)
 
 	// I/O through the export the NBD server opens, so it is metered.
-	exp, err := exporter{d.pool, d.io}.Open("v")
+	exp, err := exporter{p: d.pool, io: d.io, mirrors: d.mirrors}.Open("v")
 	if err != nil {
 		t.Fatal(err)
 	}
-	vol := exp.(*meteredVolume)
+	vol := exp.(*mirroredVolume)
 	if _, err := vol.WriteAt(make([]byte, 64<<10), 0); err != nil {
 		t.Fatal(err)
 	}

@@ -66,7 +66,7 @@ Every command finds the data directory from --data or $STRATA_DATA
 		},
 		Commands: []*cli.Command{serveCommand(), volumeCommand(), snapshotCommand(), rollbackCommand(), cloneCommand(),
 			pitCommand(), dfCommand(), gcCommand(), attachCommand(), detachCommand(), statusCommand(),
-			replicateCommand(), replicationCommand(), promoteCommand(), demoteCommand(), restoreCommand(), scheduleCommand()},
+			replicateCommand(), replicationCommand(), promoteCommand(), demoteCommand(), restoreCommand(), scheduleCommand(), mirrorCommand(), migrateCommand()},
 		// Usage errors print one line too, with where to look.
 		OnUsageError: func(c *cli.Context, err error, isSub bool) error {
 			return fmt.Errorf("%v (see strata --help)", err)

@@ -134,6 +134,21 @@ func plural(n int, one, many string) string {
 	return fmt.Sprintf("%d %s", n, many)
 }
 
+// line shows a free-form progress line: redrawn in place on a terminal,
+// every 2 s otherwise.
+func (p *progressPrinter) line(msg string) {
+	if p.tty {
+		fmt.Fprintf(os.Stderr, "\r%s   ", msg)
+		p.drawn = true
+		return
+	}
+	if time.Since(p.last) < 2*time.Second {
+		return
+	}
+	p.last = time.Now()
+	fmt.Fprintln(os.Stderr, "progress: "+msg)
+}
+
 func (p *progressPrinter) done() {
 	if p.drawn {
 		fmt.Fprint(os.Stderr, "\r\033[K")

@@ -71,6 +71,9 @@ requests finish, the journal is synced, the lock is released.`,
 			&cli.StringFlag{Name: "replica-listen", Usage: "accept replication streams from other sites on ADDR (e.g. 0.0.0.0:10810; TLS with --tls-cert/--tls-key)"},
 			&cli.StringFlag{Name: "replica-token-file", Usage: "file holding the token shippers must present (required with --replica-listen)"},
 			&cli.BoolFlag{Name: "insecure", Usage: "allow --listen off loopback with neither TLS nor --allow, and --replica-listen off loopback without TLS: plaintext to anyone who reaches the address"},
+			&cli.StringFlag{Name: "vip", Usage: "floating address ADDR/PREFIX (e.g. 10.0.0.100/24) this host holds while it is the primary of a mirrored volume; clients attach to it (needs --vip-dev)"},
+			&cli.StringFlag{Name: "vip-dev", Usage: "network device that carries --vip (e.g. eth0)"},
+			&cli.StringFlag{Name: "on-promote", Usage: "shell command run when this host becomes primary or secondary of a mirrored volume (env STRATA_VOLUME, STRATA_ROLE, STRATA_EPOCH)"},
 			&cli.StringFlag{Name: "schedule-every", Usage: "default snapshot schedule of every volume without its own (strata schedule add): interval, e.g. 1h; needs --schedule-keep"},
 			&cli.StringFlag{Name: "schedule-keep", Usage: "the default schedule's thinning, e.g. hourly=24,daily=14,weekly=8,monthly=12 (alone: replicas and volumes are only thinned)"},
 			&cli.StringFlag{Name: "console", Usage: "serve the web console at http://ADDR/ (e.g. 8080 or :8080 for 127.0.0.1:8080, or 0.0.0.0:8080; default off)"},
@@ -119,6 +122,7 @@ func runServe(c *cli.Context) error {
 		return fmt.Errorf("--console needs an address, e.g. --console 8080 (127.0.0.1:8080)")
 	}
 	o.ReplicaListen, o.ReplicaTokenFile, o.ReplicaInsecure = c.String("replica-listen"), c.String("replica-token-file"), c.Bool("insecure")
+	o.VIP, o.VIPDev, o.OnPromote = c.String("vip"), c.String("vip-dev"), c.String("on-promote")
 	o.NBDInsecure = c.Bool("insecure")
 	if vols := c.StringSlice("ublk"); len(vols) > 0 {
 		o.UblkVolumes = vols

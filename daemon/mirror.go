@@ -1,0 +1,1294 @@
+package daemon
+
+// The synchronous mirror (docs/ha.md). A mirrored volume lives on two
+// hosts. The primary serves it and keeps a follower stream (replica.Follow)
+// open to the secondary's replica listener; a FLUSH (or FUA write) on the
+// primary completes only once the secondary holds every change up to it
+// durably. A witness breaks ties: the primary holds a lease there and
+// serves I/O only while it does; the secondary asks for the lease all the
+// time and gets it only when the primary's has run out and the secondary
+// is not outdated (the primary marks it outdated, at the witness, before
+// it acknowledges a flush without it). Epochs count primaries: the stream
+// carries the primary's, and a host that sees a higher one steps down.
+// Writes a host took that the new primary does not hold are kept as a
+// split clone when it rejoins (the failback's BeforeDiscard).
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/strata-storage/strata/blockdev"
+	"github.com/strata-storage/strata/control"
+	"github.com/strata-storage/strata/cow"
+	"github.com/strata-storage/strata/replica"
+)
+
+// Mirror timing.
+const (
+	// mirrorSyncTimeout is how long a flush waits for the secondary before
+	// the primary asks the witness to let it go on alone.
+	mirrorSyncTimeout = 2 * time.Second
+	// mirrorPoll is how often a secondary asks the witness for the lease,
+	// and how often the primary checks a resync's progress.
+	mirrorPoll = 250 * time.Millisecond
+	// mirrorBlockLimit bounds how long I/O waits while the primary has no
+	// lease (or a switchover pauses it) before it fails with EIO.
+	mirrorBlockLimit = 60 * time.Second
+	// mirrorRetryMax caps the backoff between stream attempts.
+	mirrorRetryMax = 5 * time.Second
+)
+
+var (
+	// errNotPrimary: I/O on a host that is not (or no longer) the
+	// mirror's primary.
+	errNotPrimary = fmt.Errorf("%w: this host is not the mirror's primary", blockdev.ErrIO)
+	// errIOBlocked: I/O waited mirrorBlockLimit for a lease.
+	errIOBlocked = fmt.Errorf("%w: the mirror's primary has had no lease from the witness for %s", blockdev.ErrIO, mirrorBlockLimit)
+)
+
+// vote is the witness's answer.
+type vote struct {
+	Granted    bool
+	Epoch      uint64
+	Holder     string
+	Outdated   string
+	Reason     string
+	ValidUntil time.Time
+}
+
+// witnessClient is what the mirror asks the witness.
+type witnessClient interface {
+	Acquire(ctx context.Context, group, node, peer string, epoch uint64) (vote, error)
+	SetOutdated(ctx context.Context, group, node string, epoch uint64, peer string, outdated bool) (vote, error)
+	Handover(ctx context.Context, group, node string, epoch uint64, to string) (vote, error)
+	// Exists says whether the witness knows group: only the primary
+	// creates it (with its first Acquire), never the secondary.
+	Exists(ctx context.Context, group string) (bool, error)
+}
+
+// mirrorEntry is a mirrored volume's configuration, in DATA/mirror.json.
+type mirrorEntry struct {
+	Volume string `json:"volume"`
+	Group  string `json:"group"`
+	Role   string `json:"role"`
+	Epoch  uint64 `json:"epoch"`
+	// Peer is the other host's pool identity; PeerURL its replica
+	// listener; SelfURL this host's, as the peer reaches it.
+	Peer             string `json:"peer"`
+	PeerURL          string `json:"peer_url"`
+	SelfURL          string `json:"self_url"`
+	TokenFile        string `json:"token_file"`
+	TLSCA            string `json:"tls_ca,omitempty"`
+	Insecure         bool   `json:"insecure,omitempty"`
+	Witness          string `json:"witness,omitempty"`
+	WitnessTokenFile string `json:"witness_token_file,omitempty"`
+}
+
+func (e *mirrorEntry) target() control.TargetSpec {
+	return control.TargetSpec{To: e.PeerURL, TokenFile: e.TokenFile, TLSCA: e.TLSCA, Insecure: e.Insecure}
+}
+
+// mirrorManager runs the pool's mirrored volumes.
+type mirrorManager struct {
+	d    *Daemon
+	pool *cow.Pool
+	log  *slog.Logger
+	path string
+	// newWitness makes a witness client (tests inject one).
+	newWitness func(e *mirrorEntry) (witnessClient, error)
+	// onRole runs when this host becomes primary or secondary of a
+	// volume (the floating address, the --on-promote hook).
+	onRole func(vol, role string, epoch uint64)
+
+	mu struct {
+		sync.Mutex
+		entries map[string]*mirrorEntry
+		run     map[string]*mirror
+		// slots hold each volume's running mirror for its exports, which
+		// look it up on every request: a volume attached before its
+		// mirror was added goes through the mirror from then on.
+		slots map[string]*atomic.Pointer[mirror]
+	}
+}
+
+// slot is where vol's exports find its mirror (nil pointer: none).
+func (m *mirrorManager) slot(vol string) *atomic.Pointer[mirror] {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.slotLocked(vol)
+}
+
+func (m *mirrorManager) slotLocked(vol string) *atomic.Pointer[mirror] {
+	s := m.mu.slots[vol]
+	if s == nil {
+		s = new(atomic.Pointer[mirror])
+		m.mu.slots[vol] = s
+	}
+	return s
+}
+
+// mirror is one mirrored volume at run time.
+type mirror struct {
+	m   *mirrorManager
+	vol string
+	w   witnessClient // nil: no witness
+	ctx context.Context
+	end context.CancelFunc
+	wg  sync.WaitGroup
+
+	// The I/O gate: open while this host is the primary, holds a lease
+	// (leaseUntil, Unix nanoseconds; 0 without a witness) and no
+	// switchover pauses it. inflight counts requests past the gate.
+	primary    atomic.Bool
+	paused     atomic.Bool
+	leaseUntil atomic.Int64
+	inflight   atomic.Int64
+	// announced: onRole heard this host is the primary (it takes the
+	// floating address only while it holds a lease).
+	announced atomic.Bool
+	// f is the stream to the secondary while one runs (on the primary).
+	f atomic.Pointer[replica.Follower]
+
+	mu struct {
+		sync.Mutex
+		e        mirrorEntry
+		syncWait bool // flushes wait for the secondary
+		state    string
+		since    time.Time
+		lastErr  string
+		synced   int64
+		changed  chan struct{} // closed (and replaced) when the gate may have opened
+	}
+}
+
+func newMirrorManager(d *Daemon, path string) (*mirrorManager, error) {
+	m := &mirrorManager{d: d, pool: d.pool, log: d.opts.Logger, path: path}
+	m.newWitness = newWitnessClient
+	m.onRole = d.onMirrorRole
+	entries, err := loadEntries(path, func(e *mirrorEntry) string { return e.Volume })
+	if err != nil {
+		return nil, err
+	}
+	m.mu.entries = entries
+	m.mu.run = map[string]*mirror{}
+	m.mu.slots = map[string]*atomic.Pointer[mirror]{}
+	return m, nil
+}
+
+// start runs every configured mirror (at daemon start).
+func (m *mirrorManager) start() {
+	if v := m.d.vip; v != nil {
+		// A host that was the primary before a crash may still hold the
+		// address; it takes it again only once it holds a lease.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := v.Release(ctx); err != nil {
+			m.log.Warn("mirror: releasing the floating address at start failed", "vip", v.String(), "err", err)
+		}
+		cancel()
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, e := range m.mu.entries {
+		if err := m.startLocked(*e); err != nil {
+			m.log.Error("mirror: cannot start", "volume", e.Volume, "err", err)
+		}
+	}
+}
+
+func (m *mirrorManager) saveLocked() error { return saveEntries(m.path, m.mu.entries) }
+
+// save stores e as the volume's entry.
+func (m *mirrorManager) save(e mirrorEntry) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.mu.entries[e.Volume]; !ok {
+		return nil // removed meanwhile
+	}
+	m.mu.entries[e.Volume] = &e
+	return m.saveLocked()
+}
+
+func (m *mirrorManager) startLocked(e mirrorEntry) error {
+	var w witnessClient
+	if e.Witness != "" {
+		var err error
+		if w, err = m.newWitness(&e); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	mr := &mirror{m: m, vol: e.Volume, w: w, ctx: ctx, end: cancel}
+	mr.mu.e = e
+	mr.mu.changed = make(chan struct{})
+	mr.mu.since = time.Now()
+	m.mu.run[e.Volume] = mr
+	m.slotLocked(e.Volume).Store(mr)
+	if e.Role == control.RolePrimary {
+		mr.becomePrimary(0, time.Time{})
+		if w == nil && m.onRole != nil {
+			mr.announced.Store(true)
+			go m.onRole(e.Volume, control.RolePrimary, e.Epoch)
+		}
+	} else {
+		mr.setState(control.MirrorFollowing, "")
+		mr.wg.Add(1)
+		go mr.secondaryLoop()
+	}
+	return nil
+}
+
+func (m *mirrorManager) close() {
+	m.mu.Lock()
+	runs := m.mu.run
+	m.mu.run = map[string]*mirror{}
+	for vol := range runs {
+		m.slotLocked(vol).Store(nil)
+	}
+	m.mu.Unlock()
+	for _, mr := range runs {
+		mr.stop()
+	}
+}
+
+// anyPrimary says whether this host is the primary of a mirrored volume.
+func (m *mirrorManager) anyPrimary() bool {
+	m.mu.Lock()
+	runs := make([]*mirror, 0, len(m.mu.run))
+	for _, mr := range m.mu.run {
+		runs = append(runs, mr)
+	}
+	m.mu.Unlock()
+	for _, mr := range runs {
+		if mr.entry().Role == control.RolePrimary {
+			return true
+		}
+	}
+	return false
+}
+
+func (m *mirrorManager) get(vol string) *mirror {
+	if m == nil {
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.mu.run[vol]
+}
+
+// stop ends the mirror's goroutines; the gate closes for good.
+func (mr *mirror) stop() {
+	mr.primary.Store(false)
+	mr.end()
+	mr.wake()
+	mr.wg.Wait()
+	if f := mr.f.Swap(nil); f != nil {
+		f.Stop()
+	}
+}
+
+func (mr *mirror) entry() mirrorEntry {
+	mr.mu.Lock()
+	defer mr.mu.Unlock()
+	return mr.mu.e
+}
+
+func (mr *mirror) setState(state, lastErr string) {
+	mr.mu.Lock()
+	defer mr.mu.Unlock()
+	mr.setStateLocked(state, lastErr)
+}
+
+func (mr *mirror) setStateLocked(state, lastErr string) {
+	if mr.mu.state != state {
+		mr.m.log.Info("mirror: "+state, "volume", mr.vol, "role", mr.mu.e.Role, "epoch", mr.mu.e.Epoch, "reason", lastErr)
+		mr.mu.state, mr.mu.since = state, time.Now()
+	}
+	if lastErr != "" {
+		mr.mu.lastErr = lastErr
+	}
+}
+
+// wake tells I/O waiting at the gate to look again.
+func (mr *mirror) wake() {
+	mr.mu.Lock()
+	close(mr.mu.changed)
+	mr.mu.changed = make(chan struct{})
+	mr.mu.Unlock()
+}
+
+// open says whether I/O may pass the gate now.
+func (mr *mirror) open() bool {
+	if !mr.primary.Load() || mr.paused.Load() {
+		return false
+	}
+	if mr.w == nil {
+		return true
+	}
+	return time.Now().UnixNano() < mr.leaseUntil.Load()
+}
+
+// enter passes the gate (waiting while it is shut, up to
+// mirrorBlockLimit); exit must follow.
+func (mr *mirror) enter() error {
+	mr.inflight.Add(1)
+	if mr.open() {
+		return nil
+	}
+	mr.inflight.Add(-1)
+	deadline := time.Now().Add(mirrorBlockLimit)
+	for {
+		mr.mu.Lock()
+		ch, role := mr.mu.changed, mr.mu.e.Role
+		mr.mu.Unlock()
+		if role != control.RolePrimary || mr.ctx.Err() != nil {
+			return errNotPrimary
+		}
+		mr.inflight.Add(1)
+		if mr.open() {
+			return nil
+		}
+		mr.inflight.Add(-1)
+		if time.Now().After(deadline) {
+			return errIOBlocked
+		}
+		t := time.NewTimer(20 * time.Millisecond) // the lease may come back without a wake
+		select {
+		case <-ch:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+func (mr *mirror) exit() { mr.inflight.Add(-1) }
+
+// waitSecondary returns once the secondary holds seq, or the mirror went
+// on without it (degraded, with the witness's agreement).
+func (mr *mirror) waitSecondary(seq uint64) error {
+	for {
+		mr.mu.Lock()
+		wait, role := mr.mu.syncWait, mr.mu.e.Role
+		mr.mu.Unlock()
+		f := mr.f.Load()
+		if role != control.RolePrimary {
+			return errNotPrimary
+		}
+		if !wait {
+			return nil
+		}
+		if f != nil {
+			ctx, cancel := context.WithTimeout(mr.ctx, mirrorSyncTimeout)
+			err := f.WaitAcked(ctx, seq)
+			cancel()
+			if err == nil {
+				return nil
+			}
+			if mr.ctx.Err() != nil {
+				return errNotPrimary
+			}
+			mr.m.log.Warn("mirror: the secondary did not confirm a flush", "volume", mr.vol, "seq", seq, "err", err)
+		}
+		if err := mr.degrade("the secondary did not confirm a flush within " + mirrorSyncTimeout.String()); err != nil {
+			mr.m.log.Warn("mirror: cannot go on without the secondary", "volume", mr.vol, "err", err)
+			select {
+			case <-time.After(mirrorPoll):
+			case <-mr.ctx.Done():
+				return errNotPrimary
+			}
+		}
+	}
+}
+
+// degrade lets the primary go on without its secondary: the witness (if
+// any) first records the secondary as outdated, so that it cannot take
+// over with writes missing.
+func (mr *mirror) degrade(reason string) error {
+	e := mr.entry()
+	if mr.w != nil && e.Peer != "" {
+		ctx, cancel := context.WithTimeout(mr.ctx, 2*time.Second)
+		v, err := mr.w.SetOutdated(ctx, e.Group, mr.m.pool.ID(), e.Epoch, e.Peer, true)
+		cancel()
+		if err != nil {
+			mr.setState(control.MirrorFenced, "witness: "+err.Error())
+			return err
+		}
+		if !v.Granted {
+			mr.noteRefusal(v)
+			return fmt.Errorf("the witness refused to mark the secondary outdated: %s", v.Reason)
+		}
+	}
+	mr.mu.Lock()
+	mr.mu.syncWait = false
+	mr.setStateLocked(control.MirrorDegraded, reason)
+	mr.mu.Unlock()
+	return nil
+}
+
+// noteRefusal steps down when the witness says another host holds a
+// newer epoch.
+func (mr *mirror) noteRefusal(v vote) {
+	e := mr.entry()
+	if v.Holder != "" && v.Holder != mr.m.pool.ID() && v.Epoch > e.Epoch {
+		go mr.stepDown(v.Epoch, "the witness gave epoch "+fmt.Sprint(v.Epoch)+" to the other host")
+	}
+}
+
+// becomePrimary opens the gate side: the lease loop and the stream to
+// the secondary. epoch > 0 is a promotion's new epoch.
+func (mr *mirror) becomePrimary(epoch uint64, validUntil time.Time) {
+	mr.mu.Lock()
+	if epoch > 0 {
+		mr.mu.e.Epoch = epoch
+	}
+	mr.mu.e.Role = control.RolePrimary
+	// Until the secondary has caught up, or the witness says it is
+	// outdated, every flush waits for it.
+	mr.mu.syncWait = true
+	mr.setStateLocked(control.MirrorSyncing, "")
+	mr.mu.Unlock()
+	if mr.w != nil {
+		mr.leaseUntil.Store(validUntil.UnixNano())
+		mr.wg.Add(1)
+		go mr.leaseLoop()
+	}
+	mr.primary.Store(true)
+	mr.wake()
+	mr.wg.Add(1)
+	go mr.streamLoop()
+}
+
+// leaseLoop keeps the primary's lease at the witness.
+func (mr *mirror) leaseLoop() {
+	defer mr.wg.Done()
+	every := time.Second
+	for {
+		e := mr.entry()
+		if e.Role != control.RolePrimary {
+			return
+		}
+		if e.Peer != "" {
+			sent := time.Now()
+			ctx, cancel := context.WithTimeout(mr.ctx, time.Second)
+			v, err := mr.w.Acquire(ctx, e.Group, mr.m.pool.ID(), e.Peer, e.Epoch)
+			cancel()
+			switch {
+			case mr.ctx.Err() != nil:
+				return
+			case err != nil:
+				if time.Now().UnixNano() >= mr.leaseUntil.Load() {
+					mr.setState(control.MirrorFenced, "witness: "+err.Error())
+				}
+			case v.Granted:
+				mr.leaseUntil.Store(v.ValidUntil.UnixNano())
+				mr.wake()
+				if !mr.announced.Swap(true) && mr.m.onRole != nil {
+					go mr.m.onRole(mr.vol, control.RolePrimary, e.Epoch)
+				}
+				if lease := v.ValidUntil.Sub(sent); lease > 0 {
+					every = max(lease/3, 100*time.Millisecond)
+				}
+				mr.mu.Lock()
+				if mr.mu.state == control.MirrorFenced {
+					st := control.MirrorInSync
+					if !mr.mu.syncWait {
+						st = control.MirrorDegraded
+					}
+					mr.setStateLocked(st, "")
+				}
+				mr.mu.Unlock()
+			default:
+				mr.setState(control.MirrorFenced, "witness: "+v.Reason)
+				mr.noteRefusal(v)
+			}
+		}
+		select {
+		case <-time.After(every):
+		case <-mr.ctx.Done():
+			return
+		}
+	}
+}
+
+// streamLoop keeps a follower to the secondary running, and tracks the
+// resync: once the secondary holds everything, flushes wait for it and
+// the witness hears that it is up to date.
+func (mr *mirror) streamLoop() {
+	defer mr.wg.Done()
+	backoff := 200 * time.Millisecond
+	for mr.ctx.Err() == nil && mr.entry().Role == control.RolePrimary {
+		f, err := mr.openFollower()
+		if err == nil {
+			backoff = 200 * time.Millisecond
+			err = mr.track(f)
+		}
+		if mr.ctx.Err() != nil || mr.entry().Role != control.RolePrimary {
+			return
+		}
+		if err != nil {
+			mr.m.log.Warn("mirror: stream to the secondary failed", "volume", mr.vol, "err", err)
+			mr.mu.Lock()
+			mr.mu.lastErr = err.Error()
+			wait := mr.mu.syncWait
+			mr.mu.Unlock()
+			if wait {
+				// Flushes would wait for a secondary that is gone.
+				if derr := mr.degrade("the stream to the secondary failed: " + err.Error()); derr != nil {
+					mr.m.log.Warn("mirror: cannot go on without the secondary", "volume", mr.vol, "err", derr)
+				}
+			}
+		}
+		select {
+		case <-time.After(backoff):
+		case <-mr.ctx.Done():
+			return
+		}
+		backoff = min(backoff*2, mirrorRetryMax)
+	}
+}
+
+func (mr *mirror) openFollower() (*replica.Follower, error) {
+	e := mr.entry()
+	tgt, remote, err := openTarget(e.target(), mr.vol)
+	if err != nil {
+		return nil, err
+	}
+	hello := &replica.Mirror{Group: e.Group, Epoch: e.Epoch, Peer: e.SelfURL, Self: e.PeerURL, Witness: e.Witness}
+	f := replica.Follow(mr.ctx, replica.ShipOptions{Pool: mr.m.pool, Volume: mr.vol, RemoteName: remote, Target: tgt,
+		PinID: mirrorPinID(e), Logger: mr.m.log, Progress: func(p replica.Progress) {
+			mr.mu.Lock()
+			mr.mu.synced = p.DataBytes
+			mr.mu.Unlock()
+		}}, hello, 0)
+	mr.f.Store(f)
+	return f, nil
+}
+
+func mirrorPinID(e mirrorEntry) string { return "mirror:" + e.Group }
+
+// track watches a follower until it ends: it learns the secondary's
+// identity, and brings a secondary that caught up into the flush path.
+func (mr *mirror) track(f *replica.Follower) error {
+	defer func() {
+		mr.f.CompareAndSwap(f, nil)
+		f.Stop()
+	}()
+	tick := time.NewTicker(mirrorPoll)
+	defer tick.Stop()
+	var target uint64 // once syncWait is set again: the point to reach before the witness hears
+	for {
+		select {
+		case <-f.Done():
+			return f.Err()
+		case <-mr.ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		st, ok := f.Opened()
+		if !ok {
+			continue
+		}
+		e := mr.entry()
+		if e.Peer == "" {
+			if err := mr.learnPeer(st.Pool); err != nil {
+				return err
+			}
+			continue
+		}
+		if st.Pool != "" && st.Pool != e.Peer {
+			return fmt.Errorf("%w: %s is pool %s, not the mirror's secondary %s", replica.ErrRefused, e.PeerURL, st.Pool, e.Peer)
+		}
+		head, err := mr.m.pool.LastChange(mr.vol)
+		if err != nil {
+			return err
+		}
+		mr.mu.Lock()
+		state, wait := mr.mu.state, mr.mu.syncWait
+		mr.mu.Unlock()
+		if state == control.MirrorInSync || f.Acked() < head {
+			continue
+		}
+		if !wait {
+			// Caught up: from now on flushes wait for the secondary;
+			// once it holds what was written before that, it is up to
+			// date.
+			mr.mu.Lock()
+			mr.mu.syncWait = true
+			mr.setStateLocked(control.MirrorSyncing, "")
+			mr.mu.Unlock()
+			target = head
+			continue
+		}
+		if f.Acked() < target {
+			continue
+		}
+		if mr.w != nil {
+			ctx, cancel := context.WithTimeout(mr.ctx, 2*time.Second)
+			v, err := mr.w.SetOutdated(ctx, e.Group, mr.m.pool.ID(), e.Epoch, e.Peer, false)
+			cancel()
+			if err != nil || !v.Granted {
+				if err == nil {
+					mr.noteRefusal(v)
+					err = errors.New(v.Reason)
+				}
+				mr.m.log.Warn("mirror: the witness did not take the secondary as up to date", "volume", mr.vol, "err", err)
+				continue
+			}
+		}
+		mr.setState(control.MirrorInSync, "")
+	}
+}
+
+// learnPeer records the secondary's pool identity, the first time its
+// stream opens, and registers the mirror at the witness.
+func (mr *mirror) learnPeer(pool string) error {
+	if pool == "" {
+		return fmt.Errorf("%w: the secondary did not say its pool identity (an older strata?)", replica.ErrRefused)
+	}
+	mr.mu.Lock()
+	mr.mu.e.Peer = pool
+	e := mr.mu.e
+	mr.mu.Unlock()
+	if err := mr.m.save(e); err != nil {
+		return err
+	}
+	if mr.w != nil {
+		ctx, cancel := context.WithTimeout(mr.ctx, 2*time.Second)
+		v, err := mr.w.Acquire(ctx, e.Group, mr.m.pool.ID(), e.Peer, e.Epoch)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("witness: %w", err)
+		}
+		if !v.Granted {
+			mr.noteRefusal(v)
+			return fmt.Errorf("the witness refused the lease: %s", v.Reason)
+		}
+		mr.leaseUntil.Store(v.ValidUntil.UnixNano())
+		mr.wake()
+	}
+	return nil
+}
+
+// secondaryLoop asks the witness for the lease; it gets it only when the
+// primary's ran out and this host holds every acknowledged flush, and
+// then takes over.
+func (mr *mirror) secondaryLoop() {
+	defer mr.wg.Done()
+	if mr.w == nil {
+		return // no automatic failover without a witness
+	}
+	known := false
+	for {
+		select {
+		case <-time.After(mirrorPoll):
+		case <-mr.ctx.Done():
+			return
+		}
+		e := mr.entry()
+		if e.Role != control.RoleSecondary {
+			return
+		}
+		if e.Peer == "" {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(mr.ctx, time.Second)
+		if !known {
+			known, _ = mr.w.Exists(ctx, e.Group)
+		}
+		var v vote
+		var err error
+		if known {
+			v, err = mr.w.Acquire(ctx, e.Group, mr.m.pool.ID(), e.Peer, e.Epoch)
+		}
+		cancel()
+		if !known || err != nil || !v.Granted {
+			continue
+		}
+		if err := mr.promote(v.Epoch, v.ValidUntil, "the primary's lease ran out at the witness"); err != nil {
+			mr.m.log.Error("mirror: taking over failed", "volume", mr.vol, "err", err)
+			continue
+		}
+		return
+	}
+}
+
+// promote makes this secondary the primary with epoch.
+func (mr *mirror) promote(epoch uint64, validUntil time.Time, why string) error {
+	m := mr.m
+	mr.mu.Lock()
+	if mr.mu.e.Role == control.RolePrimary {
+		mr.mu.Unlock()
+		return nil
+	}
+	old := mr.mu.e.Epoch
+	mr.mu.e.Epoch = max(epoch, old+1) // from now on the old primary's stream is refused
+	epoch = mr.mu.e.Epoch
+	mr.mu.Unlock()
+	if m.d.replSrv != nil {
+		m.d.replSrv.Receiver.Stop(mr.vol)
+	}
+	if rs, err := m.pool.ReplicaStateOf(mr.vol); err == nil && rs != nil && !rs.Promoted {
+		if _, err := replica.Promote(mr.ctx, m.pool, mr.vol); err != nil {
+			return fmt.Errorf("promote %s: %w", mr.vol, err)
+		}
+	} else if err := m.pool.SetReadOnly(mr.vol, false); err != nil {
+		return err
+	}
+	mr.mu.Lock()
+	mr.mu.e.Role = control.RolePrimary
+	e := mr.mu.e
+	mr.mu.Unlock()
+	if err := m.save(e); err != nil {
+		return err
+	}
+	m.log.Warn("mirror: this host is now the primary", "volume", mr.vol, "epoch", epoch, "reason", why)
+	if mr.w != nil {
+		// The old primary is gone: it is outdated from the first write on.
+		ctx, cancel := context.WithTimeout(mr.ctx, 2*time.Second)
+		v, err := mr.w.SetOutdated(ctx, e.Group, m.pool.ID(), epoch, e.Peer, true)
+		cancel()
+		mr.becomePrimary(0, validUntil)
+		if err == nil && v.Granted {
+			mr.mu.Lock()
+			mr.mu.syncWait = false
+			mr.setStateLocked(control.MirrorDegraded, "the old primary is away")
+			mr.mu.Unlock()
+		}
+	} else {
+		mr.becomePrimary(0, validUntil)
+	}
+	if !mr.announced.Swap(true) && m.onRole != nil {
+		go m.onRole(mr.vol, control.RolePrimary, epoch)
+	}
+	return nil
+}
+
+// stepDown makes this primary a secondary that waits for the new
+// primary's stream: I/O stops, clients are disconnected (they reconnect to
+// the new primary), and writes the new primary does not hold are kept as
+// a split clone when its stream arrives.
+func (mr *mirror) stepDown(epoch uint64, why string) {
+	m := mr.m
+	mr.mu.Lock()
+	if mr.mu.e.Role != control.RolePrimary || epoch < mr.mu.e.Epoch {
+		mr.mu.Unlock()
+		return
+	}
+	mr.primary.Store(false)
+	old := mr.mu.e.Epoch
+	mr.mu.e.Role, mr.mu.e.Epoch = control.RoleSecondary, epoch
+	mr.setStateLocked(control.MirrorFollowing, why)
+	e := mr.mu.e
+	mr.mu.Unlock()
+	f := mr.f.Load()
+	mr.wake()
+	m.log.Warn("mirror: this host is no longer the primary", "volume", mr.vol, "old_epoch", old, "epoch", epoch, "reason", why)
+	if f != nil {
+		f.Stop()
+	}
+	if m.d.nbd != nil {
+		m.d.nbd.DisconnectExport(mr.vol)
+	}
+	if err := replica.AwaitFailback(m.pool, mr.vol); err != nil {
+		m.log.Error("mirror: could not make the volume wait for the new primary", "volume", mr.vol, "err", err)
+	}
+	if err := m.save(e); err != nil {
+		m.log.Error("mirror: saving the new role failed", "volume", mr.vol, "err", err)
+	}
+	if mr.announced.Swap(false) && m.onRole != nil {
+		go m.onRole(mr.vol, control.RoleSecondary, epoch)
+	}
+	mr.wg.Add(1)
+	go mr.secondaryLoop()
+}
+
+// checkHello is the receiver's hook: it fences primaries with an old
+// epoch, records a new secondary's configuration, makes a primary that
+// sees a newer one step down, and takes a planned handover.
+func (m *mirrorManager) checkHello(h replica.Hello) error {
+	hm := h.Mirror
+	m.mu.Lock()
+	mr := m.mu.run[h.Target]
+	m.mu.Unlock()
+	if hm == nil {
+		if mr != nil && mr.entry().Role == control.RolePrimary {
+			return fmt.Errorf("%w: %q is the primary of a mirror here; replication into it is refused", replica.ErrRefused, h.Target)
+		}
+		return nil
+	}
+	if mr == nil {
+		return m.newSecondary(h)
+	}
+	e := mr.entry()
+	switch {
+	case hm.Group != e.Group:
+		return fmt.Errorf("%w: %q here belongs to mirror %s, not %s", replica.ErrRefused, h.Target, e.Group, hm.Group)
+	case hm.Epoch < e.Epoch:
+		return fmt.Errorf("%w: the stream's epoch %d is older than %d: another host has taken over %q", replica.ErrFenced, hm.Epoch, e.Epoch, h.Target)
+	case e.Role == control.RolePrimary && hm.Epoch == e.Epoch:
+		return fmt.Errorf("%w: %q is the primary here at epoch %d too", replica.ErrRefused, h.Target, e.Epoch)
+	case e.Role == control.RolePrimary:
+		mr.stepDown(hm.Epoch, fmt.Sprintf("a primary with epoch %d ships to this host", hm.Epoch))
+	}
+	if hm.Handover {
+		if err := mr.promote(hm.Epoch, time.Now().Add(3*time.Second), "planned switchover"); err != nil {
+			return err
+		}
+		if hm.Final {
+			if err := m.remove(h.Target); err != nil {
+				return err
+			}
+		}
+		return fmt.Errorf("%w: %q is the primary here now (epoch %d)", replica.ErrHandedOver, h.Target, hm.Epoch)
+	}
+	if hm.Epoch > e.Epoch || e.Peer == "" || e.Peer != h.Source.Pool || e.PeerURL != hm.Peer {
+		mr.mu.Lock()
+		mr.mu.e.Epoch = max(mr.mu.e.Epoch, hm.Epoch)
+		mr.mu.e.Peer = h.Source.Pool
+		if hm.Peer != "" {
+			mr.mu.e.PeerURL = hm.Peer
+		}
+		e := mr.mu.e
+		mr.mu.Unlock()
+		return m.save(e)
+	}
+	return nil
+}
+
+// newSecondary records this host as the secondary of a mirror whose
+// primary just opened its first stream here.
+func (m *mirrorManager) newSecondary(h replica.Hello) error {
+	hm := h.Mirror
+	if hm.Handover {
+		return fmt.Errorf("%w: no mirror of %q here to hand over", replica.ErrRefused, h.Target)
+	}
+	o := m.d.opts
+	e := mirrorEntry{Volume: h.Target, Group: hm.Group, Role: control.RoleSecondary, Epoch: hm.Epoch, Peer: h.Source.Pool,
+		PeerURL: hm.Peer, SelfURL: hm.Self, TokenFile: o.ReplicaTokenFile, Insecure: o.ReplicaInsecure,
+		Witness: hm.Witness, WitnessTokenFile: o.ReplicaTokenFile}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.mu.entries[e.Volume]; ok {
+		return nil
+	}
+	m.mu.entries[e.Volume] = &e
+	if err := m.saveLocked(); err != nil {
+		delete(m.mu.entries, e.Volume)
+		return err
+	}
+	m.log.Info("mirror: this host is the secondary", "volume", e.Volume, "group", e.Group, "primary", e.PeerURL, "witness", e.Witness)
+	return m.startLocked(e)
+}
+
+// beforeDiscard keeps the writes a stepping-down primary took that the new
+// primary does not hold, as clone VOL-split-EPOCH, before the failback
+// rolls them back.
+func (m *mirrorManager) beforeDiscard(vol string, common uint64) error {
+	mr := m.get(vol)
+	if mr == nil {
+		return nil
+	}
+	e := mr.entry()
+	name := fmt.Sprintf("%s-split-%d", vol, e.Epoch-1)
+	for i := 2; ; i++ {
+		if _, err := m.pool.VolumeInfo(name); errors.Is(err, blockdev.ErrNotFound) {
+			break
+		}
+		name = fmt.Sprintf("%s-split-%d-%d", vol, e.Epoch-1, i)
+	}
+	info, err := m.pool.Clone(vol, fmt.Sprintf("seq:%d", m.pool.AppliedSeq()), name)
+	if err != nil {
+		return fmt.Errorf("keep the split writes as %s: %w", name, err)
+	}
+	m.log.Warn("mirror: writes this host took that the new primary does not hold are kept as a clone", "volume", vol, "clone", info.Name, "common_seq", common)
+	return nil
+}
+
+// add starts mirroring: it checks the secondary answers (and learns its
+// identity and the witness's lease) before it stores anything.
+func (m *mirrorManager) add(ctx context.Context, req control.MirrorAddRequest) (control.MirrorStatus, error) {
+	info, err := m.pool.VolumeInfo(req.Volume)
+	if err != nil {
+		return control.MirrorStatus{}, err
+	}
+	if info.Replica != nil && !info.Replica.Promoted {
+		return control.MirrorStatus{}, fmt.Errorf("%w: %q is a replica; mirror it from its primary", errBadRequest, req.Volume)
+	}
+	if !strings.HasPrefix(req.To, "strata://") {
+		return control.MirrorStatus{}, fmt.Errorf("%w: --to %q: a mirror's secondary is another strata host: strata://HOST:PORT", errBadRequest, req.To)
+	}
+	self := req.Self
+	if self == "" {
+		la := m.d.opts.ReplicaListen
+		host, _, err := net.SplitHostPort(la)
+		if la == "" || err != nil || host == "" || net.ParseIP(host).IsUnspecified() {
+			return control.MirrorStatus{}, fmt.Errorf("%w: give --self strata://HOST:PORT, where the secondary reaches this host's --replica-listen (%q names no host), so that it can ship back once it takes over", errBadRequest, la)
+		}
+		self = "strata://" + la
+	}
+	if m.d.opts.ReplicaListen == "" {
+		return control.MirrorStatus{}, fmt.Errorf("%w: this daemon has no --replica-listen: the secondary could not ship back to it after a failover", errBadRequest)
+	}
+	g := make([]byte, 8)
+	rand.Read(g)
+	e := mirrorEntry{Volume: req.Volume, Group: hex.EncodeToString(g), Role: control.RolePrimary, Epoch: 1, PeerURL: req.To, SelfURL: self,
+		TokenFile: req.TokenFile, TLSCA: req.TLSCA, Insecure: req.Insecure, Witness: req.Witness, WitnessTokenFile: req.WitnessTokenFile}
+	if e.WitnessTokenFile == "" {
+		e.WitnessTokenFile = e.TokenFile
+	}
+	if _, _, err := openTarget(e.target(), req.Volume); err != nil {
+		return control.MirrorStatus{}, err
+	}
+	if e.Witness != "" {
+		if _, err := m.newWitness(&e); err != nil {
+			return control.MirrorStatus{}, err
+		}
+	}
+	m.mu.Lock()
+	if _, ok := m.mu.entries[req.Volume]; ok {
+		m.mu.Unlock()
+		return control.MirrorStatus{}, fmt.Errorf("%w: %q is mirrored already (strata mirror status %s)", cow.ErrExists, req.Volume, req.Volume)
+	}
+	m.mu.entries[req.Volume] = &e
+	if err := m.saveLocked(); err != nil {
+		delete(m.mu.entries, req.Volume)
+		m.mu.Unlock()
+		return control.MirrorStatus{}, err
+	}
+	err = m.startLocked(e)
+	mr := m.mu.run[req.Volume]
+	m.mu.Unlock()
+	if err != nil {
+		return control.MirrorStatus{}, err
+	}
+	// Wait until the stream opened (the secondary answered and, with a
+	// witness, the lease is held), or say why not.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		st := mr.status(ctx)
+		if mr.entry().Peer != "" && (mr.w == nil || mr.open()) {
+			return st, nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			m.remove(req.Volume)
+			msg := st.LastError
+			if msg == "" {
+				msg = "no answer"
+			}
+			return st, fmt.Errorf("%w: the mirror did not start: %s", replica.ErrRefused, msg)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// remove stops mirroring vol here; the other host keeps its copy (and its
+// own configuration).
+func (m *mirrorManager) remove(vol string) error {
+	m.mu.Lock()
+	e, ok := m.mu.entries[vol]
+	if !ok {
+		m.mu.Unlock()
+		return fmt.Errorf("%w: %q is not mirrored here", blockdev.ErrNotFound, vol)
+	}
+	delete(m.mu.entries, vol)
+	err := m.saveLocked()
+	mr := m.mu.run[vol]
+	delete(m.mu.run, vol)
+	m.slotLocked(vol).Store(nil)
+	m.mu.Unlock()
+	if mr != nil {
+		// stop waits for goroutines that may call into the manager:
+		// not under its lock.
+		go func() {
+			mr.stop()
+			if e.Role == control.RolePrimary {
+				m.pool.UnpinShipped(mirrorPinID(*e))
+			}
+		}()
+	}
+	return err
+}
+
+func (m *mirrorManager) statuses(ctx context.Context) []control.MirrorStatus {
+	m.mu.Lock()
+	var runs []*mirror
+	for _, mr := range m.mu.run {
+		runs = append(runs, mr)
+	}
+	m.mu.Unlock()
+	out := make([]control.MirrorStatus, 0, len(runs))
+	for _, mr := range runs {
+		out = append(out, mr.status(ctx))
+	}
+	slices.SortFunc(out, func(a, b control.MirrorStatus) int { return strings.Compare(a.Volume, b.Volume) })
+	return out
+}
+
+func (mr *mirror) status(ctx context.Context) control.MirrorStatus {
+	f := mr.f.Load()
+	mr.mu.Lock()
+	e := mr.mu.e
+	st := control.MirrorStatus{Volume: mr.vol, Group: e.Group, Role: e.Role, State: mr.mu.state, Epoch: e.Epoch, PeerURL: e.PeerURL, SelfURL: e.SelfURL,
+		Witness: e.Witness, Since: mr.mu.since.UTC(), LastError: mr.mu.lastErr, SyncedBytes: mr.mu.synced}
+	mr.mu.Unlock()
+	if e.Role == control.RolePrimary {
+		if f != nil {
+			st.Acked = f.Acked()
+		}
+		st.Head, _ = mr.m.pool.LastChange(mr.vol)
+		if st.Acked < st.Head {
+			if _, b, _, err := mr.m.pool.Pending(ctx, mr.vol, st.Acked); err == nil {
+				st.LagBytes = b
+			}
+		}
+		if mr.w != nil {
+			left := time.Until(time.Unix(0, mr.leaseUntil.Load())).Round(time.Millisecond)
+			st.LeaseLeft = max(left, 0).String()
+		}
+	}
+	return st
+}
+
+// switchover hands the primary role to the secondary: I/O pauses, the
+// secondary gets every write, takes over, and clients are sent there.
+func (m *mirrorManager) switchover(ctx context.Context, vol string, final bool) (control.MirrorSwitchoverReply, error) {
+	mr := m.get(vol)
+	if mr == nil {
+		return control.MirrorSwitchoverReply{}, fmt.Errorf("%w: %q is not mirrored here", blockdev.ErrNotFound, vol)
+	}
+	st := mr.status(ctx)
+	if st.Role != control.RolePrimary {
+		return control.MirrorSwitchoverReply{}, fmt.Errorf("%w: this host is the secondary of %q; run the switchover on the primary (%s)", errBadRequest, vol, st.PeerURL)
+	}
+	if st.State != control.MirrorInSync {
+		return control.MirrorSwitchoverReply{}, fmt.Errorf("%w: the mirror of %q is %s, not in sync; wait for it (strata mirror status %s)", cow.ErrBusy, vol, st.State, vol)
+	}
+	start := time.Now()
+	mr.paused.Store(true)
+	resume := func() {
+		mr.paused.Store(false)
+		mr.wake()
+	}
+	// In-flight requests finish; new ones wait at the gate.
+	for mr.inflight.Load() > 0 {
+		if time.Since(start) > 10*time.Second {
+			resume()
+			return control.MirrorSwitchoverReply{}, fmt.Errorf("%w: requests in flight did not finish in 10s", cow.ErrBusy)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := m.pool.Flush(); err != nil {
+		resume()
+		return control.MirrorSwitchoverReply{}, err
+	}
+	head, err := m.pool.LastChange(vol)
+	if err != nil {
+		resume()
+		return control.MirrorSwitchoverReply{}, err
+	}
+	f := mr.f.Load()
+	e := mr.entry()
+	if f == nil {
+		resume()
+		return control.MirrorSwitchoverReply{}, fmt.Errorf("%w: the stream to the secondary is down", cow.ErrBusy)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err = f.WaitAcked(wctx, head)
+	cancel()
+	if err != nil {
+		resume()
+		return control.MirrorSwitchoverReply{}, fmt.Errorf("the secondary did not take the last writes: %w", err)
+	}
+	next := e.Epoch + 1
+	if mr.w != nil {
+		hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		v, err := mr.w.Handover(hctx, e.Group, m.pool.ID(), e.Epoch, e.Peer)
+		cancel()
+		if err != nil || !v.Granted {
+			resume()
+			if err == nil {
+				err = errors.New(v.Reason)
+			}
+			return control.MirrorSwitchoverReply{}, fmt.Errorf("witness: handover refused: %w", err)
+		}
+		next = v.Epoch
+	}
+	// From here on this host is not the primary, whatever the secondary
+	// answers: the witness (if any) says so already.
+	mr.primary.Store(false)
+	f.Stop()
+	if m.onRole != nil {
+		m.onRole(vol, control.RoleSecondary, next) // release the address before the peer takes it
+	}
+	tgt, remote, err := openTarget(e.target(), vol)
+	if err == nil {
+		_, err = tgt.Open(ctx, replica.Hello{Source: replica.VolumeID{Pool: m.pool.ID(), Name: vol}, Target: remote,
+			Mirror: &replica.Mirror{Group: e.Group, Epoch: next, Peer: e.SelfURL, Self: e.PeerURL, Witness: e.Witness, Handover: true, Final: final}})
+		tgt.Close()
+	}
+	if !errors.Is(err, replica.ErrHandedOver) {
+		// The secondary did not take over. Without a witness it did not:
+		// this host goes on. With one, the witness gave it the lease: it
+		// takes over when its poll sees that.
+		if mr.w == nil {
+			if m.onRole != nil {
+				m.onRole(vol, control.RolePrimary, e.Epoch)
+			}
+			mr.primary.Store(true)
+			resume()
+			return control.MirrorSwitchoverReply{}, fmt.Errorf("the secondary did not take over: %v", err)
+		}
+		m.log.Warn("mirror: the secondary did not answer the handover; the witness gave it the lease", "volume", vol, "err", err)
+	}
+	mr.paused.Store(false)
+	mr.stepDown(next, "planned switchover")
+	paused := time.Since(start)
+	msg := fmt.Sprintf("%s: %s is the primary now (epoch %d); this host follows it", vol, e.PeerURL, next)
+	if final {
+		if err := m.remove(vol); err != nil {
+			return control.MirrorSwitchoverReply{}, err
+		}
+		// Clients were disconnected by stepDown; the volume goes.
+		var derr error
+		for i := 0; i < 50; i++ {
+			if derr = m.pool.DeleteVolume(vol, true); derr == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if derr != nil {
+			return control.MirrorSwitchoverReply{Paused: paused}, fmt.Errorf("migrated, but deleting %s here failed: %w", vol, derr)
+		}
+		msg = fmt.Sprintf("%s moved to %s; it is no longer here", vol, e.PeerURL)
+	}
+	m.log.Info("mirror: switchover", "volume", vol, "epoch", next, "paused", paused, "final", final)
+	return control.MirrorSwitchoverReply{Message: msg, Paused: paused}, nil
+}
+
+// mirroredVolume is a volume's export that goes through the volume's
+// mirror while it has one: I/O passes the gate, and a flush returns once
+// the secondary holds what it covers.
+type mirroredVolume struct {
+	*meteredVolume
+	vol  string
+	slot *atomic.Pointer[mirror]
+}
+
+// enter passes the gate of the volume's mirror, if it has one; the
+// mirror it returns (nil: none) must be given to exit.
+func (v *mirroredVolume) enter() (*mirror, error) {
+	mr := v.slot.Load()
+	if mr == nil {
+		return nil, nil
+	}
+	return mr, mr.enter()
+}
+
+func exit(mr *mirror) {
+	if mr != nil {
+		mr.exit()
+	}
+}
+
+func (v *mirroredVolume) ReadAt(p []byte, off int64) (int, error) {
+	mr, err := v.enter()
+	if err != nil {
+		return 0, err
+	}
+	defer exit(mr)
+	return v.meteredVolume.ReadAt(p, off)
+}
+
+func (v *mirroredVolume) TryReadAt(p []byte, off int64) (bool, error) {
+	if mr := v.slot.Load(); mr != nil && !mr.open() {
+		return false, nil // ReadAt waits at the gate
+	}
+	return v.meteredVolume.TryReadAt(p, off)
+}
+
+func (v *mirroredVolume) ReadRefs(off int64, n int) ([][]byte, func(), bool, error) {
+	if mr := v.slot.Load(); mr != nil && !mr.open() {
+		return nil, nil, false, nil
+	}
+	return v.meteredVolume.ReadRefs(off, n)
+}
+
+func (v *mirroredVolume) WriteAt(p []byte, off int64) (int, error) {
+	mr, err := v.enter()
+	if err != nil {
+		return 0, err
+	}
+	defer exit(mr)
+	n, err := v.meteredVolume.WriteAt(p, off)
+	if mr != nil {
+		mr.kick()
+	}
+	return n, err
+}
+
+func (v *mirroredVolume) Trim(off, length int64) error {
+	mr, err := v.enter()
+	if err != nil {
+		return err
+	}
+	defer exit(mr)
+	err = v.meteredVolume.Trim(off, length)
+	if mr != nil {
+		mr.kick()
+	}
+	return err
+}
+
+func (v *mirroredVolume) WriteZeroes(off, length int64, noHole bool) error {
+	mr, err := v.enter()
+	if err != nil {
+		return err
+	}
+	defer exit(mr)
+	err = v.meteredVolume.WriteZeroes(off, length, noHole)
+	if mr != nil {
+		mr.kick()
+	}
+	return err
+}
+
+func (v *mirroredVolume) Flush() error {
+	mr, err := v.enter()
+	if err != nil {
+		return err
+	}
+	defer exit(mr)
+	if mr == nil {
+		return v.meteredVolume.Flush()
+	}
+	seq, err := mr.m.pool.LastChange(v.vol)
+	if err != nil {
+		return err
+	}
+	mr.kick()
+	if err := v.meteredVolume.Flush(); err != nil {
+		return err
+	}
+	return mr.waitSecondary(seq)
+}
+
+// kick tells the follower there is something to ship.
+func (mr *mirror) kick() {
+	if f := mr.f.Load(); f != nil {
+		f.Kick()
+	}
+}
+
+// newWitnessClient is filled in by mirror_witness.go.
+var newWitnessClient = func(e *mirrorEntry) (witnessClient, error) {
+	return nil, fmt.Errorf("%w: no witness client built in", errBadRequest)
+}
