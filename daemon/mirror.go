@@ -199,7 +199,7 @@ func (m *mirrorManager) start() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, e := range m.mu.entries {
-		if err := m.startLocked(*e); err != nil {
+		if err := m.startLocked(*e, false); err != nil {
 			m.log.Error("mirror: cannot start", "volume", e.Volume, "err", err)
 		}
 	}
@@ -218,7 +218,9 @@ func (m *mirrorManager) save(e mirrorEntry) error {
 	return m.saveLocked()
 }
 
-func (m *mirrorManager) startLocked(e mirrorEntry) error {
+// startLocked runs e; fresh: a mirror just added (the secondary is known
+// to be outdated, so I/O need not wait for it while it copies).
+func (m *mirrorManager) startLocked(e mirrorEntry, fresh bool) error {
 	var w witnessClient
 	if e.Witness != "" {
 		var err error
@@ -234,7 +236,7 @@ func (m *mirrorManager) startLocked(e mirrorEntry) error {
 	m.mu.run[e.Volume] = mr
 	m.slotLocked(e.Volume).Store(mr)
 	if e.Role == control.RolePrimary {
-		mr.becomePrimary(0, time.Time{})
+		mr.becomePrimary(0, time.Time{}, !fresh)
 		if w == nil && m.onRole != nil {
 			mr.announced.Store(true)
 			go m.onRole(e.Volume, control.RolePrimary, e.Epoch)
@@ -372,9 +374,10 @@ func (mr *mirror) enter() error {
 
 func (mr *mirror) exit() { mr.inflight.Add(-1) }
 
-// waitSecondary returns once the secondary holds seq, or the mirror went
-// on without it (degraded, with the witness's agreement).
-func (mr *mirror) waitSecondary(seq uint64) error {
+// waitSecondary returns once the secondary has applied seq (durable: and
+// made it durable), or the mirror went on without it (degraded, with the
+// witness's agreement).
+func (mr *mirror) waitSecondary(seq uint64, durable bool) error {
 	for {
 		mr.mu.Lock()
 		wait, role := mr.mu.syncWait, mr.mu.e.Role
@@ -388,7 +391,12 @@ func (mr *mirror) waitSecondary(seq uint64) error {
 		}
 		if f != nil {
 			ctx, cancel := context.WithTimeout(mr.ctx, mirrorSyncTimeout)
-			err := f.WaitAcked(ctx, seq)
+			var err error
+			if durable {
+				err = f.WaitDurable(ctx, seq)
+			} else {
+				err = f.WaitAcked(ctx, seq)
+			}
 			cancel()
 			if err == nil {
 				return nil
@@ -445,15 +453,16 @@ func (mr *mirror) noteRefusal(v vote) {
 
 // becomePrimary opens the gate side: the lease loop and the stream to
 // the secondary. epoch > 0 is a promotion's new epoch.
-func (mr *mirror) becomePrimary(epoch uint64, validUntil time.Time) {
+func (mr *mirror) becomePrimary(epoch uint64, validUntil time.Time, syncWait bool) {
 	mr.mu.Lock()
 	if epoch > 0 {
 		mr.mu.e.Epoch = epoch
 	}
 	mr.mu.e.Role = control.RolePrimary
-	// Until the secondary has caught up, or the witness says it is
-	// outdated, every flush waits for it.
-	mr.mu.syncWait = true
+	// Unless the witness holds the secondary as outdated (a new mirror),
+	// every write and flush waits for it until it has caught up or the
+	// witness agrees to go on without it.
+	mr.mu.syncWait = syncWait
 	mr.setStateLocked(control.MirrorSyncing, "")
 	mr.mu.Unlock()
 	if mr.w != nil {
@@ -756,7 +765,7 @@ func (mr *mirror) promote(epoch uint64, validUntil time.Time, why string) error 
 		ctx, cancel := context.WithTimeout(mr.ctx, 2*time.Second)
 		v, err := mr.w.SetOutdated(ctx, e.Group, m.pool.ID(), epoch, e.Peer, true)
 		cancel()
-		mr.becomePrimary(0, validUntil)
+		mr.becomePrimary(0, validUntil, true)
 		if err == nil && v.Granted {
 			mr.mu.Lock()
 			mr.mu.syncWait = false
@@ -764,7 +773,7 @@ func (mr *mirror) promote(epoch uint64, validUntil time.Time, why string) error 
 			mr.mu.Unlock()
 		}
 	} else {
-		mr.becomePrimary(0, validUntil)
+		mr.becomePrimary(0, validUntil, false)
 	}
 	if !mr.announced.Swap(true) && m.onRole != nil {
 		go m.onRole(mr.vol, control.RolePrimary, epoch)
@@ -886,7 +895,7 @@ func (m *mirrorManager) newSecondary(h replica.Hello) error {
 		return err
 	}
 	m.log.Info("mirror: this host is the secondary", "volume", e.Volume, "group", e.Group, "primary", e.PeerURL, "witness", e.Witness)
-	return m.startLocked(e)
+	return m.startLocked(e, false)
 }
 
 // beforeDiscard keeps the writes a stepping-down primary took that the new
@@ -964,7 +973,7 @@ func (m *mirrorManager) add(ctx context.Context, req control.MirrorAddRequest) (
 		m.mu.Unlock()
 		return control.MirrorStatus{}, err
 	}
-	err = m.startLocked(e)
+	err = m.startLocked(e, true)
 	mr := m.mu.run[req.Volume]
 	m.mu.Unlock()
 	if err != nil {
@@ -1229,8 +1238,8 @@ func (v *mirroredVolume) WriteAt(p []byte, off int64) (int, error) {
 	}
 	defer exit(mr)
 	n, err := v.meteredVolume.WriteAt(p, off)
-	if mr != nil {
-		mr.kick()
+	if mr != nil && err == nil {
+		err = mr.written(v.vol)
 	}
 	return n, err
 }
@@ -1242,8 +1251,8 @@ func (v *mirroredVolume) Trim(off, length int64) error {
 	}
 	defer exit(mr)
 	err = v.meteredVolume.Trim(off, length)
-	if mr != nil {
-		mr.kick()
+	if mr != nil && err == nil {
+		err = mr.written(v.vol)
 	}
 	return err
 }
@@ -1255,8 +1264,8 @@ func (v *mirroredVolume) WriteZeroes(off, length int64, noHole bool) error {
 	}
 	defer exit(mr)
 	err = v.meteredVolume.WriteZeroes(off, length, noHole)
-	if mr != nil {
-		mr.kick()
+	if mr != nil && err == nil {
+		err = mr.written(v.vol)
 	}
 	return err
 }
@@ -1274,11 +1283,31 @@ func (v *mirroredVolume) Flush() error {
 	if err != nil {
 		return err
 	}
-	mr.kick()
+	if f := mr.f.Load(); f != nil {
+		f.Sync()
+	}
 	if err := v.meteredVolume.Flush(); err != nil {
 		return err
 	}
-	return mr.waitSecondary(seq)
+	return mr.waitSecondary(seq, true)
+}
+
+// written returns once the secondary has applied vol's changes so far
+// (or the mirror goes on without it): a write is acknowledged only then,
+// so that a primary killed right after loses no acknowledged write.
+func (mr *mirror) written(vol string) error {
+	mr.mu.Lock()
+	wait := mr.mu.syncWait
+	mr.mu.Unlock()
+	mr.kick()
+	if !wait {
+		return nil
+	}
+	seq, err := mr.m.pool.LastChange(vol)
+	if err != nil {
+		return err
+	}
+	return mr.waitSecondary(seq, false)
 }
 
 // kick tells the follower there is something to ship.

@@ -189,8 +189,8 @@ func (h *mirrorHost) waitState(vol, role, state string) control.MirrorStatus {
 }
 
 // TestMirror drives a mirror between two in-process daemons and a witness
-// kept in memory: a flushed write is on the secondary when the flush
-// returns; losing the primary makes the secondary take over once the
+// kept in memory: an acknowledged write is applied on the secondary, and
+// a flushed one durable there, when the call returns; losing the primary makes the secondary take over once the
 // lease runs out; the old primary, back, steps down, keeps its unshipped
 // writes as a split clone and follows; a planned switchover hands the
 // role back with no lost write.
@@ -232,6 +232,9 @@ func TestMirror(t *testing.T) {
 		off := rng.Int63n(size/4096-64) * 4096
 		if _, err := va.WriteAt(buf[:4096*(1+rng.Intn(16))], off); err != nil {
 			t.Fatal(err)
+		}
+		if i%2 == 0 && !bytes.Equal(a.read("v"), b.read("v")) {
+			t.Fatalf("write %d acknowledged before the secondary applied it", i)
 		}
 		if err := va.Flush(); err != nil {
 			t.Fatal(err)

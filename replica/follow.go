@@ -3,6 +3,7 @@ package replica
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/strata-storage/strata/cow"
@@ -18,21 +19,27 @@ import (
 // next gathers what came in meanwhile: under load batches grow, and the
 // target's fsyncs are shared.
 //
-// Acked says how far the target holds the volume durably; WaitAcked
-// blocks until it holds a point, which is what a mirrored FLUSH waits
-// for. A Follower stops at its first error (Done, Err); its owner starts a
-// new one, which resumes from the target's point.
+// Once caught up, batches are NoSync: the target applies them and
+// acknowledges at once, and makes them durable with the next batch that
+// Sync asked for. Acked says how far the target has applied the volume
+// (WaitAcked: what a mirrored write waits for, so that a primary killed
+// after acknowledging it loses nothing), Durable how far it holds it
+// durably (WaitDurable: what a mirrored FLUSH waits for). A Follower stops
+// at its first error (Done, Err); its owner starts a new one, which
+// resumes from the target's point.
 type Follower struct {
 	o      ShipOptions
 	mirror *Mirror
 	idle   time.Duration
 	kick   chan struct{}
+	sync   atomic.Bool // the next batch is to be made durable
 	done   chan struct{}
 	cancel context.CancelFunc
 
 	mu struct {
 		sync.Mutex
 		acked   uint64
+		durable uint64
 		opened  bool
 		target  State         // what the target held when the stream opened
 		upto    uint64        // the point the last batch queued ends at
@@ -77,6 +84,26 @@ func (f *Follower) Kick() {
 	}
 }
 
+// Sync asks for the next batch to be made durable at the target (sent at
+// once, empty if nothing is new). It never blocks.
+func (f *Follower) Sync() {
+	f.sync.Store(true)
+	f.Kick()
+}
+
+// Durable is the point the target holds durably.
+func (f *Follower) Durable() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.mu.durable
+}
+
+// WaitDurable returns once the target holds point seq durably (asking for
+// it with Sync), or with the follower's error if it ends first, or ctx's.
+func (f *Follower) WaitDurable(ctx context.Context, seq uint64) error {
+	return f.wait(ctx, seq, true)
+}
+
 // Stop ends the follower and waits for it.
 func (f *Follower) Stop() {
 	f.cancel()
@@ -119,9 +146,16 @@ func (f *Follower) Queued() uint64 {
 // WaitAcked returns once the target holds point seq durably, or with the
 // follower's error if it ends first, or ctx's.
 func (f *Follower) WaitAcked(ctx context.Context, seq uint64) error {
+	return f.wait(ctx, seq, false)
+}
+
+func (f *Follower) wait(ctx context.Context, seq uint64, durable bool) error {
 	for {
 		f.mu.Lock()
 		acked, err, ch := f.mu.acked, f.mu.err, f.mu.changed
+		if durable {
+			acked = f.mu.durable
+		}
 		done := false
 		select {
 		case <-f.done:
@@ -138,7 +172,11 @@ func (f *Follower) WaitAcked(ctx context.Context, seq uint64) error {
 			}
 			return err
 		}
-		f.Kick()
+		if durable {
+			f.Sync()
+		} else {
+			f.Kick()
+		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
@@ -147,22 +185,32 @@ func (f *Follower) WaitAcked(ctx context.Context, seq uint64) error {
 	}
 }
 
-func (f *Follower) setAcked(seq uint64) {
+func (f *Follower) setAcked(seq, durable uint64) {
 	f.mu.Lock()
-	if seq > f.mu.acked {
-		f.mu.acked = seq
+	if seq > f.mu.acked || durable > f.mu.durable {
+		f.mu.acked = max(f.mu.acked, seq)
+		f.mu.durable = max(f.mu.durable, durable)
 		close(f.mu.changed)
 		f.mu.changed = make(chan struct{})
 	}
 	f.mu.Unlock()
 }
 
+// syncer is a target that acknowledges NoSync batches before they are
+// durable and says how far they are.
+type syncer interface{ Synced() uint64 }
+
 func (f *Follower) run(ctx context.Context) error {
 	o := f.o
 	o.Upto = 0
 	user := o.Progress
+	sy, _ := f.o.Target.(syncer)
 	o.Progress = func(p Progress) {
-		f.setAcked(p.Acked)
+		durable := p.Acked
+		if sy != nil {
+			durable = sy.Synced()
+		}
+		f.setAcked(p.Acked, durable)
 		if user != nil {
 			user(p)
 		}
@@ -177,7 +225,7 @@ func (f *Follower) run(ctx context.Context) error {
 	defer f.o.Target.Close()
 	s.eagerAcks = true
 	f.mu.Lock()
-	f.mu.opened, f.mu.target, f.mu.acked, f.mu.upto = true, st, st.Acked, s.o.Upto
+	f.mu.opened, f.mu.target, f.mu.acked, f.mu.durable, f.mu.upto = true, st, st.Acked, st.Acked, s.o.Upto
 	f.mu.Unlock()
 	fail := func(err error) error {
 		if derr := s.drain(); err == nil {
@@ -191,6 +239,7 @@ func (f *Follower) run(ctx context.Context) error {
 		}
 	}
 	s.cur = &cow.Cursor{}
+	s.follow = true
 	tick := time.NewTicker(f.idle)
 	defer tick.Stop()
 	for {
@@ -201,13 +250,17 @@ func (f *Follower) run(ctx context.Context) error {
 		select {
 		case <-f.kick:
 		case <-tick.C:
+			if f.Durable() < f.Acked() {
+				f.sync.Store(true)
+			}
 		case <-senderDone:
 			return fail(s.senderErr)
 		case <-ctx.Done():
 			return fail(ctx.Err())
 		}
+		s.syncLast = f.sync.Swap(false)
 		upto := s.o.Pool.AppliedSeq()
-		if upto <= s.pos {
+		if upto < s.pos || (upto == s.pos && !s.syncLast) {
 			continue
 		}
 		s.o.Upto = upto

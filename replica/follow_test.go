@@ -43,6 +43,12 @@ func TestFollow(t *testing.T) {
 		if !bytes.Equal(a.read("vol0", ""), b.read("vol0", "")) {
 			t.Fatalf("replica differs from the source at seq %d", last)
 		}
+		if err := f.WaitDurable(ctx, last); err != nil {
+			t.Fatalf("wait for seq %d to be durable: %v", last, err)
+		}
+		if rs, err := b.pool.ReplicaStateOf("vol0"); err != nil || rs.Acked < last {
+			t.Fatalf("durable at seq %d, but the replica stored %+v, %v", last, rs, err)
+		}
 	}
 	sync()
 	if st, ok := f.Opened(); !ok || st.Pool != b.pool.ID() {

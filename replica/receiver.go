@@ -76,6 +76,10 @@ type Session struct {
 	st   cow.ReplicaState
 	stop func()
 	done chan struct{}
+	// dirty: batches were applied (NoSync) since st was stored; synced is
+	// the source point the replica holds durably.
+	dirty  bool
+	synced uint64
 }
 
 // Open starts a stream into volume h.Target: it creates the replica on the
@@ -332,6 +336,13 @@ func (s *Session) Apply(ctx context.Context, b *Batch) error {
 		}
 		return err
 	}
+	if b.NoSync && !b.Diff && !b.Partial {
+		// Applied, not yet durable: the next synced batch (or the end of
+		// the stream) stores the state that marks this point.
+		s.st.Acked, s.st.AckedTime, s.st.Local = b.To, b.Time, 0
+		s.dirty = true
+		return nil
+	}
 	if err := p.Flush(); err != nil {
 		return err
 	}
@@ -341,7 +352,11 @@ func (s *Session) Apply(ctx context.Context, b *Batch) error {
 		return p.SetReplicaState(s.name, &s.st)
 	}
 	s.st.Acked, s.st.AckedTime, s.st.Diff, s.st.DiffTo, s.st.DiffNext, s.st.DiffParked, s.st.Local = b.To, b.Time, false, 0, 0, 0, 0
-	return p.SetReplicaState(s.name, &s.st)
+	if err := p.SetReplicaState(s.name, &s.st); err != nil {
+		return err
+	}
+	s.dirty, s.synced = false, b.To
+	return nil
 }
 
 // applyOps applies a batch's ops to volume name's head.
@@ -395,6 +410,14 @@ func applyOps(ctx context.Context, p *cow.Pool, name string, b *Batch, replica b
 // Close ends the session. A diff it left without its last part is parked
 // (see park) before another stream may start.
 func (s *Session) Close() {
+	if s.dirty {
+		// What NoSync batches applied is the replica's point now (not
+		// synced: a crash of this host goes back to the last stored one).
+		if err := s.r.Pool.SetReplicaState(s.name, &s.st); err != nil {
+			s.r.Logger.Error("replication: could not store the point the stream reached", "volume", s.name, "err", err)
+		}
+		s.dirty = false
+	}
 	if s.st.Diff && s.st.DiffTo != 0 {
 		if err := s.r.park(s); err != nil {
 			s.r.Logger.Error("replication: could not put a replica left mid-diff back at its last complete point; the next stream does", "volume", s.name, "err", err)
@@ -416,6 +439,13 @@ func (r *Receiver) Stop(vol string) {
 	r.mu.Unlock()
 	if s != nil && s.stop != nil {
 		s.stop()
+	}
+	if s != nil {
+		select {
+		case <-s.done:
+		case <-time.After(10 * time.Second):
+			r.Logger.Warn("replication: the stream did not stop in 10s", "volume", vol)
+		}
 	}
 }
 

@@ -214,6 +214,9 @@ type shipper struct {
 	// eagerAcks: the sender takes acks as soon as it has nothing to send,
 	// instead of when the pipeline is full or the run ends (a follower).
 	eagerAcks bool
+	// follow: batches go NoSync except the last of a step whose syncLast
+	// is set (a follower, once caught up).
+	follow, syncLast bool
 	pos       uint64 // where the stream stands: the last whole batch sent ends here
 	scanFrom  uint64 // the volume has no records from the target's point up to here
 	// read is the reading side's progress (phase, records read, full):
@@ -384,6 +387,11 @@ func (s *shipper) send(b *Batch) error {
 	}
 	if !b.Partial {
 		s.pos = b.To
+	}
+	if s.follow {
+		// A follower's batches are applied and acknowledged at once;
+		// only the one a flush asked for is made durable first.
+		b.NoSync = !b.Diff && !(s.syncLast && b.To == s.o.Upto)
 	}
 	if s.queue == nil {
 		s.queue = make(chan queued, senderQueue)

@@ -109,6 +109,10 @@ type Batch struct {
 	// Partial: a part of a diff that more parts follow; the target holds
 	// From until the last part arrives.
 	Partial bool
+	// NoSync: the target applies the batch and acknowledges it without
+	// making it durable first (a mirror's writes between flushes); the
+	// next batch without NoSync makes everything durable.
+	NoSync bool
 	// Size is the volume's size at To.
 	Size int64
 	// Time of point To (Unix nanoseconds).
@@ -314,6 +318,9 @@ func encodeRaw(b *Batch, put func([]byte)) {
 	}
 	if b.Partial {
 		flags |= 2
+	}
+	if b.NoSync {
+		flags |= 4
 	}
 	h = append(h, flags)
 	h = le.AppendUint32(h, uint32(len(b.Ops)))
@@ -544,7 +551,7 @@ func decodeRaw(raw []byte) (*Batch, error) {
 	if len(raw) < 37 {
 		return nil, bad("header is short")
 	}
-	b := &Batch{From: le.Uint64(raw), To: le.Uint64(raw[8:]), Time: int64(le.Uint64(raw[16:])), Size: int64(le.Uint64(raw[24:])), Diff: raw[32]&1 != 0, Partial: raw[32]&2 != 0}
+	b := &Batch{From: le.Uint64(raw), To: le.Uint64(raw[8:]), Time: int64(le.Uint64(raw[16:])), Size: int64(le.Uint64(raw[24:])), Diff: raw[32]&1 != 0, Partial: raw[32]&2 != 0, NoSync: raw[32]&4 != 0}
 	nops := le.Uint32(raw[33:])
 	r := raw[37:]
 	if uint64(nops) > uint64(len(r))/opHeaderSize {

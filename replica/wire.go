@@ -67,6 +67,8 @@ type errorMsg struct {
 
 type ackMsg struct {
 	Acked uint64 `json:"acked"`
+	// Synced: the point the target holds durably (older targets: Acked).
+	Synced uint64 `json:"synced,omitempty"`
 }
 
 // errCode and codeErr carry error classes across the wire.
@@ -212,7 +214,12 @@ type Remote struct {
 	unwatch func() bool // stops the context watch of the connection
 	pending []inflight  // submitted, not yet acknowledged
 	frame   []byte      // Submit's encoding space, reused batch after batch
+	synced  atomic.Uint64
 }
+
+// Synced is the point the target said it holds durably (batches with
+// NoSync are acknowledged before they are).
+func (r *Remote) Synced() uint64 { return r.synced.Load() }
 
 // NewRemote makes a strata:// target; it connects on Open.
 func NewRemote(o RemoteOptions) *Remote { return &Remote{o: o} }
@@ -344,6 +351,10 @@ func (r *Remote) Wait(ctx context.Context) error {
 	if !f.partial && a.Acked != f.to {
 		return fmt.Errorf("%w: the target acknowledged seq %d for a batch to %d", ErrCorrupt, a.Acked, f.to)
 	}
+	if a.Synced == 0 && !f.partial {
+		a.Synced = a.Acked // a target that syncs every batch
+	}
+	r.synced.Store(max(r.synced.Load(), a.Synced))
 	r.counter.Lock()
 	r.raw += int64(f.raw)
 	r.stored += int64(f.stored)
@@ -595,7 +606,7 @@ func (s *Server) handle(c net.Conn) {
 			return
 		}
 		c.SetWriteDeadline(time.Now().Add(ioTimeout))
-		if err := writeJSON(c, msgAck, ackMsg{Acked: sess.st.Acked}); err != nil {
+		if err := writeJSON(c, msgAck, ackMsg{Acked: sess.st.Acked, Synced: sess.synced}); err != nil {
 			return
 		}
 	}
