@@ -537,7 +537,7 @@ func fioArgs(uri, jsonOut string, o fioOptions) []string {
 	}
 	args := []string{"--name=v", "--ioengine=nbd", "--uri=" + uri, "--rw=randwrite", "--bs=4k",
 		"--size=" + o.Size, fmt.Sprintf("--iodepth=%d", o.IODepth), "--verify=crc32c", "--do_verify=1",
-		"--verify_fatal=1", "--verify_backlog=1024", "--fsync=64",
+		"--verify_fatal=1", "--verify_backlog=1024", "--fsync=64", "--verify_state_save=0",
 		"--output-format=json", "--output=" + jsonOut}
 	if o.Runtime > 0 {
 		args = append(args, "--time_based", fmt.Sprintf("--runtime=%dms", o.Runtime.Milliseconds()))
