@@ -10,7 +10,7 @@ VOLUME    ?= vol0=10GiB
 RACE_PKGS := ./cdp/... ./cow/... ./cache/... ./blockdev/... ./replica/... ./daemon/... ./control/... ./internal/...
 VERSITYGW := v1.0.14
 STATICCHECK := v0.8.2
-TEST_DEBS := fio qemu-utils libnbd-bin nbdkit python3-libnbd fuse3 e2fsprogs util-linux chromium iproute2 iputils-ping
+TEST_DEBS := fio qemu-utils qemu-system-common libnbd-bin nbdkit python3-libnbd fuse3 e2fsprogs util-linux chromium iproute2 iputils-ping
 
 .PHONY: all build run test test-deps vet staticcheck fmt-check unit race e2e fuzz bench clean
 
@@ -25,15 +25,16 @@ CONSOLE   ?= 8080
 run: build
 	./$(BIN) serve --data $(DATA) --volume $(VOLUME) --console $(CONSOLE)
 
-# Installs what the tests drive (real NBD clients, nbdkit, ext4 tools, ip and
-# ping for the floating-address tests in network namespaces, and
-# headless Chromium for the web console's browser tests).
+# Installs what the tests drive (real NBD clients, nbdkit, ext4 tools,
+# headless Chromium for the web console's browser tests, and for the
+# network-namespace drills iproute2, ping and qemu-storage-daemon, QEMU's
+# reconnecting NBD client).
 # Needs root (or sudo) and Debian/Ubuntu; skips the install when all
 # tools are already there.
 test-deps:
 	@if command -v fio >/dev/null && command -v qemu-io >/dev/null && command -v nbdinfo >/dev/null && \
 	    command -v nbdkit >/dev/null && command -v nbdfuse >/dev/null && command -v chromium >/dev/null && \
-	    command -v ip >/dev/null && command -v ping >/dev/null && \
+	    command -v qemu-storage-daemon >/dev/null && command -v ip >/dev/null && command -v ping >/dev/null && \
 	    /usr/bin/python3 -c 'import nbd' 2>/dev/null; then \
 		echo "test tools present"; \
 	else \

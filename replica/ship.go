@@ -217,8 +217,8 @@ type shipper struct {
 	// follow: batches go NoSync except the last of a step whose syncLast
 	// is set (a follower, once caught up).
 	follow, syncLast bool
-	pos       uint64 // where the stream stands: the last whole batch sent ends here
-	scanFrom  uint64 // the volume has no records from the target's point up to here
+	pos              uint64 // where the stream stands: the last whole batch sent ends here
+	scanFrom         uint64 // the volume has no records from the target's point up to here
 	// read is the reading side's progress (phase, records read, full):
 	// each batch carries a copy to the sender, which reports it.
 	read Progress
