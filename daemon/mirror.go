@@ -46,6 +46,10 @@ const (
 	mirrorBlockLimit = 60 * time.Second
 	// mirrorRetryMax caps the backoff between stream attempts.
 	mirrorRetryMax = 5 * time.Second
+	// mirrorHeard: a secondary that had a batch from its primary this
+	// recently does not ask for the lease (the primary sends at least
+	// one a second).
+	mirrorHeard = 2 * time.Second
 )
 
 var (
@@ -156,6 +160,11 @@ type mirror struct {
 	// announced: onRole heard this host is the primary (it takes the
 	// floating address only while it holds a lease).
 	announced atomic.Bool
+	// inSync: the secondary is up to date and its stream alive. A primary
+	// in sync serves on without a lease (the witness is away): every write
+	// waits for the secondary, which does not take over while it hears
+	// from the primary.
+	inSync atomic.Bool
 	// f is the stream to the secondary while one runs (on the primary).
 	f atomic.Pointer[replica.Follower]
 
@@ -333,7 +342,7 @@ func (mr *mirror) open() bool {
 	if !mr.primary.Load() || mr.paused.Load() {
 		return false
 	}
-	if mr.w == nil {
+	if mr.w == nil || mr.inSync.Load() {
 		return true
 	}
 	return time.Now().UnixNano() < mr.leaseUntil.Load()
@@ -378,7 +387,11 @@ func (mr *mirror) exit() { mr.inflight.Add(-1) }
 // made it durable), or the mirror went on without it (degraded, with the
 // witness's agreement).
 func (mr *mirror) waitSecondary(seq uint64, durable bool) error {
+	deadline := time.Now().Add(mirrorBlockLimit)
 	for {
+		if time.Now().After(deadline) {
+			return errIOBlocked
+		}
 		mr.mu.Lock()
 		wait, role := mr.mu.syncWait, mr.mu.e.Role
 		mr.mu.Unlock()
@@ -404,10 +417,20 @@ func (mr *mirror) waitSecondary(seq uint64, durable bool) error {
 			if mr.ctx.Err() != nil {
 				return errNotPrimary
 			}
-			mr.m.log.Warn("mirror: the secondary did not confirm a flush", "volume", mr.vol, "seq", seq, "err", err)
+			mr.m.log.Warn("mirror: the secondary did not confirm a write", "volume", mr.vol, "seq", seq, "durable", durable, "err", err)
+			// Its stream is as good as dead (a cut cable leaves the
+			// connection open): a new one is tried, and until the
+			// secondary is back in sync the gate wants a lease.
+			mr.inSync.Store(false)
+			if mr.f.CompareAndSwap(f, nil) {
+				go f.Stop()
+			}
 		}
-		if err := mr.degrade("the secondary did not confirm a flush within " + mirrorSyncTimeout.String()); err != nil {
+		if err := mr.degrade("the secondary did not confirm a write within " + mirrorSyncTimeout.String()); err != nil {
 			mr.m.log.Warn("mirror: cannot go on without the secondary", "volume", mr.vol, "err", err)
+			if time.Now().UnixNano() >= mr.leaseUntil.Load() {
+				mr.fence("no lease, and the secondary does not answer: " + err.Error())
+			}
 			select {
 			case <-time.After(mirrorPoll):
 			case <-mr.ctx.Done():
@@ -435,11 +458,25 @@ func (mr *mirror) degrade(reason string) error {
 			return fmt.Errorf("the witness refused to mark the secondary outdated: %s", v.Reason)
 		}
 	}
+	mr.inSync.Store(false)
 	mr.mu.Lock()
 	mr.mu.syncWait = false
 	mr.setStateLocked(control.MirrorDegraded, reason)
 	mr.mu.Unlock()
 	return nil
+}
+
+// fence notes that the primary lost its lease: I/O waits at the gate, and
+// clients are disconnected once, so that reconnecting ones find whichever
+// host holds the floating address (the new primary, if one took over).
+func (mr *mirror) fence(why string) {
+	mr.mu.Lock()
+	was := mr.mu.state
+	mr.setStateLocked(control.MirrorFenced, why)
+	mr.mu.Unlock()
+	if was != control.MirrorFenced && mr.m.d.nbd != nil {
+		mr.m.d.nbd.DisconnectExport(mr.vol)
+	}
 }
 
 // noteRefusal steps down when the witness says another host holds a
@@ -494,8 +531,8 @@ func (mr *mirror) leaseLoop() {
 			case mr.ctx.Err() != nil:
 				return
 			case err != nil:
-				if time.Now().UnixNano() >= mr.leaseUntil.Load() {
-					mr.setState(control.MirrorFenced, "witness: "+err.Error())
+				if time.Now().UnixNano() >= mr.leaseUntil.Load() && !mr.inSync.Load() {
+					mr.fence("witness: " + err.Error())
 				}
 			case v.Granted:
 				mr.leaseUntil.Store(v.ValidUntil.UnixNano())
@@ -516,7 +553,7 @@ func (mr *mirror) leaseLoop() {
 				}
 				mr.mu.Unlock()
 			default:
-				mr.setState(control.MirrorFenced, "witness: "+v.Reason)
+				mr.fence("witness: " + v.Reason)
 				mr.noteRefusal(v)
 			}
 		}
@@ -588,6 +625,7 @@ func mirrorPinID(e mirrorEntry) string { return "mirror:" + e.Group }
 // identity, and brings a secondary that caught up into the flush path.
 func (mr *mirror) track(f *replica.Follower) error {
 	defer func() {
+		mr.inSync.Store(false)
 		mr.f.CompareAndSwap(f, nil)
 		f.Stop()
 	}()
@@ -654,6 +692,7 @@ func (mr *mirror) track(f *replica.Follower) error {
 			}
 		}
 		mr.setState(control.MirrorInSync, "")
+		mr.inSync.Store(true)
 	}
 }
 
@@ -708,6 +747,11 @@ func (mr *mirror) secondaryLoop() {
 		}
 		if e.Peer == "" {
 			continue
+		}
+		if rs := mr.m.d.replSrv; rs != nil {
+			if last, ok := rs.Receiver.LastBatch(mr.vol); ok && time.Since(last) < mirrorHeard {
+				continue // the primary is alive
+			}
 		}
 		ctx, cancel := context.WithTimeout(mr.ctx, time.Second)
 		if !known {

@@ -80,6 +80,20 @@ type Session struct {
 	// the source point the replica holds durably.
 	dirty  bool
 	synced uint64
+	last   atomic.Int64 // when the last batch arrived (Unix nanoseconds)
+}
+
+// LastBatch says when the stream into vol last delivered a batch; false
+// when no stream is open. A mirror's secondary does not ask for the lease
+// while its primary's stream is alive.
+func (r *Receiver) LastBatch(vol string) (time.Time, bool) {
+	r.mu.Lock()
+	s := r.active[vol]
+	r.mu.Unlock()
+	if s == nil {
+		return time.Time{}, false
+	}
+	return time.Unix(0, s.last.Load()), true
 }
 
 // Open starts a stream into volume h.Target: it creates the replica on the
@@ -99,6 +113,7 @@ func (r *Receiver) Open(ctx context.Context, h Hello, stop func()) (*Session, St
 		}
 	}
 	s := &Session{r: r, name: h.Target, src: h.Source, stop: stop, done: make(chan struct{})}
+	s.last.Store(time.Now().UnixNano())
 	for {
 		r.mu.Lock()
 		old := r.active[h.Target]
@@ -288,6 +303,7 @@ func (r *Receiver) failback(ctx context.Context, s *Session, h Hello, info cow.V
 // Apply applies one batch and makes it durable. On an error nothing of the
 // batch stays in the head: it goes back to the last complete point.
 func (s *Session) Apply(ctx context.Context, b *Batch) error {
+	s.last.Store(time.Now().UnixNano())
 	p := s.r.Pool
 	if b.From != s.st.Acked {
 		return fmt.Errorf("%w: batch starts at source seq %d but the replica holds seq %d", ErrRefused, b.From, s.st.Acked)
