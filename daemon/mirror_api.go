@@ -58,7 +58,9 @@ func (d *Daemon) onMirrorRole(vol, role string, epoch uint64) {
 	log := d.opts.Logger
 	d.vipMu.Lock()
 	if d.vip != nil {
-		want := d.mirrors.anyPrimary()
+		// A primary takes the address; a host that stepped down gives it
+		// up unless it is still the primary of another volume.
+		want := role == control.RolePrimary || d.mirrors.anyPrimary()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		var err error
 		if want {

@@ -1,0 +1,332 @@
+package main
+
+// The high-availability drills of docs/ha.md, on real processes in network
+// namespaces (netns_e2e_test.go's lab): hosts a and b run strata serve
+// with the mirror, w runs strata witness, c runs qemu-storage-daemon, the
+// reconnecting NBD client VM disks use, attached to the floating address;
+// fio drives it with a verifying write job (a flush every 64 writes).
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/strata-storage/strata/control"
+)
+
+// haLease is the witness's lease in the drills: with QEMU's reconnect
+// schedule (attempts 1, 3, 7 s after a drop) a takeover within 3 s is seen
+// at the second attempt.
+const haLease = "2s"
+
+type haLab struct {
+	t     *testing.T
+	l     *lab
+	token string
+	vip   string // ADDR
+	dirs  map[string]string
+	procs map[string]*labProc
+}
+
+// newHALab starts the witness on w, strata on a and b (both with the
+// floating address), and creates vol0 on a. No mirror yet.
+func newHALab(t *testing.T) *haLab {
+	t.Helper()
+	need(t, "fio", "qemu-storage-daemon")
+	l := newLab(t, "a", "b", "w", "c")
+	h := &haLab{t: t, l: l, vip: fmt.Sprintf("10.%d.0.100", l.subnet), dirs: map[string]string{}, procs: map[string]*labProc{}}
+	h.token = filepath.Join(shortTempDir(t), "token")
+	if err := os.WriteFile(h.token, []byte("ha-drill-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wdir := shortTempDir(t)
+	h.procs["w"] = l.Start(t, "w", strataBin, "witness", "--listen", "0.0.0.0:10820", "--data", wdir, "--token-file", h.token, "--lease", haLease, "--insecure")
+	for _, host := range []string{"a", "b"} {
+		h.dirs[host] = shortTempDir(t)
+		h.start(host)
+	}
+	h.strata("a", "volume", "create", "vol0", "--size", "1GiB")
+	return h
+}
+
+func (h *haLab) start(host string) *labProc {
+	h.t.Helper()
+	p := h.l.StartStrata(h.t, host, h.dirs[host], "--listen", "0.0.0.0:10809", "--insecure",
+		"--replica-listen", "0.0.0.0:10810", "--replica-token-file", h.token,
+		"--vip", h.vip+"/24", "--vip-dev", "eth0")
+	h.procs[host] = p
+	return p
+}
+
+func (h *haLab) strata(host string, args ...string) string {
+	h.t.Helper()
+	return h.l.Strata(h.t, host, h.dirs[host], args...)
+}
+
+func (h *haLab) url(host string) string { return "strata://" + h.l.IP(host) + ":10810" }
+
+// mirrorAdd mirrors vol0 from a to b with the witness and waits until it
+// is in sync.
+func (h *haLab) mirrorAdd() {
+	h.t.Helper()
+	h.strata("a", "mirror", "add", "vol0", "--to", h.url("b"), "--self", h.url("a"), "--token-file", h.token,
+		"--witness", h.l.IP("w")+":10820", "--insecure")
+	h.waitMirror("a", control.RolePrimary, control.MirrorInSync, 60*time.Second)
+	h.waitMirror("b", control.RoleSecondary, "", 10*time.Second)
+}
+
+func (h *haLab) mirror(host string) (control.MirrorStatus, bool) {
+	h.t.Helper()
+	r := h.l.TryStrata(h.t, host, h.dirs[host], "mirror", "list", "--json")
+	if r.code != 0 {
+		return control.MirrorStatus{}, false
+	}
+	var list []control.MirrorStatus
+	if err := json.Unmarshal([]byte(r.stdout), &list); err != nil {
+		h.t.Fatalf("mirror list --json on %s: %v\n%s", host, err, r.stdout)
+	}
+	for _, s := range list {
+		if s.Volume == "vol0" {
+			return s, true
+		}
+	}
+	return control.MirrorStatus{}, false
+}
+
+func (h *haLab) waitMirror(host, role, state string, d time.Duration) control.MirrorStatus {
+	h.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		s, ok := h.mirror(host)
+		if ok && s.Role == role && (state == "" || s.State == state) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("on %s vol0 did not become %s %s within %s: %+v (found %v)\n%s", host, role, state, d, s, ok, h.procs[host].Output())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// holdsVIP says whether host has the floating address on eth0.
+func (h *haLab) holdsVIP(host string) bool {
+	out := mustRun(h.t, "ip", "-n", h.l.NS(host), "-o", "addr", "show", "dev", "eth0").stdout
+	return strings.Contains(out, " "+h.vip+"/")
+}
+
+// client attaches qemu-storage-daemon on c to the floating address and
+// returns the URI fio uses.
+func (h *haLab) client() (string, *labProc) {
+	h.t.Helper()
+	sock := filepath.Join(shortTempDir(h.t), "qsd.sock")
+	qsd := h.l.StartQSD(h.t, "c", h.vip, 10809, "vol0", sock)
+	return "nbd+unix:///vol0?socket=" + sock, qsd
+}
+
+// checkFio fails the test unless fio ran clean: no I/O error, no verify
+// mismatch.
+func (h *haLab) checkFio(res fioResult, what string, qsd *labProc) {
+	h.t.Helper()
+	if err := res.err(); err != nil {
+		h.t.Fatalf("%s: %v\nqemu-storage-daemon:\n%s\na:\n%s\nb:\n%s", what, err, qsd.Output(), h.procs["a"].Output(), h.procs["b"].Output())
+	}
+	h.t.Logf("%s: fio %.0f write IOPS, %d MiB written, slowest I/O %s", what, res.WriteIOPS, res.WriteBytes>>20, res.MaxLat.Round(time.Millisecond))
+}
+
+// verifyAt reads back, through host's Unix socket, everything the fio job
+// of opts wrote, and checks it.
+func (h *haLab) verifyAt(host string, opts fioOptions) {
+	h.t.Helper()
+	opts.Runtime = 0
+	opts.Extra = append(append([]string(nil), opts.Extra...), "--verify_only=1")
+	res := startFio(h.t, "nbd+unix:///vol0?socket="+filepath.Join(h.dirs[host], "nbd.sock"), opts).Wait(2 * time.Minute)
+	if res.ExitCode != 0 || res.Errors != 0 {
+		h.t.Fatalf("verify_only on %s: exit %d, %d errors:\n%s", host, res.ExitCode, res.Errors, res.Output)
+	}
+}
+
+// TestE2EHASwitchover: drill 1, a planned switchover under fio verify
+// load: no I/O error, the data verifies, the address moves, and failback
+// (a switchover back) does the same.
+func TestE2EHASwitchover(t *testing.T) {
+	h := newHALab(t)
+	h.mirrorAdd()
+	if !h.holdsVIP("a") || h.holdsVIP("b") {
+		t.Fatalf("the floating address is not on a alone (a %v, b %v)", h.holdsVIP("a"), h.holdsVIP("b"))
+	}
+	uri, qsd := h.client()
+	opts := fioOptions{Size: "128M", Runtime: 12 * time.Second}
+	fio := startFio(t, uri, opts)
+	time.Sleep(3 * time.Second)
+	out := h.strata("a", "mirror", "switchover", "vol0")
+	t.Logf("switchover: %s", strings.TrimSpace(out))
+	h.waitMirror("b", control.RolePrimary, "", 10*time.Second)
+	h.waitMirror("a", control.RoleSecondary, "", 10*time.Second)
+	time.Sleep(3 * time.Second)
+	out = h.strata("b", "mirror", "failback", "vol0")
+	t.Logf("failback: %s", strings.TrimSpace(out))
+	h.checkFio(fio.Wait(2*time.Minute), "switchover and failback", qsd)
+	h.waitMirror("a", control.RolePrimary, control.MirrorInSync, 30*time.Second)
+	if !h.holdsVIP("a") || h.holdsVIP("b") {
+		t.Fatalf("after failback the floating address is not on a alone (a %v, b %v)", h.holdsVIP("a"), h.holdsVIP("b"))
+	}
+	qsd.Stop()
+	h.verifyAt("a", opts)
+}
+
+// TestE2EHAKill9: drills 2 and 5. kill -9 of the primary under load: the
+// secondary takes over by itself, the address follows, QEMU reconnects
+// and fio sees no error; every write verifies on the new primary. The old
+// primary comes back: it follows the new one, catching up without a full
+// copy. STRATA_HA_ROUNDS=5 repeats the kill for a median failover time.
+func TestE2EHAKill9(t *testing.T) {
+	h := newHALab(t)
+	h.mirrorAdd()
+	rounds := 1
+	if n, err := strconv.Atoi(os.Getenv("STRATA_HA_ROUNDS")); err == nil && n > 0 {
+		rounds = n
+	}
+	uri, qsd := h.client()
+	opts := fioOptions{Size: "128M", Runtime: time.Duration(8+9*rounds) * time.Second}
+	fio := startFio(t, uri, opts)
+	time.Sleep(3 * time.Second)
+	primary, secondary := "a", "b"
+	var takeovers, reconnects []time.Duration
+	for r := 0; r < rounds; r++ {
+		killed := time.Now()
+		h.procs[primary].Kill9()
+		h.waitMirror(secondary, control.RolePrimary, "", 15*time.Second)
+		took := h.procs[secondary].LogTimes("this host is now the primary")
+		if len(took) == 0 {
+			t.Fatalf("no takeover in %s's log:\n%s", secondary, h.procs[secondary].Output())
+		}
+		takeovers = append(takeovers, took[len(took)-1].Sub(killed))
+		if !h.holdsVIP(secondary) {
+			deadline := time.Now().Add(5 * time.Second)
+			for !h.holdsVIP(secondary) && time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+			}
+			if !h.holdsVIP(secondary) {
+				t.Fatalf("%s took over but does not hold the floating address", secondary)
+			}
+		}
+		// QEMU's next handshake is the client back on the new primary.
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			shakes := qsd.LogTimes("nbd_client_handshake_success")
+			if n := len(shakes); n > 0 && shakes[n-1].After(killed) {
+				reconnects = append(reconnects, shakes[n-1].Sub(killed))
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("QEMU did not reconnect after the kill:\n%s", qsd.Output())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Logf("round %d: killed %s; %s took over after %s, QEMU wrote again after %s", r+1, primary, secondary,
+			takeovers[r].Round(time.Millisecond), reconnects[r].Round(time.Millisecond))
+		// The old primary returns: it follows without a full copy.
+		h.start(primary)
+		h.waitMirror(primary, control.RoleSecondary, "", 15*time.Second)
+		st := h.waitMirror(secondary, control.RolePrimary, control.MirrorInSync, 60*time.Second)
+		if st.SyncedBytes > 64<<20 {
+			t.Fatalf("the returning primary got %d MiB: more than what was written since, a full copy?", st.SyncedBytes>>20)
+		}
+		t.Logf("round %d: %s is back as the secondary, resynced with %d KiB", r+1, primary, st.SyncedBytes>>10)
+		primary, secondary = secondary, primary
+		time.Sleep(2 * time.Second)
+	}
+	h.checkFio(fio.Wait(3*time.Minute), "kill -9 of the primary", qsd)
+	qsd.Stop()
+	h.verifyAt(primary, opts)
+	sort.Slice(takeovers, func(i, j int) bool { return takeovers[i] < takeovers[j] })
+	sort.Slice(reconnects, func(i, j int) bool { return reconnects[i] < reconnects[j] })
+	t.Logf("failover over %d rounds: takeover median %s (max %s), client writing again median %s (max %s)", rounds,
+		takeovers[len(takeovers)/2].Round(time.Millisecond), takeovers[len(takeovers)-1].Round(time.Millisecond),
+		reconnects[len(reconnects)/2].Round(time.Millisecond), reconnects[len(reconnects)-1].Round(time.Millisecond))
+	for _, host := range []string{"a", "b"} {
+		if out := h.strata(host, "volume", "list"); strings.Contains(out, "vol0-split-") {
+			t.Logf("%s kept writes the other host did not get as a split clone:\n%s", host, out)
+		}
+	}
+}
+
+// TestE2EHAPartition: drill 3. The cable between the hosts is cut while
+// both reach the witness: the primary goes on alone (degraded), the
+// secondary does not take over; healed, it resyncs from the divergence
+// point. Then the primary is cut off from the secondary and the witness:
+// it stops taking writes, the secondary takes over, the client follows;
+// healed, the old primary steps down and resyncs.
+func TestE2EHAPartition(t *testing.T) {
+	h := newHALab(t)
+	h.mirrorAdd()
+	uri, qsd := h.client()
+
+	// Part 1: a and b cannot talk; both reach w and c.
+	opts := fioOptions{Size: "128M", Runtime: 8 * time.Second}
+	fio := startFio(t, uri, opts)
+	time.Sleep(2 * time.Second)
+	h.l.CutBetween("a", "b")
+	res := fio.Wait(time.Minute)
+	h.checkFio(res, "link between the hosts cut", qsd)
+	st := h.waitMirror("a", control.RolePrimary, control.MirrorDegraded, 10*time.Second)
+	if s, _ := h.mirror("b"); s.Role != control.RoleSecondary {
+		t.Fatalf("b took over while a held the witness: %+v", s)
+	}
+	lag := st.LagBytes
+	h.l.HealBetween("a", "b")
+	st = h.waitMirror("a", control.RolePrimary, control.MirrorInSync, 60*time.Second)
+	t.Logf("resync after the cut: %d KiB missed, %d KiB shipped (%.2fx)", lag>>10, st.SyncedBytes>>10, float64(st.SyncedBytes)/float64(max(lag, 1)))
+	if lag == 0 || float64(st.SyncedBytes) > 1.1*float64(lag)+float64(1<<20) {
+		t.Fatalf("resync shipped %d bytes for %d missed", st.SyncedBytes, lag)
+	}
+
+	// Part 2: a reaches only c; b reaches w.
+	fio = startFio(t, uri, fioOptions{Size: "128M", Runtime: 12 * time.Second})
+	time.Sleep(2 * time.Second)
+	h.l.CutBetween("a", "b")
+	h.l.CutBetween("a", "w")
+	h.waitMirror("b", control.RolePrimary, "", 15*time.Second)
+	if s, _ := h.mirror("a"); s.Role == control.RolePrimary && s.State != control.MirrorFenced {
+		t.Fatalf("a still serves without the witness or the secondary: %+v", s)
+	}
+	h.checkFio(fio.Wait(time.Minute), "primary cut off", qsd)
+	h.l.HealBetween("a", "b")
+	h.l.HealBetween("a", "w")
+	h.waitMirror("a", control.RoleSecondary, "", 15*time.Second)
+	h.waitMirror("b", control.RolePrimary, control.MirrorInSync, 60*time.Second)
+	qsd.Stop()
+	h.verifyAt("b", opts)
+}
+
+// TestE2EHAMigrate: drill 6. The volume moves from a to b under fio
+// verify load: no errors, the data verifies on b, a no longer holds it.
+func TestE2EHAMigrate(t *testing.T) {
+	h := newHALab(t)
+	// Before any mirror, the address is the admin's: put it on a.
+	mustRun(t, "ip", "-n", h.l.NS("a"), "addr", "add", h.vip+"/24", "dev", "eth0")
+	uri, qsd := h.client()
+	opts := fioOptions{Size: "128M", Runtime: 12 * time.Second}
+	fio := startFio(t, uri, opts)
+	time.Sleep(3 * time.Second)
+	out := h.strata("a", "migrate", "vol0", "--to", h.url("b"), "--self", h.url("a"), "--token-file", h.token, "--insecure")
+	t.Logf("migrate: %s", strings.TrimSpace(out))
+	h.checkFio(fio.Wait(2*time.Minute), "migration", qsd)
+	if out := h.strata("a", "volume", "list"); strings.Contains(out, "vol0") {
+		t.Fatalf("a still holds vol0 after the migration:\n%s", out)
+	}
+	if _, ok := h.mirror("b"); ok {
+		t.Fatal("b still has a mirror of vol0 after the migration")
+	}
+	if !h.holdsVIP("b") || h.holdsVIP("a") {
+		t.Fatalf("the address did not move to b (a %v, b %v)", h.holdsVIP("a"), h.holdsVIP("b"))
+	}
+	qsd.Stop()
+	h.verifyAt("b", opts)
+}
