@@ -135,7 +135,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) (time
 		if ctx.Err() != nil {
 			return sent, fmt.Errorf("witness %s: %w", c.o.Addr, ctx.Err())
 		}
-		return sent, fmt.Errorf("%w: %s did not answer within %s: %v", ErrUnreachable, c.o.Addr, c.o.Timeout, err)
+		return sent, fmt.Errorf("%w: %s (timeout %s): %v", ErrUnreachable, c.o.Addr, c.o.Timeout, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
