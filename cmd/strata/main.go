@@ -19,6 +19,7 @@ import (
 
 	"github.com/strata-storage/strata/control"
 	"github.com/strata-storage/strata/internal/units"
+	"github.com/strata-storage/strata/replica/witness"
 )
 
 var version = "0.1.0-dev"
@@ -29,6 +30,9 @@ func main() {
 		msg := err.Error()
 		if errors.Is(err, control.ErrNoDaemon) {
 			msg += "; start one with `strata serve`, or point at it with --data, --control-socket or STRATA_CONTROL"
+		}
+		if errors.Is(err, witness.ErrUnreachable) {
+			msg += "; is `strata witness` running there, and is --witness its --listen address?"
 		}
 		fmt.Fprintf(os.Stderr, "strata: %s\n", oneLine(msg))
 		var ee *exitError
@@ -66,7 +70,7 @@ Every command finds the data directory from --data or $STRATA_DATA
 		},
 		Commands: []*cli.Command{serveCommand(), volumeCommand(), snapshotCommand(), rollbackCommand(), cloneCommand(),
 			pitCommand(), dfCommand(), gcCommand(), attachCommand(), detachCommand(), statusCommand(),
-			replicateCommand(), replicationCommand(), promoteCommand(), demoteCommand(), restoreCommand(), scheduleCommand(), mirrorCommand(), migrateCommand()},
+			replicateCommand(), replicationCommand(), promoteCommand(), demoteCommand(), restoreCommand(), scheduleCommand(), mirrorCommand(), migrateCommand(), witnessCommand()},
 		// Usage errors print one line too, with where to look.
 		OnUsageError: func(c *cli.Context, err error, isSub bool) error {
 			return fmt.Errorf("%v (see strata --help)", err)
