@@ -28,6 +28,11 @@ var (
 	ErrNotFound = errors.New("blockdev: no such device")
 	// ErrInvalid: a malformed request (bad flags, bad length).
 	ErrInvalid = errors.New("blockdev: invalid request")
+	// ErrMoved: the device is served by another host now (a mirror's
+	// failover or switchover). A frontend does not answer the request: it
+	// closes the connection, so that a client that reconnects (to the
+	// floating address) sends the request again where the device is.
+	ErrMoved = errors.New("blockdev: device moved to another host")
 )
 
 // Device is the contract a frontend serves. All methods are safe for

@@ -55,7 +55,7 @@ const (
 var (
 	// errNotPrimary: I/O on a host that is not (or no longer) the
 	// mirror's primary.
-	errNotPrimary = fmt.Errorf("%w: this host is not the mirror's primary", blockdev.ErrIO)
+	errNotPrimary = fmt.Errorf("%w: this host is not the mirror's primary", blockdev.ErrMoved)
 	// errIOBlocked: I/O waited mirrorBlockLimit for a lease.
 	errIOBlocked = fmt.Errorf("%w: the mirror's primary has had no lease from the witness for %s", blockdev.ErrIO, mirrorBlockLimit)
 )
@@ -271,8 +271,9 @@ func (m *mirrorManager) close() {
 	}
 }
 
-// anyPrimary says whether this host is the primary of a mirrored volume.
-func (m *mirrorManager) anyPrimary() bool {
+// anyPrimary says whether this host is the primary of a mirrored volume
+// other than except.
+func (m *mirrorManager) anyPrimary(except string) bool {
 	m.mu.Lock()
 	runs := make([]*mirror, 0, len(m.mu.run))
 	for _, mr := range m.mu.run {
@@ -280,7 +281,7 @@ func (m *mirrorManager) anyPrimary() bool {
 	}
 	m.mu.Unlock()
 	for _, mr := range runs {
-		if mr.entry().Role == control.RolePrimary {
+		if mr.vol != except && mr.entry().Role == control.RolePrimary {
 			return true
 		}
 	}
@@ -722,6 +723,9 @@ func (mr *mirror) learnPeer(pool string) error {
 		}
 		mr.leaseUntil.Store(v.ValidUntil.UnixNano())
 		mr.wake()
+		if !mr.announced.Swap(true) && mr.m.onRole != nil {
+			go mr.m.onRole(mr.vol, control.RolePrimary, e.Epoch)
+		}
 	}
 	return nil
 }

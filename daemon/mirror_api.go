@@ -60,7 +60,7 @@ func (d *Daemon) onMirrorRole(vol, role string, epoch uint64) {
 	if d.vip != nil {
 		// A primary takes the address; a host that stepped down gives it
 		// up unless it is still the primary of another volume.
-		want := role == control.RolePrimary || d.mirrors.anyPrimary()
+		want := role == control.RolePrimary || d.mirrors.anyPrimary(vol)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		var err error
 		if want {

@@ -328,6 +328,7 @@ type conn struct {
 	done   chan struct{}
 
 	stopping atomic.Bool
+	moved    atomic.Bool // a request found the device moved (logged once)
 	closed   sync.Once
 
 	// Guarded by s.mu: what Connections and DisconnectExport see.

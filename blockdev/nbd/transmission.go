@@ -3,6 +3,7 @@ package nbd
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"io"
 	"log/slog"
 
@@ -446,6 +447,16 @@ extents:
 // replyDeviceError answers a request whose device call failed, logging
 // errors the client did not cause.
 func (c *conn) replyDeviceError(req *request, err error) {
+	if errors.Is(err, blockdev.ErrMoved) {
+		// No answer: the connection ends once the requests in flight
+		// have, and a reconnecting client resends this one where the
+		// device is now.
+		if c.moved.CompareAndSwap(false, true) {
+			c.log.Info("nbd: the device moved to another host; closing the connection without answering, so the client resends", "err", err)
+		}
+		c.stop()
+		return
+	}
 	errno, expected := errnoOf(err, req.typ == cmdWrite || req.typ == cmdWriteZeroes)
 	level := slog.LevelError
 	if expected {

@@ -120,6 +120,19 @@ func (h *haLab) holdsVIP(host string) bool {
 	return strings.Contains(out, " "+h.vip+"/")
 }
 
+// waitVIP waits (5 s at most) until the floating address is on host alone.
+func (h *haLab) waitVIP(host string) {
+	h.t.Helper()
+	other := map[string]string{"a": "b", "b": "a"}[host]
+	deadline := time.Now().Add(5 * time.Second)
+	for !(h.holdsVIP(host) && !h.holdsVIP(other)) {
+		if time.Now().After(deadline) {
+			h.t.Fatalf("the floating address is not on %s alone (%s %v, %s %v)", host, host, h.holdsVIP(host), other, h.holdsVIP(other))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // client attaches qemu-storage-daemon on c to the floating address and
 // returns the URI fio uses.
 func (h *haLab) client() (string, *labProc) {
@@ -157,9 +170,7 @@ func (h *haLab) verifyAt(host string, opts fioOptions) {
 func TestE2EHASwitchover(t *testing.T) {
 	h := newHALab(t)
 	h.mirrorAdd()
-	if !h.holdsVIP("a") || h.holdsVIP("b") {
-		t.Fatalf("the floating address is not on a alone (a %v, b %v)", h.holdsVIP("a"), h.holdsVIP("b"))
-	}
+	h.waitVIP("a")
 	uri, qsd := h.client()
 	opts := fioOptions{Size: "128M", Runtime: 12 * time.Second}
 	fio := startFio(t, uri, opts)
@@ -173,9 +184,7 @@ func TestE2EHASwitchover(t *testing.T) {
 	t.Logf("failback: %s", strings.TrimSpace(out))
 	h.checkFio(fio.Wait(2*time.Minute), "switchover and failback", qsd)
 	h.waitMirror("a", control.RolePrimary, control.MirrorInSync, 30*time.Second)
-	if !h.holdsVIP("a") || h.holdsVIP("b") {
-		t.Fatalf("after failback the floating address is not on a alone (a %v, b %v)", h.holdsVIP("a"), h.holdsVIP("b"))
-	}
+	h.waitVIP("a")
 	qsd.Stop()
 	h.verifyAt("a", opts)
 }
@@ -207,17 +216,15 @@ func TestE2EHAKill9(t *testing.T) {
 			t.Fatalf("no takeover in %s's log:\n%s", secondary, h.procs[secondary].Output())
 		}
 		takeovers = append(takeovers, took[len(took)-1].Sub(killed))
+		deadline := time.Now().Add(5 * time.Second)
+		for !h.holdsVIP(secondary) && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
 		if !h.holdsVIP(secondary) {
-			deadline := time.Now().Add(5 * time.Second)
-			for !h.holdsVIP(secondary) && time.Now().Before(deadline) {
-				time.Sleep(50 * time.Millisecond)
-			}
-			if !h.holdsVIP(secondary) {
-				t.Fatalf("%s took over but does not hold the floating address", secondary)
-			}
+			t.Fatalf("%s took over but does not hold the floating address", secondary)
 		}
 		// QEMU's next handshake is the client back on the new primary.
-		deadline := time.Now().Add(20 * time.Second)
+		deadline = time.Now().Add(20 * time.Second)
 		for {
 			shakes := qsd.LogTimes("nbd_client_handshake_success")
 			if n := len(shakes); n > 0 && shakes[n-1].After(killed) {
@@ -324,9 +331,7 @@ func TestE2EHAMigrate(t *testing.T) {
 	if _, ok := h.mirror("b"); ok {
 		t.Fatal("b still has a mirror of vol0 after the migration")
 	}
-	if !h.holdsVIP("b") || h.holdsVIP("a") {
-		t.Fatalf("the address did not move to b (a %v, b %v)", h.holdsVIP("a"), h.holdsVIP("b"))
-	}
+	h.waitVIP("b")
 	qsd.Stop()
 	h.verifyAt("b", opts)
 }
