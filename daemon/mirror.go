@@ -165,6 +165,9 @@ type mirror struct {
 	// waits for the secondary, which does not take over while it hears
 	// from the primary.
 	inSync atomic.Bool
+	// fenced: the primary lost its lease and told its clients to go
+	// (until the lease comes back): waiting requests go unanswered.
+	fenced atomic.Bool
 	// f is the stream to the secondary while one runs (on the primary).
 	f atomic.Pointer[replica.Follower]
 
@@ -362,7 +365,7 @@ func (mr *mirror) enter() error {
 		mr.mu.Lock()
 		ch, role := mr.mu.changed, mr.mu.e.Role
 		mr.mu.Unlock()
-		if role != control.RolePrimary || mr.ctx.Err() != nil {
+		if role != control.RolePrimary || mr.ctx.Err() != nil || mr.fenced.Load() {
 			return errNotPrimary
 		}
 		mr.inflight.Add(1)
@@ -427,10 +430,14 @@ func (mr *mirror) waitSecondary(seq uint64, durable bool) error {
 				go f.Stop()
 			}
 		}
+		if mr.fenced.Load() {
+			return errNotPrimary // the client was told to go; it resends elsewhere
+		}
 		if err := mr.degrade("the secondary did not confirm a write within " + mirrorSyncTimeout.String()); err != nil {
-			mr.m.log.Warn("mirror: cannot go on without the secondary", "volume", mr.vol, "err", err)
+			mr.m.log.Debug("mirror: cannot go on without the secondary", "volume", mr.vol, "err", err)
 			if time.Now().UnixNano() >= mr.leaseUntil.Load() {
 				mr.fence("no lease, and the secondary does not answer: " + err.Error())
+				return errNotPrimary
 			}
 			select {
 			case <-time.After(mirrorPoll):
@@ -451,8 +458,7 @@ func (mr *mirror) degrade(reason string) error {
 		v, err := mr.w.SetOutdated(ctx, e.Group, mr.m.pool.ID(), e.Epoch, e.Peer, true)
 		cancel()
 		if err != nil {
-			mr.setState(control.MirrorFenced, "witness: "+err.Error())
-			return err
+			return fmt.Errorf("witness: %w", err)
 		}
 		if !v.Granted {
 			mr.noteRefusal(v)
@@ -472,13 +478,52 @@ func (mr *mirror) degrade(reason string) error {
 // host holds the floating address (the new primary, if one took over).
 func (mr *mirror) fence(why string) {
 	mr.mu.Lock()
-	was := mr.mu.state
 	mr.setStateLocked(control.MirrorFenced, why)
 	mr.mu.Unlock()
-	if was != control.MirrorFenced && mr.m.d.nbd != nil {
-		mr.m.d.nbd.DisconnectExport(mr.vol)
+	if mr.fenced.Swap(true) {
+		return
 	}
+	mr.wake() // requests waiting at the gate go (unanswered)
+	// The address goes too, once the clients are gone: a client must not
+	// come back here while another host may be taking over. It returns
+	// with the lease.
+	release := mr.announced.Swap(false)
+	go func() {
+		mr.dropClients()
+		if release && mr.m.onRole != nil {
+			mr.m.onRole(mr.vol, roleFenced, mr.entry().Epoch)
+		}
+	}()
 }
+
+// dropClients disconnects the volume's NBD clients and waits (3 s at
+// most) until their connections are closed: before the floating address
+// goes, since a connection whose local address is gone cannot even send
+// its FIN, and the client would wait for answers forever.
+func (mr *mirror) dropClients() {
+	srv := mr.m.d.nbd
+	if srv == nil {
+		return
+	}
+	srv.DisconnectExport(mr.vol)
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		open := false
+		for _, c := range srv.Connections() {
+			if c.Export == mr.vol {
+				open = true
+			}
+		}
+		if !open {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	mr.m.log.Warn("mirror: clients still connected 3 s after they were told to go", "volume", mr.vol)
+}
+
+// roleFenced is what onRole hears when the primary lost its lease.
+const roleFenced = "fenced"
 
 // noteRefusal steps down when the witness says another host holds a
 // newer epoch.
@@ -537,6 +582,7 @@ func (mr *mirror) leaseLoop() {
 				}
 			case v.Granted:
 				mr.leaseUntil.Store(v.ValidUntil.UnixNano())
+				mr.fenced.Store(false)
 				mr.wake()
 				if !mr.announced.Swap(true) && mr.m.onRole != nil {
 					go mr.m.onRole(mr.vol, control.RolePrimary, e.Epoch)
@@ -852,9 +898,7 @@ func (mr *mirror) stepDown(epoch uint64, why string) {
 	if f != nil {
 		f.Stop()
 	}
-	if m.d.nbd != nil {
-		m.d.nbd.DisconnectExport(mr.vol)
-	}
+	mr.dropClients()
 	if err := replica.AwaitFailback(m.pool, mr.vol); err != nil {
 		m.log.Error("mirror: could not make the volume wait for the new primary", "volume", mr.vol, "err", err)
 	}

@@ -215,6 +215,7 @@ type Remote struct {
 	pending []inflight  // submitted, not yet acknowledged
 	frame   []byte      // Submit's encoding space, reused batch after batch
 	synced  atomic.Uint64
+	dead    atomic.Bool // the context of the connection was cancelled
 }
 
 // Synced is the point the target said it holds durably (batches with
@@ -260,14 +261,29 @@ func (r *Remote) dial(ctx context.Context) error {
 	r.br = bufio.NewReaderSize(c, 64<<10)
 	r.pending = nil
 	// A cancelled context unblocks any read or write (Close stops the
-	// watch, so long-lived contexts do not collect one per connection).
-	r.unwatch = context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	// watch, so long-lived contexts do not collect one per connection);
+	// the deadlines set per message check dead, so that they do not undo
+	// it.
+	r.dead.Store(false)
+	r.unwatch = context.AfterFunc(ctx, func() {
+		r.dead.Store(true)
+		c.SetDeadline(time.Unix(1, 0))
+	})
 	return nil
 }
 
 // reply reads the server's answer, turning 'E' into an error.
+// deadline sets the connection's read or write deadline ioTimeout ahead,
+// unless its context was cancelled.
+func (r *Remote) deadline(set func(time.Time) error) {
+	set(time.Now().Add(ioTimeout))
+	if r.dead.Load() {
+		set(time.Unix(1, 0))
+	}
+}
+
 func (r *Remote) reply(want byte, v any) error {
-	r.conn.SetReadDeadline(time.Now().Add(ioTimeout))
+	r.deadline(r.conn.SetReadDeadline)
 	typ, b, err := readMsg(r.br)
 	if err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
@@ -299,7 +315,7 @@ func (r *Remote) Open(ctx context.Context, h Hello) (State, error) {
 	if err := r.dial(ctx); err != nil {
 		return State{}, err
 	}
-	r.conn.SetWriteDeadline(time.Now().Add(ioTimeout))
+	r.deadline(r.conn.SetWriteDeadline)
 	if err := writeJSON(r.conn, msgHello, helloMsg{Token: r.o.Token, Hello: h}); err != nil {
 		return State{}, err
 	}
@@ -329,7 +345,7 @@ func (r *Remote) Submit(ctx context.Context, b *Batch) error {
 		return err
 	}
 	r.frame = frame[:0] // written before Submit returns: reusable
-	r.conn.SetWriteDeadline(time.Now().Add(ioTimeout))
+	r.deadline(r.conn.SetWriteDeadline)
 	if err := writeMsg(r.conn, msgBatch, frame); err != nil {
 		return err
 	}
