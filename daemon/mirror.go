@@ -940,14 +940,29 @@ func (m *mirrorManager) checkHello(h replica.Hello) error {
 	case e.Role == control.RolePrimary:
 		mr.stepDown(hm.Epoch, fmt.Sprintf("a primary with epoch %d ships to this host", hm.Epoch))
 	}
+	if hm.Handover && hm.Final {
+		// A migration: the volume is this host's alone from now on.
+		if err := m.remove(h.Target); err != nil {
+			return err
+		}
+		mr.stop()
+		if m.d.replSrv != nil {
+			m.d.replSrv.Receiver.Stop(h.Target)
+		}
+		if rs, err := m.pool.ReplicaStateOf(h.Target); err == nil && rs != nil && !rs.Promoted {
+			if _, err := replica.Promote(context.Background(), m.pool, h.Target); err != nil {
+				return fmt.Errorf("promote %s: %w", h.Target, err)
+			}
+		}
+		m.log.Warn("mirror: the volume migrated here; it is no longer mirrored", "volume", h.Target)
+		if m.onRole != nil {
+			go m.onRole(h.Target, control.RolePrimary, hm.Epoch)
+		}
+		return fmt.Errorf("%w: %q is served here now", replica.ErrHandedOver, h.Target)
+	}
 	if hm.Handover {
 		if err := mr.promote(hm.Epoch, time.Now().Add(3*time.Second), "planned switchover"); err != nil {
 			return err
-		}
-		if hm.Final {
-			if err := m.remove(h.Target); err != nil {
-				return err
-			}
 		}
 		return fmt.Errorf("%w: %q is the primary here now (epoch %d)", replica.ErrHandedOver, h.Target, hm.Epoch)
 	}
@@ -1227,8 +1242,15 @@ func (m *mirrorManager) switchover(ctx context.Context, vol string, final bool) 
 	// answers: the witness (if any) says so already.
 	mr.primary.Store(false)
 	f.Stop()
-	if m.onRole != nil {
-		m.onRole(vol, control.RoleSecondary, next) // release the address before the peer takes it
+	// Requests waiting at the gate go unanswered, the clients are
+	// disconnected (while the address is still here to send their FIN),
+	// and the address is released before the peer takes it.
+	mr.fenced.Store(true)
+	mr.wake()
+	mr.dropClients()
+	released := mr.announced.Swap(false)
+	if released && m.onRole != nil {
+		m.onRole(vol, control.RoleSecondary, next)
 	}
 	tgt, remote, err := openTarget(e.target(), vol)
 	if err == nil {
@@ -1241,9 +1263,11 @@ func (m *mirrorManager) switchover(ctx context.Context, vol string, final bool) 
 		// this host goes on. With one, the witness gave it the lease: it
 		// takes over when its poll sees that.
 		if mr.w == nil {
-			if m.onRole != nil {
+			if released && m.onRole != nil {
+				mr.announced.Store(true)
 				m.onRole(vol, control.RolePrimary, e.Epoch)
 			}
+			mr.fenced.Store(false)
 			mr.primary.Store(true)
 			resume()
 			return control.MirrorSwitchoverReply{}, fmt.Errorf("the secondary did not take over: %v", err)
@@ -1251,6 +1275,7 @@ func (m *mirrorManager) switchover(ctx context.Context, vol string, final bool) 
 		m.log.Warn("mirror: the secondary did not answer the handover; the witness gave it the lease", "volume", vol, "err", err)
 	}
 	mr.paused.Store(false)
+	mr.fenced.Store(false)
 	mr.stepDown(next, "planned switchover")
 	paused := time.Since(start)
 	msg := fmt.Sprintf("%s: %s is the primary now (epoch %d); this host follows it", vol, e.PeerURL, next)
