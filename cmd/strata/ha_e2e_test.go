@@ -242,10 +242,14 @@ func TestE2EHAKill9(t *testing.T) {
 		h.start(primary)
 		h.waitMirror(primary, control.RoleSecondary, "", 15*time.Second)
 		st := h.waitMirror(secondary, control.RolePrimary, control.MirrorInSync, 60*time.Second)
-		if st.SyncedBytes > 64<<20 {
-			t.Fatalf("the returning primary got %d MiB: more than what was written since, a full copy?", st.SyncedBytes>>20)
+		// It follows from the last common point: no full copy.
+		if len(h.procs[primary].LogTimes("now follows vol0 from the last common point")) == 0 {
+			t.Fatalf("%s did not take the new primary's stream as a failback from the common point:\n%s", primary, h.procs[primary].Output())
 		}
-		t.Logf("round %d: %s is back as the secondary, resynced with %d KiB", r+1, primary, st.SyncedBytes>>10)
+		if len(h.procs[secondary].LogTimes("copying the difference")) > 0 {
+			t.Fatalf("%s copied the volume by difference instead of shipping the journal since the common point", secondary)
+		}
+		t.Logf("round %d: %s is back as the secondary, resynced from the common point (%d MiB shipped, writes since included)", r+1, primary, st.SyncedBytes>>20)
 		primary, secondary = secondary, primary
 		time.Sleep(2 * time.Second)
 	}
