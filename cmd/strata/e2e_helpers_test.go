@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 // e2eTests are this package's end-to-end tests; TestMain skips the build
 // when -run selects none of them (the package's unit tests need no binary).
 var e2eTests = []string{"TestE2ENbdinfo", "TestE2EFioVerify", "TestE2ENbdcopy", "TestE2EQemu",
-	"TestE2EExt4", "TestE2EKill9", "TestE2ECLI", "TestE2ETCP", "TestE2EMemoryBounded", "TestE2EMetrics", "TestE2EMetricsListen", "TestE2EGrafanaDashboard", "TestE2ETLS", "TestE2ETLSClientCerts", "TestE2ETLSFlags", "TestE2EAttach", "TestE2EReadOnlyVolume", "TestE2EAllow", "TestE2EUblk", "TestE2EReplication", "TestE2EReplicationS3", "TestE2EReplicationTLS", "TestE2EReplicationTargetFull", "TestE2EDamagedNewestRecordAfterCleanStop", "TestE2ESchedule", "TestE2EAppConsistentFsfreeze", "TestE2ESnapshotQGA", "TestE2EConsole", "TestE2EConsoleReadOnly", "TestE2EConsoleFlags", "TestE2ENBDConformance", "TestE2EListenOffLoopback", "TestE2ENetnsLab", "TestE2ENetnsReplication", "TestE2ENetnsQSDReconnect"}
+	"TestE2EExt4", "TestE2EKill9", "TestE2ECLI", "TestE2ETCP", "TestE2EMemoryBounded", "TestE2EMetrics", "TestE2EMetricsListen", "TestE2EGrafanaDashboard", "TestE2ETLS", "TestE2ETLSClientCerts", "TestE2ETLSFlags", "TestE2EAttach", "TestE2EReadOnlyVolume", "TestE2EAllow", "TestE2EUblk", "TestE2EReplication", "TestE2EReplicationS3", "TestE2EReplicationTLS", "TestE2EReplicationTargetFull", "TestE2EDamagedNewestRecordAfterCleanStop", "TestE2ESchedule", "TestE2EAppConsistentFsfreeze", "TestE2ESnapshotQGA", "TestE2EConsole", "TestE2EConsoleReadOnly", "TestE2EConsoleFlags", "TestE2ENBDConformance", "TestE2EListenOffLoopback", "TestE2ENetnsLab", "TestE2ENetnsReplication", "TestE2ENetnsQSDReconnect", "TestE2EPowerCutDir"}
 
 func e2eSelected() bool {
 	f := flag.Lookup("test.run")
