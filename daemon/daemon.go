@@ -192,6 +192,9 @@ func Start(o Options) (*Daemon, error) {
 	if d.mirrors, err = newMirrorManager(d, filepath.Join(o.Dir, "mirror.json")); err != nil {
 		return nil, fmt.Errorf("mirror: %w", err)
 	}
+	// Mirrors start before any frontend serves: a volume's gate (lease,
+	// role) is in place before its first request.
+	d.mirrors.start()
 	if err := d.startNBD(); err != nil {
 		return nil, err
 	}
@@ -214,6 +217,8 @@ func Start(o Options) (*Daemon, error) {
 		d.replSrv = &replica.Server{Receiver: replica.NewReceiver(pool, o.Logger), Token: replicaToken, Logger: o.Logger}
 		d.replSrv.Receiver.CheckHello = d.mirrors.checkHello
 		d.replSrv.Receiver.BeforeDiscard = d.mirrors.beforeDiscard
+		d.replSrv.Receiver.LocalValid = d.mirrors.localValid
+		d.mirrors.recv.Store(d.replSrv.Receiver)
 		if o.TLS != nil {
 			// Shippers authenticate with the token; --tls-ca's client
 			// certificates are for NBD clients.
@@ -223,7 +228,6 @@ func Start(o Options) (*Daemon, error) {
 		}
 		go d.replSrv.Serve(l)
 	}
-	d.mirrors.start()
 
 	cl, err := listenUnix(o.ControlSocket, 0o600)
 	if err != nil {

@@ -23,6 +23,9 @@ func (d *Daemon) startNBD() error {
 	if d.nbd, err = nbd.NewServer(exporter{p: d.pool, io: d.io, mirrors: d.mirrors}, nbd.Options{Logger: o.Logger, TLS: o.TLS, RequireTLS: o.RequireTLS}); err != nil {
 		return err
 	}
+	if d.mirrors != nil {
+		d.mirrors.nbd.Store(d.nbd)
+	}
 	if o.NBDSocket != "" {
 		l, err := listenUnix(o.NBDSocket, 0o660)
 		if err != nil {

@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/strata-storage/strata/blockdev"
+	"github.com/strata-storage/strata/blockdev/nbd"
 	"github.com/strata-storage/strata/control"
 	"github.com/strata-storage/strata/cow"
 	"github.com/strata-storage/strata/replica"
@@ -96,7 +97,18 @@ type mirrorEntry struct {
 	Insecure         bool   `json:"insecure,omitempty"`
 	Witness          string `json:"witness,omitempty"`
 	WitnessTokenFile string `json:"witness_token_file,omitempty"`
+	// ValidUpto (a primary that stepped down after a restart): its
+	// journal ended here when it restarted, so points after it that the
+	// other host received may be lost here (replica.Receiver.LocalValid).
+	ValidUpto uint64 `json:"valid_upto,omitempty"`
+	// Points (a secondary that took over): which of its points read as
+	// which of the old primary's, for the old primary's failback
+	// (replica.Mirror.Points); dropped once it is in sync again.
+	Points []replica.PointPair `json:"points,omitempty"`
 }
+
+// maxSavedPoints bounds the point pairs a promoted secondary keeps.
+const maxSavedPoints = 1024
 
 func (e *mirrorEntry) target() control.TargetSpec {
 	return control.TargetSpec{To: e.PeerURL, TokenFile: e.TokenFile, TLSCA: e.TLSCA, Insecure: e.Insecure}
@@ -113,6 +125,10 @@ type mirrorManager struct {
 	// onRole runs when this host becomes primary or secondary of a
 	// volume (the floating address, the --on-promote hook).
 	onRole func(vol, role string, epoch uint64)
+	// The NBD server and the stream receiver, once the daemon has made
+	// them (mirrors start before either).
+	nbd  atomic.Pointer[nbd.Server]
+	recv atomic.Pointer[replica.Receiver]
 
 	mu struct {
 		sync.Mutex
@@ -160,6 +176,10 @@ type mirror struct {
 	// announced: onRole heard this host is the primary (it takes the
 	// floating address only while it holds a lease).
 	announced atomic.Bool
+	// recovered: this host was the primary when the daemon started and
+	// its journal ended here then; until a stream to the secondary has
+	// opened, the secondary may hold points after it that were lost.
+	recovered atomic.Uint64
 	// inSync: the secondary is up to date and its stream alive. A primary
 	// in sync serves on without a lease (the witness is away): every write
 	// waits for the secondary, which does not take over while it hears
@@ -248,6 +268,9 @@ func (m *mirrorManager) startLocked(e mirrorEntry, fresh bool) error {
 	m.mu.run[e.Volume] = mr
 	m.slotLocked(e.Volume).Store(mr)
 	if e.Role == control.RolePrimary {
+		if !fresh {
+			mr.recovered.Store(m.pool.AppliedSeq())
+		}
 		mr.becomePrimary(0, time.Time{}, !fresh)
 		if w == nil && m.onRole != nil {
 			mr.announced.Store(true)
@@ -501,7 +524,7 @@ func (mr *mirror) fence(why string) {
 // goes, since a connection whose local address is gone cannot even send
 // its FIN, and the client would wait for answers forever.
 func (mr *mirror) dropClients() {
-	srv := mr.m.d.nbd
+	srv := mr.m.nbd.Load()
 	if srv == nil {
 		return
 	}
@@ -655,7 +678,8 @@ func (mr *mirror) openFollower() (*replica.Follower, error) {
 	if err != nil {
 		return nil, err
 	}
-	hello := &replica.Mirror{Group: e.Group, Epoch: e.Epoch, Peer: e.SelfURL, Self: e.PeerURL, Witness: e.Witness}
+	hello := &replica.Mirror{Group: e.Group, Epoch: e.Epoch, Peer: e.SelfURL, Self: e.PeerURL, Witness: e.Witness,
+		Valid: mr.recovered.Load(), Points: e.Points}
 	f := replica.Follow(mr.ctx, replica.ShipOptions{Pool: mr.m.pool, Volume: mr.vol, RemoteName: remote, Target: tgt,
 		PinID: mirrorPinID(e), Logger: mr.m.log, Progress: func(p replica.Progress) {
 			mr.mu.Lock()
@@ -691,6 +715,7 @@ func (mr *mirror) track(f *replica.Follower) error {
 		if !ok {
 			continue
 		}
+		mr.recovered.Store(0) // the secondary has gone back to what this host holds
 		e := mr.entry()
 		if e.Peer == "" {
 			if err := mr.learnPeer(st.Pool); err != nil {
@@ -740,6 +765,15 @@ func (mr *mirror) track(f *replica.Follower) error {
 		}
 		mr.setState(control.MirrorInSync, "")
 		mr.inSync.Store(true)
+		if len(e.Points) > 0 {
+			mr.mu.Lock()
+			mr.mu.e.Points = nil
+			e := mr.mu.e
+			mr.mu.Unlock()
+			if err := mr.m.save(e); err != nil {
+				mr.m.log.Warn("mirror: saving failed", "volume", mr.vol, "err", err)
+			}
+		}
 	}
 }
 
@@ -798,8 +832,19 @@ func (mr *mirror) secondaryLoop() {
 		if e.Peer == "" {
 			continue
 		}
-		if rs := mr.m.d.replSrv; rs != nil {
-			if last, ok := rs.Receiver.LastBatch(mr.vol); ok && time.Since(last) < mirrorHeard {
+		if rs := mr.m.recv.Load(); rs != nil {
+			if last, ok := rs.LastBatch(mr.vol); ok && time.Since(last) < mirrorHeard {
+				if e.ValidUpto != 0 && len(rs.History(mr.vol)) > 0 {
+					// Following the new primary: what this host lost no
+					// longer matters.
+					mr.mu.Lock()
+					mr.mu.e.ValidUpto = 0
+					e = mr.mu.e
+					mr.mu.Unlock()
+					if err := mr.m.save(e); err != nil {
+						mr.m.log.Warn("mirror: saving failed", "volume", mr.vol, "err", err)
+					}
+				}
 				continue // the primary is alive
 			}
 		}
@@ -836,8 +881,13 @@ func (mr *mirror) promote(epoch uint64, validUntil time.Time, why string) error 
 	mr.mu.e.Epoch = max(epoch, old+1) // from now on the old primary's stream is refused
 	epoch = mr.mu.e.Epoch
 	mr.mu.Unlock()
-	if m.d.replSrv != nil {
-		m.d.replSrv.Receiver.Stop(mr.vol)
+	var points []replica.PointPair
+	if rs := m.recv.Load(); rs != nil {
+		rs.Stop(mr.vol)
+		points = rs.History(mr.vol)
+		if len(points) > maxSavedPoints {
+			points = points[len(points)-maxSavedPoints:]
+		}
 	}
 	if rs, err := m.pool.ReplicaStateOf(mr.vol); err == nil && rs != nil && !rs.Promoted {
 		if _, err := replica.Promote(mr.ctx, m.pool, mr.vol); err != nil {
@@ -847,7 +897,7 @@ func (mr *mirror) promote(epoch uint64, validUntil time.Time, why string) error 
 		return err
 	}
 	mr.mu.Lock()
-	mr.mu.e.Role = control.RolePrimary
+	mr.mu.e.Role, mr.mu.e.Points, mr.mu.e.ValidUpto = control.RolePrimary, points, 0
 	e := mr.mu.e
 	mr.mu.Unlock()
 	if err := m.save(e); err != nil {
@@ -888,7 +938,10 @@ func (mr *mirror) stepDown(epoch uint64, why string) {
 	}
 	mr.primary.Store(false)
 	old := mr.mu.e.Epoch
-	mr.mu.e.Role, mr.mu.e.Epoch = control.RoleSecondary, epoch
+	mr.mu.e.Role, mr.mu.e.Epoch, mr.mu.e.Points = control.RoleSecondary, epoch, nil
+	if r := mr.recovered.Swap(0); r != 0 {
+		mr.mu.e.ValidUpto = r
+	}
 	mr.setStateLocked(control.MirrorFollowing, why)
 	e := mr.mu.e
 	mr.mu.Unlock()
@@ -946,8 +999,8 @@ func (m *mirrorManager) checkHello(h replica.Hello) error {
 			return err
 		}
 		mr.stop()
-		if m.d.replSrv != nil {
-			m.d.replSrv.Receiver.Stop(h.Target)
+		if rs := m.recv.Load(); rs != nil {
+			rs.Stop(h.Target)
 		}
 		if rs, err := m.pool.ReplicaStateOf(h.Target); err == nil && rs != nil && !rs.Promoted {
 			if _, err := replica.Promote(context.Background(), m.pool, h.Target); err != nil {
@@ -978,6 +1031,14 @@ func (m *mirrorManager) checkHello(h replica.Hello) error {
 		return m.save(e)
 	}
 	return nil
+}
+
+// localValid is the receiver's LocalValid hook (see mirrorEntry.ValidUpto).
+func (m *mirrorManager) localValid(vol string) uint64 {
+	if mr := m.get(vol); mr != nil {
+		return mr.entry().ValidUpto
+	}
+	return 0
 }
 
 // newSecondary records this host as the secondary of a mirror whose

@@ -33,9 +33,52 @@ type Receiver struct {
 	// points in time either way); the mirror manager keeps them as a
 	// split clone.
 	BeforeDiscard func(vol string, common uint64) error
+	// LocalValid, when set, says up to which of its points a volume that
+	// takes a failback still holds what it held before a restart (0: all
+	// of it): a mirror's old primary may have lost an unflushed tail that
+	// its secondary had received (see Mirror.Valid).
+	LocalValid func(vol string) uint64
 
-	mu     sync.Mutex
-	active map[string]*Session // volumes a stream is applying to
+	mu      sync.Mutex
+	active  map[string]*Session // volumes a stream is applying to
+	history map[string][]PointPair
+}
+
+// historyLen bounds the point pairs kept per volume: enough for every
+// batch of the last minutes of a busy mirror.
+const historyLen = 1 << 14
+
+// History returns, oldest first, which local point of replica vol read as
+// which point of its source after each batch applied since this process
+// started (at most historyLen).
+func (r *Receiver) History(vol string) []PointPair {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]PointPair(nil), r.history[vol]...)
+}
+
+func (r *Receiver) noteApplied(vol string, source, local uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.history == nil {
+		r.history = map[string][]PointPair{}
+	}
+	h := r.history[vol]
+	if len(h) >= historyLen {
+		h = append(h[:0], h[len(h)-historyLen/2:]...)
+	}
+	r.history[vol] = append(h, PointPair{source, local})
+}
+
+// commonIn is the newest pair of points whose source point is at most
+// valid.
+func commonIn(points []PointPair, valid uint64) (PointPair, bool) {
+	for i := len(points) - 1; i >= 0; i-- {
+		if points[i][0] <= valid {
+			return points[i], true
+		}
+	}
+	return PointPair{}, false
 }
 
 // NewReceiver makes a receiver for pool.
@@ -199,7 +242,63 @@ func (r *Receiver) open(ctx context.Context, s *Session, h Hello) (State, error)
 	if err := r.backToLocal(ctx, s); err != nil {
 		return State{}, err
 	}
+	if hm := h.Mirror; hm != nil && hm.Valid != 0 && s.st.Acked > hm.Valid {
+		return r.rewind(ctx, s, h, hm.Valid)
+	}
 	return State{Acked: s.st.Acked, AckedTime: s.st.AckedTime}, nil
+}
+
+// rewind takes a replica that holds points its source lost (the source
+// restarted and its journal ends at valid) back to the newest point both
+// hold, or, when no such point is known here, empties it for a full copy.
+// What it drops stays readable as points in time.
+func (r *Receiver) rewind(ctx context.Context, s *Session, h Hello, valid uint64) (State, error) {
+	p := r.Pool
+	pair, ok := commonIn(r.History(s.name), valid)
+	if !ok {
+		return r.emptyForCopy(ctx, s, h, fmt.Sprintf("the source restarted and lost its points after seq %d, which this replica held; no point in common is known here", valid))
+	}
+	r.Logger.Warn("replication: the source restarted and lost points this replica held; going back to the newest point both hold",
+		"volume", s.name, "source_valid", valid, "acked", s.st.Acked, "source_seq", pair[0], "local_seq", pair[1])
+	if _, err := p.Rollback(s.name, fmt.Sprintf("seq:%d", pair[1]), true); err != nil {
+		return State{}, fmt.Errorf("replica %q: back to seq:%d: %w", s.name, pair[1], err)
+	}
+	s.st.Acked, s.st.Local, s.st.Diff, s.st.DiffTo, s.st.DiffNext, s.st.DiffParked = pair[0], 0, false, 0, 0, 0
+	if err := p.SetReplicaState(s.name, &s.st); err != nil {
+		return State{}, err
+	}
+	return State{Acked: s.st.Acked, AckedTime: s.st.AckedTime,
+		Message: fmt.Sprintf("%s went back to source seq:%d: the source lost the points after seq:%d in a restart", s.name, pair[0], valid)}, nil
+}
+
+// emptyForCopy makes the stream's volume an empty replica of its source
+// (after BeforeDiscard sees what it held), so that the source ships a full
+// copy; everything it held stays readable as points in time.
+func (r *Receiver) emptyForCopy(ctx context.Context, s *Session, h Hello, why string) (State, error) {
+	p := r.Pool
+	r.Logger.Warn("replication: no point in common with the source; the volume takes a full copy", "volume", s.name, "reason", why)
+	if r.BeforeDiscard != nil {
+		if err := r.BeforeDiscard(s.name, 0); err != nil {
+			return State{}, fmt.Errorf("before emptying %s for a full copy: %w", s.name, err)
+		}
+	}
+	vh, err := p.OpenReplicaHead(s.name)
+	if err != nil {
+		return State{}, err
+	}
+	err = vh.Trim(0, vh.Size())
+	vh.Close()
+	if err != nil {
+		return State{}, fmt.Errorf("empty %s for a full copy: %w", s.name, err)
+	}
+	if err := p.SetReadOnly(s.name, true); err != nil {
+		return State{}, err
+	}
+	s.st = cow.ReplicaState{SourcePool: h.Source.Pool, SourceVol: h.Source.Vol, SourceName: h.Source.Name}
+	if err := p.SetReplicaState(s.name, &s.st); err != nil {
+		return State{}, err
+	}
+	return State{Message: fmt.Sprintf("%s takes a full copy of %s: %s", s.name, h.Source.Name, why)}, nil
 }
 
 // park ends a diff that did not get its last part: the head goes back to
@@ -256,7 +355,24 @@ func (r *Receiver) failback(ctx context.Context, s *Session, h Hello, info cow.V
 		}
 		return State{Acked: s.st.Acked, AckedTime: s.st.AckedTime}, nil
 	}
-	common := h.Origin.Seq
+	common, local := h.Origin.Seq, h.Origin.Local
+	if r.LocalValid != nil && h.Mirror != nil {
+		if valid := r.LocalValid(h.Target); valid != 0 && common > valid {
+			// This host lost the points after valid (an unflushed tail,
+			// before a restart) that the other side had received: the
+			// newest point both still hold is older.
+			pair, ok := commonIn(h.Mirror.Points, valid)
+			if !ok {
+				if info.Handles > 0 && !info.ReadOnly {
+					return State{}, fmt.Errorf("%w: volume %q is attached here (%d connections); detach it before failing back onto it", ErrRefused, h.Target, info.Handles)
+				}
+				return r.emptyForCopy(ctx, s, h, fmt.Sprintf("this host lost its points after seq:%d in a restart, and %s knows no older point in common", valid, h.Source.Name))
+			}
+			r.Logger.Warn("replication: this host lost points the other side held; failing back from an older common point",
+				"volume", h.Target, "valid", valid, "common_was", common, "common", pair[0], "there", pair[1])
+			common, local = pair[0], pair[1]
+		}
+	}
 	changed, err := p.ChangedSince(ctx, h.Target, common)
 	if err != nil {
 		return State{}, err
@@ -283,11 +399,11 @@ func (r *Receiver) failback(ctx context.Context, s *Session, h Hello, info cow.V
 	if err := p.SetReadOnly(h.Target, true); err != nil {
 		return State{}, err
 	}
-	s.st = cow.ReplicaState{SourcePool: h.Source.Pool, SourceVol: h.Source.Vol, SourceName: h.Source.Name, Acked: h.Origin.Local}
+	s.st = cow.ReplicaState{SourcePool: h.Source.Pool, SourceVol: h.Source.Vol, SourceName: h.Source.Name, Acked: local}
 	if err := p.SetReplicaState(h.Target, &s.st); err != nil {
 		return State{}, err
 	}
-	msg := fmt.Sprintf("failback: %s now follows %s from the last common point (seq:%d here, seq:%d there)", h.Target, h.Source.Name, common, h.Origin.Local)
+	msg := fmt.Sprintf("failback: %s now follows %s from the last common point (seq:%d here, seq:%d there)", h.Target, h.Source.Name, common, local)
 	if changed {
 		msg += "; the writes made here since are discarded from the head and stay readable as points in time"
 	}
@@ -357,6 +473,7 @@ func (s *Session) Apply(ctx context.Context, b *Batch) error {
 		// the stream) stores the state that marks this point.
 		s.st.Acked, s.st.AckedTime, s.st.Local = b.To, b.Time, 0
 		s.dirty = true
+		s.r.noteApplied(s.name, b.To, p.AppliedSeq())
 		return nil
 	}
 	if err := p.Flush(); err != nil {
@@ -368,10 +485,12 @@ func (s *Session) Apply(ctx context.Context, b *Batch) error {
 		return p.SetReplicaState(s.name, &s.st)
 	}
 	s.st.Acked, s.st.AckedTime, s.st.Diff, s.st.DiffTo, s.st.DiffNext, s.st.DiffParked, s.st.Local = b.To, b.Time, false, 0, 0, 0, 0
+	local := p.AppliedSeq() // the head reads as the source at To here
 	if err := p.SetReplicaState(s.name, &s.st); err != nil {
 		return err
 	}
 	s.dirty, s.synced = false, b.To
+	s.r.noteApplied(s.name, b.To, local)
 	return nil
 }
 

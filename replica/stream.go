@@ -208,7 +208,22 @@ type Mirror struct {
 	// with ErrHandedOver. Final (a migration) also ends the mirror there.
 	Handover bool `json:"handover,omitempty"`
 	Final    bool `json:"final,omitempty"`
+	// Valid, when not 0: this primary restarted and its journal ended at
+	// its point Valid; points after it that the secondary received from
+	// before the restart were lost here (an unflushed tail), and the
+	// sequence numbers may be used again. The secondary goes back to a
+	// point at or before Valid first.
+	Valid uint64 `json:"valid,omitempty"`
+	// Points: when the shipper was itself the secondary, which of its
+	// points read as which of the target's (newest last; see
+	// Receiver.History), so that a target that lost part of its journal
+	// can still find a common point (the target's LocalValid).
+	Points []PointPair `json:"points,omitempty"`
 }
+
+// PointPair says that a replica's point Local ([1]) read as its source's
+// point Source ([0]).
+type PointPair [2]uint64
 
 // State is what a target holds of a volume.
 type State struct {
