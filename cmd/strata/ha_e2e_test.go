@@ -383,7 +383,9 @@ func TestE2EHAPowerCut(t *testing.T) {
 	h := newHALabDirs(t, map[string]string{"a": filepath.Join(pc.Dir(), "a")})
 	h.mirrorAdd()
 	uri, qsd := h.client()
-	opts := fioOptions{Size: "128M", Runtime: 10 * time.Second}
+	// The disk under a is slow (FUSE): a small region, so that the run
+	// writes all of it (verify_only reads every block of it back).
+	opts := fioOptions{Size: "32M", Runtime: 12 * time.Second}
 	fio := startFio(t, uri, opts)
 	time.Sleep(3 * time.Second)
 	h.procs["a"].Kill9()
@@ -392,7 +394,12 @@ func TestE2EHAPowerCut(t *testing.T) {
 	h.start("a")
 	h.waitMirror("a", control.RoleSecondary, "", 20*time.Second)
 	h.waitMirror("b", control.RolePrimary, control.MirrorInSync, 60*time.Second)
-	h.checkFio(fio.Wait(2*time.Minute), "power cut of the primary", qsd)
+	if res := fio.Wait(2 * time.Minute); res.WriteBytes < 32<<20 {
+		h.checkFio(res, "power cut of the primary", qsd)
+		t.Fatalf("fio wrote %d MiB, less than its region: verify_only would find blocks never written", res.WriteBytes>>20)
+	} else {
+		h.checkFio(res, "power cut of the primary", qsd)
+	}
 	qsd.Stop()
 	for _, line := range strings.Split(h.procs["a"].Output(), "\n") {
 		if strings.Contains(line, "common point") || strings.Contains(line, "full copy") || strings.Contains(line, "lost") {

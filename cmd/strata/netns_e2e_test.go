@@ -284,7 +284,11 @@ func (l *lab) Start(t *testing.T, host, name string, args ...string) *labProc {
 		logf.Close()
 		t.Fatal(err)
 	}
-	cmd := exec.Command("ip", append([]string{"netns", "exec", h.ns, name}, args...)...)
+	// nsenter enters the network namespace only; `ip netns exec` would
+	// also give the process a copy of the mount namespace, which keeps
+	// every filesystem mounted at that moment busy (a power-cut drill
+	// could not take its disk away).
+	cmd := exec.Command("nsenter", append([]string{"--net=/run/netns/" + h.ns, "--", name}, args...)...)
 	cmd.Stdout, cmd.Stderr = pw, pw
 	p := &labProc{name: name + " " + quoteArgs(args), host: host, log: logf.Name(), cmd: cmd, done: make(chan struct{})}
 	if err := cmd.Start(); err != nil {
@@ -446,8 +450,8 @@ func (l *lab) StartStrata(t *testing.T, host, dataDir string, args ...string) *l
 // that dials the network honest) and returns what it left.
 func (l *lab) TryStrata(t *testing.T, host, dataDir string, args ...string) result {
 	t.Helper()
-	full := append([]string{"netns", "exec", l.host(host).ns, strataBin, "--data", dataDir}, args...)
-	return runSpec(t, cmdSpec{name: "ip", args: full, timeout: 30 * time.Second})
+	full := append([]string{"--net=/run/netns/" + l.host(host).ns, "--", strataBin, "--data", dataDir}, args...)
+	return runSpec(t, cmdSpec{name: "nsenter", args: full, timeout: 30 * time.Second})
 }
 
 // Strata is TryStrata that fails the test unless the command exits 0; it
