@@ -61,7 +61,7 @@ type MirrorStatus struct {
 	// change, and the data the secondary does not hold yet.
 	Acked     uint64 `json:"acked,omitempty"`
 	Head      uint64 `json:"head,omitempty"`
-	LagBytes  int64  `json:"lag_bytes,omitempty"`
+	LagBytes  int64  `json:"lag_bytes,omitempty"` // -1: unknown (the secondary has not connected since this host took over)
 	LeaseLeft string `json:"lease_left,omitempty"`
 	// Syncing: data shipped by the copy in progress.
 	SyncedBytes int64     `json:"synced_bytes,omitempty"`

@@ -346,13 +346,20 @@ func (mr *mirror) setState(state, lastErr string) {
 	mr.setStateLocked(state, lastErr)
 }
 
-func (mr *mirror) setStateLocked(state, lastErr string) {
+// setStateLocked moves to state, logging why; a mirror back in sync (or
+// following) forgets its last error.
+func (mr *mirror) setStateLocked(state, why string) {
 	if mr.mu.state != state {
-		mr.m.log.Info("mirror: "+state, "volume", mr.vol, "role", mr.mu.e.Role, "epoch", mr.mu.e.Epoch, "reason", lastErr)
+		mr.m.log.Info("mirror: "+state, "volume", mr.vol, "role", mr.mu.e.Role, "epoch", mr.mu.e.Epoch, "reason", why)
 		mr.mu.state, mr.mu.since = state, time.Now()
 	}
-	if lastErr != "" {
-		mr.mu.lastErr = lastErr
+	switch state {
+	case control.MirrorInSync, control.MirrorFollowing:
+		mr.mu.lastErr = ""
+	case control.MirrorDegraded, control.MirrorFenced:
+		if why != "" {
+			mr.mu.lastErr = why
+		}
 	}
 }
 
@@ -903,6 +910,11 @@ func (mr *mirror) promote(epoch uint64, validUntil time.Time, why string) error 
 	if err := m.save(e); err != nil {
 		return err
 	}
+	// The old primary resyncs from this point when it returns: the
+	// journal keeps what it will need.
+	if err := m.pool.PinShipped(mirrorPinID(e), mr.vol, m.pool.AppliedSeq()); err != nil {
+		m.log.Warn("mirror: could not pin the journal for the old primary's return", "volume", mr.vol, "err", err)
+	}
 	m.log.Warn("mirror: this host is now the primary", "volume", mr.vol, "epoch", epoch, "reason", why)
 	if mr.w != nil {
 		// The old primary is gone: it is outdated from the first write on.
@@ -1218,11 +1230,15 @@ func (mr *mirror) status(ctx context.Context) control.MirrorStatus {
 		Witness: e.Witness, Since: mr.mu.since.UTC(), LastError: mr.mu.lastErr, SyncedBytes: mr.mu.synced}
 	mr.mu.Unlock()
 	if e.Role == control.RolePrimary {
+		st.Head, _ = mr.m.pool.LastChange(mr.vol)
 		if f != nil {
 			st.Acked = f.Acked()
+		} else if pin, ok := mr.m.pool.ShipPins()[mirrorPinID(e)]; ok {
+			st.Acked = pin.Seq // what the secondary held when its stream ended
+		} else {
+			st.LagBytes = -1 // unknown: the secondary has not connected since this host took over
 		}
-		st.Head, _ = mr.m.pool.LastChange(mr.vol)
-		if st.Acked < st.Head {
+		if st.LagBytes == 0 && st.Acked < st.Head {
 			if _, b, _, err := mr.m.pool.Pending(ctx, mr.vol, st.Acked); err == nil {
 				st.LagBytes = b
 			}

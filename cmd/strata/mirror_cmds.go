@@ -241,7 +241,10 @@ func printMirrors(w io.Writer, list []control.MirrorStatus) {
 	fmt.Fprintln(tw, "VOLUME\tROLE\tSTATE\tEPOCH\tPEER\tLAG\tLEASE LEFT\tSINCE\tLAST ERROR")
 	for _, s := range list {
 		lag := "-"
-		if s.Role == control.RolePrimary {
+		switch {
+		case s.Role == control.RolePrimary && s.LagBytes < 0:
+			lag = "unknown"
+		case s.Role == control.RolePrimary:
 			lag = units.FormatSize(s.LagBytes)
 		}
 		lease := s.LeaseLeft
@@ -265,7 +268,12 @@ func printMirrorDetail(w io.Writer, s control.MirrorStatus) {
 	} else {
 		fmt.Fprintln(w, "witness:  none (no automatic failover)")
 	}
-	if s.Role == control.RolePrimary {
+	switch {
+	case s.Role == control.RolePrimary && s.LagBytes < 0:
+		fmt.Fprintf(w, "secondary: not connected since this host took over; it resyncs when it returns\n")
+	case s.Role == control.RolePrimary && s.Acked >= s.Head:
+		fmt.Fprintf(w, "secondary holds every change (seq:%d); %s copied by this stream\n", s.Head, units.FormatSize(s.SyncedBytes))
+	case s.Role == control.RolePrimary:
 		fmt.Fprintf(w, "secondary holds seq:%d of seq:%d (%s behind); %s copied by this stream\n", s.Acked, s.Head, units.FormatSize(s.LagBytes), units.FormatSize(s.SyncedBytes))
 	}
 	if s.LastError != "" {
