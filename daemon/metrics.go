@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/strata-storage/strata/cdp"
+	"github.com/strata-storage/strata/control"
 )
 
 // The daemon's metrics live in a registry of its own (never the global
@@ -59,6 +60,11 @@ var poolFamilies = []family{
 	{"strata_replication_lag_bytes", "Data bytes the target does not hold yet.", prometheus.GaugeValue, []string{"volume", "target"}},
 	{"strata_replication_lag_seconds", "Age of the oldest change the target does not hold (0: up to date).", prometheus.GaugeValue, []string{"volume", "target"}},
 	{"strata_replication_failing", "1 when the last run to the target failed.", prometheus.GaugeValue, []string{"volume", "target"}},
+	{"strata_mirror_primary", "1 when this host is the mirrored volume's primary, 0 when its secondary.", prometheus.GaugeValue, []string{"volume"}},
+	{"strata_mirror_state", "1 for the mirrored volume's current state (syncing, in sync, degraded, fenced, following).", prometheus.GaugeValue, []string{"volume", "state"}},
+	{"strata_mirror_epoch", "The mirror's epoch (it rises at every change of primary).", prometheus.GaugeValue, []string{"volume"}},
+	{"strata_mirror_lag_bytes", "Primary: data bytes the secondary does not hold yet (-1: unknown).", prometheus.GaugeValue, []string{"volume"}},
+	{"strata_mirror_lease_seconds", "Primary: how long its lease at the witness lasts (0: none).", prometheus.GaugeValue, []string{"volume"}},
 	{"strata_schedule_snapshots", "Scheduled snapshots the volume holds.", prometheus.GaugeValue, []string{"volume"}},
 	{"strata_schedule_last_snapshot_timestamp_seconds", "When the volume's newest scheduled snapshot was taken.", prometheus.GaugeValue, []string{"volume"}},
 	{"strata_schedule_pruned_total", "Scheduled snapshots thinned since the daemon started.", prometheus.CounterValue, []string{"volume"}},
@@ -140,6 +146,18 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		emit("strata_replication_lag_bytes", float64(r.LagBytes), r.Volume, r.Target)
 		emit("strata_replication_lag_seconds", r.LagSeconds, r.Volume, r.Target)
 		emit("strata_replication_failing", bit(r.LastError != ""), r.Volume, r.Target)
+	}
+	for _, m := range d.mirrors.statuses(ctx) {
+		emit("strata_mirror_primary", bit(m.Role == control.RolePrimary), m.Volume)
+		for _, st := range []string{control.MirrorSyncing, control.MirrorInSync, control.MirrorDegraded, control.MirrorFenced, control.MirrorFollowing} {
+			emit("strata_mirror_state", bit(m.State == st), m.Volume, st)
+		}
+		emit("strata_mirror_epoch", float64(m.Epoch), m.Volume)
+		if m.Role == control.RolePrimary {
+			emit("strata_mirror_lag_bytes", float64(m.LagBytes), m.Volume)
+			lease, _ := time.ParseDuration(m.LeaseLeft)
+			emit("strata_mirror_lease_seconds", lease.Seconds(), m.Volume)
+		}
 	}
 	for _, s := range d.sched.statuses() {
 		emit("strata_schedule_snapshots", float64(s.Scheduled), s.Volume)

@@ -13,6 +13,7 @@ import (
 	"github.com/strata-storage/strata/blockdev"
 	"github.com/strata-storage/strata/control"
 	"github.com/strata-storage/strata/cow"
+	"github.com/strata-storage/strata/internal/metricstest"
 )
 
 // fakeWitness keeps the witness's rules in memory, with a lease short
@@ -225,6 +226,35 @@ func TestMirror(t *testing.T) {
 	b.waitState("v", control.RoleSecondary, control.MirrorFollowing)
 	if _, _, out := w.state(); out != "" {
 		t.Fatalf("in sync, but the witness has %q outdated", out)
+	}
+	// Metrics say the same on both hosts.
+	for _, m := range []struct {
+		h       *mirrorHost
+		primary float64
+		state   string
+	}{{a, 1, control.MirrorInSync}, {b, 0, control.MirrorFollowing}} {
+		text, err := m.h.c.Metrics(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fams, err := metricstest.Parse(text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []struct {
+			name   string
+			labels []string
+			want   float64
+		}{
+			{"strata_mirror_primary", []string{"volume", "v"}, m.primary},
+			{"strata_mirror_state", []string{"volume", "v", "state", m.state}, 1},
+			{"strata_mirror_state", []string{"volume", "v", "state", control.MirrorDegraded}, 0},
+			{"strata_mirror_epoch", []string{"volume", "v"}, 1},
+		} {
+			if v, err := fams.Value(c.name, c.labels...); err != nil || v != c.want {
+				t.Errorf("%s: %s%v = %v, %v; want %v", m.h.addr, c.name, c.labels, v, err, c.want)
+			}
+		}
 	}
 	// Flushed writes are on the secondary when the flush returns.
 	for i := 0; i < 20; i++ {

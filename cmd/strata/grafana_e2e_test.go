@@ -278,7 +278,7 @@ func TestE2EGrafanaDashboard(t *testing.T) {
 	}
 	for _, want := range []string{"strata_io_seconds_count", "strata_io_bytes_total", "strata_io_seconds_bucket",
 		"strata_journal_fsync_seconds_bucket", "strata_journal_bytes", "strata_cache_hits_total",
-		"strata_replication_lag_seconds", "strata_volume_written_bytes", "strata_volume_size_bytes"} {
+		"strata_replication_lag_seconds", "strata_volume_written_bytes", "strata_volume_size_bytes", "strata_mirror_state", "strata_mirror_lag_bytes"} {
 		if used[want] == nil {
 			t.Errorf("the dashboard does not show %s", want)
 		}
@@ -290,6 +290,9 @@ func TestE2EGrafanaDashboard(t *testing.T) {
 	mustQemuIO(t, a.uri("v"), "read 0 64k", "discard 2M 1M", "write -z 4M 1M")
 	a.mustCLI("gc", "--now")
 	a.mustCLI("replicate", "v", "--to", "strata://"+bAddr, "--token-file", tok, "--once")
+	// A mirror of another volume (its families appear only then).
+	a.createVolume("m", "16MiB")
+	a.mustCLI("mirror", "add", "m", "--to", "strata://"+bAddr, "--token-file", tok)
 	fams, text := a.scrape(t)
 	var missing []string
 	for n, where := range used {
