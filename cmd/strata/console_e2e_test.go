@@ -152,7 +152,12 @@ func TestE2EConsole(t *testing.T) {
 	port := freePort(t)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	nbdAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	s := startServer(t, "--volume", "web=16MiB", "--console", strconv.Itoa(port), "--listen", nbdAddr)
+	replTok := filepath.Join(shortTempDir(t), "token")
+	if err := os.WriteFile(replTok, []byte("console-e2e-replication\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, "--volume", "web=16MiB", "--console", strconv.Itoa(port), "--listen", nbdAddr,
+		"--replica-listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--replica-token-file", replTok)
 	// The banner follows the control socket by a moment.
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		out, _ := os.ReadFile(s.logs[len(s.logs)-2])
@@ -315,10 +320,6 @@ func TestE2EConsole(t *testing.T) {
 		chromedp.Poll[chromedp.Void](`document.getElementById('vol-name').textContent === 'web-then'`))
 
 	// A target that keeps up and one that cannot be reached.
-	replTok := filepath.Join(shortTempDir(t), "token")
-	if err := os.WriteFile(replTok, []byte("console-e2e-replication\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	replAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	startServer(t, "--replica-listen", replAddr, "--replica-token-file", replTok)
 	s.mustCLI("replication", "add", "web", "--to", "strata://"+replAddr+"/web", "--token-file", replTok)
@@ -331,6 +332,15 @@ func TestE2EConsole(t *testing.T) {
 			chromedp.WithPollingTimeout(25*time.Second)))
 	if repl := get(t, ctx, "replication page", chromedp.Text(css("#replication"))); !strings.Contains(repl, "connection refused") {
 		t.Fatalf("the replication page does not show the unreachable target's error:\n%s", repl)
+	}
+	// A mirror (to the same site) shows on this page and the pool page.
+	s.createVolume("db", "8MiB")
+	s.mustCLI("mirror", "add", "db", "--to", "strata://"+replAddr, "--token-file", replTok)
+	browse(t, ctx, "mirrors on the replication page",
+		chromedp.WaitVisible(css(`#mirrors tr[data-key="db"]`)),
+		chromedp.Poll[chromedp.Void](`document.querySelector('#mirrors tr[data-key="db"]').textContent.includes('in sync')`, chromedp.WithPollingTimeout(15*time.Second)))
+	if row := get(t, ctx, "mirror row", chromedp.Text(css(`#mirrors tr[data-key="db"]`))); !strings.Contains(row, "primary") || !strings.Contains(row, replAddr) {
+		t.Fatalf("the mirror's row says %q; want its role and peer", row)
 	}
 	shoot(t, ctx, shots, "replication")
 
@@ -378,7 +388,8 @@ func TestE2EConsole(t *testing.T) {
 	browse(t, ctx, "pool page at the end",
 		chromedp.Click(css("#nav-pool")),
 		chromedp.WaitVisible(css(`#volumes tr[data-key="web-then"]`)),
-		chromedp.Poll[chromedp.Void](`document.querySelector('#volumes tr[data-key="web"]').textContent.includes('lag')`))
+		chromedp.Poll[chromedp.Void](`document.querySelector('#volumes tr[data-key="web"]').textContent.includes('lag')`),
+		chromedp.Poll[chromedp.Void](`document.querySelector('#volumes tr[data-key="db"]').textContent.includes('primary, in sync')`))
 	shoot(t, ctx, shots, "pool")
 }
 

@@ -259,6 +259,14 @@ function replicationSummary(st, vol) {
     failing ? h('span', { class: 'badge bad', text: 'failing' }) : null);
 }
 
+// mirrorSummary is a volume's mirror role and state on this host.
+function mirrorSummary(ms, vol) {
+  const m = (ms || []).find((x) => x.volume === vol);
+  if (!m) return '—';
+  const bad = m.state === 'degraded' || m.state === 'fenced';
+  return h('span', {}, `${m.role}, `, h('span', { class: 'badge' + (bad ? ' bad' : ''), text: m.state }), ` epoch ${m.epoch}`);
+}
+
 function pagePool(app) {
   const cards = h('div', { class: 'cards', id: 'pool-cards' });
   const vols = h('div', { id: 'volumes' });
@@ -269,7 +277,7 @@ function pagePool(app) {
   let n = 0;
   every(2000, async () => {
     // df reads the whole index: refresh it less often than status.
-    const [st, sp] = await Promise.all([api('GET', '/v1/status'), n++ % 10 === 0 || !df ? api('GET', '/v1/df') : Promise.resolve(df)]);
+    const [st, sp, ms] = await Promise.all([api('GET', '/v1/status'), n++ % 10 === 0 || !df ? api('GET', '/v1/df') : Promise.resolve(df), api('GET', '/v1/mirrors')]);
     S.status = st;
     df = sp;
     const p = st.pool;
@@ -287,13 +295,13 @@ function pagePool(app) {
         ? card('Health', p.journal_error ? 'FAILED' : 'DAMAGED', p.journal_error || `${p.journal.damaged_blocks || 0} damaged blocks at open, ${p.read_damaged_blocks || 0} damaged reads`)
         : card('Health', 'OK', `strata ${st.version}, pid ${st.pid}`));
     vols.replaceChildren(table([
-      { label: 'Volume' }, { label: 'Size', num: true }, { label: 'Written', num: true }, { label: 'Attached', num: true }, { label: 'State' }, { label: 'Replication' },
+      { label: 'Volume' }, { label: 'Size', num: true }, { label: 'Written', num: true }, { label: 'Attached', num: true }, { label: 'State' }, { label: 'Replication' }, { label: 'Mirror' },
     ], st.volumes.map((v) => ({
       key: v.name,
       cells: [h('a', { href: '#/volume/' + encodeURIComponent(v.name), text: v.name }), fmtBytes(v.size), fmtBytes(v.written) + (v.written_recounting ? ' (recounting)' : ''),
         String(v.attached),
         h('span', {}, v.read_only ? h('span', { class: 'badge', text: 'read-only' }) : null, v.replica ? h('span', { class: 'badge', text: 'replica' }) : null),
-        replicationSummary(st, v.name)],
+        replicationSummary(st, v.name), mirrorSummary(ms, v.name)],
     })), 'No volumes yet: strata volume create vol0 --size 10GiB'));
     conns.replaceChildren(table([{ label: 'Export' }, { label: 'Client' }, { label: 'Since' }],
       st.connections.map((c) => ({ key: c.Remote, cells: [c.Export || '(negotiating)', clientName(c.Remote), fmtTime(c.Since)] })), 'No NBD clients connected.'));
@@ -670,10 +678,21 @@ function drawChart(box, title, ser, fmt, n) {
 
 function pageReplication(app) {
   const list = h('div', { id: 'replication' });
+  const mirrors = h('div', { id: 'mirrors' });
   app.append(h('h1', { text: 'Replication' }), h('div', { id: 'status', class: 'status' }),
-    h('p', { class: 'sub', text: 'Targets each volume ships its journal to, the point each has acknowledged and how far behind it is. Lag over time is kept while this page is open.' }), list);
+    h('p', { class: 'sub', text: 'Targets each volume ships its journal to, the point each has acknowledged and how far behind it is. Lag over time is kept while this page is open.' }), list,
+    h('h2', { text: 'Mirrors' }), mirrors);
   every(2000, async () => {
-    const rs = await api('GET', '/v1/replication');
+    const [rs, ms] = await Promise.all([api('GET', '/v1/replication'), api('GET', '/v1/mirrors')]);
+    mirrors.replaceChildren(ms.length ? table([
+      { label: 'Volume' }, { label: 'Role' }, { label: 'State' }, { label: 'Epoch', num: true }, { label: 'Peer' }, { label: 'Lag', num: true }, { label: 'Lease left' }, { label: 'Since' }, { label: 'Last error' },
+    ], ms.map((m) => ({
+      key: m.volume,
+      cells: [h('a', { href: '#/volume/' + encodeURIComponent(m.volume), text: m.volume }), m.role,
+        h('span', { class: 'badge' + (m.state === 'degraded' || m.state === 'fenced' ? ' bad' : ''), text: m.state }), String(m.epoch),
+        h('span', { class: 'mono', text: m.peer_url }), m.role !== 'primary' ? '—' : (m.lag_bytes < 0 ? 'unknown' : fmtBytes(m.lag_bytes || 0)),
+        m.lease_left || '—', fmtTime(m.since), m.last_error || ''],
+    })), '') : h('div', { class: 'panel empty', text: 'No mirrored volumes: strata mirror add VOL --to strata://HOST:PORT --token-file F --witness HOST:PORT (docs/ha.md)' }));
     for (const r of rs) {
       const a = (S.lagSeries[r.id] = S.lagSeries[r.id] || []);
       a.push(r.lag_seconds);
