@@ -83,8 +83,10 @@ func (e exporter) Open(name string) (nbd.Export, error) {
 	}
 	mr := e.mirrors.get(name)
 	if mr != nil {
-		if me := mr.entry(); me.Role != control.RolePrimary {
-			return nil, plainError{fmt.Errorf("%w: this host is the secondary of mirrored volume %q; its primary is %s", blockdev.ErrNotFound, name, me.PeerURL)}
+		if me := mr.entry(); me.Role != control.RolePrimary || !mr.primary.Load() || mr.fenced.Load() {
+			// Refused at the handshake: a reconnecting client tries again
+			// a moment later, and finds the address at the new primary.
+			return nil, plainError{fmt.Errorf("%w: this host is not serving mirrored volume %q now (%s, %s); its peer is %s", blockdev.ErrNotFound, name, me.Role, mr.status(context.Background()).State, me.PeerURL)}
 		}
 	}
 	v, err := e.p.OpenVolume(name)

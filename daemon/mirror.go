@@ -53,6 +53,28 @@ const (
 	mirrorHeard = 2 * time.Second
 )
 
+// procStart anchors the lease clock: leases are kept as monotonic
+// nanoseconds since it, so that a step of the wall clock cannot stretch
+// one.
+var procStart = time.Now()
+
+// mono is now on the lease clock.
+func mono() int64 { return int64(time.Since(procStart)) }
+
+// monoOf is t on the lease clock (t must carry a monotonic reading, as
+// time.Now's results and the witness client's ValidUntil do).
+func monoOf(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return int64(t.Sub(procStart))
+}
+
+// mirrorServeUnleased: a primary in sync serves without a lease only while
+// the secondary acknowledged a batch sent this recently (well under
+// mirrorHeard, after which the secondary asks for the lease).
+const mirrorServeUnleased = 1500 * time.Millisecond
+
 var (
 	// errNotPrimary: I/O on a host that is not (or no longer) the
 	// mirror's primary.
@@ -185,6 +207,9 @@ type mirror struct {
 	// waits for the secondary, which does not take over while it hears
 	// from the primary.
 	inSync atomic.Bool
+	// witnessMu orders the witness's outdated/up-to-date transitions
+	// with the local state they allow (syncWait, inSync).
+	witnessMu sync.Mutex
 	// fenced: the primary lost its lease and told its clients to go
 	// (until the lease comes back): waiting requests go unanswered.
 	fenced atomic.Bool
@@ -269,7 +294,20 @@ func (m *mirrorManager) startLocked(e mirrorEntry, fresh bool) error {
 	m.slotLocked(e.Volume).Store(mr)
 	if e.Role == control.RolePrimary {
 		if !fresh {
-			mr.recovered.Store(m.pool.AppliedSeq())
+			// Where the journal ended at this start; an earlier start's
+			// end, not yet resolved, is older and still holds.
+			r := m.pool.AppliedSeq()
+			if e.ValidUpto != 0 && e.ValidUpto < r {
+				r = e.ValidUpto
+			}
+			mr.recovered.Store(r)
+			if e.ValidUpto != r {
+				mr.mu.e.ValidUpto = r
+				m.mu.entries[e.Volume].ValidUpto = r
+				if err := m.saveLocked(); err != nil {
+					m.log.Error("mirror: saving failed", "volume", e.Volume, "err", err)
+				}
+			}
 		}
 		mr.becomePrimary(0, time.Time{}, !fresh)
 		if w == nil && m.onRole != nil {
@@ -288,10 +326,9 @@ func (m *mirrorManager) close() {
 	m.mu.Lock()
 	runs := m.mu.run
 	m.mu.run = map[string]*mirror{}
-	for vol := range runs {
-		m.slotLocked(vol).Store(nil)
-	}
 	m.mu.Unlock()
+	// The slots keep the stopped mirrors: their gates stay shut, so a
+	// request still running at shutdown is not acknowledged here alone.
 	for _, mr := range runs {
 		mr.stop()
 	}
@@ -373,13 +410,19 @@ func (mr *mirror) wake() {
 
 // open says whether I/O may pass the gate now.
 func (mr *mirror) open() bool {
-	if !mr.primary.Load() || mr.paused.Load() {
+	if !mr.primary.Load() || mr.paused.Load() || mr.fenced.Load() {
 		return false
 	}
-	if mr.w == nil || mr.inSync.Load() {
+	if mr.w == nil || mono() < mr.leaseUntil.Load() {
 		return true
 	}
-	return time.Now().UnixNano() < mr.leaseUntil.Load()
+	// No lease (the witness is away): serve on only while the secondary
+	// is in sync and answered lately, since it does not take over while it
+	// hears from this host.
+	if f := mr.f.Load(); f != nil && mr.inSync.Load() {
+		return time.Since(f.LastAck()) < mirrorServeUnleased
+	}
+	return false
 }
 
 // enter passes the gate (waiting while it is shut, up to
@@ -465,7 +508,7 @@ func (mr *mirror) waitSecondary(seq uint64, durable bool) error {
 		}
 		if err := mr.degrade("the secondary did not confirm a write within " + mirrorSyncTimeout.String()); err != nil {
 			mr.m.log.Debug("mirror: cannot go on without the secondary", "volume", mr.vol, "err", err)
-			if time.Now().UnixNano() >= mr.leaseUntil.Load() {
+			if mono() >= mr.leaseUntil.Load() {
 				mr.fence("no lease, and the secondary does not answer: " + err.Error())
 				return errNotPrimary
 			}
@@ -482,6 +525,15 @@ func (mr *mirror) waitSecondary(seq uint64, durable bool) error {
 // any) first records the secondary as outdated, so that it cannot take
 // over with writes missing.
 func (mr *mirror) degrade(reason string) error {
+	// Witness transitions and the local state they allow change together.
+	mr.witnessMu.Lock()
+	defer mr.witnessMu.Unlock()
+	mr.mu.Lock()
+	wait := mr.mu.syncWait
+	mr.mu.Unlock()
+	if !wait {
+		return nil // degraded already
+	}
 	e := mr.entry()
 	if mr.w != nil && e.Peer != "" {
 		ctx, cancel := context.WithTimeout(mr.ctx, 2*time.Second)
@@ -507,6 +559,7 @@ func (mr *mirror) degrade(reason string) error {
 // clients are disconnected once, so that reconnecting ones find whichever
 // host holds the floating address (the new primary, if one took over).
 func (mr *mirror) fence(why string) {
+	mr.inSync.Store(false)
 	mr.mu.Lock()
 	mr.setStateLocked(control.MirrorFenced, why)
 	mr.mu.Unlock()
@@ -555,6 +608,38 @@ func (mr *mirror) dropClients() {
 // roleFenced is what onRole hears when the primary lost its lease.
 const roleFenced = "fenced"
 
+// markUpToDate tells the witness the secondary is up to date again and
+// puts the mirror in sync; false if the witness did not agree or the
+// mirror degraded meanwhile.
+func (mr *mirror) markUpToDate(e mirrorEntry) bool {
+	mr.witnessMu.Lock()
+	defer mr.witnessMu.Unlock()
+	mr.mu.Lock()
+	wait := mr.mu.syncWait
+	mr.mu.Unlock()
+	if !wait {
+		return false // degraded since: start over
+	}
+	if mr.w != nil {
+		ctx, cancel := context.WithTimeout(mr.ctx, 2*time.Second)
+		v, err := mr.w.SetOutdated(ctx, e.Group, mr.m.pool.ID(), e.Epoch, e.Peer, false)
+		cancel()
+		if err != nil || !v.Granted {
+			if err == nil {
+				mr.noteRefusal(v)
+				err = errors.New(v.Reason)
+			}
+			mr.m.log.Warn("mirror: the witness did not take the secondary as up to date", "volume", mr.vol, "err", err)
+			return false
+		}
+	}
+	mr.mu.Lock()
+	mr.setStateLocked(control.MirrorInSync, "")
+	mr.mu.Unlock()
+	mr.inSync.Store(true)
+	return true
+}
+
 // noteRefusal steps down when the witness says another host holds a
 // newer epoch.
 func (mr *mirror) noteRefusal(v vote) {
@@ -579,7 +664,7 @@ func (mr *mirror) becomePrimary(epoch uint64, validUntil time.Time, syncWait boo
 	mr.setStateLocked(control.MirrorSyncing, "")
 	mr.mu.Unlock()
 	if mr.w != nil {
-		mr.leaseUntil.Store(validUntil.UnixNano())
+		mr.leaseUntil.Store(monoOf(validUntil))
 		mr.wg.Add(1)
 		go mr.leaseLoop()
 	}
@@ -607,11 +692,11 @@ func (mr *mirror) leaseLoop() {
 			case mr.ctx.Err() != nil:
 				return
 			case err != nil:
-				if time.Now().UnixNano() >= mr.leaseUntil.Load() && !mr.inSync.Load() {
+				if mono() >= mr.leaseUntil.Load() && !mr.open() && !mr.paused.Load() {
 					mr.fence("witness: " + err.Error())
 				}
 			case v.Granted:
-				mr.leaseUntil.Store(v.ValidUntil.UnixNano())
+				mr.leaseUntil.Store(monoOf(v.ValidUntil))
 				mr.fenced.Store(false)
 				mr.wake()
 				if !mr.announced.Swap(true) && mr.m.onRole != nil {
@@ -657,6 +742,12 @@ func (mr *mirror) streamLoop() {
 		if mr.ctx.Err() != nil || mr.entry().Role != control.RolePrimary {
 			return
 		}
+		if errors.Is(err, replica.ErrFenced) {
+			// The other host took over (a newer epoch): whatever the
+			// witness says, this host must not go on.
+			mr.stepDown(mr.entry().Epoch+1, "the other host refused this host's stream: "+err.Error())
+			return
+		}
 		if err != nil {
 			mr.m.log.Warn("mirror: stream to the secondary failed", "volume", mr.vol, "err", err)
 			mr.mu.Lock()
@@ -692,7 +783,7 @@ func (mr *mirror) openFollower() (*replica.Follower, error) {
 			mr.mu.Lock()
 			mr.mu.synced = p.DataBytes
 			mr.mu.Unlock()
-		}}, hello, 0)
+		}}, hello, mirrorHeard/4)
 	mr.f.Store(f)
 	return f, nil
 }
@@ -722,7 +813,16 @@ func (mr *mirror) track(f *replica.Follower) error {
 		if !ok {
 			continue
 		}
-		mr.recovered.Store(0) // the secondary has gone back to what this host holds
+		if mr.recovered.Swap(0) != 0 {
+			// The secondary has gone back to what this host holds.
+			mr.mu.Lock()
+			mr.mu.e.ValidUpto = 0
+			e := mr.mu.e
+			mr.mu.Unlock()
+			if err := mr.m.save(e); err != nil {
+				return err
+			}
+		}
 		e := mr.entry()
 		if e.Peer == "" {
 			if err := mr.learnPeer(st.Pool); err != nil {
@@ -733,45 +833,40 @@ func (mr *mirror) track(f *replica.Follower) error {
 		if st.Pool != "" && st.Pool != e.Peer {
 			return fmt.Errorf("%w: %s is pool %s, not the mirror's secondary %s", replica.ErrRefused, e.PeerURL, st.Pool, e.Peer)
 		}
+		if mr.inSync.Load() {
+			continue
+		}
 		head, err := mr.m.pool.LastChange(mr.vol)
 		if err != nil {
 			return err
 		}
-		mr.mu.Lock()
-		state, wait := mr.mu.state, mr.mu.syncWait
-		mr.mu.Unlock()
-		if state == control.MirrorInSync || f.Acked() < head {
-			continue
+		if f.Acked() < head {
+			continue // catching up
 		}
+		mr.mu.Lock()
+		wait := mr.mu.syncWait
 		if !wait {
-			// Caught up: from now on flushes wait for the secondary;
-			// once it holds what was written before that, it is up to
-			// date.
-			mr.mu.Lock()
+			// Caught up: from now on writes and flushes wait for the
+			// secondary; once it durably holds what was written before
+			// (read after this point), it is up to date.
 			mr.mu.syncWait = true
 			mr.setStateLocked(control.MirrorSyncing, "")
-			mr.mu.Unlock()
-			target = head
-			continue
 		}
-		if f.Acked() < target {
-			continue
-		}
-		if mr.w != nil {
-			ctx, cancel := context.WithTimeout(mr.ctx, 2*time.Second)
-			v, err := mr.w.SetOutdated(ctx, e.Group, mr.m.pool.ID(), e.Epoch, e.Peer, false)
-			cancel()
-			if err != nil || !v.Granted {
-				if err == nil {
-					mr.noteRefusal(v)
-					err = errors.New(v.Reason)
-				}
-				mr.m.log.Warn("mirror: the witness did not take the secondary as up to date", "volume", mr.vol, "err", err)
-				continue
+		mr.mu.Unlock()
+		if !wait {
+			if target, err = mr.m.pool.LastChange(mr.vol); err != nil {
+				return err
 			}
+			f.Sync()
+			continue
 		}
-		mr.setState(control.MirrorInSync, "")
-		mr.inSync.Store(true)
+		if f.Durable() < target {
+			f.Sync()
+			continue
+		}
+		if !mr.markUpToDate(e) {
+			continue
+		}
 		if len(e.Points) > 0 {
 			mr.mu.Lock()
 			mr.mu.e.Points = nil
@@ -808,7 +903,7 @@ func (mr *mirror) learnPeer(pool string) error {
 			mr.noteRefusal(v)
 			return fmt.Errorf("the witness refused the lease: %s", v.Reason)
 		}
-		mr.leaseUntil.Store(v.ValidUntil.UnixNano())
+		mr.leaseUntil.Store(monoOf(v.ValidUntil))
 		mr.wake()
 		if !mr.announced.Swap(true) && mr.m.onRole != nil {
 			go mr.m.onRole(mr.vol, control.RolePrimary, e.Epoch)
@@ -863,6 +958,11 @@ func (mr *mirror) secondaryLoop() {
 		var err error
 		if known {
 			v, err = mr.w.Acquire(ctx, e.Group, mr.m.pool.ID(), e.Peer, e.Epoch)
+			if err == nil && !v.Granted && v.Holder == mr.m.pool.ID() && v.Epoch > e.Epoch {
+				// A handover gave this host the lease, but its hello was
+				// lost: take the epoch and ask again.
+				v, err = mr.w.Acquire(ctx, e.Group, mr.m.pool.ID(), e.Peer, v.Epoch)
+			}
 		}
 		cancel()
 		if !known || err != nil || !v.Granted {
@@ -890,7 +990,12 @@ func (mr *mirror) promote(epoch uint64, validUntil time.Time, why string) error 
 	mr.mu.Unlock()
 	var points []replica.PointPair
 	if rs := m.recv.Load(); rs != nil {
-		rs.Stop(mr.vol)
+		if !rs.Stop(mr.vol) {
+			mr.mu.Lock()
+			mr.mu.e.Epoch = old // not taken over: the old primary may still ship
+			mr.mu.Unlock()
+			return fmt.Errorf("%w: the old primary's stream into %s does not end", cow.ErrBusy, mr.vol)
+		}
 		points = rs.History(mr.vol)
 		if len(points) > maxSavedPoints {
 			points = points[len(points)-maxSavedPoints:]
@@ -1026,7 +1131,9 @@ func (m *mirrorManager) checkHello(h replica.Hello) error {
 		return fmt.Errorf("%w: %q is served here now", replica.ErrHandedOver, h.Target)
 	}
 	if hm.Handover {
-		if err := mr.promote(hm.Epoch, time.Now().Add(3*time.Second), "planned switchover"); err != nil {
+		// The witness handed this host a lease a moment ago; the lease
+		// loop renews it at once.
+		if err := mr.promote(hm.Epoch, time.Now().Add(time.Second), "planned switchover"); err != nil {
 			return err
 		}
 		return fmt.Errorf("%w: %q is the primary here now (epoch %d)", replica.ErrHandedOver, h.Target, hm.Epoch)
@@ -1059,6 +1166,12 @@ func (m *mirrorManager) newSecondary(h replica.Hello) error {
 	hm := h.Mirror
 	if hm.Handover {
 		return fmt.Errorf("%w: no mirror of %q here to hand over", replica.ErrRefused, h.Target)
+	}
+	if info, err := m.pool.VolumeInfo(h.Target); err == nil {
+		if rs := info.Replica; rs == nil || rs.SourcePool != h.Source.Pool || rs.SourceVol != h.Source.Vol {
+			return fmt.Errorf("%w: volume %q exists here and is not a replica of %s (pool %s): it cannot become that mirror's secondary; name another volume or delete it here",
+				replica.ErrRefused, h.Target, h.Source.Name, h.Source.Pool)
+		}
 	}
 	o := m.d.opts
 	e := mirrorEntry{Volume: h.Target, Group: hm.Group, Role: control.RoleSecondary, Epoch: hm.Epoch, Peer: h.Source.Pool,
@@ -1168,7 +1281,7 @@ func (m *mirrorManager) add(ctx context.Context, req control.MirrorAddRequest) (
 			return st, nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			m.remove(req.Volume)
+			m.removeEntry(req.Volume)
 			msg := st.LastError
 			if msg == "" {
 				msg = "no answer"
@@ -1182,6 +1295,28 @@ func (m *mirrorManager) add(ctx context.Context, req control.MirrorAddRequest) (
 // remove stops mirroring vol here; the other host keeps its copy (and its
 // own configuration).
 func (m *mirrorManager) remove(vol string) error {
+	// A primary that ends its mirror has the witness record the
+	// secondary as outdated first: otherwise the secondary, hearing no
+	// more from it, would take over the volume this host goes on serving.
+	if mr := m.get(vol); mr != nil {
+		if e := mr.entry(); e.Role == control.RolePrimary && mr.w != nil && e.Peer != "" {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			v, err := mr.w.SetOutdated(ctx, e.Group, m.pool.ID(), e.Epoch, e.Peer, true)
+			cancel()
+			if err == nil && !v.Granted {
+				err = errors.New(v.Reason)
+			}
+			if err != nil {
+				return fmt.Errorf("%w: the witness must record %s as outdated before this host stops mirroring %q (or the secondary would take over): %v; retry when the witness answers",
+					cow.ErrBusy, e.PeerURL, vol, err)
+			}
+		}
+	}
+	return m.removeEntry(vol)
+}
+
+// removeEntry forgets vol's mirror and stops it.
+func (m *mirrorManager) removeEntry(vol string) error {
 	m.mu.Lock()
 	e, ok := m.mu.entries[vol]
 	if !ok {
@@ -1244,7 +1379,7 @@ func (mr *mirror) status(ctx context.Context) control.MirrorStatus {
 			}
 		}
 		if mr.w != nil {
-			left := time.Until(time.Unix(0, mr.leaseUntil.Load())).Round(time.Millisecond)
+			left := time.Duration(mr.leaseUntil.Load() - mono()).Round(time.Millisecond)
 			st.LeaseLeft = max(left, 0).String()
 		}
 	}
@@ -1316,19 +1451,16 @@ func (m *mirrorManager) switchover(ctx context.Context, vol string, final bool) 
 		next = v.Epoch
 	}
 	// From here on this host is not the primary, whatever the secondary
-	// answers: the witness (if any) says so already.
+	// answers: the witness (if any) says so already. Requests waiting at
+	// the gate go unanswered (their clients resend them to the new
+	// primary). The secondary hears at once, while the lease the witness
+	// handed it is fresh; it announces the address, and only then are the
+	// clients here disconnected (this host still has the address to send
+	// their FIN from) and the address released.
 	mr.primary.Store(false)
-	f.Stop()
-	// Requests waiting at the gate go unanswered, the clients are
-	// disconnected (while the address is still here to send their FIN),
-	// and the address is released before the peer takes it.
 	mr.fenced.Store(true)
 	mr.wake()
-	mr.dropClients()
-	released := mr.announced.Swap(false)
-	if released && m.onRole != nil {
-		m.onRole(vol, control.RoleSecondary, next)
-	}
+	f.Stop()
 	tgt, remote, err := openTarget(e.target(), vol)
 	if err == nil {
 		_, err = tgt.Open(ctx, replica.Hello{Source: replica.VolumeID{Pool: m.pool.ID(), Name: vol}, Target: remote,
@@ -1337,19 +1469,19 @@ func (m *mirrorManager) switchover(ctx context.Context, vol string, final bool) 
 	}
 	if !errors.Is(err, replica.ErrHandedOver) {
 		// The secondary did not take over. Without a witness it did not:
-		// this host goes on. With one, the witness gave it the lease: it
-		// takes over when its poll sees that.
+		// this host goes on. With one, the witness gave it the lease: its
+		// poll finds that and it takes over.
 		if mr.w == nil {
-			if released && m.onRole != nil {
-				mr.announced.Store(true)
-				m.onRole(vol, control.RolePrimary, e.Epoch)
-			}
 			mr.fenced.Store(false)
 			mr.primary.Store(true)
 			resume()
 			return control.MirrorSwitchoverReply{}, fmt.Errorf("the secondary did not take over: %v", err)
 		}
 		m.log.Warn("mirror: the secondary did not answer the handover; the witness gave it the lease", "volume", vol, "err", err)
+	}
+	mr.dropClients()
+	if mr.announced.Swap(false) && m.onRole != nil {
+		m.onRole(vol, control.RoleSecondary, next)
 	}
 	mr.paused.Store(false)
 	mr.fenced.Store(false)

@@ -40,6 +40,7 @@ type Follower struct {
 		sync.Mutex
 		acked   uint64
 		durable uint64
+		lastAck time.Time // when the newest acknowledged batch was sent
 		opened  bool
 		target  State         // what the target held when the stream opened
 		upto    uint64        // the point the last batch queued ends at
@@ -89,6 +90,15 @@ func (f *Follower) Kick() {
 func (f *Follower) Sync() {
 	f.sync.Store(true)
 	f.Kick()
+}
+
+// LastAck is when the newest batch the target acknowledged was sent: the
+// target was alive and following at least until then. (An idle follower
+// sends an empty batch every idle period.)
+func (f *Follower) LastAck() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.mu.lastAck
 }
 
 // Durable is the point the target holds durably.
@@ -224,6 +234,13 @@ func (f *Follower) run(ctx context.Context) error {
 	}
 	defer f.o.Target.Close()
 	s.eagerAcks = true
+	s.onAck = func(sent time.Time) {
+		f.mu.Lock()
+		if sent.After(f.mu.lastAck) {
+			f.mu.lastAck = sent
+		}
+		f.mu.Unlock()
+	}
 	f.mu.Lock()
 	f.mu.opened, f.mu.target, f.mu.acked, f.mu.durable, f.mu.upto = true, st, st.Acked, st.Acked, s.o.Upto
 	f.mu.Unlock()
@@ -247,9 +264,11 @@ func (f *Follower) run(ctx context.Context) error {
 		if s.queue != nil {
 			senderDone = s.senderDone
 		}
+		idle := false
 		select {
 		case <-f.kick:
 		case <-tick.C:
+			idle = true
 			if f.Durable() < f.Acked() {
 				f.sync.Store(true)
 			}
@@ -260,8 +279,8 @@ func (f *Follower) run(ctx context.Context) error {
 		}
 		s.syncLast = f.sync.Swap(false)
 		upto := s.o.Pool.AppliedSeq()
-		if upto < s.pos || (upto == s.pos && !s.syncLast) {
-			continue
+		if upto < s.pos || (upto == s.pos && !s.syncLast && !idle) {
+			continue // an idle tick sends an empty batch: the target hears the source is alive
 		}
 		s.o.Upto = upto
 		if err := s.incremental(s.pos); err != nil {

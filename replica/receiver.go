@@ -70,6 +70,20 @@ func (r *Receiver) noteApplied(vol string, source, local uint64) {
 	r.history[vol] = append(h, PointPair{source, local})
 }
 
+// truncateHistory forgets vol's pairs whose source point is past valid:
+// after a source lost them, its sequence numbers come back with other
+// content.
+func (r *Receiver) truncateHistory(vol string, valid uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h := r.history[vol]
+	n := len(h)
+	for n > 0 && h[n-1][0] > valid {
+		n--
+	}
+	r.history[vol] = h[:n]
+}
+
 // commonIn is the newest pair of points whose source point is at most
 // valid.
 func commonIn(points []PointPair, valid uint64) (PointPair, bool) {
@@ -186,6 +200,9 @@ func (r *Receiver) Open(ctx context.Context, h Hello, stop func()) (*Session, St
 		s.Close()
 		return nil, State{}, err
 	}
+	// What the replica holds when the stream opens is stored: durable
+	// as far as this stream knows.
+	s.synced = s.st.Acked
 	return s, st, nil
 }
 
@@ -260,6 +277,7 @@ func (r *Receiver) rewind(ctx context.Context, s *Session, h Hello, valid uint64
 	}
 	r.Logger.Warn("replication: the source restarted and lost points this replica held; going back to the newest point both hold",
 		"volume", s.name, "source_valid", valid, "acked", s.st.Acked, "source_seq", pair[0], "local_seq", pair[1])
+	r.truncateHistory(s.name, valid) // the source uses those numbers again
 	if _, err := p.Rollback(s.name, fmt.Sprintf("seq:%d", pair[1]), true); err != nil {
 		return State{}, fmt.Errorf("replica %q: back to seq:%d: %w", s.name, pair[1], err)
 	}
@@ -566,21 +584,25 @@ func (s *Session) Close() {
 	close(s.done)
 }
 
-// Stop ends the stream applying to vol, if one is: a secondary that takes
-// over cuts its old primary off.
-func (r *Receiver) Stop(vol string) {
+// Stop ends the stream applying to vol, if one is, and says whether it
+// has ended (false: it did not within 10 s): a secondary that takes over
+// cuts its old primary off, and must not go on before that.
+func (r *Receiver) Stop(vol string) bool {
 	r.mu.Lock()
 	s := r.active[vol]
 	r.mu.Unlock()
-	if s != nil && s.stop != nil {
+	if s == nil {
+		return true
+	}
+	if s.stop != nil {
 		s.stop()
 	}
-	if s != nil {
-		select {
-		case <-s.done:
-		case <-time.After(10 * time.Second):
-			r.Logger.Warn("replication: the stream did not stop in 10s", "volume", vol)
-		}
+	select {
+	case <-s.done:
+		return true
+	case <-time.After(10 * time.Second):
+		r.Logger.Warn("replication: the stream did not stop in 10s", "volume", vol)
+		return false
 	}
 }
 

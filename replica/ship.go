@@ -217,8 +217,10 @@ type shipper struct {
 	// follow: batches go NoSync except the last of a step whose syncLast
 	// is set (a follower, once caught up).
 	follow, syncLast bool
-	pos              uint64 // where the stream stands: the last whole batch sent ends here
-	scanFrom         uint64 // the volume has no records from the target's point up to here
+	// onAck, when set, hears when each acknowledged batch was sent.
+	onAck    func(sent time.Time)
+	pos      uint64 // where the stream stands: the last whole batch sent ends here
+	scanFrom uint64 // the volume has no records from the target's point up to here
 	// read is the reading side's progress (phase, records read, full):
 	// each batch carries a copy to the sender, which reports it.
 	read Progress
@@ -343,6 +345,7 @@ type sent struct {
 	partial bool
 	data    int64
 	read    Progress // the reading side's, when the batch was made
+	at      time.Time
 }
 
 // opBufs recycles the data buffers of large write ops a diff reads: a
@@ -446,7 +449,7 @@ func (s *shipper) deliver(q queued) error {
 	if err := s.ctx.Err(); err != nil {
 		return err
 	}
-	f := sent{to: b.To, partial: b.Partial, data: b.DataBytes(), read: q.read}
+	f := sent{to: b.To, partial: b.Partial, data: b.DataBytes(), read: q.read, at: time.Now()}
 	// Once submitted (encoded) or sent, the batch's data is not used again.
 	defer putOpBufs(b)
 	pl, ok := s.o.Target.(Pipeliner)
@@ -516,6 +519,9 @@ func (s *shipper) acked(b sent) error {
 	s.res.Phase, s.res.Records, s.res.Full = b.read.Phase, b.read.Records, b.read.Full
 	s.res.Batches++
 	s.res.DataBytes += b.data
+	if s.onAck != nil {
+		s.onAck(b.at)
+	}
 	if !b.partial {
 		s.res.Acked = b.to
 		if s.o.PinID != "" {

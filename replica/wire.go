@@ -67,8 +67,9 @@ type errorMsg struct {
 
 type ackMsg struct {
 	Acked uint64 `json:"acked"`
-	// Synced: the point the target holds durably (older targets: Acked).
-	Synced uint64 `json:"synced,omitempty"`
+	// Synced: the point the target holds durably. Absent from older
+	// targets, which sync every batch: then it is Acked.
+	Synced *uint64 `json:"synced,omitempty"`
 }
 
 // errCode and codeErr carry error classes across the wire.
@@ -367,10 +368,13 @@ func (r *Remote) Wait(ctx context.Context) error {
 	if !f.partial && a.Acked != f.to {
 		return fmt.Errorf("%w: the target acknowledged seq %d for a batch to %d", ErrCorrupt, a.Acked, f.to)
 	}
-	if a.Synced == 0 && !f.partial {
-		a.Synced = a.Acked // a target that syncs every batch
+	synced := a.Acked // a target that syncs every batch
+	if a.Synced != nil {
+		synced = *a.Synced
 	}
-	r.synced.Store(max(r.synced.Load(), a.Synced))
+	if !f.partial || a.Synced != nil {
+		r.synced.Store(max(r.synced.Load(), synced))
+	}
 	r.counter.Lock()
 	r.raw += int64(f.raw)
 	r.stored += int64(f.stored)
@@ -622,7 +626,8 @@ func (s *Server) handle(c net.Conn) {
 			return
 		}
 		c.SetWriteDeadline(time.Now().Add(ioTimeout))
-		if err := writeJSON(c, msgAck, ackMsg{Acked: sess.st.Acked, Synced: sess.synced}); err != nil {
+		synced := sess.synced
+		if err := writeJSON(c, msgAck, ackMsg{Acked: sess.st.Acked, Synced: &synced}); err != nil {
 			return
 		}
 	}

@@ -292,12 +292,17 @@ func TestE2EHAPartition(t *testing.T) {
 	h.mirrorAdd()
 	uri, qsd := h.client()
 
-	// Part 1: a and b cannot talk; both reach w and c.
-	opts := fioOptions{Size: "128M", Runtime: 8 * time.Second}
+	// Part 1: a and b cannot talk; both reach w and c. The outage lasts
+	// 6 s (STRATA_HA_OUTAGE sets it, e.g. 60s for the closing figure).
+	outage := 6 * time.Second
+	if d, err := time.ParseDuration(os.Getenv("STRATA_HA_OUTAGE")); err == nil && d > 0 {
+		outage = d
+	}
+	opts := fioOptions{Size: "128M", Runtime: outage + 2*time.Second}
 	fio := startFio(t, uri, opts)
 	time.Sleep(2 * time.Second)
 	h.l.CutBetween("a", "b")
-	res := fio.Wait(time.Minute)
+	res := fio.Wait(outage + time.Minute)
 	h.checkFio(res, "link between the hosts cut", qsd)
 	st := h.waitMirror("a", control.RolePrimary, control.MirrorDegraded, 10*time.Second)
 	if s, _ := h.mirror("b"); s.Role != control.RoleSecondary {
@@ -356,12 +361,37 @@ func TestE2EHAMigrate(t *testing.T) {
 	// Before any mirror, the address is the admin's: put it on a.
 	mustRun(t, "ip", "-n", h.l.NS("a"), "addr", "add", h.vip+"/24", "dev", "eth0")
 	uri, qsd := h.client()
+	// STRATA_HA_MIGRATE_FILL=4GiB (with STRATA_HA_MIGRATE_SIZE=10GiB)
+	// writes that much first, for the closing figure.
+	if fill := os.Getenv("STRATA_HA_MIGRATE_FILL"); fill != "" {
+		if size := os.Getenv("STRATA_HA_MIGRATE_SIZE"); size != "" {
+			h.strata("a", "volume", "resize", "vol0", "--size", size)
+		}
+		mustRun(t, "fio", "--name=fill", "--ioengine=nbd", "--uri="+uri, "--rw=write", "--bs=1M", "--size="+strings.TrimSuffix(fill, "iB"),
+			"--offset=256M", "--iodepth=8", "--refill_buffers", "--end_fsync=1", "--output=/dev/null")
+	}
 	opts := fioOptions{Size: "128M", Runtime: 12 * time.Second}
+	if os.Getenv("STRATA_HA_MIGRATE_FILL") != "" {
+		opts.Runtime = 10 * time.Minute // ended below, after the migration
+	}
 	fio := startFio(t, uri, opts)
 	time.Sleep(3 * time.Second)
+	start := time.Now()
 	out := h.strata("a", "migrate", "vol0", "--to", h.url("b"), "--self", h.url("a"), "--token-file", h.token, "--insecure")
-	t.Logf("migrate: %s", strings.TrimSpace(out))
-	h.checkFio(fio.Wait(2*time.Minute), "migration", qsd)
+	t.Logf("migrate: %s (%s by the test's clock)", strings.TrimSpace(out), time.Since(start).Round(time.Millisecond))
+	if opts.Runtime > time.Minute {
+		time.Sleep(3 * time.Second)
+		fio.Stop()
+	}
+	if res := fio.Wait(2 * time.Minute); res.err() != nil {
+		for _, host := range []string{"a", "b"} {
+			t.Logf("%s: %s", host, mustRun(t, "ip", "-n", h.l.NS(host), "-o", "addr", "show", "dev", "eth0").stdout)
+		}
+		t.Logf("c's neighbours: %s", mustRun(t, "ip", "-n", h.l.NS("c"), "neigh").stdout)
+		h.checkFio(res, "migration", qsd)
+	} else {
+		h.checkFio(res, "migration", qsd)
+	}
 	if out := h.strata("a", "volume", "list"); strings.Contains(out, "vol0") {
 		t.Fatalf("a still holds vol0 after the migration:\n%s", out)
 	}

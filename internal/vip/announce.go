@@ -17,13 +17,16 @@ const (
 	neighborAdvert = 136 // ICMPv6 type
 )
 
-// Announcements: how many, and how far apart (IPaddr2's send_arp and
-// arping -U default to a few, a fraction of a second apart, so that one
-// lost frame does not leave a peer pointing at the old holder).
-const (
-	announceCount    = 3
-	announceInterval = 200 * time.Millisecond
-)
+// announceAt is when the announcements go out, from the first: a few, so
+// that one lost frame does not leave a peer pointing at the old holder
+// (IPaddr2's send_arp and arping -U send a few too), spread over more than
+// a second because Linux ignores an ARP update for an entry it updated less
+// than neigh locktime (1 s by default) ago: a client that reached the old
+// holder a moment before the takeover takes only a later announcement.
+var announceAt = []time.Duration{0, 200 * time.Millisecond, 1200 * time.Millisecond, 2500 * time.Millisecond}
+
+// announceCount is how many announcements Acquire sends.
+var announceCount = len(announceAt)
 
 // announce sends the first announcement of v on device idx and leaves the
 // others to a goroutine. The socket is opened here, on the caller's thread,
@@ -56,11 +59,12 @@ func (v VIP) announce(idx int) error {
 	go func() {
 		defer a.close()
 		defer doneAnnouncing(v, ctx)
-		t := time.NewTicker(announceInterval)
-		defer t.Stop()
-		for range announceCount - 1 {
+		start := time.Now()
+		for _, at := range announceAt[1:] {
+			t := time.NewTimer(time.Until(start.Add(at)))
 			select {
 			case <-ctx.Done():
+				t.Stop()
 				return
 			case <-t.C:
 			}

@@ -71,8 +71,8 @@ func Parse(addr, dev string) (VIP, error) {
 }
 
 // Acquire adds the address to the device (already present is fine) and
-// announces it: for IPv4 three gratuitous ARPs, each as a request and as a
-// reply, 200 ms apart; for IPv6 three unsolicited neighbour advertisements
+// announces it: for IPv4 four gratuitous ARPs, each as a request and as a
+// reply, over 2.5 s (announceAt); for IPv6 four unsolicited neighbour advertisements
 // with the override flag. The first announcement is sent before Acquire
 // returns, the others in the background; they stop early if Release is
 // called for the same VIP. IPv6 addresses are added without duplicate
