@@ -855,14 +855,3 @@ func TestE2ENetnsQSDReconnect(t *testing.T) {
 	}
 	t.Logf("verify_only from strata: %d MiB flushed before the kill read back and verified", v.ReadBytes>>20)
 }
-
-// verifyFailures counts the blocks fio reported as failing verification.
-func verifyFailures(fioOutput string) int {
-	n := 0
-	for _, line := range strings.Split(fioOutput, "\n") {
-		if strings.HasPrefix(line, "verify: bad") {
-			n++
-		}
-	}
-	return n
-}
