@@ -208,8 +208,12 @@ type mirror struct {
 	// from the primary.
 	inSync atomic.Bool
 	// witnessMu orders the witness's outdated/up-to-date transitions
-	// with the local state they allow (syncWait, inSync).
-	witnessMu sync.Mutex
+	// with the local state they allow (syncWait, inSync); degradeGen
+	// counts attempts to degrade, degradeErr is the last one's result
+	// (under witnessMu).
+	witnessMu  sync.Mutex
+	degradeGen atomic.Uint64
+	degradeErr error
 	// fenced: the primary lost its lease and told its clients to go
 	// (until the lease comes back): waiting requests go unanswered.
 	fenced atomic.Bool
@@ -494,12 +498,12 @@ func (mr *mirror) waitSecondary(seq uint64, durable bool) error {
 			if mr.ctx.Err() != nil {
 				return errNotPrimary
 			}
-			mr.m.log.Warn("mirror: the secondary did not confirm a write", "volume", mr.vol, "seq", seq, "durable", durable, "err", err)
 			// Its stream is as good as dead (a cut cable leaves the
 			// connection open): a new one is tried, and until the
 			// secondary is back in sync the gate wants a lease.
 			mr.inSync.Store(false)
 			if mr.f.CompareAndSwap(f, nil) {
+				mr.m.log.Warn("mirror: the secondary did not confirm a write; restarting its stream", "volume", mr.vol, "seq", seq, "durable", durable, "err", err)
 				go f.Stop()
 			}
 		}
@@ -526,6 +530,10 @@ func (mr *mirror) waitSecondary(seq uint64, durable bool) error {
 // over with writes missing.
 func (mr *mirror) degrade(reason string) error {
 	// Witness transitions and the local state they allow change together.
+	// Requests that waited here while another asked the witness take its
+	// answer instead of asking again (with an unreachable witness, one
+	// question each would drain them a timeout at a time).
+	gen := mr.degradeGen.Load()
 	mr.witnessMu.Lock()
 	defer mr.witnessMu.Unlock()
 	mr.mu.Lock()
@@ -534,6 +542,18 @@ func (mr *mirror) degrade(reason string) error {
 	if !wait {
 		return nil // degraded already
 	}
+	if mr.degradeGen.Load() != gen {
+		return mr.degradeErr
+	}
+	err := mr.degradeLocked(reason)
+	mr.degradeErr = err
+	mr.degradeGen.Add(1)
+	return err
+}
+
+// degradeLocked asks the witness and goes on alone if it agrees; under
+// witnessMu.
+func (mr *mirror) degradeLocked(reason string) error {
 	e := mr.entry()
 	if mr.w != nil && e.Peer != "" {
 		ctx, cancel := context.WithTimeout(mr.ctx, 2*time.Second)
