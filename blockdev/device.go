@@ -93,6 +93,15 @@ type RefReader interface {
 	ReadRefs(off int64, n int) (bufs [][]byte, release func(), ok bool, err error)
 }
 
+// WriteWaiter is a Device whose writes may wait long (a synchronous
+// mirror's wait for the other host). A frontend that would run a write on
+// the goroutine reading requests, because nothing else is in flight, does
+// not while WritesWait says true: the requests behind it must not queue
+// for it.
+type WriteWaiter interface {
+	WritesWait() bool
+}
+
 // Zeroer is a Device that can zero a range without the caller sending zeros.
 // With noHole the range must stay allocated (reads as zeros, reported as
 // zero but not as a hole); without it the device may punch a hole.

@@ -796,6 +796,9 @@ func (mr *mirror) openFollower() (*replica.Follower, error) {
 	if err != nil {
 		return nil, err
 	}
+	if r, ok := tgt.(*replica.Remote); ok {
+		r.NoCompress() // latency counts more than bandwidth here
+	}
 	hello := &replica.Mirror{Group: e.Group, Epoch: e.Epoch, Peer: e.SelfURL, Self: e.PeerURL, Witness: e.Witness,
 		Valid: mr.recovered.Load(), Points: e.Points}
 	f := replica.Follow(mr.ctx, replica.ShipOptions{Pool: mr.m.pool, Volume: mr.vol, RemoteName: remote, Target: tgt,
@@ -1553,6 +1556,10 @@ func exit(mr *mirror) {
 		mr.exit()
 	}
 }
+
+// WritesWait implements blockdev.WriteWaiter: a mirrored volume's writes
+// wait for the secondary.
+func (v *mirroredVolume) WritesWait() bool { return v.slot.Load() != nil }
 
 func (v *mirroredVolume) ReadAt(p []byte, off int64) (int, error) {
 	mr, err := v.enter()

@@ -233,7 +233,7 @@ func (f *Follower) run(ctx context.Context) error {
 		return err
 	}
 	defer f.o.Target.Close()
-	s.eagerAcks = true
+	s.startAcker()
 	s.onAck = func(sent time.Time) {
 		f.mu.Lock()
 		if sent.After(f.mu.lastAck) {
@@ -245,6 +245,9 @@ func (f *Follower) run(ctx context.Context) error {
 	f.mu.opened, f.mu.target, f.mu.acked, f.mu.durable, f.mu.upto = true, st, st.Acked, st.Acked, s.o.Upto
 	f.mu.Unlock()
 	fail := func(err error) error {
+		// Stop waiting for acks that may never come (a dead connection):
+		// the next follower resumes from what the target holds.
+		f.cancel()
 		if derr := s.drain(); err == nil {
 			err = derr
 		}
@@ -260,9 +263,12 @@ func (f *Follower) run(ctx context.Context) error {
 	tick := time.NewTicker(f.idle)
 	defer tick.Stop()
 	for {
-		var senderDone <-chan struct{}
+		var senderDone, ackDone <-chan struct{}
 		if s.queue != nil {
 			senderDone = s.senderDone
+		}
+		if s.acks != nil {
+			ackDone = s.ackDone
 		}
 		idle := false
 		select {
@@ -274,6 +280,8 @@ func (f *Follower) run(ctx context.Context) error {
 			}
 		case <-senderDone:
 			return fail(s.senderErr)
+		case <-ackDone:
+			return fail(s.ackErr)
 		case <-ctx.Done():
 			return fail(ctx.Err())
 		}

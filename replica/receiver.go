@@ -39,6 +39,10 @@ type Receiver struct {
 	// its secondary had received (see Mirror.Valid).
 	LocalValid func(vol string) uint64
 
+	freeMu sync.Mutex
+	free   int64 // free space at freeAt, less what batches took since
+	freeAt time.Time
+
 	mu      sync.Mutex
 	active  map[string]*Session // volumes a stream is applying to
 	history map[string][]PointPair
@@ -112,17 +116,39 @@ const DefaultReserve = 16 << 20
 // room refuses a batch that would not fit, before any of it is applied.
 // Records cost their data plus headers and block checksums (under 1/16).
 func (r *Receiver) room(b *Batch) error {
-	free, err := r.Pool.FreeBytes()
+	data := b.DataBytes()
+	free, err := r.freeBytes(data)
 	if err != nil {
 		return err
 	}
-	data := b.DataBytes()
 	need := data + data/16 + int64(len(b.Ops))*128 + r.Reserve
 	if need > free {
 		return fmt.Errorf("%w: the batch (source seq %d to %d) carries %s and needs %s free with the %s reserve; the replica site has %s free",
 			ErrNoSpace, b.From, b.To, fmtBytes(data), fmtBytes(need), fmtBytes(r.Reserve), fmtBytes(free))
 	}
 	return nil
+}
+
+// freeCheckEvery: a mirror's small batches come by the thousand a second;
+// the filesystem's free space is asked at most this often for them, and
+// what they carry is counted against the last answer in between.
+const freeCheckEvery = 100 * time.Millisecond
+
+// freeBytes is the pool's free space, asked afresh for a large batch or
+// once per freeCheckEvery, less what batches took since.
+func (r *Receiver) freeBytes(data int64) (int64, error) {
+	r.freeMu.Lock()
+	defer r.freeMu.Unlock()
+	if data < 1<<20 && time.Since(r.freeAt) < freeCheckEvery {
+		r.free -= data + data/16
+		return r.free + data + data/16, nil
+	}
+	free, err := r.Pool.FreeBytes()
+	if err != nil {
+		return 0, err
+	}
+	r.free, r.freeAt = free-data-data/16, time.Now()
+	return free, nil
 }
 
 // Session is one stream into one volume.

@@ -211,9 +211,14 @@ type shipper struct {
 	b       *Batch
 	target  State // what the target said it holds when opened
 	cur     *cow.Cursor
-	// eagerAcks: the sender takes acks as soon as it has nothing to send,
-	// instead of when the pipeline is full or the run ends (a follower).
-	eagerAcks bool
+	// acks (a follower's, see startAcker) holds the batches in flight for
+	// the acker, which takes their acks as they come instead of when the
+	// pipeline is full or the run ends; ackDone closes when it ends, with
+	// ackErr.
+	acks      chan sent
+	ackRoom   chan struct{}
+	ackDone   chan struct{}
+	ackErr    error
 	// follow: batches go NoSync except the last of a step whose syncLast
 	// is set (a follower, once caught up).
 	follow, syncLast bool
@@ -414,28 +419,44 @@ func (s *shipper) send(b *Batch) error {
 // sender delivers queued batches until the queue closes or one fails.
 func (s *shipper) sender() {
 	defer close(s.senderDone)
-	for {
-		var q queued
-		var ok bool
-		select {
-		case q, ok = <-s.queue:
-		default:
-			if pl, can := s.o.Target.(Pipeliner); can && s.eagerAcks && len(s.inflight) > 0 {
-				// Nothing else to send: take the oldest ack now (a
-				// follower's flushes wait for it).
-				if err := s.wait(pl); err != nil {
-					s.senderErr = err
-					return
-				}
-				continue
-			}
-			q, ok = <-s.queue
-		}
-		if !ok {
-			return
-		}
+	for q := range s.queue {
 		if err := s.deliver(q); err != nil {
 			s.senderErr = err
+			return
+		}
+	}
+}
+
+// followDepth is how many batches a follower keeps in flight: its acks
+// are taken by their own goroutine (acker), so the next batch goes out
+// while earlier ones are applied.
+const followDepth = 3
+
+// startAcker makes a follower's acks be taken as they come, by their own
+// goroutine, with followDepth batches in flight (before any send).
+func (s *shipper) startAcker() {
+	pl, ok := s.o.Target.(Pipeliner)
+	if !ok {
+		return
+	}
+	s.acks = make(chan sent, followDepth)
+	s.ackRoom = make(chan struct{}, followDepth)
+	s.ackDone = make(chan struct{})
+	go s.acker(pl)
+}
+
+// acker takes the acks of the batches the sender submitted, in order, as
+// they come.
+func (s *shipper) acker(pl Pipeliner) {
+	defer close(s.ackDone)
+	for f := range s.acks {
+		if err := pl.Wait(s.ctx); err != nil {
+			s.ackErr = fmt.Errorf("%s: %w", s.o.Target, err)
+			return
+		}
+		<-s.ackRoom
+		if err := s.acked(f); err != nil {
+			s.ackErr = err
 			return
 		}
 	}
@@ -458,6 +479,20 @@ func (s *shipper) deliver(q queued) error {
 			return fmt.Errorf("%s: %w", s.o.Target, err)
 		}
 		return s.acked(f)
+	}
+	if s.acks != nil {
+		select {
+		case s.ackRoom <- struct{}{}:
+		case <-s.ackDone:
+			return s.ackErr
+		case <-s.ctx.Done():
+			return s.ctx.Err()
+		}
+		if err := pl.Submit(s.ctx, b); err != nil {
+			return fmt.Errorf("%s: %w", s.o.Target, err)
+		}
+		s.acks <- f // never blocks: ackRoom bounds what is in it
+		return nil
 	}
 	if err := pl.Submit(s.ctx, b); err != nil {
 		// The target may have stopped on an earlier batch and said why.
@@ -485,6 +520,14 @@ func (s *shipper) drain() error {
 		<-s.senderDone
 		err = s.senderErr
 		s.queue = nil
+	}
+	if s.acks != nil {
+		close(s.acks)
+		<-s.ackDone
+		if err == nil {
+			err = s.ackErr
+		}
+		s.acks = nil
 	}
 	if derr := s.drainInflight(); err == nil {
 		err = derr

@@ -381,6 +381,12 @@ var rawBufs sync.Pool
 // AppendBatch is EncodeBatch appending the frame to dst, whose space a
 // caller that sends batch after batch can reuse.
 func AppendBatch(dst []byte, b *Batch) (frame []byte, raw int, err error) {
+	return appendBatch(dst, b, true)
+}
+
+// appendBatch is AppendBatch; without compress the frame is always stored
+// (zstd raw blocks), which costs no compression CPU.
+func appendBatch(dst []byte, b *Batch, compress bool) (frame []byte, raw int, err error) {
 	for i := range b.Ops {
 		if len(b.Ops[i].Name) > 0xffff || len(b.Ops[i].Label) > 0xffff {
 			return nil, 0, fmt.Errorf("replica: op %d: name or label longer than 64 KiB", i)
@@ -391,7 +397,7 @@ func AppendBatch(dst []byte, b *Batch) (frame []byte, raw int, err error) {
 	dst = append(dst, make([]byte, frameHeaderSize)...)
 	var sum uint32
 	need := int(64 + b.DataBytes() + int64(len(b.Ops))*opHeaderSize)
-	if incompressible(e, b) {
+	if !compress || incompressible(e, b) {
 		// Encoded straight into the frame: one copy of the data.
 		w := storedWriter{dst: slices.Grow(dst, need+3*(need/storedBlock+1)+16)}
 		w.begin()

@@ -213,11 +213,19 @@ type Remote struct {
 	stored  int64
 	counter sync.Mutex
 	unwatch func() bool // stops the context watch of the connection
-	pending []inflight  // submitted, not yet acknowledged
+	pending []inflight  // submitted, not yet acknowledged (under pmu)
+	pmu     sync.Mutex  // Submit and Wait may run on two goroutines
 	frame   []byte      // Submit's encoding space, reused batch after batch
 	synced  atomic.Uint64
 	dead    atomic.Bool // the context of the connection was cancelled
+	// noCompress: batches go stored (NoCompress).
+	noCompress bool
 }
+
+// NoCompress makes the batches go stored, not compressed: for a stream on
+// a fast network where a batch's latency counts (a mirror), compressing
+// costs more than it saves.
+func (r *Remote) NoCompress() { r.noCompress = true }
 
 // Synced is the point the target said it holds durably (batches with
 // NoSync are acknowledged before they are).
@@ -341,7 +349,7 @@ type inflight struct {
 
 // Submit implements Pipeliner: it sends b; Wait takes its ack.
 func (r *Remote) Submit(ctx context.Context, b *Batch) error {
-	frame, raw, err := AppendBatch(r.frame[:0], b)
+	frame, raw, err := appendBatch(r.frame[:0], b, !r.noCompress)
 	if err != nil {
 		return err
 	}
@@ -350,17 +358,22 @@ func (r *Remote) Submit(ctx context.Context, b *Batch) error {
 	if err := writeMsg(r.conn, msgBatch, frame); err != nil {
 		return err
 	}
+	r.pmu.Lock()
 	r.pending = append(r.pending, inflight{to: b.To, partial: b.Partial, raw: raw, stored: len(frame)})
+	r.pmu.Unlock()
 	return nil
 }
 
 // Wait implements Pipeliner.
 func (r *Remote) Wait(ctx context.Context) error {
+	r.pmu.Lock()
 	if len(r.pending) == 0 {
+		r.pmu.Unlock()
 		return errors.New("replica: no batch in flight")
 	}
 	f := r.pending[0]
 	r.pending = r.pending[1:]
+	r.pmu.Unlock()
 	var a ackMsg
 	if err := r.reply(msgAck, &a); err != nil {
 		return err

@@ -521,6 +521,7 @@ func (c *conn) enter(exp Export, name string, strictAlign bool) {
 	c.blockStatus, _ = exp.(blockdev.BlockStatuser)
 	c.fast, _ = exp.(blockdev.FastReader)
 	c.refs, _ = exp.(blockdev.RefReader)
+	c.waiter, _ = exp.(blockdev.WriteWaiter)
 	c.caps = exportCaps{
 		readOnly:    exp.ReadOnly(),
 		trim:        c.trimmer != nil,

@@ -349,6 +349,7 @@ type conn struct {
 	blockStatus blockdev.BlockStatuser
 	fast        blockdev.FastReader
 	refs        blockdev.RefReader
+	waiter      blockdev.WriteWaiter // nil: writes never wait long
 
 	// Transmission state.
 	hdr     [requestHeaderLen]byte // reader goroutine only

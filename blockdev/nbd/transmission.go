@@ -63,7 +63,7 @@ func (c *conn) transmit() {
 				c.lim.release(cost)
 				return
 			}
-			if req.flags&cmdFlagFUA == 0 && c.lim.alone() {
+			if req.flags&cmdFlagFUA == 0 && c.lim.alone() && (c.waiter == nil || !c.waiter.WritesWait()) {
 				// Nothing else in flight: a worker would only add a
 				// goroutine handoff each way. At queue depth 1, and
 				// also for pipelined writes that each find the last
