@@ -215,10 +215,10 @@ type shipper struct {
 	// the acker, which takes their acks as they come instead of when the
 	// pipeline is full or the run ends; ackDone closes when it ends, with
 	// ackErr.
-	acks      chan sent
-	ackRoom   chan struct{}
-	ackDone   chan struct{}
-	ackErr    error
+	acks    chan sent
+	ackRoom chan struct{}
+	ackDone chan struct{}
+	ackErr  error
 	// follow: batches go NoSync except the last of a step whose syncLast
 	// is set (a follower, once caught up).
 	follow, syncLast bool
