@@ -372,17 +372,14 @@ func TestE2EHAMigrate(t *testing.T) {
 	}
 	opts := fioOptions{Size: "128M", Runtime: 12 * time.Second}
 	if os.Getenv("STRATA_HA_MIGRATE_FILL") != "" {
-		opts.Runtime = 10 * time.Minute // ended below, after the migration
+		opts.Runtime = 40 * time.Second // the copy of the fill takes seconds
 	}
 	fio := startFio(t, uri, opts)
 	time.Sleep(3 * time.Second)
 	start := time.Now()
 	out := h.strata("a", "migrate", "vol0", "--to", h.url("b"), "--self", h.url("a"), "--token-file", h.token, "--insecure")
 	t.Logf("migrate: %s (%s by the test's clock)", strings.TrimSpace(out), time.Since(start).Round(time.Millisecond))
-	if opts.Runtime > time.Minute {
-		time.Sleep(3 * time.Second)
-		fio.Stop()
-	}
+
 	if res := fio.Wait(2 * time.Minute); res.err() != nil {
 		for _, host := range []string{"a", "b"} {
 			t.Logf("%s: %s", host, mustRun(t, "ip", "-n", h.l.NS(host), "-o", "addr", "show", "dev", "eth0").stdout)
