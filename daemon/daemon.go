@@ -5,7 +5,10 @@
 // control), the replication manager (configured continuous and interval
 // shipping, --once runs, the listener for other sites' streams), the
 // snapshot schedules (schedule.go; app-consistent snapshots in freeze.go),
-// the metrics and the web console (the control API over HTTP behind a
+// the synchronous mirrors (mirror.go: the gate in front of a mirrored
+// volume, leases at the witness, takeover, step-down, switchover; the
+// floating address and hook in mirror_api.go), the metrics and the web
+// console (the control API over HTTP behind a
 // login, with its pages). Start runs one, Close stops it; tests can run one
 // in-process.
 package daemon

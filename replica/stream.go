@@ -1,6 +1,7 @@
 // Package replica owns replication: the stream of one volume's changes that
 // a shipper sends to a target past the target's acknowledged sequence
-// number, the receiver that applies it at a remote Strata site, the S3
+// number (once per run, Ship, or kept open, Follow: a synchronous mirror's
+// stream), the receiver that applies it at a remote Strata site, the S3
 // target with erasure coding, and restore.
 //
 // The stream is made of batches. A batch takes a replica from one source
