@@ -338,22 +338,24 @@ func (m *mirrorManager) close() {
 	}
 }
 
-// anyPrimary says whether this host is the primary of a mirrored volume
-// other than except.
-func (m *mirrorManager) anyPrimary(except string) bool {
+// wantsAddress says whether this host should hold the floating address
+// now: a mirror here announced itself as the primary (holds a lease, or
+// needs none) and has not stepped down or been fenced since. Role events
+// act on this, not on themselves, so one that runs late (a fence's release
+// after the lease came back) does not undo a newer one.
+func (m *mirrorManager) wantsAddress() bool {
 	m.mu.Lock()
-	runs := make([]*mirror, 0, len(m.mu.run))
+	defer m.mu.Unlock()
 	for _, mr := range m.mu.run {
-		runs = append(runs, mr)
-	}
-	m.mu.Unlock()
-	for _, mr := range runs {
-		if mr.vol != except && mr.entry().Role == control.RolePrimary {
+		if mr.announced.Load() {
 			return true
 		}
 	}
 	return false
 }
+
+// mirrored says whether vol is mirrored here.
+func (m *mirrorManager) mirrored(vol string) bool { return m.get(vol) != nil }
 
 func (m *mirrorManager) get(vol string) *mirror {
 	if m == nil {

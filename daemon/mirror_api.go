@@ -58,9 +58,10 @@ func (d *Daemon) onMirrorRole(vol, role string, epoch uint64) {
 	log := d.opts.Logger
 	d.vipMu.Lock()
 	if d.vip != nil {
-		// A primary takes the address; a host that stepped down gives it
-		// up unless it is still the primary of another volume.
-		want := role == control.RolePrimary || d.mirrors.anyPrimary(vol)
+		// The address goes where the mirrors' current state says (see
+		// wantsAddress); a volume that migrated here (no longer mirrored)
+		// takes it too.
+		want := d.mirrors.wantsAddress() || (role == control.RolePrimary && !d.mirrors.mirrored(vol))
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		var err error
 		if want {
