@@ -187,6 +187,8 @@ type mirror struct {
 	ctx context.Context
 	end context.CancelFunc
 	wg  sync.WaitGroup
+	// spawnMu orders spawn against stop.
+	spawnMu sync.Mutex
 
 	// The I/O gate: open while this host is the primary, holds a lease
 	// (leaseUntil, Unix nanoseconds; 0 without a witness) and no
@@ -320,8 +322,7 @@ func (m *mirrorManager) startLocked(e mirrorEntry, fresh bool) error {
 		}
 	} else {
 		mr.setState(control.MirrorFollowing, "")
-		mr.wg.Add(1)
-		go mr.secondaryLoop()
+		mr.spawn(mr.secondaryLoop)
 	}
 	return nil
 }
@@ -369,12 +370,27 @@ func (m *mirrorManager) get(vol string) *mirror {
 // stop ends the mirror's goroutines; the gate closes for good.
 func (mr *mirror) stop() {
 	mr.primary.Store(false)
+	mr.spawnMu.Lock()
 	mr.end()
+	mr.spawnMu.Unlock()
 	mr.wake()
 	mr.wg.Wait()
 	if f := mr.f.Swap(nil); f != nil {
 		f.Stop()
 	}
+}
+
+// spawn runs loop (which calls wg.Done) unless the mirror stopped: role
+// changes come from goroutines of their own, and must not start loops
+// that stop no longer waits for.
+func (mr *mirror) spawn(loop func()) {
+	mr.spawnMu.Lock()
+	defer mr.spawnMu.Unlock()
+	if mr.ctx.Err() != nil {
+		return
+	}
+	mr.wg.Add(1)
+	go loop()
 }
 
 func (mr *mirror) entry() mirrorEntry {
@@ -687,13 +703,11 @@ func (mr *mirror) becomePrimary(epoch uint64, validUntil time.Time, syncWait boo
 	mr.mu.Unlock()
 	if mr.w != nil {
 		mr.leaseUntil.Store(monoOf(validUntil))
-		mr.wg.Add(1)
-		go mr.leaseLoop()
+		mr.spawn(mr.leaseLoop)
 	}
 	mr.primary.Store(true)
 	mr.wake()
-	mr.wg.Add(1)
-	go mr.streamLoop()
+	mr.spawn(mr.streamLoop)
 }
 
 // leaseLoop keeps the primary's lease at the witness.
@@ -1073,6 +1087,9 @@ func (mr *mirror) promote(epoch uint64, validUntil time.Time, why string) error 
 // a split clone when its stream arrives.
 func (mr *mirror) stepDown(epoch uint64, why string) {
 	m := mr.m
+	if mr.ctx.Err() != nil {
+		return // the mirror was removed or the daemon stops
+	}
 	mr.mu.Lock()
 	if mr.mu.e.Role != control.RolePrimary || epoch < mr.mu.e.Epoch {
 		mr.mu.Unlock()
@@ -1103,8 +1120,7 @@ func (mr *mirror) stepDown(epoch uint64, why string) {
 	if mr.announced.Swap(false) && m.onRole != nil {
 		go m.onRole(mr.vol, control.RoleSecondary, epoch)
 	}
-	mr.wg.Add(1)
-	go mr.secondaryLoop()
+	mr.spawn(mr.secondaryLoop)
 }
 
 // checkHello is the receiver's hook: it fences primaries with an old
@@ -1249,6 +1265,9 @@ func (m *mirrorManager) add(ctx context.Context, req control.MirrorAddRequest) (
 	}
 	if info.Replica != nil && !info.Replica.Promoted {
 		return control.MirrorStatus{}, fmt.Errorf("%w: %q is a replica; mirror it from its primary", errBadRequest, req.Volume)
+	}
+	if slices.Contains(m.d.opts.UblkVolumes, req.Volume) {
+		return control.MirrorStatus{}, fmt.Errorf("%w: %q is served as a ublk device too, which a mirror cannot hold back while another host takes over; serve it over NBD only", errBadRequest, req.Volume)
 	}
 	if !strings.HasPrefix(req.To, "strata://") {
 		return control.MirrorStatus{}, fmt.Errorf("%w: --to %q: a mirror's secondary is another strata host: strata://HOST:PORT", errBadRequest, req.To)
@@ -1562,6 +1581,15 @@ func exit(mr *mirror) {
 // WritesWait implements blockdev.WriteWaiter: a mirrored volume's writes
 // wait for the secondary.
 func (v *mirroredVolume) WritesWait() bool { return v.slot.Load() != nil }
+
+func (v *mirroredVolume) BlockStatus(off, length int64) ([]blockdev.Extent, error) {
+	mr, err := v.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer exit(mr)
+	return v.meteredVolume.BlockStatus(off, length)
+}
 
 func (v *mirroredVolume) ReadAt(p []byte, off int64) (int, error) {
 	mr, err := v.enter()
