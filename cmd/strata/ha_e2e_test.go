@@ -192,6 +192,9 @@ func TestE2EHASwitchover(t *testing.T) {
 	h.checkFio(fio.Wait(2*time.Minute), "switchover and failback", qsd)
 	h.waitMirror("a", control.RolePrimary, control.MirrorInSync, 30*time.Second)
 	h.waitVIP("a")
+	if out := h.strata("a", "status"); !strings.Contains(out, "mirrors:") || !strings.Contains(out, "primary  in sync  3") {
+		t.Fatalf("strata status does not show the mirror (primary, in sync, epoch 3):\n%s", out)
+	}
 	qsd.Stop()
 	h.verifyAt("a", opts)
 }

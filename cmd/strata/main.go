@@ -323,6 +323,10 @@ the volumes and the connected NBD clients.`,
 				fmt.Println("replication:")
 				printReplStatus(os.Stdout, st.Replication)
 			}
+			if ms, err := client(c).Mirrors(c.Context); err == nil && len(ms) > 0 {
+				fmt.Println("mirrors:")
+				printMirrors(os.Stdout, ms)
+			}
 			for _, v := range st.Volumes {
 				if r := v.Replica; r != nil && r.SourcePool != "" {
 					if r.Promoted {
