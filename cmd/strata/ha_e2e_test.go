@@ -184,9 +184,11 @@ func TestE2EHASwitchover(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	out := h.strata("a", "mirror", "switchover", "vol0")
 	t.Logf("switchover: %s", strings.TrimSpace(out))
-	h.waitMirror("b", control.RolePrimary, "", 10*time.Second)
 	h.waitMirror("a", control.RoleSecondary, "", 10*time.Second)
-	time.Sleep(3 * time.Second)
+	// A failback, like any switchover, waits for the mirror to be in sync
+	// (the command refuses otherwise, saying so).
+	h.waitMirror("b", control.RolePrimary, control.MirrorInSync, 30*time.Second)
+	time.Sleep(2 * time.Second)
 	out = h.strata("b", "mirror", "failback", "vol0")
 	t.Logf("failback: %s", strings.TrimSpace(out))
 	h.checkFio(fio.Wait(2*time.Minute), "switchover and failback", qsd)
