@@ -86,7 +86,7 @@ func (e exporter) Open(name string) (nbd.Export, error) {
 		if me := mr.entry(); me.Role != control.RolePrimary || !mr.primary.Load() || mr.fenced.Load() {
 			// Refused at the handshake: a reconnecting client tries again
 			// a moment later, and finds the address at the new primary.
-			return nil, plainError{fmt.Errorf("%w: this host is not serving mirrored volume %q now (%s, %s); its peer is %s", blockdev.ErrNotFound, name, me.Role, mr.status(context.Background()).State, me.PeerURL)}
+			return nil, plainError{fmt.Errorf("%w: this host is not serving mirrored volume %q now (%s, %s); its peer is %s", blockdev.ErrNotFound, name, me.Role, mr.stateName(), me.PeerURL)}
 		}
 	}
 	v, err := e.p.OpenVolume(name)

@@ -393,6 +393,13 @@ func (mr *mirror) spawn(loop func()) {
 	go loop()
 }
 
+// stateName is the mirror's state (control.Mirror*).
+func (mr *mirror) stateName() string {
+	mr.mu.Lock()
+	defer mr.mu.Unlock()
+	return mr.mu.state
+}
+
 func (mr *mirror) entry() mirrorEntry {
 	mr.mu.Lock()
 	defer mr.mu.Unlock()
