@@ -233,7 +233,6 @@ func (f *Follower) run(ctx context.Context) error {
 		return err
 	}
 	defer f.o.Target.Close()
-	s.startAcker()
 	s.onAck = func(sent time.Time) {
 		f.mu.Lock()
 		if sent.After(f.mu.lastAck) {
@@ -241,6 +240,7 @@ func (f *Follower) run(ctx context.Context) error {
 		}
 		f.mu.Unlock()
 	}
+	s.startAcker()
 	f.mu.Lock()
 	f.mu.opened, f.mu.target, f.mu.acked, f.mu.durable, f.mu.upto = true, st, st.Acked, st.Acked, s.o.Upto
 	f.mu.Unlock()
