@@ -32,6 +32,9 @@ type haLab struct {
 	vip   string // ADDR
 	dirs  map[string]string
 	procs map[string]*labProc
+	// written counts what the fio jobs wrote: verifyAt reads back every
+	// block of a region, so they must have covered it.
+	written int64
 }
 
 // newHALab starts the witness on w, strata on a and b (both with the
@@ -157,12 +160,22 @@ func (h *haLab) checkFio(res fioResult, what string, qsd *labProc) {
 		h.t.Fatalf("%s: %v\nqemu-storage-daemon:\n%s\na:\n%s\nb:\n%s", what, err, qsd.Output(), h.procs["a"].Output(), h.procs["b"].Output())
 	}
 	h.t.Logf("%s: fio %.0f write IOPS, %d MiB written, slowest I/O %s", what, res.WriteIOPS, res.WriteBytes>>20, res.MaxLat.Round(time.Millisecond))
+	h.written += res.WriteBytes
 }
 
 // verifyAt reads back, through host's Unix socket, everything the fio job
 // of opts wrote, and checks it.
 func (h *haLab) verifyAt(host string, opts fioOptions) {
 	h.t.Helper()
+	region, err := strconv.ParseInt(strings.TrimSuffix(opts.Size, "M"), 10, 64)
+	if err != nil {
+		h.t.Fatalf("region %q: give it in MiB (e.g. 64M)", opts.Size)
+	}
+	if h.written < region<<20 {
+		// A random write job covers each block once per pass: less than
+		// a pass leaves blocks never written, which would read as zeros.
+		h.t.Fatalf("the fio jobs wrote %d MiB, less than their %d MiB region: nothing to verify every block of (slow machine?)", h.written>>20, region)
+	}
 	opts.Runtime = 0
 	opts.Extra = append(append([]string(nil), opts.Extra...), "--verify_only=1")
 	res := startFio(h.t, "nbd+unix:///vol0?socket="+filepath.Join(h.dirs[host], "nbd.sock"), opts).Wait(2 * time.Minute)
@@ -179,7 +192,7 @@ func TestE2EHASwitchover(t *testing.T) {
 	h.mirrorAdd()
 	h.waitVIP("a")
 	uri, qsd := h.client()
-	opts := fioOptions{Size: "128M", Runtime: 12 * time.Second}
+	opts := fioOptions{Size: "64M", Runtime: 12 * time.Second}
 	fio := startFio(t, uri, opts)
 	time.Sleep(3 * time.Second)
 	out := h.strata("a", "mirror", "switchover", "vol0")
@@ -214,7 +227,7 @@ func TestE2EHAKill9(t *testing.T) {
 		rounds = n
 	}
 	uri, qsd := h.client()
-	opts := fioOptions{Size: "128M", Runtime: time.Duration(8+9*rounds) * time.Second}
+	opts := fioOptions{Size: "64M", Runtime: time.Duration(8+9*rounds) * time.Second}
 	fio := startFio(t, uri, opts)
 	time.Sleep(3 * time.Second)
 	primary, secondary := "a", "b"
@@ -303,7 +316,7 @@ func TestE2EHAPartition(t *testing.T) {
 	if d, err := time.ParseDuration(os.Getenv("STRATA_HA_OUTAGE")); err == nil && d > 0 {
 		outage = d
 	}
-	opts := fioOptions{Size: "128M", Runtime: outage + 2*time.Second}
+	opts := fioOptions{Size: "64M", Runtime: outage + 2*time.Second}
 	fio := startFio(t, uri, opts)
 	time.Sleep(2 * time.Second)
 	h.l.CutBetween("a", "b")
@@ -322,7 +335,7 @@ func TestE2EHAPartition(t *testing.T) {
 	}
 
 	// Part 2: a reaches only c; b reaches w.
-	fio = startFio(t, uri, fioOptions{Size: "128M", Runtime: 12 * time.Second})
+	fio = startFio(t, uri, fioOptions{Size: "64M", Runtime: 12 * time.Second})
 	time.Sleep(2 * time.Second)
 	h.l.CutBetween("a", "b")
 	h.l.CutBetween("a", "w")
@@ -375,7 +388,7 @@ func TestE2EHAMigrate(t *testing.T) {
 		mustRun(t, "fio", "--name=fill", "--ioengine=nbd", "--uri="+uri, "--rw=write", "--bs=1M", "--size="+strings.TrimSuffix(fill, "iB"),
 			"--offset=256M", "--iodepth=8", "--refill_buffers", "--end_fsync=1", "--output=/dev/null")
 	}
-	opts := fioOptions{Size: "128M", Runtime: 12 * time.Second}
+	opts := fioOptions{Size: "64M", Runtime: 12 * time.Second}
 	if os.Getenv("STRATA_HA_MIGRATE_FILL") != "" {
 		opts.Runtime = 40 * time.Second // the copy of the fill takes seconds
 	}
