@@ -151,7 +151,9 @@ func TestE2EVolumeAccess(t *testing.T) {
 	tlsS.createVolume("public", "4MiB")
 	tlsS.mustCLI("volume", "set", "private", "--allow-cert", "alice")
 	tbase := "nbds://127.0.0.1:" + port + "/"
-	as := func(who string) string { return "?tls-certificates=" + filepath.Join(pki, who) + "&tls-hostname=localhost" }
+	as := func(who string) string {
+		return "?tls-certificates=" + filepath.Join(pki, who) + "&tls-hostname=localhost"
+	}
 	hidden(tbase, as("bob"))
 	if !lists(tbase+as("alice"), "private") {
 		t.Fatal("alice does not see the volume allowed to her")
