@@ -9,6 +9,7 @@
 //	DELETE /v1/volumes/NAME?force=1         -> DeleteReply
 //	POST   /v1/volumes/NAME/resize ResizeRequest -> VolumeInfo
 //	POST   /v1/volumes/NAME/settings SettingsRequest
+//	GET    /v1/access                       -> map[VOL]Access
 //	GET    /v1/status                       -> Status
 //	POST   /v1/volumes/NAME/snapshots SnapshotRequest -> SnapshotCreated
 //	GET    /v1/volumes/NAME/snapshots       -> []SnapshotInfo
@@ -131,6 +132,20 @@ type ResizeRequest struct {
 type SettingsRequest struct {
 	Retention *time.Duration `json:"retention"` // 0: the pool's
 	ReadOnly  *bool          `json:"read_only"`
+	// Allow and AllowCert replace the volume's access rules (an empty
+	// list clears one); see Access.
+	Allow     *[]string `json:"allow,omitempty"`
+	AllowCert *[]string `json:"allow_cert,omitempty"`
+}
+
+// Access is a volume's access rules for TCP NBD clients (Unix-socket
+// clients are local and always allowed). A client may see and open the
+// volume (and its VOL@POINT exports) when its address is in one of Allow's
+// networks (if Allow is set) and its verified TLS client certificate's CN
+// or a DNS, email or URI SAN is in AllowCert (if AllowCert is set).
+type Access struct {
+	Allow     []string `json:"allow,omitempty"`      // CIDRs or addresses
+	AllowCert []string `json:"allow_cert,omitempty"` // certificate names
 }
 
 type DeleteReply struct {

@@ -278,3 +278,9 @@ func rootCause(err error) error {
 		err = u
 	}
 }
+
+// Access returns the volumes' access rules by volume (volumes without
+// rules are left out).
+func (c *Client) Access(ctx context.Context) (map[string]Access, error) {
+	return request[map[string]Access](ctx, c, "GET", "/v1/access", nil)
+}

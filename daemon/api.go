@@ -86,6 +86,15 @@ func (d *Daemon) controlHandler() http.Handler {
 	mux.HandleFunc("GET /v1/volumes", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, d.pool.Volumes())
 	})
+	mux.HandleFunc("GET /v1/access", func(w http.ResponseWriter, r *http.Request) {
+		out := map[string]control.Access{}
+		for _, v := range d.pool.Volumes() {
+			if a := d.access.rules(v.Name); a != nil {
+				out[v.Name] = *a
+			}
+		}
+		writeJSON(w, http.StatusOK, out)
+	})
 	mux.HandleFunc("POST /v1/volumes", func(w http.ResponseWriter, r *http.Request) {
 		var req control.CreateVolumeRequest
 		if err := decodeBody(r, &req); err != nil {
@@ -122,6 +131,9 @@ func (d *Daemon) controlHandler() http.Handler {
 			return
 		}
 		d.sched.forget(name)
+		if err := d.access.forget(name); err != nil {
+			log.Error("dropping a deleted volume's access rules", "volume", name, "err", err)
+		}
 		log.Info("deleted volume", "name", name, "disconnected", n)
 		writeJSON(w, http.StatusOK, control.DeleteReply{Disconnected: n})
 	})
@@ -231,6 +243,13 @@ func (d *Daemon) controlHandler() http.Handler {
 		if err := decodeBody(r, &req); err != nil {
 			writeErr(w, err)
 			return
+		}
+		if req.Allow != nil || req.AllowCert != nil {
+			if err := d.setAccess(r.PathValue("name"), req.Allow, req.AllowCert); err != nil {
+				writeErr(w, err)
+				return
+			}
+			log.Info("set volume access", "volume", r.PathValue("name"), "rules", d.access.rules(r.PathValue("name")))
 		}
 		if req.Retention != nil {
 			if err := d.pool.SetRetention(r.PathValue("name"), *req.Retention); err != nil {

@@ -138,6 +138,7 @@ type Daemon struct {
 	vip        *vip.VIP // the floating address (nil: none)
 	vipMu      sync.Mutex
 	sched      *scheduleManager
+	access     *accessManager
 	replSrv    *replica.Server
 	closeOnce  sync.Once
 	closeErr   error
@@ -191,6 +192,9 @@ func Start(o Options) (*Daemon, error) {
 			return nil, fmt.Errorf("--vip/--vip-dev: %w", err)
 		}
 		d.vip = &v
+	}
+	if d.access, err = newAccessManager(filepath.Join(o.Dir, "access.json"), o.Logger); err != nil {
+		return nil, fmt.Errorf("access: %w", err)
 	}
 	if d.mirrors, err = newMirrorManager(d, filepath.Join(o.Dir, "mirror.json")); err != nil {
 		return nil, fmt.Errorf("mirror: %w", err)

@@ -20,7 +20,7 @@ import (
 func (d *Daemon) startNBD() error {
 	o := d.opts
 	var err error
-	if d.nbd, err = nbd.NewServer(exporter{p: d.pool, io: d.io, mirrors: d.mirrors}, nbd.Options{Logger: o.Logger, TLS: o.TLS, RequireTLS: o.RequireTLS}); err != nil {
+	if d.nbd, err = nbd.NewServer(exporter{p: d.pool, io: d.io, mirrors: d.mirrors, access: d.access}, nbd.Options{Logger: o.Logger, TLS: o.TLS, RequireTLS: o.RequireTLS}); err != nil {
 		return err
 	}
 	if d.mirrors != nil {
@@ -63,6 +63,7 @@ type exporter struct {
 	p       *cow.Pool
 	io      *ioMetrics
 	mirrors *mirrorManager
+	access  *accessManager // nil: every client may use every volume
 }
 
 func (e exporter) Open(name string) (nbd.Export, error) {

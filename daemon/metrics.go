@@ -50,6 +50,7 @@ var poolFamilies = []family{
 	{"strata_read_damaged_blocks_total", "Reads since start that found a block failing its checksum (answered with an I/O error).", prometheus.CounterValue, nil},
 	{"strata_pool_failed", "1 after a failed fsync: the pool refuses writes until restarted.", prometheus.GaugeValue, nil},
 	{"strata_nbd_connections", "Open NBD connections.", prometheus.GaugeValue, nil},
+	{"strata_access_denied_total", "NBD opens of the volume refused by its access rules since start.", prometheus.CounterValue, []string{"volume"}},
 	{"strata_volume_size_bytes", "Volume size.", prometheus.GaugeValue, []string{"volume"}},
 	{"strata_volume_written_bytes", "Bytes whose newest version holds data.", prometheus.GaugeValue, []string{"volume"}},
 	{"strata_gc_last_bytes_freed", "Bytes freed by the last garbage collection pass.", prometheus.GaugeValue, nil},
@@ -132,6 +133,9 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, v := range d.pool.Volumes() {
 		emit("strata_volume_size_bytes", float64(v.Size), v.Name)
 		emit("strata_volume_written_bytes", float64(v.Written), v.Name)
+	}
+	for vol, n := range d.access.deniedCounts() {
+		emit("strata_access_denied_total", float64(n), vol)
 	}
 	if g := d.lastGC(); g != nil {
 		emit("strata_gc_last_bytes_freed", float64(g.Stats.BytesFreed))

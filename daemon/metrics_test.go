@@ -2,7 +2,9 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -10,6 +12,8 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/strata-storage/strata/blockdev"
+	"github.com/strata-storage/strata/blockdev/nbd"
 	"github.com/strata-storage/strata/control"
 	"github.com/strata-storage/strata/internal/metricstest"
 )
@@ -41,6 +45,7 @@ var strataFamilies = []struct {
 	{"strata_read_damaged_blocks_total", dto.MetricType_COUNTER, nil},
 	{"strata_pool_failed", dto.MetricType_GAUGE, nil},
 	{"strata_nbd_connections", dto.MetricType_GAUGE, nil},
+	{"strata_access_denied_total", dto.MetricType_COUNTER, []string{"volume"}},
 	{"strata_volume_size_bytes", dto.MetricType_GAUGE, []string{"volume"}},
 	{"strata_volume_written_bytes", dto.MetricType_GAUGE, []string{"volume"}},
 	{"strata_gc_last_bytes_freed", dto.MetricType_GAUGE, nil},
@@ -73,7 +78,18 @@ func TestMetricsFamilies(t *testing.T) {
 	_, target := replicaSite(t)
 
 	// I/O through the export the NBD server opens, so it is metered.
-	exp, err := exporter{p: d.pool, io: d.io, mirrors: d.mirrors}.Open("v")
+	// A client refused by the volume's access rules.
+	if err := d.access.set("v", &[]string{"10.0.0.0/8"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	x := exporter{p: d.pool, io: d.io, mirrors: d.mirrors, access: d.access}
+	if _, err := x.OpenFor(nbd.Peer{Addr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}}, "v@seq:1"); !errors.Is(err, blockdev.ErrNotFound) {
+		t.Fatalf("a refused open: %v", err)
+	}
+	if err := d.access.set("v", &[]string{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	exp, err := x.Open("v")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,6 +161,7 @@ func TestMetricsFamilies(t *testing.T) {
 		ok   func(float64) bool
 	}{
 		{"size of v", value("strata_volume_size_bytes", "volume", "v"), func(v float64) bool { return v == 8<<20 }},
+		{"access refusals of v", value("strata_access_denied_total", "volume", "v"), func(v float64) bool { return v == 1 }},
 		{"written of v", value("strata_volume_written_bytes", "volume", "v"), func(v float64) bool { return v == 64<<10 }},
 		{"bytes written to v", value("strata_io_bytes_total", "volume", "v", "op", "write"), func(v float64) bool { return v == 64<<10 }},
 		{"failed reads of v", value("strata_io_errors_total", "volume", "v", "op", "read"), func(v float64) bool { return v == 1 }},

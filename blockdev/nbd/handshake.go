@@ -194,6 +194,9 @@ func (c *conn) startTLS() error {
 	c.br = bufio.NewReaderSize(tc, 64<<10)
 	c.bw = bufio.NewWriterSize(tc, 64<<10)
 	c.tls = true
+	if chains := tc.ConnectionState().VerifiedChains; len(chains) > 0 {
+		c.certs = chains[0]
+	}
 	c.structured, c.metaSet, c.metaExport = false, false, ""
 	return nil
 }
@@ -247,7 +250,13 @@ func (c *conn) open(name string) (Export, uint32, error) {
 	if c.s.shuttingDown() {
 		return nil, repErrShutdown, errors.New("server is shutting down")
 	}
-	exp, err := c.s.exp.Open(name)
+	var exp Export
+	var err error
+	if pe, ok := c.s.exp.(PeerExporter); ok {
+		exp, err = pe.OpenFor(c.peer(), name)
+	} else {
+		exp, err = c.s.exp.Open(name)
+	}
 	switch {
 	case err == nil && exp != nil:
 		return exp, 0, nil
@@ -260,6 +269,20 @@ func (c *conn) open(name string) (Export, uint32, error) {
 	}
 	c.log.Warn("nbd: opening export failed", "name", name, "err", err)
 	return nil, repErrUnknown, err
+}
+
+// peer describes the client for a PeerExporter.
+func (c *conn) peer() Peer {
+	a := c.nc.RemoteAddr()
+	return Peer{Addr: a, Unix: a != nil && (a.Network() == "unix" || a.Network() == "unixpacket"), Certs: c.certs}
+}
+
+// list is the exports this client may see.
+func (c *conn) list() ([]ExportInfo, error) {
+	if pe, ok := c.s.exp.(PeerExporter); ok {
+		return pe.ListFor(c.peer())
+	}
+	return c.s.exp.List()
 }
 
 func (c *conn) transmissionFlags(exp Export) uint16 {
@@ -324,7 +347,7 @@ func (c *conn) optList(data []byte) error {
 	if c.s.shuttingDown() {
 		return c.optError(optList, repErrShutdown, "server is shutting down")
 	}
-	infos, err := c.s.exp.List()
+	infos, err := c.list()
 	if err != nil {
 		c.log.Warn("nbd: listing exports failed", "err", err)
 		if errors.Is(err, blockdev.ErrGone) {
@@ -439,7 +462,7 @@ func (c *conn) description(exp Export, name string) string {
 	var desc string
 	if d, ok := exp.(interface{ Description() string }); ok {
 		desc = d.Description()
-	} else if infos, err := c.s.exp.List(); err == nil {
+	} else if infos, err := c.list(); err == nil {
 		for _, info := range infos {
 			if info.Name == name {
 				desc = info.Description

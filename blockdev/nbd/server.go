@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -50,6 +51,30 @@ type Exporter interface {
 	Open(name string) (Export, error)
 	// List returns the exports NBD_OPT_LIST shows.
 	List() ([]ExportInfo, error)
+}
+
+// Peer is the client a connection serves, as a PeerExporter sees it.
+type Peer struct {
+	// Addr is the client's address (c.RemoteAddr()).
+	Addr net.Addr
+	// Unix: the client came through a Unix socket (a local client).
+	Unix bool
+	// Certs is the client's verified certificate chain, leaf first, once
+	// the connection negotiated TLS with a verified client certificate
+	// (nil otherwise).
+	Certs []*x509.Certificate
+}
+
+// PeerExporter is an Exporter that decides per client. When the Server's
+// Exporter implements it, the Server calls OpenFor and ListFor instead of
+// Open and List; they have the same contracts. An export the peer may not
+// use should be left out of ListFor and refused by OpenFor with an error
+// that errors.Is blockdev.ErrNotFound: the client then sees exactly what
+// it would for a name that does not exist.
+type PeerExporter interface {
+	Exporter
+	OpenFor(p Peer, name string) (Export, error)
+	ListFor(p Peer) ([]ExportInfo, error)
 }
 
 // Options configure a Server. The zero value gives the defaults.
@@ -336,7 +361,8 @@ type conn struct {
 	inTransmission bool
 
 	// Negotiation state, owned by the connection goroutine.
-	tls         bool // STARTTLS done: br and bw go through TLS
+	tls         bool                // STARTTLS done: br and bw go through TLS
+	certs       []*x509.Certificate // the verified client chain after STARTTLS
 	noZeroes    bool
 	structured  bool
 	metaSet     bool   // SET_META_CONTEXT selected base:allocation

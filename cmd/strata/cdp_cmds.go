@@ -384,15 +384,20 @@ func volumeSetCommand() *cli.Command {
 		Name:      "set",
 		Usage:     "change a volume's settings",
 		ArgsUsage: "VOL",
-		UsageText: `strata volume set VOL [--retention DURATION] [--read-only true|false]
+		UsageText: `strata volume set VOL [--retention DURATION] [--read-only true|false] [--allow CIDR,...] [--allow-cert NAME,...]
 
 Examples:
    strata volume set vm1 --retention 7d
    strata volume set vm1 --retention 0          # back to the pool's
-   strata volume set golden --read-only true    # new connections get a read-only export`,
+   strata volume set golden --read-only true    # new connections get a read-only export
+   strata volume set vm1 --allow 10.0.0.0/8,192.0.2.7   # only these TCP clients see and open vm1
+   strata volume set vm1 --allow-cert host1.example     # with TLS: only this client certificate (CN or SAN)
+   strata volume set vm1 --allow '' --allow-cert ''     # every client again`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "retention", Usage: "how long every write stays readable (90m, 24h, 7d; 0: the pool's)"},
 			&cli.StringFlag{Name: "read-only", Usage: "true: serve the volume read-only (new connections; writes get EPERM); false: writable"},
+			&cli.StringFlag{Name: "allow", Usage: "comma-separated CIDRs or addresses: only TCP clients from them see and open the volume (Unix-socket clients always can); '' clears"},
+			&cli.StringFlag{Name: "allow-cert", Usage: "comma-separated names: only TLS clients whose verified certificate has one as CN or SAN see and open the volume (needs serve --tls-ca); '' clears"},
 		},
 		Action: func(c *cli.Context) error {
 			vol, err := oneArg(c, "VOL")
@@ -414,8 +419,21 @@ Examples:
 				}
 				req.ReadOnly = &ro
 			}
-			if req.Retention == nil && req.ReadOnly == nil {
-				return fmt.Errorf("nothing to set: give --retention or --read-only; see strata volume set --help")
+			list := func(flag string) *[]string {
+				if !c.IsSet(flag) {
+					return nil
+				}
+				l := []string{}
+				for _, s := range strings.Split(c.String(flag), ",") {
+					if s = strings.TrimSpace(s); s != "" {
+						l = append(l, s)
+					}
+				}
+				return &l
+			}
+			req.Allow, req.AllowCert = list("allow"), list("allow-cert")
+			if req.Retention == nil && req.ReadOnly == nil && req.Allow == nil && req.AllowCert == nil {
+				return fmt.Errorf("nothing to set: give --retention, --read-only, --allow or --allow-cert; see strata volume set --help")
 			}
 			if err := client(c).SetVolume(c.Context, vol, req); err != nil {
 				return err
@@ -425,6 +443,14 @@ Examples:
 			}
 			if req.ReadOnly != nil {
 				fmt.Printf("volume %s is %s for new connections\n", vol, map[bool]string{true: "read-only", false: "writable"}[*req.ReadOnly])
+			}
+			if req.Allow != nil || req.AllowCert != nil {
+				all, err := client(c).Access(c.Context)
+				if err != nil {
+					return err
+				}
+				a, ok := all[vol]
+				fmt.Printf("volume %s is open to %s\n", vol, map[bool]string{true: accessText(a), false: "every client"}[ok])
 			}
 			return nil
 		},
@@ -436,4 +462,19 @@ func nArgs(c *cli.Context, what string, n int) ([]string, error) {
 		return nil, fmt.Errorf("expected %s, got %d argument(s); see strata %s --help", what, c.NArg(), c.Command.FullName())
 	}
 	return c.Args().Slice(), nil
+}
+
+// accessText is a volume's access rules in one line ("-": none).
+func accessText(a control.Access) string {
+	var parts []string
+	if len(a.Allow) > 0 {
+		parts = append(parts, strings.Join(a.Allow, ","))
+	}
+	if len(a.AllowCert) > 0 {
+		parts = append(parts, "cert:"+strings.Join(a.AllowCert, ","))
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, " ")
 }

@@ -159,14 +159,18 @@ a multiple of 4 KiB. The volume is served at once as NBD export NAME.`,
 					if c.Bool("json") {
 						return printJSON(vols)
 					}
+					access, err := client(c).Access(c.Context)
+					if err != nil {
+						return err
+					}
 					w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-					fmt.Fprintln(w, "NAME\tSIZE\tWRITTEN\tATTACHED\tMODE\tCREATED")
+					fmt.Fprintln(w, "NAME\tSIZE\tWRITTEN\tATTACHED\tMODE\tCREATED\tACCESS")
 					for _, v := range vols {
 						mode := "rw"
 						if v.ReadOnly {
 							mode = "ro"
 						}
-						fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\n", v.Name, units.FormatSize(v.Size), writtenText(v), v.Handles, mode, v.Created.Format(time.RFC3339))
+						fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", v.Name, units.FormatSize(v.Size), writtenText(v), v.Handles, mode, v.Created.Format(time.RFC3339), accessText(access[v.Name]))
 					}
 					return w.Flush()
 				},
