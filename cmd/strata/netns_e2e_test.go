@@ -518,7 +518,7 @@ type fioResult struct {
 	ReadIOPS   float64
 	WriteBytes int64
 	ReadBytes  int64
-	MaxLat     time.Duration // slowest read's or write's completion latency
+	MaxLat     time.Duration // slowest read's, write's or flush's completion latency
 	Elapsed    time.Duration
 	Output     string // fio's stderr and any text around the JSON
 }
@@ -602,6 +602,13 @@ func (f *fioRun) Wait(d time.Duration) fioResult {
 					Max int64 `json:"max"`
 				} `json:"clat_ns"`
 			} `json:"write"`
+			// Flushes (--fsync): one may be what waits through a
+			// reconnect, with no write in flight.
+			Sync struct {
+				Lat struct {
+					Max int64 `json:"max"`
+				} `json:"lat_ns"`
+			} `json:"sync"`
 		} `json:"jobs"`
 	}
 	if err := json.Unmarshal(b, &rep); err != nil {
@@ -615,7 +622,7 @@ func (f *fioRun) Wait(d time.Duration) fioResult {
 		res.ReadIOPS += j.Read.IOPS
 		res.WriteBytes += j.Write.Bytes
 		res.ReadBytes += j.Read.Bytes
-		res.MaxLat = max(res.MaxLat, time.Duration(j.Write.Clat.Max), time.Duration(j.Read.Clat.Max))
+		res.MaxLat = max(res.MaxLat, time.Duration(j.Write.Clat.Max), time.Duration(j.Read.Clat.Max), time.Duration(j.Sync.Lat.Max))
 	}
 	return res
 }
