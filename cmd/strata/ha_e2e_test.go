@@ -343,7 +343,7 @@ func TestE2EHAPartition(t *testing.T) {
 	// a acknowledges nothing b does not hold (every write waits for b,
 	// which it cannot reach; the final verify on b checks that), and says
 	// it is fenced once its lease and its wait for b have run out.
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(15 * time.Second)
 	for {
 		s, _ := h.mirror("a")
 		if s.Role != control.RolePrimary || s.State == control.MirrorFenced {
