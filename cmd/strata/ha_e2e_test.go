@@ -130,11 +130,11 @@ func (h *haLab) holdsVIP(host string) bool {
 	return strings.Contains(out, " "+h.vip+"/")
 }
 
-// waitVIP waits (5 s at most) until the floating address is on host alone.
+// waitVIP waits (10 s at most) until the floating address is on host alone.
 func (h *haLab) waitVIP(host string) {
 	h.t.Helper()
 	other := map[string]string{"a": "b", "b": "a"}[host]
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for !(h.holdsVIP(host) && !h.holdsVIP(other)) {
 		if time.Now().After(deadline) {
 			h.t.Fatalf("the floating address is not on %s alone (%s %v, %s %v)", host, host, h.holdsVIP(host), other, h.holdsVIP(other))
@@ -241,7 +241,7 @@ func TestE2EHAKill9(t *testing.T) {
 			t.Fatalf("no takeover in %s's log:\n%s", secondary, h.procs[secondary].Output())
 		}
 		takeovers = append(takeovers, took[len(took)-1].Sub(killed))
-		deadline := time.Now().Add(5 * time.Second)
+		deadline := time.Now().Add(10 * time.Second)
 		for !h.holdsVIP(secondary) && time.Now().Before(deadline) {
 			time.Sleep(50 * time.Millisecond)
 		}
