@@ -20,7 +20,7 @@ import (
 // and stops it at the end of the test.
 func start(t *testing.T, dir string, edit func(*Options)) (*Daemon, *control.Client) {
 	t.Helper()
-	o := Options{Dir: dir, NBDSocket: filepath.Join(dir, "nbd.sock"), Logger: slog.New(slog.DiscardHandler), Version: "test"}
+	o := Options{Dir: dir, NBDSocket: filepath.Join(dir, "nbd.sock"), Logger: testLogger(), Version: "test"}
 	o.Pool.SegmentSize = 1 << 20
 	o.Pool.GCInterval = -1
 	if edit != nil {
@@ -281,4 +281,11 @@ func TestReplication(t *testing.T) {
 	if list, err := src.Replications(ctx); err != nil || len(list) != 0 {
 		t.Fatalf("replications after remove: %+v, %v", list, err)
 	}
+}
+
+func testLogger() *slog.Logger {
+	if os.Getenv("STRATA_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	return slog.New(slog.DiscardHandler)
 }

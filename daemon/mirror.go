@@ -98,6 +98,7 @@ type witnessClient interface {
 	Acquire(ctx context.Context, group, node, peer string, epoch uint64) (vote, error)
 	SetOutdated(ctx context.Context, group, node string, epoch uint64, peer string, outdated bool) (vote, error)
 	Handover(ctx context.Context, group, node string, epoch uint64, to string) (vote, error)
+	Release(ctx context.Context, group, node string, epoch uint64) (vote, error)
 	// Exists says whether the witness knows group: only the primary
 	// creates it (with its first Acquire), never the secondary.
 	Exists(ctx context.Context, group string) (bool, error)
@@ -187,8 +188,9 @@ type mirror struct {
 	ctx context.Context
 	end context.CancelFunc
 	wg  sync.WaitGroup
-	// spawnMu orders spawn against stop.
-	spawnMu sync.Mutex
+	// spawnMu orders spawn against stop; promoteMu serializes promote.
+	spawnMu   sync.Mutex
+	promoteMu sync.Mutex
 
 	// The I/O gate: open while this host is the primary, holds a lease
 	// (leaseUntil, Unix nanoseconds; 0 without a witness) and no
@@ -200,6 +202,17 @@ type mirror struct {
 	// announced: onRole heard this host is the primary (it takes the
 	// floating address only while it holds a lease).
 	announced atomic.Bool
+	// decided is closed once a primary that restarted knows from the
+	// witness whether it serves or yields (see leaseLoop): its stream
+	// waits for that, since a stream from a host that lost its tail
+	// rewinds the secondary.
+	decided     chan struct{}
+	decidedOnce sync.Once
+	// switching: a switchover runs (it moves the address itself).
+	switching atomic.Bool
+	// yieldUntil: a restarted primary that gave the lease to its
+	// secondary does not ask for it back before then (lease clock).
+	yieldUntil atomic.Int64
 	// recovered: this host was the primary when the daemon started and
 	// its journal ended here then; until a stream to the secondary has
 	// opened, the secondary may hold points after it that were lost.
@@ -292,7 +305,7 @@ func (m *mirrorManager) startLocked(e mirrorEntry, fresh bool) error {
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	mr := &mirror{m: m, vol: e.Volume, w: w, ctx: ctx, end: cancel}
+	mr := &mirror{m: m, vol: e.Volume, w: w, ctx: ctx, end: cancel, decided: make(chan struct{})}
 	mr.mu.e = e
 	mr.mu.changed = make(chan struct{})
 	mr.mu.since = time.Now()
@@ -391,6 +404,13 @@ func (mr *mirror) spawn(loop func()) {
 	}
 	mr.wg.Add(1)
 	go loop()
+}
+
+// primaryAt says whether this host is still the primary in epoch.
+func (mr *mirror) primaryAt(epoch uint64) bool {
+	mr.mu.Lock()
+	defer mr.mu.Unlock()
+	return mr.mu.e.Role == control.RolePrimary && mr.mu.e.Epoch == epoch
 }
 
 // stateName is the mirror's state (control.Mirror*).
@@ -721,9 +741,10 @@ func (mr *mirror) becomePrimary(epoch uint64, validUntil time.Time, syncWait boo
 func (mr *mirror) leaseLoop() {
 	defer mr.wg.Done()
 	every := time.Second
+	epoch := mr.entry().Epoch // this loop serves this term only
 	for {
 		e := mr.entry()
-		if e.Role != control.RolePrimary {
+		if e.Role != control.RolePrimary || e.Epoch != epoch {
 			return
 		}
 		if e.Peer != "" {
@@ -738,7 +759,29 @@ func (mr *mirror) leaseLoop() {
 				if mono() >= mr.leaseUntil.Load() && !mr.open() && !mr.paused.Load() {
 					mr.fence("witness: " + err.Error())
 				}
+			case v.Granted && mr.recovered.Load() != 0 && v.Outdated == "" && e.Peer != "":
+				// This primary restarted (perhaps losing writes that only
+				// its journal's memory held) while its secondary is up to
+				// date: the secondary has every write this host
+				// acknowledged, so it takes over, and this host follows
+				// it. (Serving on would have the secondary go back to this
+				// host's journal end, losing acknowledged writes.)
+				ctx, cancel := context.WithTimeout(mr.ctx, time.Second)
+				_, rerr := mr.w.Release(ctx, e.Group, mr.m.pool.ID(), e.Epoch)
+				cancel()
+				if rerr != nil {
+					mr.m.log.Warn("mirror: could not give the lease to the up-to-date secondary", "volume", mr.vol, "err", rerr)
+					break
+				}
+				mr.m.log.Warn("mirror: this primary restarted while its secondary is up to date; the secondary takes over", "volume", mr.vol)
+				// Its poll gets the lease within a second; this host asks
+				// only if it has not (it may be gone too).
+				mr.yieldUntil.Store(mono() + int64(5*time.Second))
+				mr.decidedOnce.Do(func() { close(mr.decided) })
+				go mr.stepDown(e.Epoch+1, "restarted while the secondary was up to date: it takes over")
+				return
 			case v.Granted:
+				mr.decidedOnce.Do(func() { close(mr.decided) })
 				mr.leaseUntil.Store(monoOf(v.ValidUntil))
 				mr.fenced.Store(false)
 				mr.wake()
@@ -760,6 +803,9 @@ func (mr *mirror) leaseLoop() {
 			default:
 				mr.fence("witness: " + v.Reason)
 				mr.noteRefusal(v)
+				if v.Holder != "" && v.Holder != mr.m.pool.ID() {
+					mr.decidedOnce.Do(func() { close(mr.decided) }) // another host serves: no stream from here
+				}
 			}
 		}
 		select {
@@ -775,14 +821,22 @@ func (mr *mirror) leaseLoop() {
 // the witness hears that it is up to date.
 func (mr *mirror) streamLoop() {
 	defer mr.wg.Done()
+	epoch := mr.entry().Epoch // this loop serves this term only
+	if mr.w != nil && mr.recovered.Load() != 0 {
+		select {
+		case <-mr.decided:
+		case <-mr.ctx.Done():
+			return
+		}
+	}
 	backoff := 200 * time.Millisecond
-	for mr.ctx.Err() == nil && mr.entry().Role == control.RolePrimary {
+	for mr.ctx.Err() == nil && mr.primaryAt(epoch) {
 		f, err := mr.openFollower()
 		if err == nil {
 			backoff = 200 * time.Millisecond
 			err = mr.track(f)
 		}
-		if mr.ctx.Err() != nil || mr.entry().Role != control.RolePrimary {
+		if mr.ctx.Err() != nil || !mr.primaryAt(epoch) {
 			return
 		}
 		if errors.Is(err, replica.ErrFenced) {
@@ -977,7 +1031,7 @@ func (mr *mirror) secondaryLoop() {
 		if e.Role != control.RoleSecondary {
 			return
 		}
-		if e.Peer == "" {
+		if e.Peer == "" || mono() < mr.yieldUntil.Load() {
 			continue
 		}
 		if rs := mr.m.recv.Load(); rs != nil {
@@ -1025,13 +1079,20 @@ func (mr *mirror) secondaryLoop() {
 // promote makes this secondary the primary with epoch.
 func (mr *mirror) promote(epoch uint64, validUntil time.Time, why string) error {
 	m := mr.m
+	// One promotion at a time: a handover's and the witness poll's may
+	// race for the same epoch.
+	mr.promoteMu.Lock()
+	defer mr.promoteMu.Unlock()
 	mr.mu.Lock()
 	if mr.mu.e.Role == control.RolePrimary {
 		mr.mu.Unlock()
 		return nil
 	}
 	old := mr.mu.e.Epoch
-	mr.mu.e.Epoch = max(epoch, old+1) // from now on the old primary's stream is refused
+	if epoch == 0 {
+		epoch = old + 1 // no witness: the next term
+	}
+	mr.mu.e.Epoch = max(epoch, old) // from now on the old primary's stream is refused
 	epoch = mr.mu.e.Epoch
 	mr.mu.Unlock()
 	var points []replica.PointPair
@@ -1124,7 +1185,8 @@ func (mr *mirror) stepDown(epoch uint64, why string) {
 	if err := m.save(e); err != nil {
 		m.log.Error("mirror: saving the new role failed", "volume", mr.vol, "err", err)
 	}
-	if mr.announced.Swap(false) && m.onRole != nil {
+	if !mr.switching.Load() && mr.announced.Swap(false) && m.onRole != nil {
+		// (A switchover moves the address itself, in its own time.)
 		go m.onRole(mr.vol, control.RoleSecondary, epoch)
 	}
 	mr.spawn(mr.secondaryLoop)
@@ -1452,6 +1514,8 @@ func (m *mirrorManager) switchover(ctx context.Context, vol string, final bool) 
 		return control.MirrorSwitchoverReply{}, fmt.Errorf("%w: the mirror of %q is %s, not in sync; wait for it (strata mirror status %s)", cow.ErrBusy, vol, st.State, vol)
 	}
 	start := time.Now()
+	mr.switching.Store(true)
+	defer mr.switching.Store(false)
 	mr.paused.Store(true)
 	resume := func() {
 		mr.paused.Store(false)
@@ -1531,6 +1595,17 @@ func (m *mirrorManager) switchover(ctx context.Context, vol string, final bool) 
 		m.log.Warn("mirror: the secondary did not answer the handover; the witness gave it the lease", "volume", vol, "err", err)
 	}
 	mr.dropClients()
+	if mr.announced.Load() && m.onRole != nil {
+		// Keep the address a moment: a client that reconnects at once
+		// (QEMU does) still reaches this host and is refused at the
+		// handshake, quickly, and tries again; the new primary's
+		// announcements meanwhile move the clients' neighbour entries
+		// (which ignore an update less than a second after the last).
+		// An address taken away under a handshake in progress would
+		// leave that client waiting for an answer that cannot be sent.
+		time.Sleep(1500 * time.Millisecond)
+		mr.dropClients()
+	}
 	if mr.announced.Swap(false) && m.onRole != nil {
 		m.onRole(vol, control.RoleSecondary, next)
 	}

@@ -105,6 +105,20 @@ func (w *fakeWitness) Handover(_ context.Context, group, node string, epoch uint
 	return w.voteLocked(true, "", now), nil
 }
 
+func (w *fakeWitness) Release(_ context.Context, group, node string, epoch uint64) (vote, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.reach(node); err != nil {
+		return vote{}, err
+	}
+	now := time.Now()
+	if node != w.holder || epoch != w.epoch {
+		return w.voteLocked(false, "not the holder", now), nil
+	}
+	w.holder, w.until = "", time.Time{}
+	return w.voteLocked(true, "", now), nil
+}
+
 func (w *fakeWitness) Exists(context.Context, string) (bool, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()

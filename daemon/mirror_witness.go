@@ -65,6 +65,10 @@ func (a witnessAdapter) Handover(ctx context.Context, group, node string, epoch 
 	return voteOf(a.c.Handover(ctx, group, node, epoch, to))
 }
 
+func (a witnessAdapter) Release(ctx context.Context, group, node string, epoch uint64) (vote, error) {
+	return voteOf(a.c.Release(ctx, group, node, epoch))
+}
+
 func (a witnessAdapter) Exists(ctx context.Context, group string) (bool, error) {
 	_, err := a.c.Status(ctx, group)
 	if errors.Is(err, witness.ErrUnknownGroup) {
