@@ -208,6 +208,8 @@ type mirror struct {
 	// rewinds the secondary.
 	decided     chan struct{}
 	decidedOnce sync.Once
+	// streamGen counts stream loops started in one term (see streamLoop).
+	streamGen atomic.Uint64
 	// switching: a switchover runs (it moves the address itself).
 	switching atomic.Bool
 	// yieldUntil: a restarted primary that gave the lease to its
@@ -821,7 +823,8 @@ func (mr *mirror) leaseLoop() {
 // the witness hears that it is up to date.
 func (mr *mirror) streamLoop() {
 	defer mr.wg.Done()
-	epoch := mr.entry().Epoch // this loop serves this term only
+	epoch := mr.entry().Epoch  // this loop serves this term only
+	gen := mr.streamGen.Load() // and gives way to a newer loop
 	if mr.w != nil && mr.recovered.Load() != 0 {
 		select {
 		case <-mr.decided:
@@ -830,13 +833,14 @@ func (mr *mirror) streamLoop() {
 		}
 	}
 	backoff := 200 * time.Millisecond
-	for mr.ctx.Err() == nil && mr.primaryAt(epoch) {
+	// (primary goes false when a switchover hands over: no stream then.)
+	for mr.ctx.Err() == nil && mr.primaryAt(epoch) && mr.primary.Load() && mr.streamGen.Load() == gen {
 		f, err := mr.openFollower()
 		if err == nil {
 			backoff = 200 * time.Millisecond
 			err = mr.track(f)
 		}
-		if mr.ctx.Err() != nil || !mr.primaryAt(epoch) {
+		if mr.ctx.Err() != nil || !mr.primaryAt(epoch) || !mr.primary.Load() || mr.streamGen.Load() != gen {
 			return
 		}
 		if errors.Is(err, replica.ErrFenced) {
@@ -1278,7 +1282,7 @@ func (m *mirrorManager) newSecondary(h replica.Hello) error {
 		return fmt.Errorf("%w: no mirror of %q here to hand over", replica.ErrRefused, h.Target)
 	}
 	if info, err := m.pool.VolumeInfo(h.Target); err == nil {
-		if rs := info.Replica; rs == nil || rs.SourcePool != h.Source.Pool || rs.SourceVol != h.Source.Vol {
+		if rs := info.Replica; rs == nil || rs.Promoted || rs.SourcePool != h.Source.Pool || rs.SourceVol != h.Source.Vol {
 			return fmt.Errorf("%w: volume %q exists here and is not a replica of %s (pool %s): it cannot become that mirror's secondary; name another volume or delete it here",
 				replica.ErrRefused, h.Target, h.Source.Name, h.Source.Pool)
 		}
@@ -1589,6 +1593,8 @@ func (m *mirrorManager) switchover(ctx context.Context, vol string, final bool) 
 		if mr.w == nil {
 			mr.fenced.Store(false)
 			mr.primary.Store(true)
+			mr.streamGen.Add(1) // the stream loop ended when primary went false: a new one
+			mr.spawn(mr.streamLoop)
 			resume()
 			return control.MirrorSwitchoverReply{}, fmt.Errorf("the secondary did not take over: %v", err)
 		}
