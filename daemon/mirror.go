@@ -1600,6 +1600,10 @@ func (m *mirrorManager) switchover(ctx context.Context, vol string, final bool) 
 		}
 		m.log.Warn("mirror: the secondary did not answer the handover; the witness gave it the lease", "volume", vol, "err", err)
 	}
+	// I/O waited from the pause until the secondary took over; what
+	// follows (clients told to go, the address moved) happens while the
+	// new primary serves.
+	paused := time.Since(start)
 	mr.dropClients()
 	if mr.announced.Load() && m.onRole != nil {
 		// Keep the address a moment: a client that reconnects at once
@@ -1618,7 +1622,6 @@ func (m *mirrorManager) switchover(ctx context.Context, vol string, final bool) 
 	mr.paused.Store(false)
 	mr.fenced.Store(false)
 	mr.stepDown(next, "planned switchover")
-	paused := time.Since(start)
 	msg := fmt.Sprintf("%s: %s is the primary now (epoch %d); this host follows it", vol, e.PeerURL, next)
 	if final {
 		if err := m.remove(vol); err != nil {
