@@ -236,7 +236,11 @@ func TestE2EHAKill9(t *testing.T) {
 		killed := time.Now()
 		h.procs[primary].Kill9()
 		h.waitMirror(secondary, control.RolePrimary, "", 15*time.Second)
-		took := h.procs[secondary].LogTimes("this host is now the primary")
+		// The log line follows the role change by a moment.
+		var took []time.Time
+		for deadline := time.Now().Add(5 * time.Second); len(took) == 0 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			took = h.procs[secondary].LogTimes("this host is now the primary")
+		}
 		if len(took) == 0 {
 			t.Fatalf("no takeover in %s's log:\n%s", secondary, h.procs[secondary].Output())
 		}
@@ -268,7 +272,11 @@ func TestE2EHAKill9(t *testing.T) {
 		h.waitMirror(primary, control.RoleSecondary, "", 15*time.Second)
 		st := h.waitMirror(secondary, control.RolePrimary, control.MirrorInSync, 60*time.Second)
 		// It follows from the last common point: no full copy.
-		if len(h.procs[primary].LogTimes("now follows vol0 from the last common point")) == 0 {
+		var followed []time.Time
+		for deadline := time.Now().Add(5 * time.Second); len(followed) == 0 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			followed = h.procs[primary].LogTimes("now follows vol0 from the last common point")
+		}
+		if len(followed) == 0 {
 			t.Fatalf("%s did not take the new primary's stream as a failback from the common point:\n%s", primary, h.procs[primary].Output())
 		}
 		if len(h.procs[secondary].LogTimes("copying the difference")) > 0 {
@@ -474,7 +482,11 @@ func TestE2EHAQuickRestart(t *testing.T) {
 	h.start("a")
 	h.waitMirror("b", control.RolePrimary, "", 15*time.Second)
 	h.waitMirror("a", control.RoleSecondary, "", 15*time.Second)
-	if len(h.procs["a"].LogTimes("the secondary takes over")) == 0 {
+	var yielded []time.Time
+	for deadline := time.Now().Add(5 * time.Second); len(yielded) == 0 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		yielded = h.procs["a"].LogTimes("the secondary takes over")
+	}
+	if len(yielded) == 0 {
 		t.Fatalf("a did not hand over to its up-to-date secondary:\n%s", h.procs["a"].Output())
 	}
 	h.checkFio(fio.Wait(2*time.Minute), "quick restart of the primary", qsd)
