@@ -173,6 +173,11 @@ type apply struct {
 	// punched: the versions punch added, for the head map after the commit.
 	punched []punchedBlock
 	es      []entry // scratch: the head's entries of a write's blocks
+	// grouping: the batch holds a group of writes (group.go); group has
+	// the blocks its earlier writes gave data, which the head map does
+	// not show before the commit.
+	grouping bool
+	group    map[[2]uint64]struct{}
 }
 
 type punchedBlock struct {
@@ -337,9 +342,18 @@ func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
 			return err
 		}
 		had := 0
-		for _, e := range es {
+		for i, e := range es {
 			if e.kind == entryData {
 				had++
+			} else if a.grouping {
+				if _, ok := a.group[[2]uint64{v.id, first + uint64(i)}]; ok {
+					had++
+				}
+			}
+		}
+		if a.grouping {
+			for i := uint64(0); i < n; i++ {
+				a.group[[2]uint64{v.id, first + i}] = struct{}{}
 			}
 		}
 		dataOff := loc.DataOffset(len(r.Meta))

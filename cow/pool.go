@@ -253,6 +253,8 @@ type Pool struct {
 	// wmu orders every change: a record's sequence number and its index
 	// update happen under it, so the index applies records in journal order
 	// and "applied" is exact.
+	// wq: writers waiting for a group commit (group.go).
+	wq  writeQueue
 	wmu struct {
 		sync.Mutex
 		applied uint64

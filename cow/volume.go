@@ -533,25 +533,21 @@ func (h *Volume) writeChunk(p []byte, off int64) error {
 	last := uint64(off+int64(len(p))-1) / bs
 	headPartial := off%bs != 0
 	tailPartial := (off+int64(len(p)))%bs != 0
-	var data, meta []byte
-	var bp *[]byte
 	if !headPartial && !tailPartial {
-		data = p
-		meta = cdp.BlockChecksums(p)
-	} else {
-		bp = getBuf(int(last-first+1) * bs)
-		defer bufPool.Put(bp)
-		data = *bp
-		copy(data[off-int64(first)*bs:], p)
-		meta = make([]byte, 4*(last-first+1))
-		// Blocks p covers whole are checksummed outside the lock.
-		for b := first; b <= last; b++ {
-			if (b == first && headPartial) || (b == last && tailPartial) {
-				continue
-			}
-			i := b - first
-			putCRC(meta, int(i), cdp.Checksum(data[i*bs:(i+1)*bs]))
+		return h.p.groupAppend(h.v, cdp.Record{Kind: cdp.KindWrite, Volume: h.v.id, Offset: first * bs, Length: uint64(len(p)), Data: p, Meta: cdp.BlockChecksums(p)})
+	}
+	bp := getBuf(int(last-first+1) * bs)
+	defer bufPool.Put(bp)
+	data := *bp
+	copy(data[off-int64(first)*bs:], p)
+	meta := make([]byte, 4*(last-first+1))
+	// Blocks p covers whole are checksummed outside the lock.
+	for b := first; b <= last; b++ {
+		if (b == first && headPartial) || (b == last && tailPartial) {
+			continue
 		}
+		i := b - first
+		putCRC(meta, int(i), cdp.Checksum(data[i*bs:(i+1)*bs]))
 	}
 	p0 := h.p
 	p0.wmu.Lock()
@@ -559,10 +555,8 @@ func (h *Volume) writeChunk(p []byte, off int64) error {
 	if h.v.gone.Load() {
 		return fmt.Errorf("%w: volume %q was deleted", blockdev.ErrGone, h.v.name)
 	}
-	if headPartial || tailPartial {
-		if err := h.mergeEdgesLocked(data, meta, off, len(p), first, last); err != nil {
-			return err
-		}
+	if err := h.mergeEdgesLocked(data, meta, off, len(p), first, last); err != nil {
+		return err
 	}
 	return p0.appendLocked(&cdp.Record{Kind: cdp.KindWrite, Volume: h.v.id, Offset: first * bs, Length: uint64(len(data)), Data: data, Meta: meta})
 }

@@ -1,0 +1,215 @@
+package cow
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/strata-storage/strata/blockdev"
+	"github.com/strata-storage/strata/cdp"
+)
+
+// Group commit of whole-block writes.
+//
+// Writers that arrive while another one holds the write lock queue up; the
+// first in the queue (the leader) takes the queue, journals each record
+// and indexes all of them in one index batch: one commit, one "applied"
+// key and one metadata key per volume for the group instead of one each
+// per write. The leader then wakes the writers of its group and hands
+// leadership to the first writer that queued meanwhile. A writer that
+// finds nobody leading (queue depth 1) leads a group of one at once: the
+// same path as before, plus one uncontended lock.
+
+// groupWrite is one writer's record on its way through a group.
+type groupWrite struct {
+	r        cdp.Record
+	v        *volState
+	loc      cdp.Location
+	err      error
+	appended bool
+	lead     bool          // woken to lead, not because its write is done
+	wake     chan struct{} // one signal per wait
+}
+
+// testHookGroup, when set, sees the size of each group.
+var testHookGroup func(n int)
+
+var groupWrites = sync.Pool{New: func() any { return &groupWrite{wake: make(chan struct{}, 1)} }}
+
+// writeQueue holds the writers waiting for the current group to finish.
+// Invariant: leading is false only when q is empty.
+type writeQueue struct {
+	mu      sync.Mutex
+	q       []*groupWrite
+	leading bool
+}
+
+// A group is at most this many records or bytes of data: a leader's own
+// write waits for its whole group.
+const (
+	maxGroupRecords = 64
+	maxGroupBytes   = 8 << 20
+)
+
+// takeLocked moves the group at the front of the queue into dst.
+func (q *writeQueue) takeLocked(dst []*groupWrite) []*groupWrite {
+	n, size := 0, 0
+	for n < len(q.q) && n < maxGroupRecords && (n == 0 || size+len(q.q[n].r.Data) <= maxGroupBytes) {
+		size += len(q.q[n].r.Data)
+		n++
+	}
+	dst = append(dst, q.q[:n]...)
+	rest := copy(q.q, q.q[n:])
+	clear(q.q[rest:])
+	q.q = q.q[:rest]
+	return dst
+}
+
+// groupAppend journals and indexes r, a write of whole blocks to v, in a
+// group with the writes that queue meanwhile.
+func (p *Pool) groupAppend(v *volState, r cdp.Record) error {
+	w := groupWrites.Get().(*groupWrite)
+	w.r, w.v = r, v
+	defer func() {
+		*w = groupWrite{wake: w.wake}
+		groupWrites.Put(w)
+	}()
+	q := &p.wq
+	q.mu.Lock()
+	q.q = append(q.q, w)
+	if q.leading {
+		q.mu.Unlock()
+		<-w.wake
+		if !w.lead {
+			return w.err
+		}
+		q.mu.Lock() // w leads now: it is at the front of the queue
+	}
+	q.leading = true
+	var buf [maxGroupRecords]*groupWrite
+	group := q.takeLocked(buf[:0])
+	q.mu.Unlock()
+
+	if testHookGroup != nil {
+		testHookGroup(len(group))
+	}
+	p.runGroup(group)
+
+	q.mu.Lock()
+	if len(q.q) > 0 {
+		next := q.q[0]
+		next.lead = true
+		next.wake <- struct{}{}
+	} else {
+		q.leading = false
+	}
+	q.mu.Unlock()
+	for _, g := range group {
+		if g != w {
+			g.wake <- struct{}{}
+		}
+	}
+	return w.err
+}
+
+// runGroup journals and indexes the group's records, setting each one's
+// err.
+func (p *Pool) runGroup(ws []*groupWrite) {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	if len(ws) == 1 {
+		w := ws[0]
+		if w.err = p.writableLocked(w.v); w.err == nil {
+			w.err = p.appendLocked(&w.r)
+		}
+		return
+	}
+	j := p.j.Load()
+	n := 0
+	for _, w := range ws {
+		if w.err = p.writableLocked(w.v); w.err != nil {
+			continue
+		}
+		loc, err := j.Append(&w.r)
+		if err != nil {
+			w.err = classify(err)
+			continue
+		}
+		w.loc, w.appended = loc, true
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	if err := p.applyGroupLocked(ws); err != nil {
+		// As appendLocked: journaled, not indexed; recovery re-applies.
+		err = fmt.Errorf("%w: %v", blockdev.ErrIO, p.failLocked(err))
+		for _, w := range ws {
+			if w.appended {
+				w.err = err
+			}
+		}
+		return
+	}
+	if testHookAppended != nil {
+		for _, w := range ws {
+			if w.appended {
+				testHookAppended(&w.r)
+			}
+		}
+	}
+}
+
+// writableLocked says whether a write record for v may be journaled now.
+func (p *Pool) writableLocked(v *volState) error {
+	if p.wmu.closed {
+		return fmt.Errorf("%w: %v", blockdev.ErrGone, ErrClosed)
+	}
+	if v.gone.Load() || p.volumeByIDLocked(v.id) == nil {
+		return fmt.Errorf("%w: volume %q was deleted", blockdev.ErrGone, v.name)
+	}
+	return nil
+}
+
+// applyGroupLocked indexes the appended records of ws in one batch. wmu
+// is held.
+func (p *Pool) applyGroupLocked(ws []*groupWrite) error {
+	a := &p.wmu.apply
+	a.b = p.db.NewBatch()
+	if a.group == nil {
+		a.group = make(map[[2]uint64]struct{})
+	}
+	defer func() {
+		a.b.Close()
+		a.b = nil
+		clear(a.group)
+		a.grouping = false
+	}()
+	a.grouping = true
+	var last uint64
+	for _, w := range ws {
+		if !w.appended {
+			continue
+		}
+		if err := a.record(&w.r, w.loc); err != nil {
+			return err
+		}
+		if err := p.markTimeLocked(a.b, &w.r, w.loc); err != nil {
+			return err
+		}
+		last = w.r.Seq
+	}
+	if err := a.finish(last); err != nil {
+		return err
+	}
+	if err := a.b.Commit(pebble.NoSync); err != nil {
+		return fmt.Errorf("cow: index commit: %w", err)
+	}
+	for _, w := range ws {
+		if w.appended {
+			a.updateHead(&w.r, w.loc)
+		}
+	}
+	p.wmu.applied = last
+	return nil
+}
