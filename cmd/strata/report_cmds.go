@@ -199,11 +199,18 @@ func printForecast(out io.Writer, f control.Forecast) {
 	case f.DaysUntilFull == nil:
 		fmt.Fprintf(out, "growth:   %s over 7 days, %s over 30 days: not filling\n", rate(f.Growth7d), rate(f.Growth30d))
 	default:
-		fmt.Fprintf(out, "growth:   %s over 7 days, %s over 30 days: full in %.1f days at the faster rate\n", rate(f.Growth7d), rate(f.Growth30d), *f.DaysUntilFull)
+		fmt.Fprintf(out, "growth:   %s over 7 days, %s over 30 days: full in %s days at the faster rate\n", rate(f.Growth7d), rate(f.Growth30d), daysText(*f.DaysUntilFull))
 	}
 	if f.Warning {
-		fmt.Fprintf(out, "WARNING:  the pool's filesystem is full in %.1f days at this rate: free space, or delete idle and expired volumes (strata report)\n", *f.DaysUntilFull)
+		fmt.Fprintf(out, "WARNING:  the pool's filesystem is full in %s days at this rate: free space, or delete idle and expired volumes (strata report)\n", daysText(*f.DaysUntilFull))
 	}
+}
+
+func daysText(d float64) string {
+	if d >= 100 {
+		return fmt.Sprintf("%.0f", d)
+	}
+	return fmt.Sprintf("%.1f", d)
 }
 
 // testClockEnv names, for end-to-end tests only, a file holding a
