@@ -218,12 +218,14 @@ func (c *capacity) sample() {
 		if v.Handles > 0 {
 			c.actLocked(v.Name).LastAttach = now
 		}
+		// Counters only grow: a sample that read them before another
+		// one that got the lock first finds nothing new.
 		if n := written[v.Name] - c.mu.seen[v.Name]; n > 0 {
 			a := c.actLocked(v.Name)
 			a.LastWrite = now
 			a.Written = addDay(a.Written, day(now), n, false)
+			c.mu.seen[v.Name] = written[v.Name]
 		}
-		c.mu.seen[v.Name] = written[v.Name]
 	}
 	c.mu.pool = addDay(c.mu.pool, day(now), st.Journal.Bytes+int64(st.IndexBytes), true)
 	c.mu.dirty = true

@@ -385,6 +385,7 @@ func volumeSetCommand() *cli.Command {
 		Usage:     "change a volume's settings",
 		ArgsUsage: "VOL",
 		UsageText: `strata volume set VOL [--retention DURATION] [--read-only true|false] [--allow CIDR,...] [--allow-cert NAME,...]
+       [--owner TEXT] [--label KEY=VALUE]... [--unlabel KEY]... [--expires DATE|DURATION|never]
 
 Examples:
    strata volume set vm1 --retention 7d
