@@ -506,7 +506,10 @@ func buildReport(now time.Time, idleDays int, vols []control.VolumeInfo, sp cont
 			}
 		}
 		vr.IdleDays = math.Max(0, math.Floor(now.Sub(active).Hours()/24*10)/10)
-		vr.Idle = v.Handles == 0 && now.Sub(active) >= time.Duration(idleDays)*24*time.Hour
+		// A replica is in use while its source ships to it, whoever
+		// attaches it.
+		replica := v.Replica != nil && v.Replica.SourcePool != "" && !v.Replica.Promoted
+		vr.Idle = v.Handles == 0 && !replica && now.Sub(active) >= time.Duration(idleDays)*24*time.Hour
 		vr.Expired = !vr.Expires.IsZero() && !now.Before(vr.Expires)
 		r.Volumes = append(r.Volumes, vr)
 	}
