@@ -245,3 +245,19 @@ func TestForecastWarns(t *testing.T) {
 		t.Fatalf("%d warnings in the log:\n%s", n, logs.String())
 	}
 }
+
+// A replica its source ships to is in use however long nobody attached
+// it; once promoted it is a volume like any other.
+func TestReportReplicaNotIdle(t *testing.T) {
+	now := time.Date(2027, 3, 1, 0, 0, 0, 0, time.UTC)
+	long := now.AddDate(0, -3, 0)
+	vols := []control.VolumeInfo{
+		{Name: "plain", Created: long},
+		{Name: "replica", Created: long, Replica: &control.ReplicaState{SourcePool: "p1", SourceName: "src"}},
+		{Name: "promoted", Created: long, Replica: &control.ReplicaState{SourcePool: "p1", SourceName: "src", Promoted: true}},
+	}
+	rep := buildReport(now, 30, vols, control.Space{}, nil, nil, control.Forecast{})
+	if !slices.Equal(sorted(rep.Idle), []string{"plain", "promoted"}) {
+		t.Fatalf("idle %v, want [plain promoted]", rep.Idle)
+	}
+}
