@@ -9,9 +9,9 @@
 // volume, leases at the witness, takeover, step-down, switchover; the
 // floating address and hook in mirror_api.go), the capacity and sprawl
 // report (capacity.go: volume owners, labels, expiry, activity and the
-// pool's growth), the metrics and the web console (the control API over HTTP behind a
-// login, with its pages). Start runs one, Close stops it; tests can run one
-// in-process.
+// pool's growth), the metrics and the web console (the control API over
+// HTTP behind a login, with its pages). Start runs one, Close stops it;
+// tests can run one in-process.
 package daemon
 
 import (
