@@ -10,6 +10,8 @@
 //	POST   /v1/volumes/NAME/resize ResizeRequest -> VolumeInfo
 //	POST   /v1/volumes/NAME/settings SettingsRequest
 //	GET    /v1/access                       -> map[VOL]Access
+//	GET    /v1/volmeta                      -> map[VOL]VolumeMeta
+//	GET    /v1/report?idle_days=N           -> Report
 //	GET    /v1/status                       -> Status
 //	POST   /v1/volumes/NAME/snapshots SnapshotRequest -> SnapshotCreated
 //	GET    /v1/volumes/NAME/snapshots       -> []SnapshotInfo
@@ -121,6 +123,7 @@ func UserMessage(err error) string {
 type CreateVolumeRequest struct {
 	Name string `json:"name"`
 	Size int64  `json:"size"`
+	MetaChange
 }
 
 type ResizeRequest struct {
@@ -136,6 +139,7 @@ type SettingsRequest struct {
 	// list clears one); see Access.
 	Allow     *[]string `json:"allow,omitempty"`
 	AllowCert *[]string `json:"allow_cert,omitempty"`
+	MetaChange
 }
 
 // Access is a volume's access rules for TCP NBD clients (Unix-socket
@@ -199,6 +203,7 @@ type Status struct {
 	Volumes     []VolumeInfo        `json:"volumes"`
 	Connections []Connection        `json:"connections"`
 	Replication []ReplicationStatus `json:"replication,omitempty"`
+	Capacity    *Forecast           `json:"capacity,omitempty"`
 }
 
 // GCReport is the last garbage collection pass, background or manual.

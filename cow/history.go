@@ -197,6 +197,11 @@ type VolumeSpace struct {
 	SnapshotExclusive map[string]int64 `json:"snapshot_exclusive"`
 	// SnapshotsShared: old data that several snapshots hold (and nothing else).
 	SnapshotsShared int64 `json:"snapshots_shared"`
+	// Reclaimable: what deleting the volume would free, every version
+	// nothing else keeps (head, history, snapshots, and the data of
+	// deleted volumes only its clones still show), not what other
+	// volumes' clones or rollbacks show of it.
+	Reclaimable int64 `json:"reclaimable"`
 }
 
 // Space is `strata df`.
@@ -228,6 +233,10 @@ func (p *Pool) Space() (Space, error) {
 		}
 		byID[id] = vs
 	}
+	var own map[uint64][]ownedPoint
+	if err == nil {
+		own = p.ownedPointsLocked(rets)
+	}
 	p.wmu.Unlock()
 	defer snap.Close()
 	if err != nil {
@@ -250,6 +259,9 @@ func (p *Pool) Space() (Space, error) {
 			return nil
 		}
 		sp.LiveBytes += cdp.BlockSize
+		if o := soleOwner(r, own[vol], vol, e.seq, next); o != 0 {
+			byID[o].Reclaimable += cdp.BlockSize
+		}
 		vs := byID[vol]
 		if vs == nil {
 			sp.Deleted += cdp.BlockSize

@@ -101,10 +101,20 @@ func (d *Daemon) controlHandler() http.Handler {
 			writeErr(w, err)
 			return
 		}
+		if err := checkMeta(req.MetaChange, d.opts.Clock.Now()); err != nil {
+			writeErr(w, err)
+			return
+		}
 		info, err := d.pool.CreateVolume(req.Name, req.Size)
 		if err != nil {
 			writeErr(w, err)
 			return
+		}
+		if !req.MetaChange.Empty() {
+			if err := d.capacity.setMeta(req.Name, req.MetaChange); err != nil {
+				writeErr(w, fmt.Errorf("volume %s created, but its owner, labels or expiry were not saved: %w", req.Name, err))
+				return
+			}
 		}
 		log.Info("created volume", "name", req.Name, "size", units.FormatSize(req.Size))
 		writeJSON(w, http.StatusCreated, info)
@@ -133,6 +143,9 @@ func (d *Daemon) controlHandler() http.Handler {
 		d.sched.forget(name)
 		if err := d.access.forget(name); err != nil {
 			log.Error("dropping a deleted volume's access rules", "volume", name, "err", err)
+		}
+		if err := d.capacity.forget(name); err != nil {
+			log.Error("dropping a deleted volume's labels and activity", "volume", name, "err", err)
 		}
 		log.Info("deleted volume", "name", name, "disconnected", n)
 		writeJSON(w, http.StatusOK, control.DeleteReply{Disconnected: n})
@@ -168,6 +181,7 @@ func (d *Daemon) controlHandler() http.Handler {
 			Pool: d.pool.Stats(), Volumes: d.pool.Volumes(), Connections: conns,
 			Retention: o.Pool.RetentionTime, RetainSize: o.Pool.RetentionSize,
 			HistoryCut: d.pool.HistoryCut(), LastGC: d.lastGC(), Replication: d.repl.statuses(r.Context()),
+			Capacity: new(d.capacity.forecast()),
 		})
 	})
 	mux.HandleFunc("POST /v1/volumes/{name}/snapshots", func(w http.ResponseWriter, r *http.Request) {
@@ -251,6 +265,16 @@ func (d *Daemon) controlHandler() http.Handler {
 			}
 			log.Info("set volume access", "volume", r.PathValue("name"), "rules", d.access.rules(r.PathValue("name")))
 		}
+		if !req.MetaChange.Empty() {
+			if _, err := d.pool.VolumeInfo(r.PathValue("name")); err != nil {
+				writeErr(w, err)
+				return
+			}
+			if err := d.capacity.setMeta(r.PathValue("name"), req.MetaChange); err != nil {
+				writeErr(w, err)
+				return
+			}
+		}
 		if req.Retention != nil {
 			if err := d.pool.SetRetention(r.PathValue("name"), *req.Retention); err != nil {
 				writeErr(w, err)
@@ -290,6 +314,9 @@ func (d *Daemon) controlHandler() http.Handler {
 			writeErr(w, err)
 			return
 		}
+		if err := d.capacity.inherit(vol, req.Name); err != nil {
+			log.Error("giving a clone its source's owner and labels", "volume", req.Name, "err", err)
+		}
 		log.Info("cloned volume", "source", req.Source, "name", req.Name)
 		writeJSON(w, http.StatusCreated, info)
 	})
@@ -313,6 +340,7 @@ func (d *Daemon) controlHandler() http.Handler {
 	d.replicationHandlers(mux)
 	d.mirrorHandlers(mux)
 	d.scheduleHandlers(mux)
+	d.capacityHandlers(mux)
 	mux.Handle("GET /metrics", d.metricsHandler())
 	// Profiles of the running daemon, for performance work:
 	// curl --unix-socket DATA/control.sock http://strata/debug/pprof/profile?seconds=10 > cpu.prof

@@ -7,10 +7,11 @@
 // snapshot schedules (schedule.go; app-consistent snapshots in freeze.go),
 // the synchronous mirrors (mirror.go: the gate in front of a mirrored
 // volume, leases at the witness, takeover, step-down, switchover; the
-// floating address and hook in mirror_api.go), the metrics and the web
-// console (the control API over HTTP behind a
-// login, with its pages). Start runs one, Close stops it; tests can run one
-// in-process.
+// floating address and hook in mirror_api.go), the capacity and sprawl
+// report (capacity.go: volume owners, labels, expiry, activity and the
+// pool's growth), the metrics and the web console (the control API over
+// HTTP behind a login, with its pages). Start runs one, Close stops it;
+// tests can run one in-process.
 package daemon
 
 import (
@@ -96,7 +97,8 @@ type Options struct {
 	// Schedule is the pool-wide default snapshot schedule, which volumes
 	// without one of their own follow (nil: none; Volume is ignored).
 	Schedule *control.Schedule
-	// Clock runs the schedules (default the wall clock).
+	// Clock runs the schedules and times volume activity, expiry and the
+	// capacity forecast (default the wall clock).
 	Clock Clock
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
@@ -139,6 +141,7 @@ type Daemon struct {
 	vipMu      sync.Mutex
 	sched      *scheduleManager
 	access     *accessManager
+	capacity   *capacity
 	replSrv    *replica.Server
 	closeOnce  sync.Once
 	closeErr   error
@@ -173,6 +176,9 @@ func Start(o Options) (*Daemon, error) {
 	}
 	d.pool = pool
 	d.io = newIOMetrics()
+	if d.capacity, err = newCapacity(filepath.Join(o.Dir, "volmeta.json"), filepath.Join(o.Dir, "activity.json"), o.Clock, o.Logger, pool, d.io); err != nil {
+		return nil, fmt.Errorf("capacity report: %w", err)
+	}
 	if d.reg, err = d.newRegistry(); err != nil {
 		return nil, err
 	}
@@ -215,6 +221,7 @@ func Start(o Options) (*Daemon, error) {
 		return nil, fmt.Errorf("schedules: %w", err)
 	}
 	d.sched.start()
+	d.capacity.start()
 	if o.ReplicaListen != "" {
 		l, err := net.Listen("tcp", o.ReplicaListen)
 		if err != nil {
@@ -354,6 +361,11 @@ func (d *Daemon) close(ctx context.Context) error {
 	}
 	if d.replSrv != nil {
 		d.replSrv.Close()
+	}
+	if d.capacity != nil {
+		if err := d.capacity.close(); err != nil {
+			d.opts.Logger.Error("saving volume activity", "err", err)
+		}
 	}
 	if d.pool != nil {
 		if err := d.pool.Close(); err != nil {

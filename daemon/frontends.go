@@ -20,7 +20,7 @@ import (
 func (d *Daemon) startNBD() error {
 	o := d.opts
 	var err error
-	if d.nbd, err = nbd.NewServer(exporter{p: d.pool, io: d.io, mirrors: d.mirrors, access: d.access}, nbd.Options{Logger: o.Logger, TLS: o.TLS, RequireTLS: o.RequireTLS}); err != nil {
+	if d.nbd, err = nbd.NewServer(exporter{p: d.pool, io: d.io, mirrors: d.mirrors, access: d.access, capacity: d.capacity}, nbd.Options{Logger: o.Logger, TLS: o.TLS, RequireTLS: o.RequireTLS}); err != nil {
 		return err
 	}
 	if d.mirrors != nil {
@@ -64,6 +64,8 @@ type exporter struct {
 	io      *ioMetrics
 	mirrors *mirrorManager
 	access  *accessManager // nil: every client may use every volume
+	// capacity notes each open of a volume's head (nil: not noted).
+	capacity *capacity
 }
 
 func (e exporter) Open(name string) (nbd.Export, error) {
@@ -93,6 +95,9 @@ func (e exporter) Open(name string) (nbd.Export, error) {
 	v, err := e.p.OpenVolume(name)
 	if err != nil {
 		return nil, err
+	}
+	if e.capacity != nil {
+		e.capacity.attached(name)
 	}
 	mv := &meteredVolume{Volume: v, ops: e.io.forVolume(name)}
 	if e.mirrors == nil {

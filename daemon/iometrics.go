@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/strata-storage/strata/cow"
 )
@@ -149,4 +150,20 @@ func (v *meteredVolume) WriteZeroes(off, length int64, noHole bool) error {
 	err := v.Volume.WriteZeroes(off, length, noHole)
 	v.note("zero", t, int(length), err)
 	return err
+}
+
+// writtenBytes is the bytes written to each volume's head since start
+// (the strata_io_bytes_total{op="write"} counters), for the activity
+// samples: the I/O path keeps no second counter.
+func (m *ioMetrics) writtenBytes() map[string]int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]int64, len(m.vols))
+	for vol, ops := range m.vols {
+		var pb dto.Metric
+		if err := ops["write"].bytes.Write(&pb); err == nil {
+			out[vol] = int64(pb.GetCounter().GetValue())
+		}
+	}
+	return out
 }

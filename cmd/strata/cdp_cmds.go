@@ -385,6 +385,7 @@ func volumeSetCommand() *cli.Command {
 		Usage:     "change a volume's settings",
 		ArgsUsage: "VOL",
 		UsageText: `strata volume set VOL [--retention DURATION] [--read-only true|false] [--allow CIDR,...] [--allow-cert NAME,...]
+       [--owner TEXT] [--label KEY=VALUE]... [--unlabel KEY]... [--expires DATE|DURATION|never]
 
 Examples:
    strata volume set vm1 --retention 7d
@@ -392,13 +393,15 @@ Examples:
    strata volume set golden --read-only true    # new connections get a read-only export
    strata volume set vm1 --allow 10.0.0.0/8,192.0.2.7   # only these TCP clients see and open vm1
    strata volume set vm1 --allow-cert host1.example     # with TLS: only this client certificate (CN or SAN)
-   strata volume set vm1 --allow '' --allow-cert ''     # every client again`,
-		Flags: []cli.Flag{
+   strata volume set vm1 --allow '' --allow-cert ''     # every client again
+   strata volume set vm1 --owner alice --label team=web --expires 2027-01-31
+   strata volume set vm1 --unlabel team --expires never`,
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "retention", Usage: "how long every write stays readable (90m, 24h, 7d; 0: the pool's)"},
 			&cli.StringFlag{Name: "read-only", Usage: "true: serve the volume read-only (new connections; writes get EPERM); false: writable"},
 			&cli.StringFlag{Name: "allow", Usage: "comma-separated CIDRs or addresses: only TCP clients from them see and open the volume (Unix-socket clients always can); '' clears"},
 			&cli.StringFlag{Name: "allow-cert", Usage: "comma-separated names: only TLS clients whose verified certificate has one as CN or SAN see and open the volume (needs serve --tls-ca); '' clears"},
-		},
+		}, metaFlags()...),
 		Action: func(c *cli.Context) error {
 			vol, err := oneArg(c, "VOL")
 			if err != nil {
@@ -432,8 +435,11 @@ Examples:
 				return &l
 			}
 			req.Allow, req.AllowCert = list("allow"), list("allow-cert")
-			if req.Retention == nil && req.ReadOnly == nil && req.Allow == nil && req.AllowCert == nil {
-				return fmt.Errorf("nothing to set: give --retention, --read-only, --allow or --allow-cert; see strata volume set --help")
+			if req.MetaChange, err = metaChange(c); err != nil {
+				return err
+			}
+			if req.Retention == nil && req.ReadOnly == nil && req.Allow == nil && req.AllowCert == nil && req.MetaChange.Empty() {
+				return fmt.Errorf("nothing to set: give --retention, --read-only, --allow, --allow-cert, --owner, --label, --unlabel or --expires; see strata volume set --help")
 			}
 			if err := client(c).SetVolume(c.Context, vol, req); err != nil {
 				return err
@@ -451,6 +457,14 @@ Examples:
 				}
 				a, ok := all[vol]
 				fmt.Printf("volume %s is open to %s\n", vol, map[bool]string{true: accessText(a), false: "every client"}[ok])
+			}
+			if !req.MetaChange.Empty() {
+				metas, err := client(c).VolumeMetas(c.Context)
+				if err != nil {
+					return err
+				}
+				m := metas[vol]
+				fmt.Printf("volume %s: owner %s, labels %s, expires %s\n", vol, orDash(m.Owner), labelsText(m.Labels), dateText(m.Expires))
 			}
 			return nil
 		},

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -156,6 +157,13 @@ func TestE2EConsole(t *testing.T) {
 	if err := os.WriteFile(replTok, []byte("console-e2e-replication\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The daemon's clock (for the capacity forecast only) moves a day on
+	// below, so the pool page has a growth rate to show.
+	clock := filepath.Join(shortTempDir(t), "clock")
+	if err := os.WriteFile(clock, []byte("0s"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(testClockEnv, clock)
 	s := startServer(t, "--volume", "web=16MiB", "--console", strconv.Itoa(port), "--listen", nbdAddr,
 		"--replica-listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--replica-token-file", replTok)
 	// The banner follows the control socket by a moment.
@@ -194,6 +202,12 @@ func TestE2EConsole(t *testing.T) {
 		t.Fatal("the head does not read 0xbb after the second write")
 	}
 
+	s.mustCLI("report") // the pool's size today, for the forecast
+	s.mustCLI("volume", "set", "web", "--owner", "alice", "--label", "team=web")
+	if err := os.WriteFile(clock, []byte("24h"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
 	t.Run("refusals", func(t *testing.T) { consoleRefusals(t, s, base, token) })
 
 	ctx := browser(t, exe)
@@ -212,8 +226,8 @@ func TestE2EConsole(t *testing.T) {
 		chromedp.WaitVisible(css(`#volumes tr[data-key="web"]`)),
 		chromedp.WaitVisible(css(`#pool-cards .card`)))
 	row := get(t, ctx, "pool page", chromedp.Text(css(`#volumes tr[data-key="web"]`)))
-	if !strings.Contains(row, "16.0 MiB") || !strings.Contains(row, "1.00 MiB") {
-		t.Fatalf("the pool page's row of web says %q; want its size (16.0 MiB) and written (1.00 MiB)", row)
+	if !strings.Contains(row, "16.0 MiB") || !strings.Contains(row, "1.00 MiB") || !strings.Contains(row, "alice") || !strings.Contains(row, "team=web") {
+		t.Fatalf("the pool page's row of web says %q; want its size (16.0 MiB), written (1.00 MiB), owner alice and label team=web", row)
 	}
 
 	// Some I/O for the live charts (after B: the moment picked below
@@ -223,6 +237,15 @@ func TestE2EConsole(t *testing.T) {
 		fio = startBG(t, "fio", "--name=console", "--ioengine=nbd", "--uri="+s.uri("web"), "--rw=randrw", "--bs=4k",
 			"--offset=4M", "--size=8M", "--time_based", "--runtime=15", "--rate_iops=300,200")
 		t.Cleanup(func() { fio.stop(5 * time.Second) })
+	} else {
+		mustQemuIO(t, s.uri("web"), "write -P 0xcc 8M 1M")
+	}
+	// A day on, the pool has grown: the forecast shows the rate and the
+	// days until the filesystem is full.
+	browse(t, ctx, "capacity forecast",
+		chromedp.Poll[chromedp.Void](`document.querySelector('#forecast') && document.querySelector('#forecast').textContent.includes('full in')`))
+	if fc := get(t, ctx, "forecast card", chromedp.Text(css(`#forecast`))); !regexp.MustCompile(`full in [0-9,.]+ days`).MatchString(fc) || !strings.Contains(fc, "/day over 7 days") {
+		t.Fatalf("the pool page's forecast says %q", fc)
 	}
 
 	// Pick a moment between A and B on the time line, with the mouse.

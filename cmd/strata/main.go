@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -69,7 +70,7 @@ Every command finds the data directory from --data or $STRATA_DATA
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn, error"},
 		},
 		Commands: []*cli.Command{serveCommand(), volumeCommand(), snapshotCommand(), rollbackCommand(), cloneCommand(),
-			pitCommand(), dfCommand(), gcCommand(), attachCommand(), detachCommand(), statusCommand(),
+			pitCommand(), dfCommand(), reportCommand(), gcCommand(), attachCommand(), detachCommand(), statusCommand(),
 			replicateCommand(), replicationCommand(), promoteCommand(), demoteCommand(), restoreCommand(), scheduleCommand(), mirrorCommand(), migrateCommand(), witnessCommand()},
 		// Usage errors print one line too, with where to look.
 		OnUsageError: func(c *cli.Context, err error, isSub bool) error {
@@ -121,10 +122,10 @@ Names use ` + control.NameRules + `.`,
 				Name:      "create",
 				Usage:     "create a thin volume",
 				ArgsUsage: "NAME",
-				UsageText: "strata volume create NAME --size SIZE\n\nExample:\n   strata volume create vol0 --size 10GiB",
+				UsageText: "strata volume create NAME --size SIZE [--owner TEXT] [--label KEY=VALUE ...] [--expires DATE|DURATION]\n\nExamples:\n   strata volume create vol0 --size 10GiB\n   strata volume create ci-42 --size 20GiB --owner ci --label team=build --expires 30d",
 				Description: `SIZE takes B, KiB, MiB, GiB or TiB (K, M, G, T mean the same); it must be
 a multiple of 4 KiB. The volume is served at once as NBD export NAME.`,
-				Flags: []cli.Flag{&cli.StringFlag{Name: "size", Aliases: []string{"s"}, Required: true, Usage: "volume size, e.g. 10GiB"}},
+				Flags: append([]cli.Flag{&cli.StringFlag{Name: "size", Aliases: []string{"s"}, Required: true, Usage: "volume size, e.g. 10GiB"}}, metaFlags()...),
 				Action: func(c *cli.Context) error {
 					name, err := oneArg(c, "NAME")
 					if err != nil {
@@ -137,7 +138,11 @@ a multiple of 4 KiB. The volume is served at once as NBD export NAME.`,
 					if err != nil {
 						return err
 					}
-					info, err := client(c).CreateVolume(c.Context, control.CreateVolumeRequest{Name: name, Size: size})
+					meta, err := metaChange(c)
+					if err != nil {
+						return err
+					}
+					info, err := client(c).CreateVolume(c.Context, control.CreateVolumeRequest{Name: name, Size: size, MetaChange: meta})
 					if err != nil {
 						return err
 					}
@@ -149,28 +154,44 @@ a multiple of 4 KiB. The volume is served at once as NBD export NAME.`,
 				Name:      "list",
 				Aliases:   []string{"ls"},
 				Usage:     "list volumes with their size and written bytes",
-				UsageText: "strata volume list [--json]\n\nExample:\n   strata volume list --json",
-				Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+				UsageText: "strata volume list [--label KEY=VALUE ...] [--json]\n\nExamples:\n   strata volume list --json\n   strata volume list --label team=web --label env   # both labels (env with any value)",
+				Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+					&cli.StringSliceFlag{Name: "label", Usage: "only volumes with this `KEY=VALUE` label (or KEY: any value); repeat for several"}},
 				Action: func(c *cli.Context) error {
 					vols, err := client(c).Volumes(c.Context)
 					if err != nil {
 						return err
 					}
+					metas, err := client(c).VolumeMetas(c.Context)
+					if err != nil {
+						return err
+					}
+					vols = slices.DeleteFunc(vols, func(v control.VolumeInfo) bool { return !labelMatch(metas[v.Name].Labels, c.StringSlice("label")) })
 					if c.Bool("json") {
-						return printJSON(vols)
+						type listed struct {
+							control.VolumeInfo
+							control.VolumeMeta
+						}
+						out := []listed{}
+						for _, v := range vols {
+							out = append(out, listed{v, metas[v.Name]})
+						}
+						return printJSON(out)
 					}
 					access, err := client(c).Access(c.Context)
 					if err != nil {
 						return err
 					}
 					w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-					fmt.Fprintln(w, "NAME\tSIZE\tWRITTEN\tATTACHED\tMODE\tCREATED\tACCESS")
+					fmt.Fprintln(w, "NAME\tSIZE\tWRITTEN\tATTACHED\tMODE\tCREATED\tACCESS\tOWNER\tEXPIRES\tLABELS")
 					for _, v := range vols {
 						mode := "rw"
 						if v.ReadOnly {
 							mode = "ro"
 						}
-						fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", v.Name, units.FormatSize(v.Size), writtenText(v), v.Handles, mode, v.Created.Format(time.RFC3339), accessText(access[v.Name]))
+						m := metas[v.Name]
+						fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, units.FormatSize(v.Size), writtenText(v), v.Handles, mode, v.Created.Format(time.RFC3339), accessText(access[v.Name]),
+							orDash(m.Owner), dateText(m.Expires), labelsText(m.Labels))
 					}
 					return w.Flush()
 				},
@@ -318,6 +339,9 @@ the volumes and the connected NBD clients.`,
 					fmt.Printf(", FAILED: %s", g.Error)
 				}
 				fmt.Println()
+			}
+			if st.Capacity != nil {
+				printForecast(os.Stdout, *st.Capacity)
 			}
 			fmt.Printf("clients:  %d\n", len(st.Connections))
 			for _, cn := range st.Connections {

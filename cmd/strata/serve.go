@@ -178,6 +178,10 @@ func runServe(c *cli.Context) error {
 		}
 		o.Volumes = append(o.Volumes, daemon.VolumeSpec{Name: name, Size: size})
 	}
+	if f := os.Getenv(testClockEnv); f != "" {
+		o.Clock = testClock{f}
+		log.Warn("test only: the daemon's clock runs ahead of the wall clock by the duration in "+testClockEnv, "file", f)
+	}
 	// A backstop on the Go heap from what the flags allow, unless
 	// GOMEMLIMIT says otherwise. Twice the caches: Go's collector lets the
 	// heap reach twice what is live, and a limit close to the live cache

@@ -277,7 +277,7 @@ function pagePool(app) {
   let n = 0;
   every(2000, async () => {
     // df reads the whole index: refresh it less often than status.
-    const [st, sp, ms] = await Promise.all([api('GET', '/v1/status'), n++ % 10 === 0 || !df ? api('GET', '/v1/df') : Promise.resolve(df), api('GET', '/v1/mirrors')]);
+    const [st, sp, ms, meta] = await Promise.all([api('GET', '/v1/status'), n++ % 10 === 0 || !df ? api('GET', '/v1/df') : Promise.resolve(df), api('GET', '/v1/mirrors'), api('GET', '/v1/volmeta')]);
     S.status = st;
     df = sp;
     const p = st.pool;
@@ -288,6 +288,7 @@ function pagePool(app) {
       card('Journal', fmtBytes(p.journal.bytes), `${p.journal.segments} segment${p.journal.segments === 1 ? '' : 's'}, seq ${p.journal.last_seq} (synced ${p.journal.synced_seq})`),
       card('Live data', fmtBytes(sp.live_bytes), `what any retained point sees; index ${fmtBytes(p.index_bytes)}`),
       card('Cache hit ratio', c.enabled ? (c.hit_ratio * 100).toFixed(1) + ' %' : 'off', c.enabled ? `${fmtBytes(c.bytes)} of ${fmtBytes(c.max_bytes)}` : null, c.enabled ? c.hit_ratio : undefined),
+      forecastCard(st.capacity),
       card('Connections', String(st.connections.length), `${st.volumes.length} volume${st.volumes.length === 1 ? '' : 's'}`),
       card('Retention', fmtDuration(st.retention), st.history_cut ? `size cap cut history at ${fmtTime(st.history_cut)}` : (st.retention_size ? `capped at ${fmtBytes(st.retention_size)}` : 'no size cap')),
       card('Last GC', st.last_gc ? fmtTime(st.last_gc.at) : 'not yet', st.last_gc ? (st.last_gc.error || `freed ${fmtBytes(st.last_gc.stats.bytes_freed)}`) : null),
@@ -295,10 +296,10 @@ function pagePool(app) {
         ? card('Health', p.journal_error ? 'FAILED' : 'DAMAGED', p.journal_error || `${p.journal.damaged_blocks || 0} damaged blocks at open, ${p.read_damaged_blocks || 0} damaged reads`)
         : card('Health', 'OK', `strata ${st.version}, pid ${st.pid}`));
     vols.replaceChildren(table([
-      { label: 'Volume' }, { label: 'Size', num: true }, { label: 'Written', num: true }, { label: 'Attached', num: true }, { label: 'State' }, { label: 'Replication' }, { label: 'Mirror' },
+      { label: 'Volume' }, { label: 'Owner' }, { label: 'Labels', wrap: true }, { label: 'Size', num: true }, { label: 'Written', num: true }, { label: 'Attached', num: true }, { label: 'State' }, { label: 'Replication' }, { label: 'Mirror' },
     ], st.volumes.map((v) => ({
       key: v.name,
-      cells: [h('a', { href: '#/volume/' + encodeURIComponent(v.name), text: v.name }), fmtBytes(v.size), fmtBytes(v.written) + (v.written_recounting ? ' (recounting)' : ''),
+      cells: [h('a', { href: '#/volume/' + encodeURIComponent(v.name), text: v.name }), (meta[v.name] || {}).owner || '—', metaBadges(meta[v.name]), fmtBytes(v.size), fmtBytes(v.written) + (v.written_recounting ? ' (recounting)' : ''),
         String(v.attached),
         h('span', {}, v.read_only ? h('span', { class: 'badge', text: 'read-only' }) : null, v.replica ? h('span', { class: 'badge', text: 'replica' }) : null),
         replicationSummary(st, v.name), mirrorSummary(ms, v.name)],
@@ -306,6 +307,32 @@ function pagePool(app) {
     conns.replaceChildren(table([{ label: 'Export' }, { label: 'Client' }, { label: 'Since' }],
       st.connections.map((c) => ({ key: c.Remote, cells: [c.Export || '(negotiating)', clientName(c.Remote), fmtTime(c.Since)] })), 'No NBD clients connected.'));
   });
+}
+
+// forecastCard is the pool's growth and when its filesystem fills
+// (strata report's forecast; status carries it).
+function forecastCard(f) {
+  let value = 'not known yet';
+  let sub = 'needs a day of history';
+  if (f && (f.growth_per_day_7d !== undefined || f.growth_per_day_30d !== undefined)) {
+    value = f.days_until_full !== undefined ? `full in ${fmtNum(f.days_until_full, 1)} days` : 'not filling';
+    sub = `growth ${fmtBytes(Math.round(f.growth_per_day_7d || 0))}/day over 7 days, ${fmtBytes(Math.round(f.growth_per_day_30d || 0))}/day over 30`;
+  }
+  const el = card('Capacity forecast', value, sub);
+  el.id = 'forecast';
+  if (f && f.warning) el.classList.add('warn');
+  return el;
+}
+
+// metaBadges shows a volume's labels and expiry.
+function metaBadges(m) {
+  if (!m) return '';
+  const kids = Object.keys(m.labels || {}).sort().map((k) => h('span', { class: 'badge', text: `${k}=${m.labels[k]}` }));
+  if (m.expires) {
+    const gone = new Date(m.expires) <= new Date();
+    kids.push(h('span', { class: 'badge' + (gone ? ' bad' : ''), text: (gone ? 'expired ' : 'expires ') + m.expires.slice(0, 10) }));
+  }
+  return h('span', {}, ...kids);
 }
 
 // ---- Volume page -----------------------------------------------------------------
