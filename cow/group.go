@@ -90,9 +90,6 @@ func (p *Pool) groupAppend(v *volState, r cdp.Record) error {
 	group := q.takeLocked(buf[:0])
 	q.mu.Unlock()
 
-	if testHookGroup != nil {
-		testHookGroup(len(group))
-	}
 	p.runGroup(group)
 
 	q.mu.Lock()
@@ -115,6 +112,9 @@ func (p *Pool) groupAppend(v *volState, r cdp.Record) error {
 // runGroup journals and indexes the group's records, setting each one's
 // err.
 func (p *Pool) runGroup(ws []*groupWrite) {
+	if testHookGroup != nil {
+		testHookGroup(len(ws))
+	}
 	p.wmu.Lock()
 	defer p.wmu.Unlock()
 	if len(ws) == 1 {
@@ -212,4 +212,60 @@ func (p *Pool) applyGroupLocked(ws []*groupWrite) error {
 	}
 	p.wmu.applied = last
 	return nil
+}
+
+// BlockWrite is one write of WriteBlocks: whole blocks at a block-aligned
+// offset.
+type BlockWrite struct {
+	Off  int64
+	Data []byte
+}
+
+// WriteBlocks writes each of ws as its own record, in order, journaled and
+// indexed in groups (one index commit per group, not per write): a replica
+// applying a batch of its source's writes. Writes that are not whole
+// blocks, or larger than a record, go through WriteAt. It stops at the
+// first error.
+func (h *Volume) WriteBlocks(ws []BlockWrite) error {
+	var buf [maxGroupRecords]*groupWrite
+	var recs [maxGroupRecords]groupWrite
+	group, size := buf[:0], 0
+	run := func() error {
+		if len(group) == 0 {
+			return nil
+		}
+		h.p.runGroup(group)
+		for _, w := range group {
+			if w.err != nil {
+				return w.err
+			}
+		}
+		group, size = group[:0], 0
+		return nil
+	}
+	for _, w := range ws {
+		n := len(w.Data)
+		if n == 0 || w.Off%bs != 0 || n%bs != 0 || n > maxChunk {
+			if err := run(); err != nil {
+				return err
+			}
+			if _, err := h.WriteAt(w.Data, w.Off); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := h.checkWrite(w.Off, int64(n)); err != nil {
+			return err
+		}
+		if len(group) == maxGroupRecords || size+n > maxGroupBytes {
+			if err := run(); err != nil {
+				return err
+			}
+		}
+		g := &recs[len(group)]
+		*g = groupWrite{v: h.v, r: cdp.Record{Kind: cdp.KindWrite, Volume: h.v.id, Offset: uint64(w.Off), Length: uint64(n), Data: w.Data, Meta: cdp.BlockChecksums(w.Data)}}
+		group = append(group, g)
+		size += n
+	}
+	return run()
 }

@@ -3,6 +3,7 @@ package cow
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -161,5 +162,47 @@ func TestGroupCountsRepeatedBlocks(t *testing.T) {
 	want := append(bytes.Repeat([]byte{3}, 2*bs), bytes.Repeat([]byte{4}, bs)...)
 	if !bytes.Equal(got, want) {
 		t.Fatalf("blocks 4-6 read back wrong")
+	}
+}
+
+// TestWriteBlocks: a replica's batch of writes lands in order (a later
+// write to a block wins), with unaligned and oversized writes among them,
+// and the written count is exact.
+func TestWriteBlocks(t *testing.T) {
+	p := openPool(t, vfs.NewMem())
+	defer p.Close()
+	v := mustVol(t, p, "a", 32<<20)
+	defer v.Close()
+	var sizes []int
+	testHookGroup = func(n int) { sizes = append(sizes, n) }
+	defer func() { testHookGroup = nil }()
+	fill := func(b byte, n int) []byte { return bytes.Repeat([]byte{b}, n) }
+	ws := []BlockWrite{
+		{Off: 0, Data: fill(1, 2*bs)},
+		{Off: bs, Data: fill(2, bs)},          // overwrites block 1 of the first
+		{Off: 3*bs + 100, Data: fill(3, 200)}, // unaligned: WriteAt
+		{Off: 16 * bs, Data: fill(4, 9<<20)},  // larger than a record: WriteAt
+		{Off: 2 * bs, Data: fill(5, bs)},
+		{Off: 2 * bs, Data: fill(6, bs)},
+	}
+	if err := v.WriteBlocks(ws); err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, v.Size())
+	for _, w := range ws {
+		copy(want[w.Off:], w.Data)
+	}
+	if got := readAll(t, v); !bytes.Equal(got, want) {
+		t.Fatal("volume content differs from the writes applied in order")
+	}
+	info, _ := p.VolumeInfo("a")
+	if blocks := int64(4 + (9<<20)/bs); info.Written != blocks*bs {
+		t.Fatalf("written %d bytes, want %d", info.Written, blocks*bs)
+	}
+	if err := v.WriteBlocks([]BlockWrite{{Off: v.Size(), Data: fill(7, bs)}}); err == nil {
+		t.Fatal("a write past the end was taken")
+	}
+	if fmt.Sprint(sizes) != "[2 1 1 2]" {
+		t.Fatalf("groups of %v records, want [2 1 1 2] (the large write goes through WriteAt as two records, the unaligned one outside groups)", sizes)
 	}
 }

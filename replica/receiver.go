@@ -549,6 +549,21 @@ func applyOps(ctx context.Context, p *cow.Pool, name string, b *Batch, replica b
 		return err
 	}
 	defer h.Close()
+	// Runs of writes are written as groups: one index commit for many
+	// (cow.Volume.WriteBlocks), in order.
+	var run []cow.BlockWrite
+	runFrom := 0
+	flush := func() error {
+		if len(run) == 0 {
+			return nil
+		}
+		err := h.WriteBlocks(run)
+		run = run[:0]
+		if err != nil {
+			return fmt.Errorf("apply write ops (source seq %d on) to %q: %w", b.Ops[runFrom].Seq, name, err)
+		}
+		return nil
+	}
 	for i := range b.Ops {
 		op := &b.Ops[i]
 		if i%64 == 0 {
@@ -556,13 +571,21 @@ func applyOps(ctx context.Context, p *cow.Pool, name string, b *Batch, replica b
 				return err
 			}
 		}
-		var err error
-		switch op.Kind {
-		case OpWrite:
+		if op.Kind == OpWrite {
 			if uint64(len(op.Data)) != op.Length {
 				return fmt.Errorf("%w: write op of %d bytes carries %d", ErrCorrupt, op.Length, len(op.Data))
 			}
-			_, err = h.WriteAt(op.Data, int64(op.Offset))
+			if len(run) == 0 {
+				runFrom = i
+			}
+			run = append(run, cow.BlockWrite{Off: int64(op.Offset), Data: op.Data})
+			continue
+		}
+		if err := flush(); err != nil {
+			return err
+		}
+		var err error
+		switch op.Kind {
 		case OpZero:
 			err = h.WriteZeroes(int64(op.Offset), int64(op.Length), op.NoHole)
 		case OpTrim:
@@ -583,7 +606,7 @@ func applyOps(ctx context.Context, p *cow.Pool, name string, b *Batch, replica b
 			return fmt.Errorf("apply %s op (source seq %d) to %q: %w", op.Kind, op.Seq, name, err)
 		}
 	}
-	return nil
+	return flush()
 }
 
 // Close ends the session. A diff it left without its last part is parked
