@@ -66,8 +66,9 @@ func (q *writeQueue) takeLocked(dst []*groupWrite) []*groupWrite {
 }
 
 // groupAppend journals and indexes r, a write of whole blocks to v, in a
-// group with the writes that queue meanwhile.
-func (p *Pool) groupAppend(v *volState, r cdp.Record) error {
+// group with the writes that queue meanwhile, and returns its sequence
+// number.
+func (p *Pool) groupAppend(v *volState, r cdp.Record) (uint64, error) {
 	w := groupWrites.Get().(*groupWrite)
 	w.r, w.v = r, v
 	defer func() {
@@ -81,7 +82,7 @@ func (p *Pool) groupAppend(v *volState, r cdp.Record) error {
 		q.mu.Unlock()
 		<-w.wake
 		if !w.lead {
-			return w.err
+			return w.r.Seq, w.err
 		}
 		q.mu.Lock() // w leads now: it is at the front of the queue
 	}
@@ -106,7 +107,7 @@ func (p *Pool) groupAppend(v *volState, r cdp.Record) error {
 			g.wake <- struct{}{}
 		}
 	}
-	return w.err
+	return w.r.Seq, w.err
 }
 
 // runGroup journals and indexes the group's records, setting each one's

@@ -508,10 +508,19 @@ func (h *Volume) ReadRefs(off int64, n int) (bufs [][]byte, release func(), ok b
 // the write lock, so concurrent writes to different bytes of one block never
 // lose each other's data.
 func (h *Volume) WriteAt(p []byte, off int64) (int, error) {
+	n, _, err := h.WriteAtSeq(p, off)
+	return n, err
+}
+
+// WriteAtSeq is WriteAt that also returns the sequence number of the
+// write's last record: once the journal holds that point, it holds the
+// write (a synchronous mirror waits for exactly that point).
+func (h *Volume) WriteAtSeq(p []byte, off int64) (int, uint64, error) {
 	if err := h.checkWrite(off, int64(len(p))); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	done := 0
+	var seq uint64
 	for done < len(p) {
 		// Chunks end on block boundaries so only the first and last
 		// chunk can have partial blocks.
@@ -520,15 +529,16 @@ func (h *Volume) WriteAt(p []byte, off int64) (int, error) {
 		if n > maxChunk {
 			n = maxChunk - int(o%bs)
 		}
-		if err := h.writeChunk(p[done:done+n], o); err != nil {
-			return done, err
+		var err error
+		if seq, err = h.writeChunk(p[done:done+n], o); err != nil {
+			return done, seq, err
 		}
 		done += n
 	}
-	return len(p), nil
+	return len(p), seq, nil
 }
 
-func (h *Volume) writeChunk(p []byte, off int64) error {
+func (h *Volume) writeChunk(p []byte, off int64) (uint64, error) {
 	first := uint64(off) / bs
 	last := uint64(off+int64(len(p))-1) / bs
 	headPartial := off%bs != 0
@@ -553,12 +563,14 @@ func (h *Volume) writeChunk(p []byte, off int64) error {
 	p0.wmu.Lock()
 	defer p0.wmu.Unlock()
 	if h.v.gone.Load() {
-		return fmt.Errorf("%w: volume %q was deleted", blockdev.ErrGone, h.v.name)
+		return 0, fmt.Errorf("%w: volume %q was deleted", blockdev.ErrGone, h.v.name)
 	}
 	if err := h.mergeEdgesLocked(data, meta, off, len(p), first, last); err != nil {
-		return err
+		return 0, err
 	}
-	return p0.appendLocked(&cdp.Record{Kind: cdp.KindWrite, Volume: h.v.id, Offset: first * bs, Length: uint64(len(data)), Data: data, Meta: meta})
+	r := &cdp.Record{Kind: cdp.KindWrite, Volume: h.v.id, Offset: first * bs, Length: uint64(len(data)), Data: data, Meta: meta}
+	err := p0.appendLocked(r)
+	return r.Seq, err
 }
 
 func putCRC(meta []byte, i int, c uint32) {

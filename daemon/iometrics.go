@@ -131,6 +131,14 @@ func (v *meteredVolume) WriteAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
+// writeAtSeq is WriteAt that returns the write's point in the journal.
+func (v *meteredVolume) writeAtSeq(p []byte, off int64) (int, uint64, error) {
+	t := time.Now()
+	n, seq, err := v.Volume.WriteAtSeq(p, off)
+	v.note("write", t, n, err)
+	return n, seq, err
+}
+
 func (v *meteredVolume) Flush() error {
 	t := time.Now()
 	err := v.Volume.Flush()

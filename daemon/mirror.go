@@ -1711,9 +1711,12 @@ func (v *mirroredVolume) WriteAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	defer exit(mr)
-	n, err := v.meteredVolume.WriteAt(p, off)
-	if mr != nil && err == nil {
-		err = mr.written(v.vol)
+	if mr == nil {
+		return v.meteredVolume.WriteAt(p, off)
+	}
+	n, seq, err := v.meteredVolume.writeAtSeq(p, off)
+	if err == nil {
+		err = mr.written(v.vol, seq)
 	}
 	return n, err
 }
@@ -1726,7 +1729,7 @@ func (v *mirroredVolume) Trim(off, length int64) error {
 	defer exit(mr)
 	err = v.meteredVolume.Trim(off, length)
 	if mr != nil && err == nil {
-		err = mr.written(v.vol)
+		err = mr.written(v.vol, 0)
 	}
 	return err
 }
@@ -1739,7 +1742,7 @@ func (v *mirroredVolume) WriteZeroes(off, length int64, noHole bool) error {
 	defer exit(mr)
 	err = v.meteredVolume.WriteZeroes(off, length, noHole)
 	if mr != nil && err == nil {
-		err = mr.written(v.vol)
+		err = mr.written(v.vol, 0)
 	}
 	return err
 }
@@ -1766,10 +1769,12 @@ func (v *mirroredVolume) Flush() error {
 	return mr.waitSecondary(seq, true)
 }
 
-// written returns once the secondary has applied vol's changes so far
-// (or the mirror goes on without it): a write is acknowledged only then,
-// so that a primary killed right after loses no acknowledged write.
-func (mr *mirror) written(vol string) error {
+// written returns once the secondary has applied vol's changes up to
+// point seq (0: all so far), or the mirror goes on without it: a write is
+// acknowledged only then, so that a primary killed right after loses no
+// acknowledged write. A write waits for its own point, not for the writes
+// that came after it.
+func (mr *mirror) written(vol string, seq uint64) error {
 	mr.mu.Lock()
 	wait := mr.mu.syncWait
 	mr.mu.Unlock()
@@ -1777,9 +1782,11 @@ func (mr *mirror) written(vol string) error {
 	if !wait {
 		return nil
 	}
-	seq, err := mr.m.pool.LastChange(vol)
-	if err != nil {
-		return err
+	if seq == 0 {
+		var err error
+		if seq, err = mr.m.pool.LastChange(vol); err != nil {
+			return err
+		}
 	}
 	return mr.waitSecondary(seq, false)
 }
