@@ -43,10 +43,19 @@ type Follower struct {
 		lastAck time.Time // when the newest acknowledged batch was sent
 		opened  bool
 		target  State         // what the target held when the stream opened
-		upto    uint64        // the point the last batch queued ends at
-		changed chan struct{} // closed (and replaced) when acked moves or the follower stops
+		upto    uint64 // the point the last batch queued ends at
+		// waiters: callers of WaitAcked/WaitDurable; each is woken once
+		// its point is reached or the follower stops, not at every ack.
+		waiters []*ackWaiter
 		err     error
 	}
+}
+
+// ackWaiter is one caller waiting for a point.
+type ackWaiter struct {
+	seq     uint64
+	durable bool
+	ch      chan struct{} // closed when woken
 }
 
 // DefaultFollowIdle is how often a follower with nothing new to send moves
@@ -64,15 +73,17 @@ func Follow(ctx context.Context, o ShipOptions, m *Mirror, idle time.Duration) *
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	f := &Follower{o: o, mirror: m, idle: idle, kick: make(chan struct{}, 1), done: make(chan struct{}), cancel: cancel}
-	f.mu.changed = make(chan struct{})
 	go func() {
 		err := f.run(ctx)
 		cancel()
 		f.mu.Lock()
 		f.mu.err = err
-		close(f.mu.changed)
-		f.mu.Unlock()
 		close(f.done)
+		for _, w := range f.mu.waiters {
+			close(w.ch)
+		}
+		f.mu.waiters = nil
+		f.mu.Unlock()
 	}()
 	return f
 }
@@ -160,37 +171,54 @@ func (f *Follower) WaitAcked(ctx context.Context, seq uint64) error {
 }
 
 func (f *Follower) wait(ctx context.Context, seq uint64, durable bool) error {
+	var w *ackWaiter
 	for {
 		f.mu.Lock()
-		acked, err, ch := f.mu.acked, f.mu.err, f.mu.changed
+		acked := f.mu.acked
 		if durable {
 			acked = f.mu.durable
 		}
-		done := false
-		select {
-		case <-f.done:
-			done = true
-		default:
-		}
-		f.mu.Unlock()
 		if acked >= seq {
+			f.mu.Unlock()
 			return nil
 		}
-		if done {
+		select {
+		case <-f.done:
+			err := f.mu.err
+			f.mu.Unlock()
 			if err == nil {
 				err = context.Canceled
 			}
 			return err
+		default:
 		}
+		w = &ackWaiter{seq: seq, durable: durable, ch: make(chan struct{})}
+		f.mu.waiters = append(f.mu.waiters, w)
+		f.mu.Unlock()
 		if durable {
 			f.Sync()
 		} else {
 			f.Kick()
 		}
 		select {
-		case <-ch:
+		case <-w.ch:
 		case <-ctx.Done():
+			f.mu.Lock()
+			f.removeWaiterLocked(w)
+			f.mu.Unlock()
 			return ctx.Err()
+		}
+	}
+}
+
+func (f *Follower) removeWaiterLocked(w *ackWaiter) {
+	for i, x := range f.mu.waiters {
+		if x == w {
+			last := len(f.mu.waiters) - 1
+			f.mu.waiters[i] = f.mu.waiters[last]
+			f.mu.waiters[last] = nil
+			f.mu.waiters = f.mu.waiters[:last]
+			return
 		}
 	}
 }
@@ -200,8 +228,16 @@ func (f *Follower) setAcked(seq, durable uint64) {
 	if seq > f.mu.acked || durable > f.mu.durable {
 		f.mu.acked = max(f.mu.acked, seq)
 		f.mu.durable = max(f.mu.durable, durable)
-		close(f.mu.changed)
-		f.mu.changed = make(chan struct{})
+		kept := f.mu.waiters[:0]
+		for _, w := range f.mu.waiters {
+			if (w.durable && f.mu.durable >= w.seq) || (!w.durable && f.mu.acked >= w.seq) {
+				close(w.ch)
+				continue
+			}
+			kept = append(kept, w)
+		}
+		clear(f.mu.waiters[len(kept):])
+		f.mu.waiters = kept
 	}
 	f.mu.Unlock()
 }
