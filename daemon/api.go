@@ -168,6 +168,7 @@ func (d *Daemon) controlHandler() http.Handler {
 			Pool: d.pool.Stats(), Volumes: d.pool.Volumes(), Connections: conns,
 			Retention: o.Pool.RetentionTime, RetainSize: o.Pool.RetentionSize,
 			HistoryCut: d.pool.HistoryCut(), LastGC: d.lastGC(), Replication: d.repl.statuses(r.Context()),
+			Scrub: d.scrub.status(),
 		})
 	})
 	mux.HandleFunc("POST /v1/volumes/{name}/snapshots", func(w http.ResponseWriter, r *http.Request) {
@@ -313,6 +314,7 @@ func (d *Daemon) controlHandler() http.Handler {
 	d.replicationHandlers(mux)
 	d.mirrorHandlers(mux)
 	d.scheduleHandlers(mux)
+	d.scrubHandlers(mux)
 	mux.Handle("GET /metrics", d.metricsHandler())
 	// Profiles of the running daemon, for performance work:
 	// curl --unix-socket DATA/control.sock http://strata/debug/pprof/profile?seconds=10 > cpu.prof

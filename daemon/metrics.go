@@ -70,6 +70,12 @@ var poolFamilies = []family{
 	{"strata_schedule_last_snapshot_timestamp_seconds", "When the volume's newest scheduled snapshot was taken.", prometheus.GaugeValue, []string{"volume"}},
 	{"strata_schedule_pruned_total", "Scheduled snapshots thinned since the daemon started.", prometheus.CounterValue, []string{"volume"}},
 	{"strata_schedule_failing", "1 when the schedule's last pass met an error (a failed freeze, snapshot or prune).", prometheus.GaugeValue, []string{"volume"}},
+	{"strata_scrub_last_completed_timestamp_seconds", "When the last scrub pass ended (absent before the first).", prometheus.GaugeValue, nil},
+	{"strata_scrub_unrepaired_errors", "Damage the last scrub pass left unrepaired: blocks whose reads fail with an I/O error.", prometheus.GaugeValue, nil},
+	{"strata_scrub_running", "1 while a scrub pass runs.", prometheus.GaugeValue, nil},
+	{"strata_scrub_bytes_checked_total", "Bytes scrub passes read and checked since the daemon started.", prometheus.CounterValue, nil},
+	{"strata_scrub_errors_found_total", "Damaged blocks and records scrub passes found since the daemon started.", prometheus.CounterValue, nil},
+	{"strata_scrub_errors_repaired_total", "Damaged blocks scrub passes healed from a replica site since the daemon started.", prometheus.CounterValue, nil},
 }
 
 // scrapeTimeout bounds what one scrape spends measuring replication lag.
@@ -171,6 +177,15 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		emit("strata_schedule_pruned_total", float64(s.Pruned), s.Volume)
 		emit("strata_schedule_failing", bit(s.LastError != ""), s.Volume)
 	}
+	sc := d.scrub.status()
+	if sc.Last != nil && !sc.Last.Finished.IsZero() {
+		emit("strata_scrub_last_completed_timestamp_seconds", float64(sc.Last.Finished.Unix()))
+		emit("strata_scrub_unrepaired_errors", float64(sc.Last.Unrepaired()))
+	}
+	emit("strata_scrub_running", bit(sc.Running != nil))
+	emit("strata_scrub_bytes_checked_total", float64(d.scrub.bytes.Load()))
+	emit("strata_scrub_errors_found_total", float64(d.scrub.found.Load()))
+	emit("strata_scrub_errors_repaired_total", float64(d.scrub.repaired.Load()))
 }
 
 // fsyncHistogram is the journal's fsync latency histogram, which package

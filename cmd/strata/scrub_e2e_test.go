@@ -1,0 +1,119 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/strata-storage/strata/control"
+)
+
+// scrubJSON runs `strata scrub --now --json ARGS` and returns its report
+// and exit status.
+func scrubJSON(t *testing.T, s *server, args ...string) (control.ScrubReport, result) {
+	t.Helper()
+	r := s.cli(append([]string{"scrub", "--now", "--json"}, args...)...)
+	var rep control.ScrubReport
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatalf("scrub --json: %v: %s", err, r)
+	}
+	return rep, r
+}
+
+// The issue's drill with two real sites: flip a byte in a journal segment
+// in a block of a replicated volume and in one of a volume with no
+// replica. Reads of both fail with EIO; scrub finds exactly those two
+// blocks and names their volumes, points and snapshots; it heals the first
+// from the replica site (reads return the right data, at the head and the
+// snapshot, also after a restart) and exits non-zero for the second, whose
+// reads keep failing.
+func TestE2EScrub(t *testing.T) {
+	a, _, bAddr, tok := replSites(t)
+	a.createVolume("d", "16MiB")
+	a.createVolume("e", "16MiB")
+	mustQemuIO(t, a.uri("d"), "write -P 0x11 0 64k", "write -P 0x5c 1M 4k", "flush")
+	a.mustCLI("snapshot", "create", "d", "s1")
+	mustQemuIO(t, a.uri("d"), "write -P 0x22 2M 4k", "flush")
+	mustQemuIO(t, a.uri("e"), "write -P 0x3c 0 4k", "write -P 0x44 4k 4k", "flush")
+	a.mustCLI("replicate", "d", "--to", "strata://"+bAddr, "--token-file", tok, "--once")
+
+	// A clean pass first: nothing to find.
+	if rep, r := scrubJSON(t, a); r.code != 0 || rep.ErrorsFound() != 0 || rep.Versions < 19 {
+		t.Fatalf("scrub of an undamaged pool: %s", r)
+	}
+	a.stop()
+	for _, pat := range []byte{0x5c, 0x3c} {
+		if !flipInJournal(t, a.dir, pat) {
+			t.Fatalf("no block of %#x in the journal", pat)
+		}
+	}
+	a.start()
+	for _, u := range []string{a.uri("d"), a.uri("e")} {
+		off := map[string]string{a.uri("d"): "1M", a.uri("e"): "0"}[u]
+		if r := qemuIO(t, u, "read 0x0 4k", fmt.Sprintf("read %s 4k", off)); r.code == 0 && !strings.Contains(r.stdout+r.stderr, "error") {
+			t.Fatalf("%s: the damaged block read without an error: %s", u, r)
+		}
+	}
+
+	// Found, not repaired: exactly the two blocks, with what reads them.
+	rep, r := scrubJSON(t, a, "--no-repair")
+	if r.code != exitDamage || len(rep.Damaged) != 2 || rep.ErrorsFound() != 2 || rep.Unrepaired() != 2 {
+		t.Fatalf("scrub --no-repair: %s", r)
+	}
+	d, e := rep.Damaged[0], rep.Damaged[1]
+	if d.Volume != "d" || d.Offset != 1<<20 || !d.Head || fmt.Sprint(d.Snapshots) != "[s1]" ||
+		e.Volume != "e" || e.Offset != 0 || !e.Head || len(e.Snapshots) != 0 {
+		t.Fatalf("damaged blocks: %+v", rep.Damaged)
+	}
+
+	// Healed from the replica site where it holds the block.
+	r = a.cli("scrub", "--now", "--from", "strata://"+bAddr, "--token-file", tok)
+	t.Logf("scrub --now --from:\n%s%s", r.stdout, r.stderr)
+	if r.code != exitDamage || !strings.Contains(r.stdout, "REPAIRED: d offset 1048576") ||
+		!strings.Contains(r.stdout, "snapshots s1") || !strings.Contains(r.stdout, "DAMAGED:  e offset 0") ||
+		!strings.Contains(r.stdout, "restore: bytes 0..4095 of e") || !strings.Contains(r.stderr, "1 damaged block left unrepaired") {
+		t.Fatalf("scrub --now --from: %s", r)
+	}
+	check := func() {
+		t.Helper()
+		mustQemuIO(t, a.uri("d"), "read -P 0x5c 1M 4k", "read -P 0x11 0 64k", "read -P 0x22 2M 4k")
+		mustRun(t, "qemu-io", "-r", "-f", "raw", a.uri("d@s1"), "-c", "read -P 0x5c 1M 4k", "-c", "read -P 0 2M 4k")
+		mustQemuIO(t, a.uri("e"), "read -P 0x44 4k 4k")
+		if r := qemuIO(t, a.uri("e"), "read -P 0x3c 0 4k"); r.code == 0 && !strings.Contains(r.stdout+r.stderr, "error") {
+			t.Fatalf("the unrepaired block read without an error: %s", r)
+		}
+	}
+	check()
+	if r := run(t, "nbdcopy", a.uri("d"), "-"); r.code != 0 {
+		t.Fatalf("nbdcopy of the healed volume: %s", r)
+	}
+
+	// Status, the last report and the metrics say what happened.
+	if st := a.mustCLI("status"); !strings.Contains(st, "scrub:    last pass") || !strings.Contains(st, "1 repaired, 1 left") {
+		t.Fatalf("status:\n%s", st)
+	}
+	if r := a.cli("scrub"); r.code != exitDamage || !strings.Contains(r.stdout, "REPAIRED: d offset 1048576") {
+		t.Fatalf("strata scrub: %s", r)
+	}
+	fams, text := a.scrape(t)
+	for name, want := range map[string]float64{"strata_scrub_errors_found_total": 4, "strata_scrub_errors_repaired_total": 1, "strata_scrub_unrepaired_errors": 1} {
+		if v, err := fams.Value(name); err != nil || v != want {
+			t.Fatalf("%s = %v (%v), want %v\n%s", name, v, err, want, text)
+		}
+	}
+	if v, _ := fams.Value("strata_scrub_bytes_checked_total"); v < 3*(19*4096) {
+		t.Fatalf("strata_scrub_bytes_checked_total = %v", v)
+	}
+	if v, _ := fams.Value("strata_scrub_last_completed_timestamp_seconds"); v == 0 {
+		t.Fatal("no strata_scrub_last_completed_timestamp_seconds")
+	}
+
+	// The repair is in the journal: it survives a restart.
+	a.restart()
+	check()
+	rep, r = scrubJSON(t, a)
+	if r.code != exitDamage || len(rep.Damaged) != 1 || rep.Damaged[0].Volume != "e" || len(rep.Unreferenced) != 1 {
+		t.Fatalf("scrub after the restart: %s", r)
+	}
+}
