@@ -9,23 +9,25 @@ import (
 // BadBlock is a data block of a journal record whose bytes no longer match
 // their checksum.
 type BadBlock struct {
-	Segment uint64 // the record's segment
-	Offset  int64  // the block's byte offset in the segment
-	Seq     uint64 // the record's sequence number
-	Kind    Kind   // KindWrite or KindRelocate
+	Segment uint64 `json:"segment"` // the record's segment
+	Offset  int64  `json:"offset"`  // the block's byte offset in the segment
+	Seq     uint64 `json:"seq"`     // the record's sequence number
+	Kind    string `json:"kind"`    // the record's kind: write or relocate
 	// Volume, Block and Version name the block version the block holds:
 	// for a write, the record's volume, its block number and the record's
 	// sequence number; for a relocate, the entry's.
-	Volume, Block, Version uint64
-	CRC                    uint32 // what the block's checksum should be
+	Volume  uint64 `json:"volume"`
+	Block   uint64 `json:"block"`
+	Version uint64 `json:"version"`
+	CRC     uint32 `json:"crc"` // what the block's checksum should be
 }
 
 // BadRecord is a record whose framing (header or meta checksum, shape) is
 // damaged: Verify cannot find the records after it in its segment.
 type BadRecord struct {
-	Segment uint64
-	Offset  int64
-	Reason  string
+	Segment uint64 `json:"segment"`
+	Offset  int64  `json:"offset"`
+	Reason  string `json:"reason"`
 }
 
 // VerifyStats counts what Verify read.
@@ -69,7 +71,7 @@ func (j *Journal) Verify(ctx context.Context, pace func(n int64) error, bad func
 			st.Bytes += int64(n)
 			dataOff := off + RecordHeaderSize + int64(len(rec.Meta))
 			for _, i := range rec.badBlocks() {
-				b := BadBlock{Segment: si.ID, Offset: dataOff + int64(i)*BlockSize, Seq: rec.Seq, Kind: rec.Kind,
+				b := BadBlock{Segment: si.ID, Offset: dataOff + int64(i)*BlockSize, Seq: rec.Seq, Kind: rec.Kind.String(),
 					Volume: rec.Volume, Block: rec.Offset/BlockSize + uint64(i), Version: rec.Seq, CRC: rec.blockCRC(i)}
 				if rec.Kind == KindRelocate {
 					e := RelocateEntryAt(rec.Meta, i)

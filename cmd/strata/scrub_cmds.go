@@ -106,6 +106,7 @@ Examples:
 				req.From = append(req.From, t)
 			}
 			pp := newProgressPrinter()
+			pp.last = time.Now() // a line after 2 s, not for a short pass
 			rep, err := client(c).Scrub(c.Context, req, func(p control.ScrubProgress) {
 				if c.Bool("json") {
 					return
@@ -126,7 +127,7 @@ Examples:
 					return err
 				}
 			} else {
-				printScrubReport(&rep)
+				printScrubReport("pass:", &rep)
 			}
 			if n := rep.Unrepaired(); n > 0 {
 				return &exitError{code: exitDamage, err: fmt.Errorf("%s left unrepaired: reads of them fail with an I/O error until they are restored", plural(n, "damaged block", "damaged blocks"))}
@@ -153,15 +154,15 @@ func printScrubStatus(st *control.ScrubStatus) {
 		fmt.Println("last:     no pass has run yet (strata scrub --now runs one)")
 		return
 	}
-	printScrubReport(st.Last)
+	printScrubReport("last:", st.Last)
 }
 
-func printScrubReport(r *control.ScrubReport) {
+func printScrubReport(label string, r *control.ScrubReport) {
 	what := "the pool"
 	if r.Volume != "" {
 		what = "volume " + r.Volume
 	}
-	fmt.Printf("last:     pass of %s ended %s (took %s): %s checked, %s, %s, %s\n", what, r.Finished.Format(time.RFC3339),
+	fmt.Printf("%-9s %s, ended %s (took %s): %s checked, %s, %s, %s\n", label, what, r.Finished.Format(time.RFC3339),
 		r.Finished.Sub(r.Started).Round(time.Millisecond), units.FormatSize(r.BytesChecked),
 		plural(r.Segments, "segment", "segments"), plural(int(r.Records), "record", "records"), plural(int(r.Versions), "block version", "block versions"))
 	if r.ErrorsFound() == 0 {
