@@ -9,6 +9,7 @@ import (
 
 	"github.com/strata-storage/strata/control"
 	"github.com/strata-storage/strata/internal/units"
+	"github.com/strata-storage/strata/replica"
 )
 
 // exitDamage is the exit status of a scrub that left damage unrepaired
@@ -19,7 +20,7 @@ func scrubCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "scrub",
 		Usage:     "check every block the pool keeps against its checksum, and heal damage from a replica site",
-		UsageText: "strata scrub [--now [VOL] [--rate RATE] [--from strata://HOST:PORT[/VOL] --token-file F]] [--json]",
+		UsageText: "strata scrub [--now [VOL] [--rate RATE] [--from strata://HOST:PORT[/VOL] --token-file F]] [--json]\n   strata scrub --target s3://BUCKET/PREFIX[,...] [--ec K+M] [VOL...] [--no-repair] [--json]",
 		Description: `A scrub pass reads every record of the journal and checks its checksums,
 then checks every block version the index holds: that the record it points
 at exists and its block checksums. A damaged block is reported with what it
@@ -39,6 +40,13 @@ weekly) at --scrub-rate (default 64MiB/s); strata status shows its progress.
 Without --now: shows the last pass's report, and the pass running if any.
 With --now: runs one pass now, with progress, and prints its report.
 
+S3 targets (strata scrub --target s3://...): checks, from this host, every
+volume's manifest on every target and every batch object (with --ec, every
+shard) against its checksum, and rebuilds damaged or missing shards from the
+good ones. Credentials and endpoint as for strata replicate: the AWS
+environment variables or ~/.aws files, AWS_ENDPOINT_URL or ?endpoint=. A
+damaged plain object (no --ec) can only be reported. No daemon is needed.
+
 Exit status: 0 no damage left; 4 damage left unrepaired (reads of those blocks
 fail); 75 a pass is already running; 1 any other failure.
 
@@ -46,7 +54,8 @@ Examples:
    strata scrub
    strata scrub --now
    strata scrub --now vol0 --rate max
-   strata scrub --now --from strata://dr-site:10810 --token-file /etc/strata/token`,
+   strata scrub --now --from strata://dr-site:10810 --token-file /etc/strata/token
+   strata scrub --target s3://b1/strata,s3://b2/strata,s3://b3/strata --ec 2+1`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "now", Usage: "run one pass now, in the foreground"},
 			&cli.StringFlag{Name: "rate", Usage: "with --now: bound on reads, e.g. 200MiB/s, or max (default: the daemon's --scrub-rate)"},
@@ -54,10 +63,18 @@ Examples:
 			&cli.StringFlag{Name: "token-file", Usage: "file holding the token of the --from sites (their --replica-token-file)"},
 			&cli.StringFlag{Name: "tls-ca", Usage: "PEM CA that signed the --from sites' certificates"},
 			&cli.BoolFlag{Name: "insecure", Usage: "allow plaintext to a --from site off loopback"},
-			&cli.BoolFlag{Name: "no-repair", Usage: "with --now: only report damage"},
+			&cli.BoolFlag{Name: "no-repair", Usage: "with --now or --target: only report damage"},
+			&cli.StringFlag{Name: "target", Usage: "scrub an S3 target instead of the pool: s3://BUCKET/PREFIX (comma-separated list with --ec), as strata replicate --to names it"},
+			&cli.StringFlag{Name: "ec", Usage: "with --target: the erasure coding K+M the target was shipped with"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
 		},
 		Action: func(c *cli.Context) error {
+			if c.IsSet("target") {
+				return scrubS3(c)
+			}
+			if c.IsSet("ec") {
+				return fmt.Errorf("--ec goes with --target")
+			}
 			if !c.Bool("now") {
 				if c.NArg() > 0 || c.IsSet("rate") || c.IsSet("from") || c.IsSet("no-repair") {
 					return fmt.Errorf("a volume, --rate, --from and --no-repair go with --now (strata scrub --now VOL)")
@@ -239,4 +256,66 @@ func printScrubLine(sc *control.ScrubStatus) {
 		fmt.Printf("; next %s", sc.Next.Format(time.RFC3339))
 	}
 	fmt.Println()
+}
+
+// scrubS3 checks (and heals) an S3 target from this process.
+func scrubS3(c *cli.Context) error {
+	if c.Bool("now") || c.IsSet("rate") || c.IsSet("from") {
+		return fmt.Errorf("--now, --rate and --from are for the pool; --target scrubs an S3 target at once")
+	}
+	s, err := replica.ParseS3Targets(c.String("target"), c.String("ec"))
+	if err != nil {
+		return userErr(err)
+	}
+	o := replica.S3ScrubOptions{Repair: !c.Bool("no-repair")}
+	if c.NArg() > 0 {
+		o.Volumes = c.Args().Slice()
+	}
+	pp := newProgressPrinter()
+	pp.last = time.Now()
+	o.Progress = func(p replica.S3ScrubProgress) {
+		if !c.Bool("json") {
+			pp.line(fmt.Sprintf("scrub: volume %s: %d of %d objects, %s checked, %s", p.Volume, p.Objects, p.ObjectsTotal,
+				units.FormatSize(p.Bytes), plural(p.ErrorsFound, "error", "errors")))
+		}
+	}
+	rep, err := s.Scrub(c.Context, o)
+	pp.done()
+	if err != nil {
+		return userErr(err)
+	}
+	if c.Bool("json") {
+		if err := printJSON(rep); err != nil {
+			return err
+		}
+	} else {
+		fmt.Printf("pass:     %s, ended %s (took %s): %s, %s, %s, %s checked\n", rep.Targets, rep.Finished.Format(time.RFC3339),
+			rep.Finished.Sub(rep.Started).Round(time.Millisecond), plural(len(rep.Volumes), "volume", "volumes"),
+			plural(rep.Objects, "object", "objects"), plural(rep.Shards, "shard", "shards"), units.FormatSize(rep.Bytes))
+		if len(rep.Damaged) == 0 {
+			fmt.Println("result:   no damage found")
+		} else {
+			fmt.Printf("result:   %s found, %d repaired, %d left\n", plural(len(rep.Damaged), "error", "errors"), rep.Repaired(), rep.Unrepaired())
+		}
+		for _, d := range rep.Damaged {
+			what := "volume " + d.Volume + " " + d.Key
+			if d.Shard >= 0 {
+				what += fmt.Sprintf(" shard %d", d.Shard)
+			}
+			what += " on " + d.Target
+			if d.Repaired {
+				fmt.Printf("REPAIRED: %s (%s): rebuilt\n", what, d.Problem)
+				continue
+			}
+			fmt.Printf("DAMAGED:  %s (%s)", what, d.Problem)
+			if d.To != 0 {
+				fmt.Printf(", carries source points %d..%d", d.From, d.To)
+			}
+			fmt.Printf(": %s\n", d.RepairError)
+		}
+	}
+	if n := rep.Unrepaired(); n > 0 {
+		return &exitError{code: exitDamage, err: fmt.Errorf("%s left unrepaired on the S3 target", plural(n, "damaged object or shard", "damaged objects or shards"))}
+	}
+	return nil
 }
