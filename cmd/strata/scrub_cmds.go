@@ -139,12 +139,8 @@ Examples:
 			if err != nil {
 				return busyExit(err)
 			}
-			if c.Bool("json") {
-				if err := printJSON(rep); err != nil {
-					return err
-				}
-			} else {
-				printScrubReport("pass:", &rep)
+			if err := printReport(c.Bool("json"), rep, func() { printScrubReport("pass:", &rep) }); err != nil {
+				return err
 			}
 			if n := rep.Unrepaired(); n > 0 {
 				return &exitError{code: exitDamage, err: fmt.Errorf("%s left unrepaired: reads of them fail with an I/O error until they are restored", plural(n, "damaged block", "damaged blocks"))}
@@ -284,38 +280,47 @@ func scrubS3(c *cli.Context) error {
 	if err != nil {
 		return userErr(err)
 	}
-	if c.Bool("json") {
-		if err := printJSON(rep); err != nil {
-			return err
-		}
-	} else {
-		fmt.Printf("pass:     %s, ended %s (took %s): %s, %s, %s, %s checked\n", rep.Targets, rep.Finished.Format(time.RFC3339),
-			rep.Finished.Sub(rep.Started).Round(time.Millisecond), plural(len(rep.Volumes), "volume", "volumes"),
-			plural(rep.Objects, "object", "objects"), plural(rep.Shards, "shard", "shards"), units.FormatSize(rep.Bytes))
-		if len(rep.Damaged) == 0 {
-			fmt.Println("result:   no damage found")
-		} else {
-			fmt.Printf("result:   %s found, %d repaired, %d left\n", plural(len(rep.Damaged), "error", "errors"), rep.Repaired(), rep.Unrepaired())
-		}
-		for _, d := range rep.Damaged {
-			what := "volume " + d.Volume + " " + d.Key
-			if d.Shard >= 0 {
-				what += fmt.Sprintf(" shard %d", d.Shard)
-			}
-			what += " on " + d.Target
-			if d.Repaired {
-				fmt.Printf("REPAIRED: %s (%s): rebuilt\n", what, d.Problem)
-				continue
-			}
-			fmt.Printf("DAMAGED:  %s (%s)", what, d.Problem)
-			if d.To != 0 {
-				fmt.Printf(", carries source points %d..%d", d.From, d.To)
-			}
-			fmt.Printf(": %s\n", d.RepairError)
-		}
+	if err := printReport(c.Bool("json"), rep, func() { printS3ScrubReport(rep) }); err != nil {
+		return err
 	}
 	if n := rep.Unrepaired(); n > 0 {
 		return &exitError{code: exitDamage, err: fmt.Errorf("%s left unrepaired on the S3 target", plural(n, "damaged object or shard", "damaged objects or shards"))}
 	}
 	return nil
+}
+
+// printReport prints v as JSON, or as text.
+func printReport(asJSON bool, v any, text func()) error {
+	if asJSON {
+		return printJSON(v)
+	}
+	text()
+	return nil
+}
+
+func printS3ScrubReport(rep *replica.S3ScrubReport) {
+	fmt.Printf("pass:     %s, ended %s (took %s): %s, %s, %s, %s checked\n", rep.Targets, rep.Finished.Format(time.RFC3339),
+		rep.Finished.Sub(rep.Started).Round(time.Millisecond), plural(len(rep.Volumes), "volume", "volumes"),
+		plural(rep.Objects, "object", "objects"), plural(rep.Shards, "shard", "shards"), units.FormatSize(rep.Bytes))
+	if len(rep.Damaged) == 0 {
+		fmt.Println("result:   no damage found")
+	} else {
+		fmt.Printf("result:   %s found, %d repaired, %d left\n", plural(len(rep.Damaged), "error", "errors"), rep.Repaired(), rep.Unrepaired())
+	}
+	for _, d := range rep.Damaged {
+		what := "volume " + d.Volume + " " + d.Key
+		if d.Shard >= 0 {
+			what += fmt.Sprintf(" shard %d", d.Shard)
+		}
+		what += " on " + d.Target
+		if d.Repaired {
+			fmt.Printf("REPAIRED: %s (%s): rebuilt\n", what, d.Problem)
+			continue
+		}
+		fmt.Printf("DAMAGED:  %s (%s)", what, d.Problem)
+		if d.To != 0 {
+			fmt.Printf(", carries source points %d..%d", d.From, d.To)
+		}
+		fmt.Printf(": %s\n", d.RepairError)
+	}
 }
