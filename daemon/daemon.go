@@ -221,7 +221,7 @@ func Start(o Options) (*Daemon, error) {
 		return nil, fmt.Errorf("schedules: %w", err)
 	}
 	d.sched.start()
-	if d.scrub, err = newScrubManager(pool, d.repl, o.Logger, filepath.Join(o.Dir, "scrub.json"), o.ScrubInterval, o.ScrubRate); err != nil {
+	if d.scrub, err = newScrubManager(pool, d.scrubSites, o.Logger, filepath.Join(o.Dir, "scrub.json"), o.ScrubInterval, o.ScrubRate); err != nil {
 		return nil, fmt.Errorf("scrub: %w", err)
 	}
 	d.scrub.start()

@@ -33,8 +33,10 @@ const (
 )
 
 type scrubManager struct {
-	pool     *cow.Pool
-	repl     *replManager
+	pool *cow.Pool
+	// sites are the strata:// sites that hold a volume: its replication
+	// targets and its mirror's other host.
+	sites    func(vol string) []control.TargetSpec
 	log      *slog.Logger
 	path     string
 	interval time.Duration
@@ -54,8 +56,8 @@ type scrubManager struct {
 	quit context.CancelFunc
 }
 
-func newScrubManager(pool *cow.Pool, repl *replManager, log *slog.Logger, path string, interval time.Duration, rate int64) (*scrubManager, error) {
-	m := &scrubManager{pool: pool, repl: repl, log: log, path: path, interval: interval, rate: rate, started: time.Now()}
+func newScrubManager(pool *cow.Pool, sites func(string) []control.TargetSpec, log *slog.Logger, path string, interval time.Duration, rate int64) (*scrubManager, error) {
+	m := &scrubManager{pool: pool, sites: sites, log: log, path: path, interval: interval, rate: rate, started: time.Now()}
 	m.ctx, m.quit = context.WithCancel(context.Background())
 	b, err := os.ReadFile(path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -199,10 +201,11 @@ func (m *scrubManager) run(ctx context.Context, req control.ScrubRequest, progre
 }
 
 // fetcher asks the sites that may hold a good copy of a damaged block: the
-// strata:// targets its volume replicates to, then from.
+// strata:// targets its volume replicates to, its mirror's other host, then
+// from.
 func (m *scrubManager) fetcher(from []control.TargetSpec) func(context.Context, cow.DamagedBlock) ([]byte, string, error) {
 	return func(ctx context.Context, d cow.DamagedBlock) ([]byte, string, error) {
-		sites := append(m.repl.strataTargets(d.Volume), from...)
+		sites := append(m.sites(d.Volume), from...)
 		if len(sites) == 0 {
 			return nil, "", errors.New("no replica site to fetch it from (the volume replicates to no strata:// site; strata scrub --now --from strata://HOST:PORT/VOL names one)")
 		}
@@ -239,6 +242,21 @@ func (m *replManager) strataTargets(vol string) []control.TargetSpec {
 		}
 	}
 	return out
+}
+
+// peerTarget is the other host of vol's mirror (none: nil).
+func (m *mirrorManager) peerTarget(vol string) []control.TargetSpec {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if e := m.mu.entries[vol]; e != nil && e.PeerURL != "" {
+		return []control.TargetSpec{e.target()}
+	}
+	return nil
+}
+
+// scrubSites are the sites that hold vol, for healing.
+func (d *Daemon) scrubSites(vol string) []control.TargetSpec {
+	return append(d.repl.strataTargets(vol), d.mirrors.peerTarget(vol)...)
 }
 
 func (d *Daemon) scrubHandlers(mux *http.ServeMux) {
