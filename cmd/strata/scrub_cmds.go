@@ -29,7 +29,8 @@ that made it to the next write of that block, or the head), the snapshots
 and clones among them.
 
 Where a replica site holds the block (a strata:// target the volume
-replicates to with strata replication add, or a site --from names), the pass
+replicates to with strata replication add, the other host of its mirror, or
+a site --from names), the pass
 fetches it, checks it against the block's own checksum and writes it back:
 reads return the right data again. Otherwise reads of the block keep failing
 with an I/O error (never wrong data) and the report says what to restore.
