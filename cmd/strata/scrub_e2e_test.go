@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/strata-storage/strata/control"
 )
@@ -25,11 +26,12 @@ func scrubJSON(t *testing.T, s *server, args ...string) (control.ScrubReport, re
 
 // The drill with two real sites: flip a byte in a journal segment
 // in a block of a replicated volume and in one of a volume with no
-// replica. Reads of both fail with EIO; scrub finds exactly those two
+// replica (and in one of a third volume). Reads of both fail with EIO; scrub finds exactly those two
 // blocks and names their volumes, points and snapshots; it heals the first
-// from the replica site (reads return the right data, at the head and the
-// snapshot, also after a restart) and exits non-zero for the second, whose
-// reads keep failing.
+// from the replica site --from names (reads return the right data, at the
+// head and the snapshot, also after a restart) and exits non-zero for the
+// second, whose reads keep failing. A third block, of a volume that
+// replicates continuously, heals from its configured target.
 func TestE2EScrub(t *testing.T) {
 	a, _, bAddr, tok := replSites(t)
 	a.createVolume("d", "16MiB")
@@ -39,13 +41,25 @@ func TestE2EScrub(t *testing.T) {
 	mustQemuIO(t, a.uri("d"), "write -P 0x22 2M 4k", "flush")
 	mustQemuIO(t, a.uri("e"), "write -P 0x3c 0 4k", "write -P 0x44 4k 4k", "flush")
 	a.mustCLI("replicate", "d", "--to", "strata://"+bAddr, "--token-file", tok, "--once")
+	// f replicates continuously: scrub heals it from its target unasked.
+	a.createVolume("f", "16MiB")
+	mustQemuIO(t, a.uri("f"), "write -P 0x6e 8k 4k", "flush")
+	a.mustCLI("replication", "add", "f", "--to", "strata://"+bAddr, "--token-file", tok)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if l := replicationList(t, a); len(l) > 0 && l[len(l)-1].Volume == "f" && l[len(l)-1].Acked > 0 && l[len(l)-1].LagRecords == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("f never caught up: %+v", replicationList(t, a))
+		}
+	}
 
 	// A clean pass first: nothing to find.
-	if rep, r := scrubJSON(t, a); r.code != 0 || rep.ErrorsFound() != 0 || rep.Versions < 19 {
+	if rep, r := scrubJSON(t, a); r.code != 0 || rep.ErrorsFound() != 0 || rep.Versions < 21 {
 		t.Fatalf("scrub of an undamaged pool: %s", r)
 	}
 	a.stop()
-	for _, pat := range []byte{0x5c, 0x3c} {
+	for _, pat := range []byte{0x5c, 0x3c, 0x6e} {
 		if !flipInJournal(t, a.dir, pat) {
 			t.Fatalf("no block of %#x in the journal", pat)
 		}
@@ -60,19 +74,19 @@ func TestE2EScrub(t *testing.T) {
 
 	// Found, not repaired: exactly the two blocks, with what reads them.
 	rep, r := scrubJSON(t, a, "--no-repair")
-	if r.code != exitDamage || len(rep.Damaged) != 2 || rep.ErrorsFound() != 2 || rep.Unrepaired() != 2 {
+	if r.code != exitDamage || len(rep.Damaged) != 3 || rep.ErrorsFound() != 3 || rep.Unrepaired() != 3 {
 		t.Fatalf("scrub --no-repair: %s", r)
 	}
-	d, e := rep.Damaged[0], rep.Damaged[1]
+	d, e, f := rep.Damaged[0], rep.Damaged[1], rep.Damaged[2]
 	if d.Volume != "d" || d.Offset != 1<<20 || !d.Head || fmt.Sprint(d.Snapshots) != "[s1]" ||
-		e.Volume != "e" || e.Offset != 0 || !e.Head || len(e.Snapshots) != 0 {
+		e.Volume != "e" || e.Offset != 0 || !e.Head || len(e.Snapshots) != 0 || f.Volume != "f" || f.Offset != 8192 {
 		t.Fatalf("damaged blocks: %+v", rep.Damaged)
 	}
 
 	// Healed from the replica site where it holds the block.
 	r = a.cli("scrub", "--now", "--from", "strata://"+bAddr, "--token-file", tok)
 	t.Logf("scrub --now --from:\n%s%s", r.stdout, r.stderr)
-	if r.code != exitDamage || !strings.Contains(r.stdout, "REPAIRED: d offset 1048576") ||
+	if r.code != exitDamage || !strings.Contains(r.stdout, "REPAIRED: d offset 1048576") || !strings.Contains(r.stdout, "REPAIRED: f offset 8192") ||
 		!strings.Contains(r.stdout, "snapshots s1") || !strings.Contains(r.stdout, "DAMAGED:  e offset 0") ||
 		!strings.Contains(r.stdout, "restore: bytes 0..4095 of e") || !strings.Contains(r.stderr, "1 damaged block left unrepaired") {
 		t.Fatalf("scrub --now --from: %s", r)
@@ -82,6 +96,7 @@ func TestE2EScrub(t *testing.T) {
 		mustQemuIO(t, a.uri("d"), "read -P 0x5c 1M 4k", "read -P 0x11 0 64k", "read -P 0x22 2M 4k")
 		mustRun(t, "qemu-io", "-r", "-f", "raw", a.uri("d@s1"), "-c", "read -P 0x5c 1M 4k", "-c", "read -P 0 2M 4k")
 		mustQemuIO(t, a.uri("e"), "read -P 0x44 4k 4k")
+		mustQemuIO(t, a.uri("f"), "read -P 0x6e 8k 4k")
 		if r := qemuIO(t, a.uri("e"), "read -P 0x3c 0 4k"); r.code == 0 && !strings.Contains(r.stdout+r.stderr, "error") {
 			t.Fatalf("the unrepaired block read without an error: %s", r)
 		}
@@ -92,14 +107,14 @@ func TestE2EScrub(t *testing.T) {
 	}
 
 	// Status, the last report and the metrics say what happened.
-	if st := a.mustCLI("status"); !strings.Contains(st, "scrub:    last pass") || !strings.Contains(st, "1 repaired, 1 left") {
+	if st := a.mustCLI("status"); !strings.Contains(st, "scrub:    last pass") || !strings.Contains(st, "2 repaired, 1 left") {
 		t.Fatalf("status:\n%s", st)
 	}
 	if r := a.cli("scrub"); r.code != exitDamage || !strings.Contains(r.stdout, "REPAIRED: d offset 1048576") {
 		t.Fatalf("strata scrub: %s", r)
 	}
 	fams, text := a.scrape(t)
-	for name, want := range map[string]float64{"strata_scrub_errors_found_total": 4, "strata_scrub_errors_repaired_total": 1, "strata_scrub_unrepaired_errors": 1} {
+	for name, want := range map[string]float64{"strata_scrub_errors_found_total": 6, "strata_scrub_errors_repaired_total": 2, "strata_scrub_unrepaired_errors": 1} {
 		if v, err := fams.Value(name); err != nil || v != want {
 			t.Fatalf("%s = %v (%v), want %v\n%s", name, v, err, want, text)
 		}
@@ -115,7 +130,7 @@ func TestE2EScrub(t *testing.T) {
 	a.restart()
 	check()
 	rep, r = scrubJSON(t, a)
-	if r.code != exitDamage || len(rep.Damaged) != 1 || rep.Damaged[0].Volume != "e" || len(rep.Unreferenced) != 1 {
+	if r.code != exitDamage || len(rep.Damaged) != 1 || rep.Damaged[0].Volume != "e" || len(rep.Unreferenced) != 2 {
 		t.Fatalf("scrub after the restart: %s", r)
 	}
 }
