@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -503,3 +504,39 @@ func (p *Pool) ReadVersion(vol string, off int64, crc uint32) ([]byte, uint64, e
 
 // ErrNoVersion: the pool holds no good copy of the block version asked for.
 var ErrNoVersion = errors.New("cow: no such block version")
+
+// stillDamaged returns the damage recovery met that reads still see: a
+// write's block whose version the index now points elsewhere (a scrub
+// repaired it) or no longer holds is left out. A relocate's blocks are
+// kept as they are (their versions are not in the report).
+func (p *Pool) stillDamaged(ds []cdp.Damage) []cdp.Damage {
+	var out []cdp.Damage
+	for _, d := range ds {
+		if d.Kind != cdp.KindWrite.String() {
+			out = append(out, d)
+			continue
+		}
+		c := d
+		c.Blocks = nil
+		for _, b := range d.Blocks {
+			off, err := strconv.ParseUint(b, 10, 64)
+			if err != nil {
+				c.Blocks = append(c.Blocks, b)
+				continue
+			}
+			val, closer, err := p.db.Get(blockKey(nil, d.Volume, off/bs, d.Seq))
+			if err != nil {
+				continue // gone: nothing reads it
+			}
+			e, derr := decodeEntry(val, d.Seq)
+			closer.Close()
+			if derr != nil || e.kind == entryData && e.seg == d.Segment {
+				c.Blocks = append(c.Blocks, b)
+			}
+		}
+		if len(c.Blocks) > 0 {
+			out = append(out, c)
+		}
+	}
+	return out
+}

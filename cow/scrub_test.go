@@ -73,6 +73,10 @@ func TestScrubFindsAndRepairs(t *testing.T) {
 	}
 	flipAt(t, fs, p, head3)
 	flipAt(t, fs, p, old5)
+	// Rebuild the index from the journal: recovery then meets the damage.
+	if err := fs.RemoveAll("data/index"); err != nil {
+		t.Fatal(err)
+	}
 	if p, err = Open(opts); err != nil {
 		t.Fatal(err)
 	}
@@ -80,6 +84,11 @@ func TestScrubFindsAndRepairs(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Recovery replayed the damaged records (the index was never
+	// persisted) and lists them.
+	if d := p.Stats().Damaged; len(d) != 2 {
+		t.Fatalf("damage met by recovery: %+v", d)
+	}
 	ctx := context.Background()
 	var progress []ScrubProgress
 	rep, err := p.Scrub(ctx, ScrubOptions{Progress: func(pr ScrubProgress) { progress = append(progress, pr) }})
@@ -152,6 +161,10 @@ func TestScrubFindsAndRepairs(t *testing.T) {
 		}
 	}
 	check(p)
+	// Status no longer lists the repaired block as damaged.
+	if d := p.Stats().Damaged; len(d) != 1 || d[0].Seq != old5.seq {
+		t.Fatalf("damage listed after the repair: %+v", d)
+	}
 
 	// The next pass finds the unrepaired version, and the repaired one's
 	// damaged bytes as read by nothing.
