@@ -41,6 +41,10 @@ type ScrubStatus struct {
 	Interval time.Duration  `json:"interval"` // 0: no background passes
 	Rate     int64          `json:"rate"`     // bytes a second (0: unbounded)
 	Next     time.Time      `json:"next,omitzero"`
+	// LastError: the last pass failed (a read error other than a
+	// checksum, the pool closing) at LastErrorAt, after Last.
+	LastError   string    `json:"last_error,omitempty"`
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
 }
 
 // ScrubStatus returns the scrubber's state and the last pass's report.

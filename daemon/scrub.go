@@ -47,6 +47,9 @@ type scrubManager struct {
 		sync.Mutex
 		running *cow.ScrubProgress
 		last    *cow.ScrubReport
+		// The last pass that failed (not cancelled), if after last.
+		failedAt time.Time
+		failure  string
 	}
 	// Since the daemon started, for the metrics.
 	bytes, found, repaired atomic.Int64
@@ -91,12 +94,6 @@ func (m *scrubManager) start() {
 			}
 			if _, err := m.run(m.ctx, control.ScrubRequest{}, nil); err != nil && m.ctx.Err() == nil {
 				m.log.Warn("scrub: background pass failed", "err", err)
-				// Not at once again: after an interval (or a --now).
-				m.mu.Lock()
-				if m.mu.last == nil {
-					m.mu.last = &cow.ScrubReport{Started: time.Now().UTC(), Finished: time.Now().UTC(), Canceled: true}
-				}
-				m.mu.Unlock()
 			}
 		}
 	}()
@@ -110,6 +107,9 @@ func (m *scrubManager) next() time.Time {
 	from := m.started
 	if m.mu.last != nil && !m.mu.last.Finished.IsZero() {
 		from = m.mu.last.Finished
+	}
+	if m.mu.failedAt.After(from) {
+		from = m.mu.failedAt // not at once again: an interval later (or --now)
 	}
 	return from.Add(m.interval)
 }
@@ -131,6 +131,9 @@ func (m *scrubManager) status() *control.ScrubStatus {
 		st.Running = &p
 	}
 	st.Last = m.mu.last
+	if !m.mu.failedAt.IsZero() {
+		st.LastError, st.LastErrorAt = m.mu.failure, m.mu.failedAt
+	}
 	return st
 }
 
@@ -172,6 +175,13 @@ func (m *scrubManager) run(ctx context.Context, req control.ScrubRequest, progre
 	}
 	m.log.Info("scrub: pass started", "volume", req.Volume, "rate", units.FormatSize(rate)+"/s")
 	rep, err := m.pool.Scrub(ctx, o)
+	m.mu.Lock()
+	if err != nil && ctx.Err() == nil {
+		m.mu.failedAt, m.mu.failure = time.Now().UTC(), control.UserMessage(err)
+	} else if err == nil {
+		m.mu.failedAt, m.mu.failure = time.Time{}, ""
+	}
+	m.mu.Unlock()
 	if rep == nil {
 		return nil, err
 	}

@@ -164,6 +164,9 @@ func printScrubStatus(st *control.ScrubStatus) {
 	if p := st.Running; p != nil {
 		fmt.Printf("running:  %s: %s of %s checked, %s so far\n", p.Phase, units.FormatSize(p.BytesChecked), units.FormatSize(p.BytesTotal), plural(p.ErrorsFound, "error", "errors"))
 	}
+	if st.LastError != "" {
+		fmt.Printf("FAILED:   the pass at %s: %s\n", st.LastErrorAt.Format(time.RFC3339), st.LastError)
+	}
 	if st.Last == nil {
 		fmt.Println("last:     no pass has run yet (strata scrub --now runs one)")
 		return
@@ -253,6 +256,9 @@ func printScrubLine(sc *control.ScrubStatus) {
 		fmt.Printf("; next %s", sc.Next.Format(time.RFC3339))
 	}
 	fmt.Println()
+	if sc.LastError != "" {
+		fmt.Printf("FAILED:   scrub pass at %s: %s\n", sc.LastErrorAt.Format(time.RFC3339), sc.LastError)
+	}
 }
 
 // scrubS3 checks (and heals) an S3 target from this process.
