@@ -30,16 +30,17 @@ and clones among them.
 
 Where a replica site holds the block (a strata:// target the volume
 replicates to with strata replication add, the other host of its mirror, or
-a site --from names), the pass
-fetches it, checks it against the block's own checksum and writes it back:
-reads return the right data again. Otherwise reads of the block keep failing
-with an I/O error (never wrong data) and the report says what to restore.
+a site --from names), the pass fetches it, checks it against the block's own
+checksum and writes it back: reads return the right data again. Otherwise
+reads of the block keep failing with an I/O error (never wrong data) and the
+report says what to restore.
 
 The daemon runs a pass in the background every --scrub-interval (default
 weekly) at --scrub-rate (default 64MiB/s); strata status shows its progress.
 
 Without --now: shows the last pass's report, and the pass running if any.
-With --now: runs one pass now, with progress, and prints its report.
+With --now: runs one pass now, with progress, and prints its report; Ctrl-C
+stops the pass.
 
 S3 targets (strata scrub --target s3://...): checks, from this host, every
 volume's manifest on every target and every batch object (with --ec, every
@@ -56,7 +57,7 @@ Examples:
    strata scrub --now
    strata scrub --now vol0 --rate max
    strata scrub --now --from strata://dr-site:10810 --token-file /etc/strata/token
-   strata scrub --target s3://b1/strata,s3://b2/strata,s3://b3/strata --ec 2+1`,
+   strata scrub --target s3://bk1/strata,s3://bk2/strata,s3://bk3/strata --ec 2+1`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "now", Usage: "run one pass now, in the foreground"},
 			&cli.StringFlag{Name: "rate", Usage: "with --now: bound on reads, e.g. 200MiB/s, or max (default: the daemon's --scrub-rate)"},
