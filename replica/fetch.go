@@ -14,7 +14,8 @@ import (
 
 // Fetching a block version for a source's scrub: the client sends 'F'
 // (JSON: token, volume, byte offset, checksum); the site answers 'K' with
-// the block (4 KiB) or 'E'. The site looks up the version of that block of
+// the block (4 KiB) or 'E' (a site that predates fetches answers any
+// first message but a hello or pull with "expected a hello"). The site looks up the version of that block of
 // its volume whose checksum is the one asked for, reads it and checks it
 // against its own index's checksum before it answers; the source checks
 // it again against its own.
@@ -57,10 +58,6 @@ func (r *Remote) FetchBlock(ctx context.Context, vol string, off int64, crc uint
 		var e errorMsg
 		if err := json.Unmarshal(b, &e); err != nil {
 			return nil, fmt.Errorf("%w: bad error reply", ErrCorrupt)
-		}
-		if e.Code == "error" {
-			// An older site: it knows no fetch.
-			return nil, fmt.Errorf("target: %s (does the site run a strata that serves block fetches?)", e.Message)
 		}
 		return nil, codeErr(e)
 	}
