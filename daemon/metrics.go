@@ -43,7 +43,7 @@ var poolFamilies = []family{
 	{"strata_journal_last_seq", "Sequence number of the newest record.", prometheus.GaugeValue, nil},
 	{"strata_journal_synced_seq", "Every record up to this one is durable.", prometheus.GaugeValue, nil},
 	{"strata_journal_fsyncs_total", "Journal fsyncs (group commits).", prometheus.CounterValue, nil},
-	{"strata_journal_damaged_blocks", "Blocks found damaged when the pool opened; they read as I/O errors.", prometheus.GaugeValue, nil},
+	{"strata_journal_damaged_blocks", "Blocks found damaged when the pool opened, and not repaired by a scrub since; they read as I/O errors.", prometheus.GaugeValue, nil},
 	{"strata_journal_fsync_seconds", "Journal fsync latency.", 0, nil},
 	{"strata_index_bytes", "Block index size on disk.", prometheus.GaugeValue, nil},
 	{"strata_index_memory_bytes", "Block index memory: head map pages, memtables, index block cache.", prometheus.GaugeValue, nil},
@@ -129,7 +129,11 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	emit("strata_journal_last_seq", float64(j.LastSeq))
 	emit("strata_journal_synced_seq", float64(j.SyncedSeq))
 	emit("strata_journal_fsyncs_total", float64(j.Fsyncs))
-	emit("strata_journal_damaged_blocks", float64(j.DamagedBlocks))
+	damaged := 0 // those a scrub has not repaired since
+	for _, dm := range st.Damaged {
+		damaged += len(dm.Blocks)
+	}
+	emit("strata_journal_damaged_blocks", float64(damaged))
 	emit("strata_index_bytes", float64(st.IndexBytes))
 	emit("strata_index_memory_bytes", float64(im.HeadMapBytes)+float64(im.MemTableBytes)+float64(im.BlockCacheBytes))
 	emit("strata_read_damaged_blocks_total", float64(st.ReadDamaged))
