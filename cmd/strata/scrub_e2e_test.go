@@ -54,6 +54,14 @@ func TestE2EScrub(t *testing.T) {
 		}
 	}
 
+	// Bad flags: one clear line each.
+	dir := shortTempDir(t)
+	checkOneLineError(t, "serve --scrub-rate", run(t, strataBin, "serve", "--data", dir, "--scrub-rate", "fast"), "--scrub-rate \"fast\"", "64MiB/s")
+	checkOneLineError(t, "serve --scrub-interval", run(t, strataBin, "serve", "--data", dir, "--scrub-interval", "weekly"), "--scrub-interval \"weekly\"", "7d")
+	checkOneLineError(t, "scrub VOL without --now", a.cli("scrub", "d"), "go with --now")
+	checkOneLineError(t, "scrub --now --from s3", a.cli("scrub", "--now", "--from", "s3://bk1/x"), "strata://")
+	checkOneLineError(t, "scrub --now unknown volume", a.cli("scrub", "--now", "nope"), "nope")
+
 	// A clean pass first: nothing to find.
 	if rep, r := scrubJSON(t, a); r.code != 0 || rep.ErrorsFound() != 0 || rep.Versions < 21 {
 		t.Fatalf("scrub of an undamaged pool: %s", r)
