@@ -197,7 +197,7 @@ func (m *scrubManager) run(ctx context.Context, req control.ScrubRequest, progre
 	}
 	m.log.Info("scrub: pass ended", "checked", units.FormatSize(rep.BytesChecked), "errors", rep.ErrorsFound(),
 		"repaired", rep.Repaired(), "unrepaired", rep.Unrepaired(), "canceled", rep.Canceled)
-	if !rep.Canceled {
+	if err == nil && !rep.Canceled { // a partial pass is not a report
 		m.mu.Lock()
 		m.mu.last = rep
 		m.mu.Unlock()
