@@ -204,6 +204,7 @@ type Status struct {
 	Connections []Connection        `json:"connections"`
 	Replication []ReplicationStatus `json:"replication,omitempty"`
 	Capacity    *Forecast           `json:"capacity,omitempty"`
+	Scrub       *ScrubStatus        `json:"scrub,omitempty"`
 }
 
 // GCReport is the last garbage collection pass, background or manual.
@@ -302,6 +303,9 @@ type Event struct {
 	Progress *Progress   `json:"progress,omitempty"`
 	Result   *ShipResult `json:"result,omitempty"`
 	Restore  *Restored   `json:"restore,omitempty"`
-	Error    string      `json:"error,omitempty"`
-	Code     string      `json:"code,omitempty"`
+	// Scrub is a scrub pass's progress; ScrubReport its result.
+	Scrub       *ScrubProgress `json:"scrub,omitempty"`
+	ScrubReport *ScrubReport   `json:"scrub_report,omitempty"`
+	Error       string         `json:"error,omitempty"`
+	Code        string         `json:"code,omitempty"`
 }

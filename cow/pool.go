@@ -895,7 +895,8 @@ type Stats struct {
 	ReadDamaged  int64  `json:"read_damaged_blocks,omitempty"`
 	JournalError string `json:"journal_error,omitempty"`
 	// Damaged lists records recovery found with damaged data blocks: they
-	// read as I/O errors; everything else serves (P8).
+	// read as I/O errors; everything else serves (P8). Blocks a scrub has
+	// since repaired are left out.
 	Damaged []cdp.Damage `json:"damaged,omitempty"`
 }
 
@@ -921,7 +922,7 @@ func (p *Pool) Stats() Stats {
 		IndexMemory: IndexMemory{HeadMapBytes: p.head.bytes(), MemTableBytes: m.MemTable.Size, BlockCacheBytes: m.BlockCache.Size},
 		ReadDamaged: p.readDamage.Load()}
 	st.Cache.AddRecent(p.opts.CacheSize, j.TailBytes(), p.recentHits.Load())
-	st.Damaged = j.Damaged()
+	st.Damaged = p.stillDamaged(j.Damaged())
 	if err := j.Err(); err != nil {
 		st.JournalError = err.Error()
 	}

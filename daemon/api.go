@@ -182,6 +182,7 @@ func (d *Daemon) controlHandler() http.Handler {
 			Retention: o.Pool.RetentionTime, RetainSize: o.Pool.RetentionSize,
 			HistoryCut: d.pool.HistoryCut(), LastGC: d.lastGC(), Replication: d.repl.statuses(r.Context()),
 			Capacity: new(d.capacity.forecast()),
+			Scrub: d.scrub.status(),
 		})
 	})
 	mux.HandleFunc("POST /v1/volumes/{name}/snapshots", func(w http.ResponseWriter, r *http.Request) {
@@ -341,6 +342,7 @@ func (d *Daemon) controlHandler() http.Handler {
 	d.mirrorHandlers(mux)
 	d.scheduleHandlers(mux)
 	d.capacityHandlers(mux)
+	d.scrubHandlers(mux)
 	mux.Handle("GET /metrics", d.metricsHandler())
 	// Profiles of the running daemon, for performance work:
 	// curl --unix-socket DATA/control.sock http://strata/debug/pprof/profile?seconds=10 > cpu.prof

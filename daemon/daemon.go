@@ -97,6 +97,11 @@ type Options struct {
 	// Schedule is the pool-wide default snapshot schedule, which volumes
 	// without one of their own follow (nil: none; Volume is ignored).
 	Schedule *control.Schedule
+	// ScrubInterval is how often a background scrub pass runs (0: never;
+	// strata serve defaults to DefaultScrubInterval); ScrubRate bounds its
+	// reads, bytes a second (0: unbounded).
+	ScrubInterval time.Duration
+	ScrubRate     int64
 	// Clock runs the schedules and times volume activity, expiry and the
 	// capacity forecast (default the wall clock).
 	Clock Clock
@@ -140,6 +145,7 @@ type Daemon struct {
 	vip        *vip.VIP // the floating address (nil: none)
 	vipMu      sync.Mutex
 	sched      *scheduleManager
+	scrub      *scrubManager
 	access     *accessManager
 	capacity   *capacity
 	replSrv    *replica.Server
@@ -222,6 +228,10 @@ func Start(o Options) (*Daemon, error) {
 	}
 	d.sched.start()
 	d.capacity.start()
+	if d.scrub, err = newScrubManager(pool, d.scrubSites, o.Logger, filepath.Join(o.Dir, "scrub.json"), o.ScrubInterval, o.ScrubRate); err != nil {
+		return nil, fmt.Errorf("scrub: %w", err)
+	}
+	d.scrub.start()
 	if o.ReplicaListen != "" {
 		l, err := net.Listen("tcp", o.ReplicaListen)
 		if err != nil {
@@ -355,6 +365,9 @@ func (d *Daemon) close(ctx context.Context) error {
 	}
 	if d.sched != nil {
 		d.sched.close()
+	}
+	if d.scrub != nil {
+		d.scrub.close()
 	}
 	if d.repl != nil {
 		d.repl.close()

@@ -43,7 +43,7 @@ var poolFamilies = []family{
 	{"strata_journal_last_seq", "Sequence number of the newest record.", prometheus.GaugeValue, nil},
 	{"strata_journal_synced_seq", "Every record up to this one is durable.", prometheus.GaugeValue, nil},
 	{"strata_journal_fsyncs_total", "Journal fsyncs (group commits).", prometheus.CounterValue, nil},
-	{"strata_journal_damaged_blocks", "Blocks found damaged when the pool opened; they read as I/O errors.", prometheus.GaugeValue, nil},
+	{"strata_journal_damaged_blocks", "Blocks found damaged when the pool opened, and not repaired by a scrub since; they read as I/O errors.", prometheus.GaugeValue, nil},
 	{"strata_journal_fsync_seconds", "Journal fsync latency.", 0, nil},
 	{"strata_index_bytes", "Block index size on disk.", prometheus.GaugeValue, nil},
 	{"strata_index_memory_bytes", "Block index memory: head map pages, memtables, index block cache.", prometheus.GaugeValue, nil},
@@ -70,6 +70,12 @@ var poolFamilies = []family{
 	{"strata_schedule_last_snapshot_timestamp_seconds", "When the volume's newest scheduled snapshot was taken.", prometheus.GaugeValue, []string{"volume"}},
 	{"strata_schedule_pruned_total", "Scheduled snapshots thinned since the daemon started.", prometheus.CounterValue, []string{"volume"}},
 	{"strata_schedule_failing", "1 when the schedule's last pass met an error (a failed freeze, snapshot or prune).", prometheus.GaugeValue, []string{"volume"}},
+	{"strata_scrub_last_completed_timestamp_seconds", "When the last scrub pass ended (absent before the first).", prometheus.GaugeValue, nil},
+	{"strata_scrub_unrepaired_errors", "Damage the last scrub pass left unrepaired: blocks whose reads fail with an I/O error.", prometheus.GaugeValue, nil},
+	{"strata_scrub_running", "1 while a scrub pass runs.", prometheus.GaugeValue, nil},
+	{"strata_scrub_bytes_checked_total", "Bytes scrub passes read and checked since the daemon started.", prometheus.CounterValue, nil},
+	{"strata_scrub_errors_found_total", "Damaged blocks and records scrub passes found since the daemon started.", prometheus.CounterValue, nil},
+	{"strata_scrub_errors_repaired_total", "Damaged blocks scrub passes healed from a replica site since the daemon started.", prometheus.CounterValue, nil},
 }
 
 // scrapeTimeout bounds what one scrape spends measuring replication lag.
@@ -123,7 +129,11 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	emit("strata_journal_last_seq", float64(j.LastSeq))
 	emit("strata_journal_synced_seq", float64(j.SyncedSeq))
 	emit("strata_journal_fsyncs_total", float64(j.Fsyncs))
-	emit("strata_journal_damaged_blocks", float64(j.DamagedBlocks))
+	damaged := 0 // those a scrub has not repaired since
+	for _, dm := range st.Damaged {
+		damaged += len(dm.Blocks)
+	}
+	emit("strata_journal_damaged_blocks", float64(damaged))
 	emit("strata_index_bytes", float64(st.IndexBytes))
 	emit("strata_index_memory_bytes", float64(im.HeadMapBytes)+float64(im.MemTableBytes)+float64(im.BlockCacheBytes))
 	emit("strata_read_damaged_blocks_total", float64(st.ReadDamaged))
@@ -171,6 +181,15 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		emit("strata_schedule_pruned_total", float64(s.Pruned), s.Volume)
 		emit("strata_schedule_failing", bit(s.LastError != ""), s.Volume)
 	}
+	sc := d.scrub.status()
+	if sc.Last != nil && !sc.Last.Finished.IsZero() {
+		emit("strata_scrub_last_completed_timestamp_seconds", float64(sc.Last.Finished.Unix()))
+		emit("strata_scrub_unrepaired_errors", float64(sc.Last.Unrepaired()))
+	}
+	emit("strata_scrub_running", bit(sc.Running != nil))
+	emit("strata_scrub_bytes_checked_total", float64(d.scrub.bytes.Load()))
+	emit("strata_scrub_errors_found_total", float64(d.scrub.found.Load()))
+	emit("strata_scrub_errors_repaired_total", float64(d.scrub.repaired.Load()))
 }
 
 // fsyncHistogram is the journal's fsync latency histogram, which package

@@ -576,6 +576,12 @@ func (s *Server) handle(c net.Conn) {
 			s.fail(c, err)
 		}
 		return
+	case msgFetch:
+		if err := s.serveFetch(c, b); err != nil {
+			log.Info("replication: block fetch failed", "err", err)
+			s.fail(c, err)
+		}
+		return
 	case msgHello:
 	default:
 		s.fail(c, fmt.Errorf("%w: expected a hello", ErrCorrupt))

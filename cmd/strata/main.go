@@ -71,7 +71,7 @@ Every command finds the data directory from --data or $STRATA_DATA
 		},
 		Commands: []*cli.Command{serveCommand(), volumeCommand(), snapshotCommand(), rollbackCommand(), cloneCommand(),
 			pitCommand(), dfCommand(), reportCommand(), gcCommand(), attachCommand(), detachCommand(), statusCommand(),
-			replicateCommand(), replicationCommand(), promoteCommand(), demoteCommand(), restoreCommand(), scheduleCommand(), mirrorCommand(), migrateCommand(), witnessCommand()},
+			replicateCommand(), replicationCommand(), promoteCommand(), demoteCommand(), restoreCommand(), scheduleCommand(), scrubCommand(), mirrorCommand(), migrateCommand(), witnessCommand()},
 		// Usage errors print one line too, with where to look.
 		OnUsageError: func(c *cli.Context, err error, isSub bool) error {
 			return fmt.Errorf("%v (see strata --help)", err)
@@ -342,6 +342,9 @@ the volumes and the connected NBD clients.`,
 			}
 			if st.Capacity != nil {
 				printForecast(os.Stdout, *st.Capacity)
+			}
+			if sc := st.Scrub; sc != nil {
+				printScrubLine(sc)
 			}
 			fmt.Printf("clients:  %d\n", len(st.Connections))
 			for _, cn := range st.Connections {

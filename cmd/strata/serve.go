@@ -75,6 +75,8 @@ requests finish, the journal is synced, the lock is released.`,
 			&cli.StringFlag{Name: "vip-dev", Usage: "network device that carries --vip (e.g. eth0)"},
 			&cli.StringFlag{Name: "on-promote", Usage: "shell command run when this host becomes primary or secondary of a mirrored volume (env STRATA_VOLUME, STRATA_ROLE, STRATA_EPOCH)"},
 			&cli.StringFlag{Name: "schedule-every", Usage: "default snapshot schedule of every volume without its own (strata schedule add): interval, e.g. 1h; needs --schedule-keep"},
+			&cli.StringFlag{Name: "scrub-interval", Value: "7d", Usage: "how often a background scrub pass checks every block against its checksum and heals damage from replica sites (0: never; strata scrub --now runs one)"},
+			&cli.StringFlag{Name: "scrub-rate", Value: "64MiB/s", Usage: "bound on a background scrub pass's reads (max: unbounded)"},
 			&cli.StringFlag{Name: "schedule-keep", Usage: "the default schedule's thinning, e.g. hourly=24,daily=14,weekly=8,monthly=12 (alone: replicas and volumes are only thinned)"},
 			&cli.StringFlag{Name: "console", Usage: "serve the web console at http://ADDR/ (e.g. 8080 or :8080 for 127.0.0.1:8080, or 0.0.0.0:8080; default off)"},
 			&cli.StringFlag{Name: "console-token-file", Usage: "file holding the console's login token (default DATA/console.token, created with a random token when missing)"},
@@ -159,6 +161,12 @@ func runServe(c *cli.Context) error {
 		o.Pool.GCInterval = -1
 	}
 	if o.Schedule, err = defaultSchedule(c); err != nil {
+		return err
+	}
+	if o.ScrubInterval, err = units.ParseDuration(c.String("scrub-interval")); err != nil {
+		return fmt.Errorf("--scrub-interval %q: give a duration such as 7d or 24h, or 0 for no background passes", c.String("scrub-interval"))
+	}
+	if o.ScrubRate, err = parseRate("--scrub-rate", c.String("scrub-rate")); err != nil {
 		return err
 	}
 	for _, spec := range c.StringSlice("volume") {

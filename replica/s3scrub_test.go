@@ -1,0 +1,104 @@
+package replica
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+)
+
+// Scrub finds exactly the damaged shards and manifest, rebuilds them from
+// the good ones, and a second pass finds nothing; a batch with more damaged
+// shards than parity, and a damaged plain object, are reported unrepaired
+// with the points they carry.
+func TestS3Scrub(t *testing.T) {
+	endpoint, dir, c := testServer(t, "bk1", "bk2", "bk3", "plain")
+	spec := s3Spec(endpoint, "bk1/p", "bk2/q", "bk3")
+	batches := testBatches(7)
+	ctx := context.Background()
+	s := mustParse(t, spec, "2+1")
+	ship(t, s, "c", testSource, batches)
+	ship(t, mustParse(t, spec, "2+1"), "d", testSource, batches[:3])
+	m, err := s.Manifest(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	flipByte(t, filepath.Join(dir, "bk2", "q", "c", m.Batches[2].Key), middle)
+	flipByte(t, filepath.Join(dir, "bk3", "c", m.Batches[4].Key), func(n int) int { return n - 1 })
+	flipByte(t, filepath.Join(dir, "bk1", "p", "c", manifestName), middle)
+
+	rep, err := mustParse(t, spec, "2+1").Scrub(ctx, S3ScrubOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(rep.Volumes) != "[c d]" || rep.Objects != len(m.Batches)+3 || rep.Shards != 3*rep.Objects {
+		t.Fatalf("scrub checked %+v", rep)
+	}
+	if len(rep.Damaged) != 3 || rep.Unrepaired() != 3 {
+		t.Fatalf("want 3 damaged, unrepaired without Repair: %+v", rep.Damaged)
+	}
+	want := map[string]bool{
+		fmt.Sprintf("%s/%d", m.Batches[2].Key, 1): true,
+		fmt.Sprintf("%s/%d", m.Batches[4].Key, 2): true,
+		fmt.Sprintf("%s/%d", manifestName, -1):    true,
+	}
+	for _, d := range rep.Damaged {
+		if !want[fmt.Sprintf("%s/%d", d.Key, d.Shard)] || d.Volume != "c" {
+			t.Fatalf("unexpected damage %+v", d)
+		}
+	}
+
+	rep, err = mustParse(t, spec, "2+1").Scrub(ctx, S3ScrubOptions{Volumes: []string{"c"}, Repair: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Damaged) != 3 || rep.Repaired() != 3 {
+		t.Fatalf("repair: %+v", rep.Damaged)
+	}
+	if rep, err = mustParse(t, spec, "2+1").Scrub(ctx, S3ScrubOptions{Repair: true}); err != nil || len(rep.Damaged) != 0 {
+		t.Fatalf("after repair: %+v %v", rep, err)
+	}
+	// Every shard holds again: the set survives losing a whole bucket.
+	removeAll(t, c, "bk1")
+	checkRestore(t, mustParse(t, spec, "2+1"), "c", batches)
+
+	// Two damaged shards of a 2+1 batch: beyond repair, reported.
+	flipByte(t, filepath.Join(dir, "bk2", "q", "c", m.Batches[1].Key), middle)
+	flipByte(t, filepath.Join(dir, "bk3", "c", m.Batches[1].Key), middle)
+	rep, err = mustParse(t, spec, "2+1").Scrub(ctx, S3ScrubOptions{Volumes: []string{"c"}, Repair: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// bk1 lost everything above too: its shards are missing and rebuilt,
+	// except batch 1's.
+	bad := 0
+	for _, d := range rep.Damaged {
+		if d.Key == m.Batches[1].Key {
+			bad++
+			if d.Repaired || d.RepairError == "" || d.To != m.Batches[1].To {
+				t.Fatalf("unrepairable batch: %+v", d)
+			}
+		} else if !d.Repaired {
+			t.Fatalf("not repaired: %+v", d)
+		}
+	}
+	if bad != 3 || rep.Unrepaired() != 3 {
+		t.Fatalf("batch beyond repair: %d of its shards reported, %d unrepaired: %+v", bad, rep.Unrepaired(), rep.Damaged)
+	}
+
+	// A plain object has no parity: reported only.
+	ps := s3Spec(endpoint, "plain/x")
+	ship(t, mustParse(t, ps, ""), "e", testSource, batches[:2])
+	pm, err := mustParse(t, ps, "").Manifest(ctx, "e")
+	if err != nil {
+		t.Fatal(err)
+	}
+	flipByte(t, filepath.Join(dir, "plain", "x", "e", pm.Batches[1].Key), middle)
+	rep, err = mustParse(t, ps, "").Scrub(ctx, S3ScrubOptions{Repair: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Damaged) != 1 || rep.Damaged[0].Shard != -1 || rep.Damaged[0].Key != pm.Batches[1].Key || rep.Unrepaired() != 1 {
+		t.Fatalf("plain: %+v", rep.Damaged)
+	}
+}
