@@ -397,10 +397,14 @@ func (p *Pool) openIndex() error {
 				}
 			},
 			FlushEnd: func(info pebble.FlushInfo) {
-				if info.Err != nil {
+				// A flush of memtables holding only deletions that cancel
+				// out writes no table: pebble reports that as an error
+				// (unexported), but nothing failed.
+				failed := info.Err != nil && info.Err.Error() != "pebble: empty table"
+				if failed {
 					p.indexFlushFails.Add(1)
 				}
-				p.indexFlushFailing.Store(info.Err != nil)
+				p.indexFlushFailing.Store(failed)
 			},
 		},
 	})
