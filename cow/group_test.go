@@ -33,11 +33,28 @@ func TestGroupCommit(t *testing.T) {
 	fs := vfs.NewMem()
 	var logged bytes.Buffer
 	var logMu sync.Mutex
-	p, err := Open(Options{Dir: "data", FS: fs, SegmentSize: 1 << 20, IndexMemTableSize: 256 << 10, CheckpointInterval: -1, CacheSize: 1 << 20,
-		Logger: slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logged}, nil))})
-	if err != nil {
-		t.Fatal(err)
+	var p *Pool
+	open := func() *Pool {
+		p, err := Open(Options{Dir: "data", FS: fs, SegmentSize: 1 << 20, IndexMemTableSize: 256 << 10, CheckpointInterval: -1, CacheSize: 1 << 20,
+			Logger: slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logged}, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
 	}
+	closed := func() {
+		t.Helper()
+		if err := p.Close(); err != nil {
+			t.Fatal(err)
+		}
+		logMu.Lock()
+		defer logMu.Unlock()
+		if strings.Contains(logged.String(), "could not be persisted") {
+			// pebble reports a flush that wrote no table as an error.
+			t.Errorf("a clean close did not persist the index: %s", logged.String())
+		}
+	}
+	p = open()
 	v := mustVol(t, p, "a", 8<<20)
 	const writers, own, hot, rounds = 32, 8, 4, 40
 	hotBase := uint64(writers * own)
@@ -108,24 +125,16 @@ func TestGroupCommit(t *testing.T) {
 		t.Fatal(err)
 	}
 	v.Close()
-	if err := p.Close(); err != nil {
-		t.Fatal(err)
-	}
-	logMu.Lock()
-	if strings.Contains(logged.String(), "could not be persisted") {
-		// pebble reports a flush that wrote no table as an error.
-		t.Errorf("a clean close did not persist the index: %s", logged.String())
-	}
-	logMu.Unlock()
-	p = openPool(t, fs)
-	defer p.Close()
+	closed()
+	p = open()
 	waitRecount(t, p, "a")
-	v, err = p.OpenVolume("a")
+	v, err := p.OpenVolume("a")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer v.Close()
 	check("after reopen")
+	v.Close()
+	closed()
 }
 
 type lockedWriter struct {
