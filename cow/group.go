@@ -91,7 +91,7 @@ func (p *Pool) groupAppend(v *volState, r cdp.Record) (uint64, error) {
 	group := q.takeLocked(buf[:0])
 	q.mu.Unlock()
 
-	p.runGroup(group)
+	panicked := p.runGroupSafe(group)
 
 	q.mu.Lock()
 	if len(q.q) > 0 {
@@ -107,7 +107,29 @@ func (p *Pool) groupAppend(v *volState, r cdp.Record) (uint64, error) {
 			g.wake <- struct{}{}
 		}
 	}
+	if panicked != nil {
+		panic(panicked)
+	}
 	return w.r.Seq, w.err
+}
+
+// runGroupSafe is runGroup that, if it panics (a bug), fails the group's
+// writes and returns the panic for the leader to raise once it has woken
+// them and passed leadership on, so that the writers queued behind it do
+// not wait forever.
+func (p *Pool) runGroupSafe(ws []*groupWrite) (panicked any) {
+	defer func() {
+		if r := recover(); r != nil {
+			for _, w := range ws {
+				if w.err == nil {
+					w.err = fmt.Errorf("%w: write failed: %v", blockdev.ErrIO, r)
+				}
+			}
+			panicked = r
+		}
+	}()
+	p.runGroup(ws)
+	return nil
 }
 
 // runGroup journals and indexes the group's records, setting each one's

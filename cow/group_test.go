@@ -241,3 +241,40 @@ func TestWriteBlocks(t *testing.T) {
 		t.Fatalf("groups of %v records, want [2 1 1 2] (the large write goes through WriteAt as two records, the unaligned one outside groups)", sizes)
 	}
 }
+
+// TestGroupPanicFreesQueue: a leader that panics (a bug) fails its group's
+// writes and passes leadership on; later writes go through.
+func TestGroupPanicFreesQueue(t *testing.T) {
+	p := openPool(t, vfs.NewMem())
+	defer p.Close()
+	v := mustVol(t, p, "a", 1<<20)
+	defer v.Close()
+	var once atomic.Bool
+	testHookGroup = func(int) {
+		if once.CompareAndSwap(false, true) {
+			panic("test: a bug in the write path")
+		}
+	}
+	defer func() { testHookGroup = nil }()
+	func() {
+		defer func() {
+			if r := recover(); r == nil {
+				t.Error("the leader's panic was swallowed")
+			}
+		}()
+		v.WriteAt(make([]byte, bs), 0)
+	}()
+	done := make(chan error, 1)
+	go func() {
+		_, err := v.WriteAt(bytes.Repeat([]byte{1}, bs), bs)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a write after the panic hangs: the queue was left with a leader")
+	}
+}
