@@ -95,6 +95,9 @@ func (d *Daemon) controlHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, out)
 	})
+	mux.HandleFunc("GET /v1/qos", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.qos.all())
+	})
 	mux.HandleFunc("POST /v1/volumes", func(w http.ResponseWriter, r *http.Request) {
 		var req control.CreateVolumeRequest
 		if err := decodeBody(r, &req); err != nil {
@@ -107,6 +110,7 @@ func (d *Daemon) controlHandler() http.Handler {
 			return
 		}
 		log.Info("created volume", "name", req.Name, "size", units.FormatSize(req.Size))
+		d.defaultQoS(req.Name)
 		writeJSON(w, http.StatusCreated, info)
 	})
 	mux.HandleFunc("DELETE /v1/volumes/{name}", func(w http.ResponseWriter, r *http.Request) {
@@ -133,6 +137,9 @@ func (d *Daemon) controlHandler() http.Handler {
 		d.sched.forget(name)
 		if err := d.access.forget(name); err != nil {
 			log.Error("dropping a deleted volume's access rules", "volume", name, "err", err)
+		}
+		if err := d.qos.forget(name); err != nil {
+			log.Error("dropping a deleted volume's QoS limits", "volume", name, "err", err)
 		}
 		log.Info("deleted volume", "name", name, "disconnected", n)
 		writeJSON(w, http.StatusOK, control.DeleteReply{Disconnected: n})
@@ -168,6 +175,7 @@ func (d *Daemon) controlHandler() http.Handler {
 			Pool: d.pool.Stats(), Volumes: d.pool.Volumes(), Connections: conns,
 			Retention: o.Pool.RetentionTime, RetainSize: o.Pool.RetentionSize,
 			HistoryCut: d.pool.HistoryCut(), LastGC: d.lastGC(), Replication: d.repl.statuses(r.Context()),
+			QoS: d.qos.all(),
 		})
 	})
 	mux.HandleFunc("POST /v1/volumes/{name}/snapshots", func(w http.ResponseWriter, r *http.Request) {
@@ -251,6 +259,14 @@ func (d *Daemon) controlHandler() http.Handler {
 			}
 			log.Info("set volume access", "volume", r.PathValue("name"), "rules", d.access.rules(r.PathValue("name")))
 		}
+		if req.QoS != nil {
+			q, err := d.setQoS(r.PathValue("name"), *req.QoS)
+			if err != nil {
+				writeErr(w, err)
+				return
+			}
+			log.Info("set volume QoS", "volume", r.PathValue("name"), "limits", q)
+		}
 		if req.Retention != nil {
 			if err := d.pool.SetRetention(r.PathValue("name"), *req.Retention); err != nil {
 				writeErr(w, err)
@@ -291,6 +307,7 @@ func (d *Daemon) controlHandler() http.Handler {
 			return
 		}
 		log.Info("cloned volume", "source", req.Source, "name", req.Name)
+		d.defaultQoS(req.Name)
 		writeJSON(w, http.StatusCreated, info)
 	})
 	mux.HandleFunc("GET /v1/df", func(w http.ResponseWriter, r *http.Request) {

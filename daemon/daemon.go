@@ -61,6 +61,9 @@ type Options struct {
 	// refuses clients that do not upgrade.
 	TLS        *tls.Config
 	RequireTLS bool
+	// DefaultQoS is the limits a volume created by the control API (volume
+	// create, clone) starts with; the zero value: none.
+	DefaultQoS control.QoS
 	// Allow lists the networks TCP clients may come from (nil: all).
 	Allow []*net.IPNet
 	// UblkVolumes are also served as ublk block devices, with Ublk's
@@ -139,6 +142,7 @@ type Daemon struct {
 	vipMu      sync.Mutex
 	sched      *scheduleManager
 	access     *accessManager
+	qos        *qosManager
 	replSrv    *replica.Server
 	closeOnce  sync.Once
 	closeErr   error
@@ -173,6 +177,9 @@ func Start(o Options) (*Daemon, error) {
 	}
 	d.pool = pool
 	d.io = newIOMetrics()
+	if d.qos, err = newQoSManager(filepath.Join(o.Dir, "qos.json"), realClock{}); err != nil {
+		return nil, fmt.Errorf("qos: %w", err)
+	}
 	if d.reg, err = d.newRegistry(); err != nil {
 		return nil, err
 	}

@@ -20,7 +20,7 @@ import (
 func (d *Daemon) startNBD() error {
 	o := d.opts
 	var err error
-	if d.nbd, err = nbd.NewServer(exporter{p: d.pool, io: d.io, mirrors: d.mirrors, access: d.access}, nbd.Options{Logger: o.Logger, TLS: o.TLS, RequireTLS: o.RequireTLS}); err != nil {
+	if d.nbd, err = nbd.NewServer(exporter{p: d.pool, io: d.io, mirrors: d.mirrors, access: d.access, qos: d.qos}, nbd.Options{Logger: o.Logger, TLS: o.TLS, RequireTLS: o.RequireTLS}); err != nil {
 		return err
 	}
 	if d.mirrors != nil {
@@ -64,6 +64,7 @@ type exporter struct {
 	io      *ioMetrics
 	mirrors *mirrorManager
 	access  *accessManager // nil: every client may use every volume
+	qos     *qosManager
 }
 
 func (e exporter) Open(name string) (nbd.Export, error) {
@@ -94,11 +95,11 @@ func (e exporter) Open(name string) (nbd.Export, error) {
 	if err != nil {
 		return nil, err
 	}
-	mv := &meteredVolume{Volume: v, ops: e.io.forVolume(name)}
-	if e.mirrors == nil {
-		return mv, nil
+	var x headExport = &meteredVolume{Volume: v, ops: e.io.forVolume(name)}
+	if e.mirrors != nil {
+		x = &mirroredVolume{meteredVolume: x.(*meteredVolume), vol: name, slot: e.mirrors.slot(name)}
 	}
-	return &mirroredVolume{meteredVolume: mv, vol: name, slot: e.mirrors.slot(name)}, nil
+	return newThrottledVolume(x, e.qos.forVolume(name)), nil
 }
 
 func (e exporter) List() ([]nbd.ExportInfo, error) {
@@ -171,7 +172,7 @@ func (d *Daemon) startUblk() error {
 		go func() {
 			defer d.ublkWG.Done()
 			defer v.Close()
-			err := ublk.Serve(ctx, v, d.opts.Ublk, func(path string) {
+			err := ublk.Serve(ctx, newThrottledVolume(v, d.qos.forVolume(name)), d.opts.Ublk, func(path string) {
 				d.opts.Logger.Info("serving volume over ublk", "volume", name, "device", path)
 			})
 			if err != nil {

@@ -194,6 +194,7 @@ func (d *Daemon) newRegistry() (*prometheus.Registry, error) {
 	for _, c := range []prometheus.Collector{
 		newPoolCollector(d),
 		d.io,
+		d.qos,
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector(),
 	} {

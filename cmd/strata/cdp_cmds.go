@@ -392,13 +392,21 @@ Examples:
    strata volume set golden --read-only true    # new connections get a read-only export
    strata volume set vm1 --allow 10.0.0.0/8,192.0.2.7   # only these TCP clients see and open vm1
    strata volume set vm1 --allow-cert host1.example     # with TLS: only this client certificate (CN or SAN)
-   strata volume set vm1 --allow '' --allow-cert ''     # every client again`,
-		Flags: []cli.Flag{
+   strata volume set vm1 --allow '' --allow-cert ''     # every client again
+   strata volume set vm1 --iops-limit 500 --bw-limit 100MiB/s   # QoS, live on open connections
+   strata volume set vm1 --write-iops-limit 200 --burst 5       # writes only; 5 s of unused allowance
+   strata volume set vm1 --iops-limit none --bw-limit 0         # no limits again
+
+QoS limits hold across all connections of the volume: a request over a limit
+waits (it is never refused); reads and writes count separately against the
+--read-*/--write-* limits and together against --iops-limit and --bw-limit.
+A trim or write-zeroes counts as one write operation; flushes are free.`,
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "retention", Usage: "how long every write stays readable (90m, 24h, 7d; 0: the pool's)"},
 			&cli.StringFlag{Name: "read-only", Usage: "true: serve the volume read-only (new connections; writes get EPERM); false: writable"},
 			&cli.StringFlag{Name: "allow", Usage: "comma-separated CIDRs or addresses: only TCP clients from them see and open the volume (Unix-socket clients always can); '' clears"},
 			&cli.StringFlag{Name: "allow-cert", Usage: "comma-separated names: only TLS clients whose verified certificate has one as CN or SAN see and open the volume (needs serve --tls-ca); '' clears"},
-		},
+		}, qosFlags("")...),
 		Action: func(c *cli.Context) error {
 			vol, err := oneArg(c, "VOL")
 			if err != nil {
@@ -432,8 +440,11 @@ Examples:
 				return &l
 			}
 			req.Allow, req.AllowCert = list("allow"), list("allow-cert")
-			if req.Retention == nil && req.ReadOnly == nil && req.Allow == nil && req.AllowCert == nil {
-				return fmt.Errorf("nothing to set: give --retention, --read-only, --allow or --allow-cert; see strata volume set --help")
+			if req.QoS, err = qosChange(c, ""); err != nil {
+				return err
+			}
+			if req.Retention == nil && req.ReadOnly == nil && req.Allow == nil && req.AllowCert == nil && req.QoS == nil {
+				return fmt.Errorf("nothing to set: give --retention, --read-only, --allow, --allow-cert or a QoS limit; see strata volume set --help")
 			}
 			if err := client(c).SetVolume(c.Context, vol, req); err != nil {
 				return err
@@ -451,6 +462,14 @@ Examples:
 				}
 				a, ok := all[vol]
 				fmt.Printf("volume %s is open to %s\n", vol, map[bool]string{true: accessText(a), false: "every client"}[ok])
+			}
+			if req.QoS != nil {
+				all, err := client(c).QoS(c.Context)
+				if err != nil {
+					return err
+				}
+				q, ok := all[vol]
+				fmt.Printf("volume %s limits: %s\n", vol, map[bool]string{true: qosText(q, ok), false: "none"}[ok && q.Limited()])
 			}
 			return nil
 		},

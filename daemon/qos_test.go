@@ -1,0 +1,319 @@
+package daemon
+
+import (
+	"errors"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/strata-storage/strata/control"
+)
+
+// qosClock is a clock that moves only when the test says; it counts the
+// calls a limiter makes.
+type qosClock struct {
+	mu     sync.Mutex
+	now    time.Time
+	calls  int
+	timers []qosTimer
+}
+
+type qosTimer struct {
+	at time.Time
+	c  chan time.Time
+}
+
+func newQoSClock() *qosClock { return &qosClock{now: time.Unix(1_000_000, 0)} }
+
+func (c *qosClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.calls++
+	return c.now
+}
+
+func (c *qosClock) Timer(d time.Duration) (<-chan time.Time, func() bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.calls++
+	t := qosTimer{at: c.now.Add(d), c: make(chan time.Time, 1)}
+	c.timers = append(c.timers, t)
+	return t.c, func() bool { return true }
+}
+
+// advance moves the clock and fires the timers due.
+func (c *qosClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	kept := c.timers[:0]
+	for _, t := range c.timers {
+		if !t.at.After(c.now) {
+			t.c <- c.now
+			continue
+		}
+		kept = append(kept, t)
+	}
+	c.timers = kept
+}
+
+func (c *qosClock) pending() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.timers)
+}
+
+func (c *qosClock) callCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.calls
+}
+
+func testLimiter(c clock) *volLimiter {
+	return newVolLimiter(c, [2]prometheus.Counter{prometheus.NewCounter(prometheus.CounterOpts{Name: "r"}), prometheus.NewCounter(prometheus.CounterOpts{Name: "w"})})
+}
+
+// delayOf charges a request like wait does and returns how long it must
+// wait at the clock's time, without waiting.
+func delayOf(l *volLimiter, op int, n int64) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.clock.Now()
+	var d time.Duration
+	for kind, bs := range opBuckets[op] {
+		cost := n
+		if kind == 0 {
+			cost = opUnit
+		}
+		for _, i := range bs {
+			if b := l.mu.b[i]; b != nil && cost > 0 {
+				d = max(d, b.until(now, b.charge(now, cost)))
+			}
+		}
+	}
+	return d
+}
+
+func TestQoSTokenMath(t *testing.T) {
+	c := newQoSClock()
+	l := testLimiter(c)
+	l.set(control.QoS{IOPS: 100, Burst: 1})
+	// A full bucket: one second of allowance goes at once, then one
+	// request every 10 ms.
+	for i := range 100 {
+		if d := delayOf(l, opRead, 4096); d != 0 {
+			t.Fatalf("request %d of the burst waits %v", i, d)
+		}
+	}
+	for i := 1; i <= 3; i++ {
+		if d, want := delayOf(l, opWrite, 4096), time.Duration(i)*10*time.Millisecond; d != want {
+			t.Fatalf("request %d past the burst waits %v, want %v", i, d, want)
+		}
+	}
+	// Idle for 10 s: the unused allowance is capped at the burst (3
+	// requests of debt paid, 100 kept, not 997).
+	c.advance(10 * time.Second)
+	for i := range 100 {
+		if d := delayOf(l, opRead, 0); d != 0 {
+			t.Fatalf("request %d after idling waits %v", i, d)
+		}
+	}
+	if d := delayOf(l, opRead, 0); d != 10*time.Millisecond {
+		t.Fatalf("the request past the capped allowance waits %v, want 10ms", d)
+	}
+
+	// Separate read and write limits: each direction draws on its own.
+	l.set(control.QoS{ReadIOPS: 10, WriteIOPS: 20, Burst: 0})
+	if d := delayOf(l, opRead, 0); d != 100*time.Millisecond {
+		t.Fatalf("a read at 10 IOPS with no burst waits %v, want 100ms", d)
+	}
+	if d := delayOf(l, opWrite, 0); d != 50*time.Millisecond {
+		t.Fatalf("a write at 20 IOPS with no burst waits %v, want 50ms", d)
+	}
+}
+
+func TestQoSBandwidthDebt(t *testing.T) {
+	c := newQoSClock()
+	l := testLimiter(c)
+	l.set(control.QoS{BW: 1 << 20, Burst: 0.5})
+	// 4 MiB against 0.5 MiB of allowance: it goes once 3.5 MiB of debt
+	// is paid, and the next request waits behind that debt.
+	if d := delayOf(l, opWrite, 4<<20); d != 3500*time.Millisecond {
+		t.Fatalf("a 4 MiB write waits %v, want 3.5s", d)
+	}
+	if d := delayOf(l, opRead, 1<<20); d != 4500*time.Millisecond {
+		t.Fatalf("the 1 MiB read behind it waits %v, want 4.5s", d)
+	}
+	c.advance(4500 * time.Millisecond)
+	if d := delayOf(l, opRead, 512<<10); d != 500*time.Millisecond {
+		t.Fatalf("a 512 KiB read once the debt is paid waits %v, want 0.5s", d)
+	}
+	// Read bandwidth only: writes do not wait for it.
+	l.set(control.QoS{ReadBW: 1 << 20})
+	if d := delayOf(l, opWrite, 64<<20); d != 0 {
+		t.Fatalf("a write under a read-only limit waits %v", d)
+	}
+	if l.on[opWrite].Load() || !l.on[opRead].Load() {
+		t.Fatalf("limited directions: read %v write %v, want read only", l.on[opRead].Load(), l.on[opWrite].Load())
+	}
+}
+
+// waitAsync runs l.wait in a goroutine; the channel closes when it returns.
+func waitAsync(l *volLimiter, op int, n int64) chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		l.wait(op, n)
+		close(done)
+	}()
+	return done
+}
+
+func waitPending(t *testing.T, c *qosClock, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); c.pending() < n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d request(s) waiting, want %d", c.pending(), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func isDone(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	case <-time.After(2 * time.Second):
+		return false
+	}
+}
+
+func TestQoSLiveChange(t *testing.T) {
+	c := newQoSClock()
+	l := testLimiter(c)
+	l.set(control.QoS{IOPS: 1, Burst: 0})
+	// Two requests at 1 IOPS: 1 s and 2 s of debt.
+	a := waitAsync(l, opWrite, 4096)
+	waitPending(t, c, 1)
+	b := waitAsync(l, opWrite, 4096)
+	waitPending(t, c, 2)
+	// Raised to 10 IOPS: the 2 operations of debt take 0.2 s now.
+	l.set(control.QoS{IOPS: 10, Burst: 0})
+	waitPending(t, c, 4) // both waiters re-armed their timers
+	c.advance(100 * time.Millisecond)
+	if !isDone(a) {
+		t.Fatal("the first request still waits 0.1 s after the limit went to 10 IOPS")
+	}
+	c.advance(99 * time.Millisecond)
+	select {
+	case <-b:
+		t.Fatal("the second request went before its 0.2 s")
+	case <-time.After(50 * time.Millisecond):
+	}
+	c.advance(time.Millisecond)
+	if !isDone(b) {
+		t.Fatal("the second request still waits at 0.2 s")
+	}
+	var m dto.Metric
+	if err := l.throttled[opWrite].Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.GetCounter().GetValue(); got < 0.3-1e-9 || got > 0.3+1e-9 {
+		t.Fatalf("throttled write seconds %v, want 0.3 (0.1 + 0.2)", got)
+	}
+
+	// Cleared while a request waits: it goes without the clock moving.
+	l.set(control.QoS{WriteBW: 1, Burst: 0})
+	x := waitAsync(l, opWrite, 1<<20)
+	waitPending(t, c, 1)
+	l.set(control.QoS{})
+	if !isDone(x) {
+		t.Fatal("a request waiting for a cleared limit still waits")
+	}
+}
+
+// TestQoSUnlimitedFree: with no limit in a direction, a request neither
+// reads the clock nor allocates (it takes no lock: one atomic load).
+func TestQoSUnlimitedFree(t *testing.T) {
+	c := newQoSClock()
+	l := testLimiter(c)
+	if a := testing.AllocsPerRun(1000, func() { l.wait(opRead, 4096); l.wait(opWrite, 4096) }); a != 0 {
+		t.Fatalf("%v allocations a request", a)
+	}
+	l.set(control.QoS{WriteIOPS: 1000, Burst: 1})
+	before := c.callCount()
+	for range 1000 {
+		l.wait(opRead, 4096)
+	}
+	if n := c.callCount() - before; n != 0 {
+		t.Fatalf("unlimited reads read the clock %d times", n)
+	}
+	l.wait(opWrite, 4096)
+	if c.callCount() == before {
+		t.Fatal("a limited write did not read the clock: the test checks nothing")
+	}
+}
+
+func BenchmarkQoSUnlimited(b *testing.B) {
+	l := testLimiter(realClock{})
+	for b.Loop() {
+		l.wait(opWrite, 4096)
+	}
+}
+
+func TestQoSManagerDurable(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "qos.json")
+	m, err := newQoSManager(path, newQoSClock())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := m.forVolume("vm1")
+	iops, bw, burst := int64(500), int64(100<<20), 2.0
+	q, err := m.set("vm1", control.QoSChange{IOPS: &iops, WriteBW: &bw, Burst: &burst})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (control.QoS{IOPS: 500, WriteBW: 100 << 20, Burst: 2}); q != want || l.limits() != want {
+		t.Fatalf("set: %+v, limiter %+v, want %+v", q, l.limits(), want)
+	}
+	neg := int64(-1)
+	if _, err := m.set("vm1", control.QoSChange{IOPS: &neg}); !errors.Is(err, errBadRequest) {
+		t.Fatalf("a negative limit: %v", err)
+	}
+	if _, err := m.set("vm2", control.QoSChange{Burst: new(-1.0)}); !errors.Is(err, errBadRequest) {
+		t.Fatalf("a negative burst: %v", err)
+	}
+
+	// A restart: the limits are back, and a limiter made then has them.
+	m2, err := newQoSManager(path, newQoSClock())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m2.forVolume("vm1").limits(); got != q {
+		t.Fatalf("after a restart: %+v, want %+v", got, q)
+	}
+	// Clearing every limit drops the entry; a deleted volume's go.
+	zero := int64(0)
+	if _, err := m2.set("vm1", control.QoSChange{IOPS: &zero, WriteBW: &zero, Burst: new(DefaultBurst)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m2.limits("vm1"); ok {
+		t.Fatal("cleared limits still listed")
+	}
+	if _, err := m2.set("vm3", control.QoSChange{ReadIOPS: &iops}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m2.forget("vm3"); err != nil {
+		t.Fatal(err)
+	}
+	m3, err := newQoSManager(path, newQoSClock())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if all := m3.all(); len(all) != 0 {
+		t.Fatalf("after clearing and forgetting: %+v", all)
+	}
+}
