@@ -72,7 +72,11 @@ func parseLimit(s string, bw bool) (int64, error) {
 		return 0, nil
 	}
 	if bw {
-		return units.ParseSize(strings.TrimSuffix(s, "/s"))
+		n, err := units.ParseSize(strings.TrimSuffix(s, "/s"))
+		if err != nil {
+			return 0, fmt.Errorf("%q is not a rate in bytes a second (e.g. 100MiB/s, 512KiB/s; 0 or none: no limit)", s)
+		}
+		return n, nil
 	}
 	n, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || n < 0 {
@@ -98,5 +102,5 @@ func qosText(q control.QoS, ok bool) string {
 			parts = append(parts, fmt.Sprintf("%s %d", name, v))
 		}
 	}
-	return strings.Join(parts, ",") + fmt.Sprintf(" burst %gs", q.Burst)
+	return strings.Join(append(parts, fmt.Sprintf("burst %gs", q.Burst)), ", ")
 }

@@ -99,14 +99,14 @@ func TestE2EQoS(t *testing.T) {
 	rw4k := append([]string{"--rw=randwrite", "--bs=4k", "--size=64M"}, timed...)
 
 	out := s.mustCLI("volume", "set", "qd1", "--iops-limit", "200")
-	if !strings.Contains(out, "volume qd1 limits: iops 200 burst 1s") {
+	if !strings.Contains(out, "volume qd1 limits: iops 200, burst 1s") {
 		t.Errorf("volume set --iops-limit 200 printed %q", out)
 	}
 	s.mustCLI("volume", "set", "qd32", "--write-iops-limit", "300", "--burst", "0.5")
 	s.mustCLI("volume", "set", "bw", "--bw-limit", "20MiB/s")
 	s.mustCLI("volume", "set", "mc", "--iops-limit", "250")
 	list := s.mustCLI("volume", "list")
-	for _, want := range []string{"iops 200 burst 1s", "write-iops 300 burst 0.5s", "bw 20 MiB/s burst 1s"} {
+	for _, want := range []string{"iops 200, burst 1s", "write-iops 300, burst 0.5s", "bw 20 MiB/s, burst 1s"} {
 		if !strings.Contains(list, want) {
 			t.Errorf("volume list lacks %q:\n%s", want, list)
 		}
@@ -169,7 +169,7 @@ func TestE2EQoS(t *testing.T) {
 
 	// Limits survive a restart; 0 and none clear them.
 	s.restart()
-	if st := s.mustCLI("status"); !strings.Contains(st, "limits:   qd1: iops 200 burst 1s") {
+	if st := s.mustCLI("status"); !strings.Contains(st, "limits:   qd1: iops 200, burst 1s") {
 		t.Errorf("status after a restart lacks qd1's limits:\n%s", st)
 	}
 	if out := s.mustCLI("volume", "set", "qd1", "--iops-limit", "none"); !strings.Contains(out, "volume qd1 limits: none") {
