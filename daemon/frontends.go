@@ -74,7 +74,7 @@ func (e exporter) Open(name string) (nbd.Export, error) {
 		if err != nil {
 			return nil, plainError{err}
 		}
-		return v, nil
+		return newThrottledVolume(v, e.qos.forVolume(vol)), nil // its reads count against the volume's limits
 	}
 	if name == "" {
 		vols := e.p.Volumes()

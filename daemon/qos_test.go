@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"errors"
 	"path/filepath"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/strata-storage/strata/blockdev/nbd"
 	"github.com/strata-storage/strata/control"
 )
 
@@ -316,4 +318,103 @@ func TestQoSManagerDurable(t *testing.T) {
 	if all := m3.all(); len(all) != 0 {
 		t.Fatalf("after clearing and forgetting: %+v", all)
 	}
+}
+
+// TestQoSExports: a volume created through the API gets the pool's
+// default limits; its head export and its snapshot exports draw on one
+// set of buckets; a read-limited export declines the inline read paths
+// until the limit is cleared.
+func TestQoSExports(t *testing.T) {
+	ctx := context.Background()
+	d, c := start(t, t.TempDir(), func(o *Options) {
+		o.DefaultQoS = control.QoS{ReadIOPS: 20, Burst: 0}
+	})
+	if _, err := c.CreateVolume(ctx, control.CreateVolumeRequest{Name: "w", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	all, err := c.QoS(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := all["w"]; got != (control.QoS{ReadIOPS: 20}) {
+		t.Fatalf("a new volume's limits: %+v, want the pool default", got)
+	}
+	x := exporter{p: d.pool, io: d.io, mirrors: d.mirrors, access: d.access, qos: d.qos}
+	head, err := x.Open("w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer head.Close()
+	buf := make([]byte, 4096)
+	if _, err := head.WriteAt(buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateSnapshot(ctx, "w", control.SnapshotRequest{Name: "s"}); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := x.Open("w@s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snap.Close()
+	if ok, _ := head.(*throttledVolume).TryReadAt(buf, 0); ok {
+		t.Fatal("a read-limited export served a read inline, past its limit")
+	}
+	// Four reads at 20 IOPS with no burst: 4 × 50 ms, shared by the two
+	// exports.
+	t0 := time.Now()
+	for _, e := range []nbd.Export{head, snap, head, snap} {
+		if _, err := e.ReadAt(buf, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if el := time.Since(t0); el < 190*time.Millisecond || el > 2*time.Second {
+		t.Fatalf("four reads at 20 IOPS took %v, want 200ms", el)
+	}
+	zero := int64(0)
+	if err := c.SetVolume(ctx, "w", control.SettingsRequest{QoS: &control.QoSChange{ReadIOPS: &zero}}); err != nil {
+		t.Fatal(err)
+	}
+	inner := head.(*throttledVolume).headExport
+	okInner, _ := inner.TryReadAt(buf, 0)
+	if ok, _ := head.(*throttledVolume).TryReadAt(buf, 0); ok != okInner {
+		t.Fatalf("unlimited: TryReadAt %v, the volume's own %v", ok, okInner)
+	}
+}
+
+// TestQoSConcurrent: many requests of both directions against limits that
+// change under them (run with -race); every request returns.
+func TestQoSConcurrent(t *testing.T) {
+	l := testLimiter(realClock{})
+	l.set(control.QoS{IOPS: 4000, WriteBW: 64 << 20, Burst: 0})
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for range 50 {
+				l.wait(g%2, 64<<10)
+			}
+		})
+	}
+	stop := make(chan struct{})
+	changer := make(chan struct{})
+	go func() {
+		defer close(changer)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			l.set([]control.QoS{{IOPS: 2000}, {WriteIOPS: 8000, Burst: 0.01}, {}, {ReadBW: 32 << 20, Burst: 0}}[i%4])
+		}
+	}()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("requests still waiting after 20 s")
+	}
+	close(stop)
+	<-changer
 }
