@@ -172,20 +172,16 @@ func (l *volLimiter) set(q control.QoS) {
 	l.mu.changed = make(chan struct{})
 }
 
-// wait returns once a request of op moving n bytes fits the limits. A
-// change of the limits while it waits applies to it.
-func (l *volLimiter) wait(op int, n int64) {
-	if !l.on[op].Load() {
-		return
-	}
-	type hold struct {
-		b      *bucket
-		target int64
-	}
-	var holds [4]hold
-	k := 0
-	l.mu.Lock()
-	now := l.clock.Now()
+// hold is a request's place in one bucket: it may go once the bucket has
+// credited target.
+type hold struct {
+	b      *bucket
+	target int64
+}
+
+// chargeLocked charges a request of op moving n bytes to every bucket that
+// applies, appending its holds to holds.
+func (l *volLimiter) chargeLocked(now time.Time, op int, n int64, holds []hold) []hold {
 	for kind, bs := range opBuckets[op] {
 		cost := n
 		if kind == 0 {
@@ -193,17 +189,35 @@ func (l *volLimiter) wait(op int, n int64) {
 		}
 		for _, i := range bs {
 			if b := l.mu.b[i]; b != nil && cost > 0 {
-				holds[k] = hold{b, b.charge(now, cost)}
-				k++
+				holds = append(holds, hold{b, b.charge(now, cost)})
 			}
 		}
 	}
+	return holds
+}
+
+// untilAll is how long from now until every hold is credited.
+func untilAll(now time.Time, holds []hold) time.Duration {
+	var d time.Duration
+	for _, h := range holds {
+		d = max(d, h.b.until(now, h.target))
+	}
+	return d
+}
+
+// wait returns once a request of op moving n bytes fits the limits. A
+// change of the limits while it waits applies to it.
+func (l *volLimiter) wait(op int, n int64) {
+	if !l.on[op].Load() {
+		return
+	}
+	var buf [4]hold
+	l.mu.Lock()
+	now := l.clock.Now()
+	holds := l.chargeLocked(now, op, n, buf[:0])
 	start := now
 	for {
-		var d time.Duration
-		for _, h := range holds[:k] {
-			d = max(d, h.b.until(now, h.target))
-		}
+		d := untilAll(now, holds)
 		if d <= 0 {
 			break
 		}

@@ -85,19 +85,7 @@ func delayOf(l *volLimiter, op int, n int64) time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.clock.Now()
-	var d time.Duration
-	for kind, bs := range opBuckets[op] {
-		cost := n
-		if kind == 0 {
-			cost = opUnit
-		}
-		for _, i := range bs {
-			if b := l.mu.b[i]; b != nil && cost > 0 {
-				d = max(d, b.until(now, b.charge(now, cost)))
-			}
-		}
-	}
-	return d
+	return untilAll(now, l.chargeLocked(now, op, n, nil))
 }
 
 func TestQoSTokenMath(t *testing.T) {
