@@ -61,8 +61,8 @@ type Options struct {
 	// refuses clients that do not upgrade.
 	TLS        *tls.Config
 	RequireTLS bool
-	// DefaultQoS is the limits a volume created by the control API (volume
-	// create, clone) starts with; the zero value: none.
+	// DefaultQoS is the limits a new volume starts with (volume create,
+	// clone, Volumes created at start); the zero value: none.
 	DefaultQoS control.QoS
 	// Allow lists the networks TCP clients may come from (nil: all).
 	Allow []*net.IPNet
@@ -191,6 +191,7 @@ func Start(o Options) (*Daemon, error) {
 			return nil, fmt.Errorf("create volume %s: %w", v.Name, err)
 		}
 		o.Logger.Info("created volume", "name", v.Name, "size", units.FormatSize(v.Size))
+		d.defaultQoS(v.Name)
 	}
 
 	if o.VIP != "" || o.VIPDev != "" {
@@ -337,6 +338,9 @@ func (d *Daemon) close(ctx context.Context) error {
 	}
 	if d.consoleSrv != nil {
 		d.consoleSrv.Shutdown(ctx)
+	}
+	if d.qos != nil {
+		d.qos.release() // requests waiting for a limit finish now
 	}
 	if d.ublkStop != nil {
 		d.ublkStop()

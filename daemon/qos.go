@@ -257,8 +257,9 @@ type qosManager struct {
 
 	mu struct {
 		sync.Mutex
-		saved map[string]*qosEntry
-		vols  map[string]*volLimiter
+		saved    map[string]*qosEntry
+		vols     map[string]*volLimiter
+		released bool // shutting down: no limits in force
 	}
 }
 
@@ -302,7 +303,7 @@ func (m *qosManager) forVolume(vol string) *volLimiter {
 	l := m.mu.vols[vol]
 	if l == nil {
 		l = newVolLimiter(m.clock, [2]prometheus.Counter{m.throttled.WithLabelValues(vol, "read"), m.throttled.WithLabelValues(vol, "write")})
-		if e := m.mu.saved[vol]; e != nil {
+		if e := m.mu.saved[vol]; e != nil && !m.mu.released {
 			l.set(e.QoS)
 		}
 		m.mu.vols[vol] = l
@@ -347,10 +348,22 @@ func (m *qosManager) set(vol string, ch control.QoSChange) (control.QoS, error) 
 	if err := m.saveLocked(vol, q); err != nil {
 		return q, err
 	}
-	if l := m.mu.vols[vol]; l != nil {
+	if l := m.mu.vols[vol]; l != nil && !m.mu.released {
 		l.set(q)
 	}
 	return q, nil
+}
+
+// release lifts every limit in memory (qos.json keeps them), so that the
+// requests waiting when the daemon stops finish at once instead of holding
+// the shutdown for their debt.
+func (m *qosManager) release() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.mu.released = true
+	for _, l := range m.mu.vols {
+		l.set(control.QoS{})
+	}
 }
 
 // saveLocked saves vol's limits (none: its entry goes).

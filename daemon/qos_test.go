@@ -308,7 +308,7 @@ func TestQoSManagerDurable(t *testing.T) {
 	}
 }
 
-// TestQoSExports: a volume created through the API gets the pool's
+// TestQoSExports: a volume created through the API or at start gets the pool's
 // default limits; its head export and its snapshot exports draw on one
 // set of buckets; a read-limited export declines the inline read paths
 // until the limit is cleared.
@@ -316,6 +316,7 @@ func TestQoSExports(t *testing.T) {
 	ctx := context.Background()
 	d, c := start(t, t.TempDir(), func(o *Options) {
 		o.DefaultQoS = control.QoS{ReadIOPS: 20, Burst: 0}
+		o.Volumes = []VolumeSpec{{Name: "boot", Size: 1 << 20}} // created at start
 	})
 	if _, err := c.CreateVolume(ctx, control.CreateVolumeRequest{Name: "w", Size: 1 << 20}); err != nil {
 		t.Fatal(err)
@@ -324,8 +325,10 @@ func TestQoSExports(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := all["w"]; got != (control.QoS{ReadIOPS: 20}) {
-		t.Fatalf("a new volume's limits: %+v, want the pool default", got)
+	for _, v := range []string{"w", "boot"} {
+		if got := all[v]; got != (control.QoS{ReadIOPS: 20}) {
+			t.Fatalf("new volume %s's limits: %+v, want the pool default", v, got)
+		}
 	}
 	x := exporter{p: d.pool, io: d.io, mirrors: d.mirrors, access: d.access, qos: d.qos}
 	head, err := x.Open("w")
@@ -405,4 +408,38 @@ func TestQoSConcurrent(t *testing.T) {
 	}
 	close(stop)
 	<-changer
+}
+
+// TestQoSRelease: at shutdown a request waiting for a long debt goes at
+// once, and the limits stay saved for the next start.
+func TestQoSRelease(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "qos.json")
+	c := newQoSClock()
+	m, err := newQoSManager(path, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bw, burst := int64(1), 0.0
+	if _, err := m.set("v", control.QoSChange{WriteBW: &bw, Burst: &burst}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.set("u", control.QoSChange{WriteBW: &bw}); err != nil {
+		t.Fatal(err)
+	}
+	x := waitAsync(m.forVolume("v"), opWrite, 1<<20) // 12 days at 1 B/s
+	waitPending(t, c, 1)
+	m.release()
+	if !isDone(x) {
+		t.Fatal("a waiting request still waits after release")
+	}
+	if l := m.forVolume("u"); l.on[opWrite].Load() || l.on[opRead].Load() {
+		t.Fatal("a limiter made after release has its saved limits in force")
+	}
+	m2, err := newQoSManager(path, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q, ok := m2.limits("v"); !ok || q.WriteBW != 1 {
+		t.Fatalf("limits after release and restart: %+v %v", q, ok)
+	}
 }

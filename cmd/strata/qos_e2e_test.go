@@ -167,8 +167,16 @@ func TestE2EQoS(t *testing.T) {
 		t.Errorf("the unlimited volume fell to %.0f IOPS from %.0f alone while the limited one was hammered", shared, solo)
 	}
 
-	// Limits survive a restart; 0 and none clear them.
+	// Limits survive a restart; 0 and none clear them. The daemon stops
+	// at once even with requests owing minutes of debt.
+	s.mustCLI("volume", "set", "bw", "--bw-limit", "4KiB/s", "--burst", "0")
+	startQoSFio(t, s.uri("bw"), "--rw=write", "--bs=64k", "--size=64M", "--iodepth=8", "--time_based", "--runtime=60")
+	time.Sleep(time.Second)
+	t0 = time.Now()
 	s.restart()
+	if el := time.Since(t0); el > 5*time.Second {
+		t.Errorf("a restart with throttled requests waiting took %v", el)
+	}
 	if st := s.mustCLI("status"); !strings.Contains(st, "limits:   qd1: iops 200, burst 1s") {
 		t.Errorf("status after a restart lacks qd1's limits:\n%s", st)
 	}

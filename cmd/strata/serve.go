@@ -52,7 +52,8 @@ makes every completed write durable. Stop with SIGTERM or Ctrl-C: in-flight
 requests finish, the journal is synced, the lock is released.
 
 The --default-* QoS limits are given to each volume created afterwards
-(volume create, clone); strata volume set changes them per volume.`,
+(volume create, clone, --volume); strata volume set changes them per
+volume.`,
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "socket", Usage: "NBD Unix socket (default DATA/nbd.sock; \"\" disables)"},
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:10809", Usage: "NBD TCP address (\"\" disables)"},
