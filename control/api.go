@@ -12,6 +12,7 @@
 //	GET    /v1/access                       -> map[VOL]Access
 //	GET    /v1/volmeta                      -> map[VOL]VolumeMeta
 //	GET    /v1/report?idle_days=N           -> Report
+//	GET    /v1/qos                          -> map[VOL]QoS
 //	GET    /v1/status                       -> Status
 //	POST   /v1/volumes/NAME/snapshots SnapshotRequest -> SnapshotCreated
 //	GET    /v1/volumes/NAME/snapshots       -> []SnapshotInfo
@@ -140,6 +141,57 @@ type SettingsRequest struct {
 	Allow     *[]string `json:"allow,omitempty"`
 	AllowCert *[]string `json:"allow_cert,omitempty"`
 	MetaChange
+	// QoS changes the volume's I/O limits; see QoSChange.
+	QoS *QoSChange `json:"qos,omitempty"`
+}
+
+// QoS is a volume's I/O limits, shared by all its connections. A zero
+// limit is no limit. Reads count against IOPS, ReadIOPS, BW and ReadBW;
+// writes against IOPS, WriteIOPS, BW and WriteBW; a trim or write-zeroes
+// counts as one write operation and no bytes; flushes are not limited. A
+// request over a limit is delayed, never refused.
+type QoS struct {
+	IOPS      int64 `json:"iops,omitempty"`
+	ReadIOPS  int64 `json:"read_iops,omitempty"`
+	WriteIOPS int64 `json:"write_iops,omitempty"`
+	BW        int64 `json:"bw,omitempty"` // bytes a second
+	ReadBW    int64 `json:"read_bw,omitempty"`
+	WriteBW   int64 `json:"write_bw,omitempty"`
+	// Burst is the unused allowance a limit keeps, in seconds of it: a
+	// volume idle for a while may go that much over the limit at once.
+	Burst float64 `json:"burst"`
+}
+
+// Limited says whether any limit is set.
+func (q QoS) Limited() bool {
+	return q.IOPS > 0 || q.ReadIOPS > 0 || q.WriteIOPS > 0 || q.BW > 0 || q.ReadBW > 0 || q.WriteBW > 0
+}
+
+// QoSChange changes the limits that are set (non-nil); 0 clears one.
+type QoSChange struct {
+	IOPS      *int64   `json:"iops,omitempty"`
+	ReadIOPS  *int64   `json:"read_iops,omitempty"`
+	WriteIOPS *int64   `json:"write_iops,omitempty"`
+	BW        *int64   `json:"bw,omitempty"`
+	ReadBW    *int64   `json:"read_bw,omitempty"`
+	WriteBW   *int64   `json:"write_bw,omitempty"`
+	Burst     *float64 `json:"burst,omitempty"`
+}
+
+// Apply returns q with the change made.
+func (c QoSChange) Apply(q QoS) QoS {
+	for _, f := range []struct {
+		from *int64
+		to   *int64
+	}{{c.IOPS, &q.IOPS}, {c.ReadIOPS, &q.ReadIOPS}, {c.WriteIOPS, &q.WriteIOPS}, {c.BW, &q.BW}, {c.ReadBW, &q.ReadBW}, {c.WriteBW, &q.WriteBW}} {
+		if f.from != nil {
+			*f.to = *f.from
+		}
+	}
+	if c.Burst != nil {
+		q.Burst = *c.Burst
+	}
+	return q
 }
 
 // Access is a volume's access rules for TCP NBD clients (Unix-socket
@@ -205,6 +257,7 @@ type Status struct {
 	Replication []ReplicationStatus `json:"replication,omitempty"`
 	Capacity    *Forecast           `json:"capacity,omitempty"`
 	Scrub       *ScrubStatus        `json:"scrub,omitempty"`
+	QoS         map[string]QoS      `json:"qos,omitempty"` // limited volumes
 }
 
 // GCReport is the last garbage collection pass, background or manual.

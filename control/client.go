@@ -284,3 +284,9 @@ func rootCause(err error) error {
 func (c *Client) Access(ctx context.Context) (map[string]Access, error) {
 	return request[map[string]Access](ctx, c, "GET", "/v1/access", nil)
 }
+
+// QoS returns the volumes' I/O limits by volume (volumes without limits
+// are left out).
+func (c *Client) QoS(ctx context.Context) (map[string]QoS, error) {
+	return request[map[string]QoS](ctx, c, "GET", "/v1/qos", nil)
+}

@@ -95,6 +95,9 @@ func (d *Daemon) controlHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, out)
 	})
+	mux.HandleFunc("GET /v1/qos", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.qos.all())
+	})
 	mux.HandleFunc("POST /v1/volumes", func(w http.ResponseWriter, r *http.Request) {
 		var req control.CreateVolumeRequest
 		if err := decodeBody(r, &req); err != nil {
@@ -117,6 +120,7 @@ func (d *Daemon) controlHandler() http.Handler {
 			}
 		}
 		log.Info("created volume", "name", req.Name, "size", units.FormatSize(req.Size))
+		d.defaultQoS(req.Name)
 		writeJSON(w, http.StatusCreated, info)
 	})
 	mux.HandleFunc("DELETE /v1/volumes/{name}", func(w http.ResponseWriter, r *http.Request) {
@@ -146,6 +150,9 @@ func (d *Daemon) controlHandler() http.Handler {
 		}
 		if err := d.capacity.forget(name); err != nil {
 			log.Error("dropping a deleted volume's labels and activity", "volume", name, "err", err)
+		}
+		if err := d.qos.forget(name); err != nil {
+			log.Error("dropping a deleted volume's QoS limits", "volume", name, "err", err)
 		}
 		log.Info("deleted volume", "name", name, "disconnected", n)
 		writeJSON(w, http.StatusOK, control.DeleteReply{Disconnected: n})
@@ -182,7 +189,8 @@ func (d *Daemon) controlHandler() http.Handler {
 			Retention: o.Pool.RetentionTime, RetainSize: o.Pool.RetentionSize,
 			HistoryCut: d.pool.HistoryCut(), LastGC: d.lastGC(), Replication: d.repl.statuses(r.Context()),
 			Capacity: new(d.capacity.forecast()),
-			Scrub: d.scrub.status(),
+			Scrub:    d.scrub.status(),
+			QoS:      d.qos.all(),
 		})
 	})
 	mux.HandleFunc("POST /v1/volumes/{name}/snapshots", func(w http.ResponseWriter, r *http.Request) {
@@ -276,6 +284,14 @@ func (d *Daemon) controlHandler() http.Handler {
 				return
 			}
 		}
+		if req.QoS != nil {
+			q, err := d.setQoS(r.PathValue("name"), *req.QoS)
+			if err != nil {
+				writeErr(w, err)
+				return
+			}
+			log.Info("set volume QoS", "volume", r.PathValue("name"), "limits", q)
+		}
 		if req.Retention != nil {
 			if err := d.pool.SetRetention(r.PathValue("name"), *req.Retention); err != nil {
 				writeErr(w, err)
@@ -319,6 +335,7 @@ func (d *Daemon) controlHandler() http.Handler {
 			log.Error("giving a clone its source's owner and labels", "volume", req.Name, "err", err)
 		}
 		log.Info("cloned volume", "source", req.Source, "name", req.Name)
+		d.defaultQoS(req.Name)
 		writeJSON(w, http.StatusCreated, info)
 	})
 	mux.HandleFunc("GET /v1/df", func(w http.ResponseWriter, r *http.Request) {

@@ -62,6 +62,9 @@ type Options struct {
 	// refuses clients that do not upgrade.
 	TLS        *tls.Config
 	RequireTLS bool
+	// DefaultQoS is the limits a new volume starts with (volume create,
+	// clone, Volumes created at start); the zero value: none.
+	DefaultQoS control.QoS
 	// Allow lists the networks TCP clients may come from (nil: all).
 	Allow []*net.IPNet
 	// UblkVolumes are also served as ublk block devices, with Ublk's
@@ -148,6 +151,7 @@ type Daemon struct {
 	scrub      *scrubManager
 	access     *accessManager
 	capacity   *capacity
+	qos        *qosManager
 	replSrv    *replica.Server
 	closeOnce  sync.Once
 	closeErr   error
@@ -185,6 +189,9 @@ func Start(o Options) (*Daemon, error) {
 	if d.capacity, err = newCapacity(filepath.Join(o.Dir, "volmeta.json"), filepath.Join(o.Dir, "activity.json"), o.Clock, o.Logger, pool, d.io); err != nil {
 		return nil, fmt.Errorf("capacity report: %w", err)
 	}
+	if d.qos, err = newQoSManager(filepath.Join(o.Dir, "qos.json"), realClock{}); err != nil {
+		return nil, fmt.Errorf("qos: %w", err)
+	}
 	if d.reg, err = d.newRegistry(); err != nil {
 		return nil, err
 	}
@@ -196,6 +203,7 @@ func Start(o Options) (*Daemon, error) {
 			return nil, fmt.Errorf("create volume %s: %w", v.Name, err)
 		}
 		o.Logger.Info("created volume", "name", v.Name, "size", units.FormatSize(v.Size))
+		d.defaultQoS(v.Name)
 	}
 
 	if o.VIP != "" || o.VIPDev != "" {
@@ -347,6 +355,9 @@ func (d *Daemon) close(ctx context.Context) error {
 	}
 	if d.consoleSrv != nil {
 		d.consoleSrv.Shutdown(ctx)
+	}
+	if d.qos != nil {
+		d.qos.release() // requests waiting for a limit finish now
 	}
 	if d.ublkStop != nil {
 		d.ublkStop()

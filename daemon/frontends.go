@@ -20,7 +20,7 @@ import (
 func (d *Daemon) startNBD() error {
 	o := d.opts
 	var err error
-	if d.nbd, err = nbd.NewServer(exporter{p: d.pool, io: d.io, mirrors: d.mirrors, access: d.access, capacity: d.capacity}, nbd.Options{Logger: o.Logger, TLS: o.TLS, RequireTLS: o.RequireTLS}); err != nil {
+	if d.nbd, err = nbd.NewServer(exporter{p: d.pool, io: d.io, mirrors: d.mirrors, access: d.access, capacity: d.capacity, qos: d.qos}, nbd.Options{Logger: o.Logger, TLS: o.TLS, RequireTLS: o.RequireTLS}); err != nil {
 		return err
 	}
 	if d.mirrors != nil {
@@ -66,6 +66,7 @@ type exporter struct {
 	access  *accessManager // nil: every client may use every volume
 	// capacity notes each open of a volume's head (nil: not noted).
 	capacity *capacity
+	qos      *qosManager
 }
 
 func (e exporter) Open(name string) (nbd.Export, error) {
@@ -75,7 +76,7 @@ func (e exporter) Open(name string) (nbd.Export, error) {
 		if err != nil {
 			return nil, plainError{err}
 		}
-		return v, nil
+		return newThrottledVolume(v, e.qos.forVolume(vol)), nil // its reads count against the volume's limits
 	}
 	if name == "" {
 		vols := e.p.Volumes()
@@ -99,11 +100,11 @@ func (e exporter) Open(name string) (nbd.Export, error) {
 	if e.capacity != nil {
 		e.capacity.attached(name)
 	}
-	mv := &meteredVolume{Volume: v, ops: e.io.forVolume(name)}
-	if e.mirrors == nil {
-		return mv, nil
+	var x headExport = &meteredVolume{Volume: v, ops: e.io.forVolume(name)}
+	if e.mirrors != nil {
+		x = &mirroredVolume{meteredVolume: x.(*meteredVolume), vol: name, slot: e.mirrors.slot(name)}
 	}
-	return &mirroredVolume{meteredVolume: mv, vol: name, slot: e.mirrors.slot(name)}, nil
+	return newThrottledVolume(x, e.qos.forVolume(name)), nil
 }
 
 func (e exporter) List() ([]nbd.ExportInfo, error) {
@@ -176,7 +177,7 @@ func (d *Daemon) startUblk() error {
 		go func() {
 			defer d.ublkWG.Done()
 			defer v.Close()
-			err := ublk.Serve(ctx, v, d.opts.Ublk, func(path string) {
+			err := ublk.Serve(ctx, newThrottledVolume(v, d.qos.forVolume(name)), d.opts.Ublk, func(path string) {
 				d.opts.Logger.Info("serving volume over ublk", "volume", name, "device", path)
 			})
 			if err != nil {

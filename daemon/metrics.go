@@ -214,6 +214,7 @@ func (d *Daemon) newRegistry() (*prometheus.Registry, error) {
 		newPoolCollector(d),
 		d.io,
 		newCapacityCollector(d.capacity),
+		d.qos,
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector(),
 	} {

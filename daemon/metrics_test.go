@@ -82,7 +82,12 @@ func TestMetricsFamilies(t *testing.T) {
 	if err := d.access.set("v", &[]string{"10.0.0.0/8"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	x := exporter{p: d.pool, io: d.io, mirrors: d.mirrors, access: d.access}
+	x := exporter{p: d.pool, io: d.io, mirrors: d.mirrors, access: d.access, qos: d.qos}
+	// A write bandwidth limit with no burst: the 64 KiB write waits 1/16 s.
+	mib, noBurst := int64(1<<20), 0.0
+	if _, err := d.qos.set("v", control.QoSChange{WriteBW: &mib, Burst: &noBurst}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := x.OpenFor(nbd.Peer{Addr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}}, "v@seq:1"); !errors.Is(err, blockdev.ErrNotFound) {
 		t.Fatalf("a refused open: %v", err)
 	}
@@ -93,7 +98,7 @@ func TestMetricsFamilies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vol := exp.(*mirroredVolume)
+	vol := exp.(*throttledVolume)
 	if _, err := vol.WriteAt(make([]byte, 64<<10), 0); err != nil {
 		t.Fatal(err)
 	}
@@ -161,6 +166,10 @@ func TestMetricsFamilies(t *testing.T) {
 		ok   func(float64) bool
 	}{
 		{"size of v", value("strata_volume_size_bytes", "volume", "v"), func(v float64) bool { return v == 8<<20 }},
+		{"write throttling of v", value("strata_volume_throttled_seconds_total", "volume", "v", "op", "write"), func(v float64) bool { return v >= 0.0625 && v < 1 }},
+		{"read throttling of v", value("strata_volume_throttled_seconds_total", "volume", "v", "op", "read"), func(v float64) bool { return v == 0 }},
+		{"write bw limit of v", value("strata_volume_qos_limit", "volume", "v", "unit", "bytes", "op", "write"), func(v float64) bool { return v == 1<<20 }},
+		{"burst of v", value("strata_volume_qos_burst_seconds", "volume", "v"), func(v float64) bool { return v == 0 }},
 		{"access refusals of v", value("strata_access_denied_total", "volume", "v"), func(v float64) bool { return v == 1 }},
 		{"written of v", value("strata_volume_written_bytes", "volume", "v"), func(v float64) bool { return v == 64<<10 }},
 		{"bytes written to v", value("strata_io_bytes_total", "volume", "v", "op", "write"), func(v float64) bool { return v == 64<<10 }},

@@ -395,13 +395,21 @@ Examples:
    strata volume set vm1 --allow-cert host1.example     # with TLS: only this client certificate (CN or SAN)
    strata volume set vm1 --allow '' --allow-cert ''     # every client again
    strata volume set vm1 --owner alice --label team=web --expires 2027-01-31
-   strata volume set vm1 --unlabel team --expires never`,
+   strata volume set vm1 --unlabel team --expires never
+   strata volume set vm1 --iops-limit 500 --bw-limit 100MiB/s   # QoS, live on open connections
+   strata volume set vm1 --write-iops-limit 200 --burst 5       # writes only; 5 s of unused allowance
+   strata volume set vm1 --iops-limit none --bw-limit 0         # no limits again
+
+QoS limits hold across all connections of the volume: a request over a limit
+waits (it is never refused); reads and writes count separately against the
+--read-*/--write-* limits and together against --iops-limit and --bw-limit.
+A trim or write-zeroes counts as one write operation; flushes are free.`,
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "retention", Usage: "how long every write stays readable (90m, 24h, 7d; 0: the pool's)"},
 			&cli.StringFlag{Name: "read-only", Usage: "true: serve the volume read-only (new connections; writes get EPERM); false: writable"},
 			&cli.StringFlag{Name: "allow", Usage: "comma-separated CIDRs or addresses: only TCP clients from them see and open the volume (Unix-socket clients always can); '' clears"},
 			&cli.StringFlag{Name: "allow-cert", Usage: "comma-separated names: only TLS clients whose verified certificate has one as CN or SAN see and open the volume (needs serve --tls-ca); '' clears"},
-		}, metaFlags()...),
+		}, append(metaFlags(), qosFlags("")...)...),
 		Action: func(c *cli.Context) error {
 			vol, err := oneArg(c, "VOL")
 			if err != nil {
@@ -438,8 +446,11 @@ Examples:
 			if req.MetaChange, err = metaChange(c); err != nil {
 				return err
 			}
-			if req.Retention == nil && req.ReadOnly == nil && req.Allow == nil && req.AllowCert == nil && req.MetaChange.Empty() {
-				return fmt.Errorf("nothing to set: give --retention, --read-only, --allow, --allow-cert, --owner, --label, --unlabel or --expires; see strata volume set --help")
+			if req.QoS, err = qosChange(c, ""); err != nil {
+				return err
+			}
+			if req.Retention == nil && req.ReadOnly == nil && req.Allow == nil && req.AllowCert == nil && req.MetaChange.Empty() && req.QoS == nil {
+				return fmt.Errorf("nothing to set: give --retention, --read-only, --allow, --allow-cert, --owner, --label, --unlabel, --expires or a QoS limit; see strata volume set --help")
 			}
 			if err := client(c).SetVolume(c.Context, vol, req); err != nil {
 				return err
@@ -465,6 +476,14 @@ Examples:
 				}
 				m := metas[vol]
 				fmt.Printf("volume %s: owner %s, labels %s, expires %s\n", vol, orDash(m.Owner), labelsText(m.Labels), dateText(m.Expires))
+			}
+			if req.QoS != nil {
+				all, err := client(c).QoS(c.Context)
+				if err != nil {
+					return err
+				}
+				q, ok := all[vol]
+				fmt.Printf("volume %s limits: %s\n", vol, map[bool]string{true: qosText(q, ok), false: "none"}[ok && q.Limited()])
 			}
 			return nil
 		},

@@ -182,16 +182,20 @@ a multiple of 4 KiB. The volume is served at once as NBD export NAME.`,
 					if err != nil {
 						return err
 					}
+					qos, err := client(c).QoS(c.Context)
+					if err != nil {
+						return err
+					}
 					w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-					fmt.Fprintln(w, "NAME\tSIZE\tWRITTEN\tATTACHED\tMODE\tCREATED\tACCESS\tOWNER\tEXPIRES\tLABELS")
+					fmt.Fprintln(w, "NAME\tSIZE\tWRITTEN\tATTACHED\tMODE\tCREATED\tACCESS\tLIMITS\tOWNER\tEXPIRES\tLABELS")
 					for _, v := range vols {
 						mode := "rw"
 						if v.ReadOnly {
 							mode = "ro"
 						}
 						m := metas[v.Name]
-						fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, units.FormatSize(v.Size), writtenText(v), v.Handles, mode, v.Created.Format(time.RFC3339), accessText(access[v.Name]),
-							orDash(m.Owner), dateText(m.Expires), labelsText(m.Labels))
+						fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, units.FormatSize(v.Size), writtenText(v), v.Handles, mode, v.Created.Format(time.RFC3339), accessText(access[v.Name]),
+							qosText(qos[v.Name], true), orDash(m.Owner), dateText(m.Expires), labelsText(m.Labels))
 					}
 					return w.Flush()
 				},
@@ -345,6 +349,11 @@ the volumes and the connected NBD clients.`,
 			}
 			if sc := st.Scrub; sc != nil {
 				printScrubLine(sc)
+			}
+			for _, v := range st.Volumes {
+				if q, ok := st.QoS[v.Name]; ok && q.Limited() {
+					fmt.Printf("limits:   %s: %s\n", v.Name, qosText(q, ok))
+				}
 			}
 			fmt.Printf("clients:  %d\n", len(st.Connections))
 			for _, cn := range st.Connections {

@@ -44,12 +44,17 @@ Examples:
    strata serve --listen ""                          # Unix socket only
    strata serve --listen 0.0.0.0:10809 --tls-cert server-cert.pem --tls-key server-key.pem --tls=require
    strata serve --schedule-every 15m --schedule-keep hourly=24,daily=14,weekly=8,monthly=12
-   strata serve --console 8080                       # web console on http://127.0.0.1:8080/`,
+   strata serve --console 8080                       # web console on http://127.0.0.1:8080/
+   strata serve --default-iops-limit 2000 --default-bw-limit 200MiB/s   # QoS of new volumes`,
 		Description: `Serves every volume as an NBD export named after it, on a Unix socket
 (DATA/nbd.sock) and on TCP (127.0.0.1:10809). A flush on any connection
 makes every completed write durable. Stop with SIGTERM or Ctrl-C: in-flight
-requests finish, the journal is synced, the lock is released.`,
-		Flags: []cli.Flag{
+requests finish, the journal is synced, the lock is released.
+
+The --default-* QoS limits are given to each volume created afterwards
+(volume create, clone, --volume); strata volume set changes them per
+volume.`,
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "socket", Usage: "NBD Unix socket (default DATA/nbd.sock; \"\" disables)"},
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:10809", Usage: "NBD TCP address (\"\" disables)"},
 			&cli.StringSliceFlag{Name: "volume", Usage: "create volume NAME of SIZE at start unless it exists (repeatable), e.g. vol0=10GiB"},
@@ -82,7 +87,7 @@ requests finish, the journal is synced, the lock is released.`,
 			&cli.StringFlag{Name: "console-token-file", Usage: "file holding the console's login token (default DATA/console.token, created with a random token when missing)"},
 			&cli.BoolFlag{Name: "console-read-only", Usage: "the console shows everything and changes nothing"},
 			&cli.StringFlag{Name: "segment-size", Value: "128MiB", Usage: "journal segment file size (1MiB..1GiB); smaller segments let GC free space in finer steps"},
-		},
+		}, qosFlags("default-")...),
 		Action: runServe,
 	}
 }
@@ -126,6 +131,13 @@ func runServe(c *cli.Context) error {
 	o.ReplicaListen, o.ReplicaTokenFile, o.ReplicaInsecure = c.String("replica-listen"), c.String("replica-token-file"), c.Bool("insecure")
 	o.VIP, o.VIPDev, o.OnPromote = c.String("vip"), c.String("vip-dev"), c.String("on-promote")
 	o.NBDInsecure = c.Bool("insecure")
+	qch, err := qosChange(c, "default-")
+	if err != nil {
+		return err
+	}
+	if qch != nil {
+		o.DefaultQoS = qch.Apply(control.QoS{Burst: daemon.DefaultBurst})
+	}
 	if vols := c.StringSlice("ublk"); len(vols) > 0 {
 		o.UblkVolumes = vols
 		o.Ublk.Queues, o.Ublk.QueueDepth = uint16(c.Int("ublk-queues")), uint16(c.Int("ublk-depth"))
