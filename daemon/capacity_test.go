@@ -90,7 +90,7 @@ func TestCapacityReport(t *testing.T) {
 	if err := cl.SetVolume(ctx, "web", control.SettingsRequest{MetaChange: control.MetaChange{Labels: map[string]string{"env": ""}}}); err != nil {
 		t.Fatal(err)
 	}
-	e := exporter{p: d.pool, io: d.io, capacity: d.capacity}
+	e := d.exporter()
 	write := func(vol string, n int) {
 		t.Helper()
 		x, err := e.Open(vol)

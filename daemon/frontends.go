@@ -20,7 +20,7 @@ import (
 func (d *Daemon) startNBD() error {
 	o := d.opts
 	var err error
-	if d.nbd, err = nbd.NewServer(exporter{p: d.pool, io: d.io, mirrors: d.mirrors, access: d.access, capacity: d.capacity, qos: d.qos}, nbd.Options{Logger: o.Logger, TLS: o.TLS, RequireTLS: o.RequireTLS}); err != nil {
+	if d.nbd, err = nbd.NewServer(d.exporter(), nbd.Options{Logger: o.Logger, TLS: o.TLS, RequireTLS: o.RequireTLS}); err != nil {
 		return err
 	}
 	if d.mirrors != nil {
@@ -67,6 +67,11 @@ type exporter struct {
 	// capacity notes each open of a volume's head (nil: not noted).
 	capacity *capacity
 	qos      *qosManager
+}
+
+// exporter is what the NBD server opens volumes through.
+func (d *Daemon) exporter() exporter {
+	return exporter{p: d.pool, io: d.io, mirrors: d.mirrors, access: d.access, capacity: d.capacity, qos: d.qos}
 }
 
 func (e exporter) Open(name string) (nbd.Export, error) {

@@ -82,7 +82,7 @@ func TestMetricsFamilies(t *testing.T) {
 	if err := d.access.set("v", &[]string{"10.0.0.0/8"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	x := exporter{p: d.pool, io: d.io, mirrors: d.mirrors, access: d.access, qos: d.qos}
+	x := d.exporter()
 	// A write bandwidth limit with no burst: the 64 KiB write waits 1/16 s.
 	mib, noBurst := int64(1<<20), 0.0
 	if _, err := d.qos.set("v", control.QoSChange{WriteBW: &mib, Burst: &noBurst}); err != nil {

@@ -158,7 +158,7 @@ func startMirrorHost(t *testing.T, w *fakeWitness, dir, addr string) *mirrorHost
 // export opens the volume as a client would (through the mirror's gate).
 func (h *mirrorHost) export(vol string) blockdev.Device {
 	h.t.Helper()
-	e, err := exporter{p: h.d.pool, io: h.d.io, mirrors: h.d.mirrors, qos: h.d.qos}.Open(vol)
+	e, err := h.d.exporter().Open(vol)
 	if err != nil {
 		h.t.Fatalf("open %s: %v", vol, err)
 	}
@@ -294,7 +294,7 @@ func TestMirror(t *testing.T) {
 			t.Fatal("the secondary's copy is writable")
 		}
 	}
-	if _, err := (exporter{p: b.d.pool, io: b.d.io, mirrors: b.d.mirrors, qos: b.d.qos}).Open("v"); err == nil {
+	if _, err := b.d.exporter().Open("v"); err == nil {
 		t.Fatal("the secondary serves the mirrored volume")
 	}
 	want := a.read("v")

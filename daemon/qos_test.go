@@ -330,7 +330,7 @@ func TestQoSExports(t *testing.T) {
 			t.Fatalf("new volume %s's limits: %+v, want the pool default", v, got)
 		}
 	}
-	x := exporter{p: d.pool, io: d.io, mirrors: d.mirrors, access: d.access, qos: d.qos}
+	x := d.exporter()
 	head, err := x.Open("w")
 	if err != nil {
 		t.Fatal(err)
