@@ -184,6 +184,9 @@ func restoreS3(ctx context.Context, s *S3, o RestoreOptions, apply func(*Batch) 
 			break
 		}
 	}
+	if !within(first.To, first.Time) && m.Base != nil {
+		return 0, "", retentionError(m, pt.name)
+	}
 	if !within(first.To, first.Time) {
 		return 0, "", fmt.Errorf("%w: %s is before the first complete copy (seq:%d at %s)", cow.ErrPoint, pt.name, first.To, time.Unix(0, first.Time).UTC().Format(time.RFC3339))
 	}
