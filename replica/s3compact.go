@@ -226,7 +226,8 @@ func (s *S3) Compact(ctx context.Context, vol string, o CompactOptions) (Compact
 		return nil
 	}
 	var m Manifest
-	if s.vol == vol && s.man != nil {
+	cached := s.vol == vol && s.man != nil
+	if cached {
 		// Right after a shipping run on this target: its manifest is
 		// the current one.
 		m = *s.man
@@ -258,6 +259,21 @@ func (s *S3) Compact(ctx context.Context, vol string, o CompactOptions) (Compact
 	}
 	res.BatchesBefore = len(m.Batches)
 
+	kept := retainedEnds(&m, o.Retention, now())
+	segs := planSegments(&m, kept)
+	work := false
+	for _, sg := range segs {
+		work = work || sg.merge
+	}
+	res.Points = len(kept)
+	if !work && cached {
+		// After a shipping run, whose Open deleted the leftovers.
+		res.BatchesAfter, res.BytesAfter = res.BatchesBefore, res.BytesBefore
+		res.fillOldest(&m)
+		res.Duration = time.Since(start)
+		return res, nil
+	}
+
 	// Leftovers first: objects no manifest lists (an interrupted
 	// compaction's new objects, or its superseded ones once the manifest
 	// moved on).
@@ -271,14 +287,6 @@ func (s *S3) Compact(ctx context.Context, vol string, o CompactOptions) (Compact
 	for _, o := range orphans {
 		res.Leftovers += len(o)
 	}
-
-	kept := retainedEnds(&m, o.Retention, now())
-	segs := planSegments(&m, kept)
-	work := false
-	for _, sg := range segs {
-		work = work || sg.merge
-	}
-	res.Points = len(kept)
 	if !work || len(kept) == 0 {
 		res.BatchesAfter, res.BytesAfter = res.BatchesBefore, res.BytesBefore
 		res.fillOldest(&m)
