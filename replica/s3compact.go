@@ -37,14 +37,14 @@ type Retention struct {
 	Policy string
 }
 
-// DefaultGranularity is a seventh of the window, at least a minute and at
+// DefaultGranularity is a seventh of the window, at least a second and at
 // most a day; an hour without a window (the keep rules alone: points of
 // the last hour always stay).
 func DefaultGranularity(window time.Duration) time.Duration {
 	if window <= 0 {
 		return time.Hour
 	}
-	return min(max(window/7, time.Minute), 24*time.Hour)
+	return min(max(window/7, time.Second), 24*time.Hour)
 }
 
 // cutoff is the time points at or after which always stay.
@@ -315,12 +315,12 @@ func (s *S3) Compact(ctx context.Context, vol string, o CompactOptions) (Compact
 			}
 			continue
 		}
-		// Snapshots at the segment's end stay; those inside it can no
-		// longer be restored.
-		last := m.Batches[sg.hi]
+		// Snapshots that read as the segment's end stay (mergeSegment
+		// keeps those no change follows); the others can no longer be
+		// restored.
 		var snaps []ManifestSnapshot
 		for _, sn := range m.Snapshots {
-			if sn.Seq == last.To && sn.Batch >= sg.lo && sn.Batch <= sg.hi {
+			if sn.Batch >= sg.lo && sn.Batch <= sg.hi {
 				snaps = append(snaps, sn)
 			}
 		}
@@ -347,7 +347,7 @@ func (s *S3) Compact(ctx context.Context, vol string, o CompactOptions) (Compact
 			}
 			return hook("object")
 		}
-		if err := s.mergeSegment(ctx, vol, m.Batches[sg.lo:sg.hi+1], snaps, o.BatchBytes, put); err != nil {
+		if err := s.mergeSegment(ctx, vol, m.Batches[sg.lo:sg.hi+1], &snaps, o.BatchBytes, put); err != nil {
 			return res, err
 		}
 		for i := sg.lo; i <= sg.hi; i++ {
@@ -453,11 +453,13 @@ func (s *spanSet) add(off, end uint64) {
 // the first entry's start to the last entry's end, in parts of at most
 // batchBytes of data: each byte comes from the newest op that touched it,
 // so the parts' ops do not overlap and apply in any order after the
-// leading resize. Memory holds one batch read and one part.
-func (s *S3) mergeSegment(ctx context.Context, vol string, entries []ManifestEntry, snaps []ManifestSnapshot, batchBytes int64, put func(*Batch) error) error {
+// leading resize. Memory holds one batch read and one part. Of snaps,
+// those no change follows stay (named in the last part); the others go.
+func (s *S3) mergeSegment(ctx context.Context, vol string, entries []ManifestEntry, snaps *[]ManifestSnapshot, batchBytes int64, put func(*Batch) error) error {
 	first, last := entries[0], entries[len(entries)-1]
 	from, to, size, tm := first.From, last.To, last.Size, last.Time
 	var covered spanSet
+	var changed uint64 // the newest change's seq
 	part := &Batch{From: from, To: to, Diff: true, Partial: true, Size: size, Time: tm}
 	part.Ops = append(part.Ops, Op{Kind: OpResize, Seq: to, Time: tm, Length: uint64(size)})
 	var data int64
@@ -484,6 +486,9 @@ func (s *S3) mergeSegment(ctx context.Context, vol string, entries []ManifestEnt
 		}
 		for k := len(b.Ops) - 1; k >= 0 && err == nil; k-- {
 			op := &b.Ops[k]
+			if op.Kind != OpSnapshot && op.Kind != OpPoint {
+				changed = max(changed, op.Seq)
+			}
 			switch op.Kind {
 			case OpWrite, OpZero, OpTrim:
 				end := min(op.Offset+op.Length, uint64(size))
@@ -513,7 +518,8 @@ func (s *S3) mergeSegment(ctx context.Context, vol string, entries []ManifestEnt
 		}
 	}
 	part.Partial = false
-	for _, sn := range snaps {
+	*snaps = slices.DeleteFunc(*snaps, func(sn ManifestSnapshot) bool { return sn.Seq < changed })
+	for _, sn := range *snaps {
 		part.Ops = append(part.Ops, Op{Kind: OpSnapshot, Seq: to, Time: sn.Time, Name: sn.Name, Label: sn.Label})
 	}
 	part.Ops = append(part.Ops, Op{Kind: OpPoint, Seq: to, Time: tm})

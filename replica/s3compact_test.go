@@ -496,3 +496,71 @@ func TestS3CompactInterrupted(t *testing.T) {
 		t.Logf("stopped after step %d of %d (%s): restorable; the rerun wrote %d, deleted %d, cleaned %d leftovers", stop, len(steps), at, res.Written, res.Deleted, res.Leftovers)
 	}
 }
+
+// TestS3RetentionMonth ships 30 simulated days, a run an hour, to two
+// volumes: one keeps everything, one keeps 7 days (compacted after every
+// run, as the daemon does). It reports what each holds and what a
+// restore at the oldest point kept costs (docs/replication.md quotes it).
+func TestS3RetentionMonth(t *testing.T) {
+	endpoint, _, _ := testServer(t, "month")
+	ctx := context.Background()
+	start := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	all := mustParse(t, s3Spec(endpoint, "month/all"), "")
+	kept := mustParse(t, s3Spec(endpoint, "month/kept"), "")
+	g := newSim(11, 4<<20, start)
+	for _, s := range []*S3{all, kept} {
+		ship(t, s, "v", testSource, g.batches)
+	}
+	ret := Retention{Window: 7 * 24 * time.Hour, Policy: "--keep-history 7d"}
+	var res Compacted
+	for n := 1; n <= 30*24; n++ {
+		b := g.hour(n, 24<<10)
+		for _, s := range []*S3{all, kept} {
+			if err := s.Send(ctx, b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		now := time.Unix(0, b.Time)
+		c, err := kept.Compact(ctx, "v", CompactOptions{Retention: ret, Now: func() time.Time { return now }})
+		if err != nil {
+			t.Fatalf("hour %d: %v", n, err)
+		}
+		if c.Written > 0 {
+			res = c
+		}
+	}
+	held := func(s *S3) (int, int64) {
+		m, err := s.Manifest(ctx, "v")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var bytes int64
+		for _, e := range m.Batches {
+			bytes += e.Stored
+		}
+		return len(m.Batches), bytes
+	}
+	na, ba := held(all)
+	nk, bk := held(kept)
+	t.Logf("after 30 days, a run an hour (%d runs): keep everything: %d objects, %d bytes; --keep-history 7d: %d objects, %d bytes (%.1f%%)",
+		30*24, na, ba, nk, bk, 100*float64(bk)/float64(ba))
+	// 7 days in steps of a day: at most 8 days of hourly batches and
+	// the base's parts.
+	if nk > 8*24+4 || bk >= ba/2 || na != len(g.batches) {
+		t.Fatalf("kept %d objects (%d bytes), all %d (%d bytes)", nk, bk, na, ba)
+	}
+	oldest := fmt.Sprintf("seq:%d", res.OldestSeq)
+	for _, s := range []*S3{kept, all} {
+		t0 := time.Now()
+		b, seq, objs, err := restoreModel(t, s, "v", oldest)
+		if err != nil || seq != res.OldestSeq || !slices.Equal(b, g.states[res.OldestSeq]) {
+			t.Fatalf("restore at %s: %v (reached seq:%d)", oldest, err, seq)
+		}
+		name := "--keep-history 7d"
+		if s == all {
+			name = "keep everything"
+		}
+		t.Logf("%s: restore at the oldest point kept (%s, %s) read %d objects in %s", name, oldest, res.OldestTime.Format(time.RFC3339), objs, time.Since(t0).Round(time.Millisecond))
+	}
+	checkPoints(t, kept, "v", g, []uint64{g.seq})
+}

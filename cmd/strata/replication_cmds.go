@@ -61,8 +61,8 @@ func readTargetSpec(c *cli.Context) (control.TargetSpec, error) {
 	t := control.TargetSpec{To: c.String("to"), TokenFile: c.String("token-file"), TLSCA: c.String("tls-ca"), Insecure: c.Bool("insecure"), EC: c.String("ec")}
 	if kh := c.String("keep-history"); kh != "" {
 		d, err := units.ParseDuration(kh)
-		if err != nil || d < time.Hour {
-			return t, fmt.Errorf("--keep-history %q: use a duration of an hour or more, e.g. 7d or 36h", kh)
+		if err != nil || d < time.Second {
+			return t, fmt.Errorf("--keep-history %q: use a duration such as 7d or 36h", kh)
 		}
 		t.KeepHistory = d
 	}
