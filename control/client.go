@@ -142,8 +142,8 @@ func (c *Client) Restore(ctx context.Context, req RestoreRequest, progress func(
 }
 
 // CompactS3 applies an S3 target's retention policy now.
-func (c *Client) CompactS3(ctx context.Context, req CompactRequest) (Compacted, error) {
-	return streamResult(ctx, c, "/v1/s3/compact", req, nil, func(ev Event) *Compacted { return ev.Compact },
+func (c *Client) CompactS3(ctx context.Context, req CompactRequest, progress func(Progress)) (Compacted, error) {
+	return streamResult(ctx, c, "/v1/s3/compact", req, progress, func(ev Event) *Compacted { return ev.Compact },
 		"the daemon ended the compaction without a result")
 }
 

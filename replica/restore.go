@@ -149,6 +149,10 @@ func resolveS3Point(m *Manifest, at string) (s3Point, error) {
 		}
 	}
 	t, err := time.Parse(time.RFC3339Nano, at)
+	if err != nil && m.Base != nil {
+		return s3Point{}, fmt.Errorf("%w: %q names no snapshot %s keeps: the retention policy (%s) compacted the history before seq:%d; %s",
+			ErrRetention, at, m.Volume, m.Base.Policy, m.Base.Seq, points())
+	}
 	if err != nil {
 		return s3Point{}, fmt.Errorf("%w: %q names no snapshot and is no RFC 3339 time or seq:N; %s", cow.ErrPoint, at, points())
 	}

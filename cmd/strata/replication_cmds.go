@@ -432,11 +432,11 @@ in time (VOL@seq:N) within the retention window.`,
 }
 
 func printCompacted(c *control.Compacted) {
-	fmt.Printf("  history (%s): %s (%s) -> %s (%s); wrote %d and deleted %d objects",
+	fmt.Printf("  history (%s): %s (%s) -> %s (%s); wrote %d and deleted %d batch objects",
 		c.Policy, plural(c.BatchesBefore, "batch object", "batch objects"), units.FormatSize(c.BytesBefore),
 		plural(c.BatchesAfter, "batch object", "batch objects"), units.FormatSize(c.BytesAfter), c.Written, c.Deleted)
 	if c.Leftovers > 0 {
-		fmt.Printf(", cleaned %d left by an interrupted run", c.Leftovers)
+		fmt.Printf("; cleaned %d object(s) an interrupted run left", c.Leftovers)
 	}
 	fmt.Printf("\n  oldest point kept: seq:%d (%s); %s restorable\n", c.OldestSeq, c.OldestTime.Format(time.RFC3339), plural(c.Points, "point", "points"))
 }
@@ -481,7 +481,13 @@ Examples:
 				if err != nil {
 					return err
 				}
-				res, err := client(c).CompactS3(c.Context, control.CompactRequest{TargetSpec: t, Volume: c.Args().First()})
+				pp := newProgressPrinter()
+				res, err := client(c).CompactS3(c.Context, control.CompactRequest{TargetSpec: t, Volume: c.Args().First()}, func(p control.Progress) {
+					if !c.Bool("json") {
+						pp.line(fmt.Sprintf("%s: %d objects written or deleted", p.Phase, p.Batches))
+					}
+				})
+				pp.done()
 				if err != nil {
 					return busyExit(err)
 				}
