@@ -80,10 +80,23 @@ func TestE2ES3Retention(t *testing.T) {
 	checkOneLineError(t, "restore at a snapshot compacted away", a.cli("restore", ec, "--ec", "2+1", "v", "--at", "s1", "r-old"),
 		"compacted", oldest)
 
+	// A shipping run with the policy applies it after shipping: the
+	// third run's point leaves the window and becomes the base.
+	time.Sleep(9 * time.Second)
+	fillRandom(t, a.uri("v"), 48<<20, 1<<20)
+	a.mustCLI("snapshot", "create", "v", "s4")
+	out = a.mustCLI("replicate", "v", "--to", ec, "--ec", "2+1", "--once", "--keep-history", "8s")
+	t.Logf("strata replicate --keep-history 8s:\n%s", out)
+	if !strings.Contains(out, "history (--keep-history 8s): 3 batch objects") {
+		t.Fatalf("the shipping run did not apply the policy:\n%s", out)
+	}
+	a.mustCLI("restore", ec, "--ec", "2+1", "v", "--at", "s4", "r-s4")
+	sameContent(t, "restore after a run that compacted", a.uri("v@s4"), a.uri("r-s4"))
+
 	// Every bucket holds the manifest and the objects it lists.
 	for _, b := range []string{"bk1", "bk2", "bk3"} {
 		objs, _ := filepath.Glob(filepath.Join(root, b, "ret", "v", "*"))
-		if len(objs) != 3 { // manifest.json, the base, the third run
+		if len(objs) != 3 { // manifest.json, the base, the fourth run
 			t.Fatalf("%s holds %d objects after the compaction: %v", b, len(objs), objs)
 		}
 	}
