@@ -564,3 +564,62 @@ func TestS3RetentionMonth(t *testing.T) {
 	}
 	checkPoints(t, kept, "v", g, []uint64{g.seq})
 }
+
+// TestS3CompactKeepRules: with keep rules, the days before the window
+// are merged into one diff each; every kept point restores byte for
+// byte, and a point between kept ones restores the kept point before it.
+func TestS3CompactKeepRules(t *testing.T) {
+	endpoint, _, _ := testServer(t, "rules")
+	s := mustParse(t, s3Spec(endpoint, "rules/p"), "")
+	start := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	g := newSim(5, 1<<20, start)
+	for n := 1; n <= 5*24; n++ {
+		g.hour(n, 16<<10)
+	}
+	ship(t, s, "v", testSource, g.batches)
+	now := start.Add(5*24*time.Hour + 30*time.Minute)
+	r := Retention{Window: 12 * time.Hour, Keep: dailyKeep(4), Policy: "keep-history 12h, daily=4"}
+	m0, err := s.Manifest(context.Background(), "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []uint64
+	for _, i := range retainedEnds(m0, r, now) {
+		want = append(want, m0.Batches[i].To)
+	}
+	res, err := s.Compact(context.Background(), "v", CompactOptions{Retention: r, Now: func() time.Time { return now }, BatchBytes: 256 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s", res)
+	m, _ := s.Manifest(context.Background(), "v")
+	var got []uint64
+	for _, e := range m.Batches {
+		if !e.Partial {
+			got = append(got, e.To)
+		}
+	}
+	if !slices.Equal(got, want) || res.Points != len(want) {
+		t.Fatalf("points after compaction %v, want %v", got, want)
+	}
+	// Day ends before the window: each was merged from 24 batches.
+	merged := 0
+	for _, e := range m.Batches {
+		if e.From != 0 && strings.Contains(e.Key, "-c") {
+			merged++
+		}
+	}
+	if merged < 2 {
+		t.Fatalf("%d merged diffs between kept days: %v", merged, got)
+	}
+	checkPoints(t, s, "v", g, want)
+	// A point between two kept day ends: the kept one before it.
+	mid := g.times[want[1]].Add(3 * time.Hour)
+	if !mid.Before(g.times[want[2]]) {
+		t.Fatalf("kept points %v are less than 3 hours apart", want)
+	}
+	b, seq, _, err := restoreModel(t, s, "v", mid.UTC().Format(time.RFC3339Nano))
+	if err != nil || seq != want[1] || !slices.Equal(b, g.states[want[1]]) {
+		t.Fatalf("restore between kept points reached seq:%d (want seq:%d): %v", seq, want[1], err)
+	}
+}
