@@ -225,6 +225,19 @@ func (g *simStream) hour(n int, data int) *Batch {
 	return b
 }
 
+// shipSim ships a simulated stream of hours hourly batches (about data
+// bytes written each) of a volume of size bytes to vol.
+func shipSim(t *testing.T, s *S3, vol string, seed uint64, size, hours, data int) (*simStream, time.Time) {
+	t.Helper()
+	start := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	g := newSim(seed, size, start)
+	for n := 1; n <= hours; n++ {
+		g.hour(n, data)
+	}
+	ship(t, s, vol, testSource, g.batches)
+	return g, start
+}
+
 // restoreModel restores vol at point at into memory.
 func restoreModel(t *testing.T, s *S3, vol, at string) ([]byte, uint64, int, error) {
 	t.Helper()
@@ -310,7 +323,7 @@ func TestS3Compact(t *testing.T) {
 	for _, ec := range []bool{false, true} {
 		t.Run(fmt.Sprintf("ec=%t", ec), func(t *testing.T) {
 			buckets := []string{"cmp1"}
-			spec, code := "cmp1/p", ""
+			code := ""
 			if ec {
 				buckets = []string{"cmp1", "cmp2", "cmp3"}
 				code = "2+1"
@@ -320,14 +333,8 @@ func TestS3Compact(t *testing.T) {
 			for _, b := range buckets {
 				targets = append(targets, b+"/p")
 			}
-			_ = spec
 			s := mustParse(t, s3Spec(endpoint, targets...), code)
-			start := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
-			g := newSim(3, 1<<20, start)
-			for n := 1; n <= 4*24; n++ {
-				g.hour(n, 32<<10)
-			}
-			ship(t, s, "v", testSource, g.batches)
+			g, start := shipSim(t, s, "v", 3, 1<<20, 4*24, 32<<10)
 			now := start.Add(4*24*time.Hour + 30*time.Minute)
 			ctx := context.Background()
 			o := CompactOptions{Retention: Retention{Window: 24 * time.Hour, Policy: "keep-history 1d"}, Now: func() time.Time { return now }, BatchBytes: 256 << 10}
@@ -424,11 +431,7 @@ func TestS3CompactInterrupted(t *testing.T) {
 	cut := ret.cutoff(now)
 	shipped := func(vol string, seed uint64) (*S3, *simStream) {
 		s := mustParse(t, s3Spec(endpoint, "int1/x", "int2/x", "int3/x"), "2+1")
-		g := newSim(seed, 512<<10, start)
-		for n := 1; n <= 3*24; n++ {
-			g.hour(n, 16<<10)
-		}
-		ship(t, s, vol, testSource, g.batches)
+		g, _ := shipSim(t, s, vol, seed, 512<<10, 3*24, 16<<10)
 		return s, g
 	}
 	// Count the steps of an uninterrupted run.
@@ -571,12 +574,7 @@ func TestS3RetentionMonth(t *testing.T) {
 func TestS3CompactKeepRules(t *testing.T) {
 	endpoint, _, _ := testServer(t, "rules")
 	s := mustParse(t, s3Spec(endpoint, "rules/p"), "")
-	start := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
-	g := newSim(5, 1<<20, start)
-	for n := 1; n <= 5*24; n++ {
-		g.hour(n, 16<<10)
-	}
-	ship(t, s, "v", testSource, g.batches)
+	g, start := shipSim(t, s, "v", 5, 1<<20, 5*24, 16<<10)
 	now := start.Add(5*24*time.Hour + 30*time.Minute)
 	r := Retention{Window: 12 * time.Hour, Keep: dailyKeep(4), Policy: "keep-history 12h, daily=4"}
 	m0, err := s.Manifest(context.Background(), "v")
