@@ -318,6 +318,9 @@ them, or until the replication is removed.`,
 					if e.Mode == "interval" {
 						fmt.Printf(", every %s", e.Every)
 					}
+					if e.HasRetention() {
+						fmt.Printf("; history %s", e.RetentionPolicy())
+					}
 					fmt.Println("); strata status shows its lag")
 					return nil
 				},
