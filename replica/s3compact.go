@@ -249,7 +249,8 @@ func (s *S3) Compact(ctx context.Context, vol string, o CompactOptions) (Compact
 		m = *best
 	}
 	// An unfinished diff goes, as Open drops it: the next run ships it
-	// again.
+	// again. Its objects stay until a manifest no longer lists them.
+	stored := m
 	if n := completeLen(&m); n < len(m.Batches) {
 		m.Batches = m.Batches[:n:n]
 		m.Snapshots = slices.DeleteFunc(slices.Clone(m.Snapshots), func(sn ManifestSnapshot) bool { return sn.Batch >= n })
@@ -277,7 +278,7 @@ func (s *S3) Compact(ctx context.Context, vol string, o CompactOptions) (Compact
 	// Leftovers first: objects no manifest lists (an interrupted
 	// compaction's new objects, or its superseded ones once the manifest
 	// moved on).
-	orphans, _, err := s.listOrphans(ctx, vol, &m, false)
+	orphans, _, err := s.listOrphans(ctx, vol, &stored, false)
 	if err != nil {
 		return res, err
 	}

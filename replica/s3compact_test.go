@@ -621,3 +621,39 @@ func TestS3CompactKeepRules(t *testing.T) {
 		t.Fatalf("restore between kept points reached seq:%d (want seq:%d): %v", seq, want[1], err)
 	}
 }
+
+// TestS3CompactUnfinishedDiff: a compaction of a target whose last run
+// left a diff half shipped drops the diff (as the next Open would), keeps
+// its objects until the manifest no longer lists them, and the next Open
+// deletes them.
+func TestS3CompactUnfinishedDiff(t *testing.T) {
+	endpoint, _, c := testServer(t, "tail")
+	s := mustParse(t, s3Spec(endpoint, "tail/p"), "")
+	g, start := shipSim(t, s, "v", 9, 256<<10, 2*24, 8<<10)
+	ctx := context.Background()
+	part := &Batch{From: g.seq, To: g.seq + 5, Diff: true, Partial: true, Size: int64(len(g.vol)), Time: g.batches[len(g.batches)-1].Time,
+		Ops: []Op{{Kind: OpWrite, Seq: g.seq + 5, Offset: 0, Length: simBlock, Data: make([]byte, simBlock)}}}
+	if err := s.Send(ctx, part); err != nil {
+		t.Fatal(err)
+	}
+	now := start.Add(2*24*time.Hour + 30*time.Minute)
+	r := mustParse(t, s3Spec(endpoint, "tail/p"), "")
+	res, err := r.Compact(ctx, "v", CompactOptions{Retention: Retention{Window: 12 * time.Hour}, Now: func() time.Time { return now }})
+	if err != nil || res.Written == 0 {
+		t.Fatalf("compact %+v: %v", res, err)
+	}
+	m, _ := r.Manifest(ctx, "v")
+	if last := m.Batches[len(m.Batches)-1]; last.Partial || m.Acked != g.seq {
+		t.Fatalf("the unfinished diff is still listed: %+v", last)
+	}
+	checkPoints(t, r, "v", g, []uint64{res.OldestSeq, g.seq})
+	if got, want := keys(t, c, "tail"), manifestKeys(t, r, "p/", "v"); len(got) != len(want)+1 {
+		t.Fatalf("before the next Open the bucket holds %d objects, want the %d listed and the diff's part", len(got), len(want))
+	}
+	if _, err := r.Open(ctx, Hello{Source: testSource, Target: "v"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := keys(t, c, "tail"), manifestKeys(t, r, "p/", "v"); !slices.Equal(got, want) {
+		t.Fatalf("bucket holds %v, manifest lists %v", got, want)
+	}
+}
