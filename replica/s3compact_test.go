@@ -245,23 +245,29 @@ func restoreModel(t *testing.T, s *S3, vol, at string) ([]byte, uint64, int, err
 	objects := 0
 	seq, _, err := restoreS3(context.Background(), s, RestoreOptions{Volume: vol, At: at}, func(b *Batch) error {
 		objects++
-		for _, op := range b.Ops {
-			switch op.Kind {
-			case OpResize:
-				if int(op.Length) < len(img) {
-					img = img[:op.Length]
-				} else {
-					img = append(img, make([]byte, int(op.Length)-len(img))...)
-				}
-			case OpWrite:
-				copy(img[op.Offset:], op.Data)
-			case OpZero, OpTrim:
-				clear(img[op.Offset:min(op.Offset+op.Length, uint64(len(img)))])
-			}
-		}
+		img = applyModel(img, b)
 		return nil
 	})
 	return img, seq, objects, err
+}
+
+// applyModel applies b's ops to a volume's bytes.
+func applyModel(img []byte, b *Batch) []byte {
+	for _, op := range b.Ops {
+		switch op.Kind {
+		case OpResize:
+			if int(op.Length) < len(img) {
+				img = img[:op.Length]
+			} else {
+				img = append(img, make([]byte, int(op.Length)-len(img))...)
+			}
+		case OpWrite:
+			copy(img[op.Offset:], op.Data)
+		case OpZero, OpTrim:
+			clear(img[op.Offset:min(op.Offset+op.Length, uint64(len(img)))])
+		}
+	}
+	return img
 }
 
 // checkPoints restores every point in points and compares it with the
@@ -655,5 +661,37 @@ func TestS3CompactUnfinishedDiff(t *testing.T) {
 	}
 	if got, want := keys(t, c, "tail"), manifestKeys(t, r, "p/", "v"); !slices.Equal(got, want) {
 		t.Fatalf("bucket holds %v, manifest lists %v", got, want)
+	}
+}
+
+// TestS3CompactRollback compacts a stream with a rollback diff and a
+// batch that only names a snapshot (testBatches) into a base past them.
+func TestS3CompactRollback(t *testing.T) {
+	endpoint, _, _ := testServer(t, "roll")
+	s := mustParse(t, s3Spec(endpoint, "roll/p"), "")
+	batches := testBatches(4)
+	ship(t, s, "v", testSource, batches)
+	// Keep only the last batch's point and the one before.
+	last := batches[len(batches)-1]
+	now := time.Unix(0, last.Time).Add(time.Second)
+	res, err := s.Compact(context.Background(), "v", CompactOptions{Retention: Retention{Window: time.Second, Granularity: time.Nanosecond},
+		Now: func() time.Time { return now }, BatchBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.OldestSeq != last.From || res.Written < 2 {
+		t.Fatalf("compacted %+v, want the base at seq:%d in parts", res, last.From)
+	}
+	var want []byte
+	for _, b := range batches[:len(batches)-1] {
+		want = applyModel(want, b)
+	}
+	got, seq, _, err := restoreModel(t, s, "v", fmt.Sprintf("seq:%d", last.From))
+	if err != nil || seq != last.From || !slices.Equal(got, want) {
+		t.Fatalf("restore at the base reached seq:%d, equal %t: %v", seq, slices.Equal(got, want), err)
+	}
+	want = applyModel(want, last)
+	if got := img(t, s, "v", ""); !slices.Equal(got, want) {
+		t.Fatal("the newest point differs")
 	}
 }
