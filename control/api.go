@@ -26,6 +26,7 @@
 //	GET    /v1/replication                  -> []ReplicationStatus
 //	POST   /v1/replication    AddReplicationRequest -> Replication
 //	DELETE /v1/replication?id=ID
+//	POST   /v1/s3/compact     CompactRequest -> Event stream (NDJSON)
 //	POST   /v1/volumes/NAME/promote         -> ReplicaState
 //	POST   /v1/volumes/NAME/demote DemoteRequest -> DemoteReply
 //	POST   /v1/restore        RestoreRequest -> Event stream (NDJSON)
@@ -45,6 +46,7 @@
 package control
 
 import (
+	"fmt"
 	"net/url"
 	"strings"
 	"time"
@@ -69,6 +71,7 @@ type (
 	Progress     = replica.Progress
 	ShipResult   = replica.Result
 	Restored     = replica.Restored
+	Compacted    = replica.Compacted
 )
 
 // Branch kinds (History.Branches).
@@ -276,6 +279,34 @@ type TargetSpec struct {
 	Insecure  bool   `json:"insecure,omitempty"`
 	EC        string `json:"ec,omitempty"`      // erasure coding K+M over S3 targets
 	BWLimit   int64  `json:"bwlimit,omitempty"` // bytes a second (0: none)
+	// KeepHistory and Keep: the S3 target's retention policy (none:
+	// everything stays). History older than KeepHistory is compacted,
+	// but for the points the Keep rules keep.
+	KeepHistory time.Duration `json:"keep_history,omitempty"`
+	Keep        *Keep         `json:"keep,omitempty"`
+}
+
+// HasRetention reports whether the target has a retention policy.
+func (t TargetSpec) HasRetention() bool { return t.KeepHistory > 0 || t.Keep != nil }
+
+// RetentionPolicy describes the retention policy as the flags set it.
+func (t TargetSpec) RetentionPolicy() string {
+	var parts []string
+	if t.KeepHistory > 0 {
+		parts = append(parts, "--keep-history "+FormatDays(t.KeepHistory))
+	}
+	if t.Keep != nil {
+		parts = append(parts, "--keep "+t.Keep.String())
+	}
+	return strings.Join(parts, " ")
+}
+
+// FormatDays prints a duration in days when it is whole days ("7d").
+func FormatDays(d time.Duration) string {
+	if d > 0 && d%(24*time.Hour) == 0 {
+		return fmt.Sprintf("%dd", d/(24*time.Hour))
+	}
+	return d.String()
 }
 
 // Redacted is the target without credentials, for keys and messages.
@@ -342,6 +373,14 @@ type RestoreRequest struct {
 	New    string `json:"new"`    // the volume created here
 }
 
+// CompactRequest applies an S3 target's retention policy by hand: the
+// target's flags, or else the policy of the replication configured for
+// the volume and target.
+type CompactRequest struct {
+	TargetSpec
+	Volume string `json:"volume"` // the volume's name at the target
+}
+
 type DemoteRequest struct {
 	DiscardLocal bool `json:"discard_local"`
 }
@@ -359,6 +398,7 @@ type Event struct {
 	// Scrub is a scrub pass's progress; ScrubReport its result.
 	Scrub       *ScrubProgress `json:"scrub,omitempty"`
 	ScrubReport *ScrubReport   `json:"scrub_report,omitempty"`
+	Compact     *Compacted     `json:"compact,omitempty"`
 	Error       string         `json:"error,omitempty"`
 	Code        string         `json:"code,omitempty"`
 }

@@ -141,6 +141,12 @@ func (c *Client) Restore(ctx context.Context, req RestoreRequest, progress func(
 		"the daemon ended the restore without a result")
 }
 
+// CompactS3 applies an S3 target's retention policy now.
+func (c *Client) CompactS3(ctx context.Context, req CompactRequest, progress func(Progress)) (Compacted, error) {
+	return streamResult(ctx, c, "/v1/s3/compact", req, progress, func(ev Event) *Compacted { return ev.Compact },
+		"the daemon ended the compaction without a result")
+}
+
 // Metrics is the daemon's counters in the Prometheus text format.
 func (c *Client) Metrics(ctx context.Context) (string, error) {
 	b, err := c.call(ctx, "GET", "/metrics", nil)

@@ -184,6 +184,9 @@ func (m *replManager) acquire(ctx context.Context, id, vol string, t control.Tar
 // disconnects (or is killed) cancels its run, and a rerun goes on from the
 // point the target holds.
 func (m *replManager) run(ctx context.Context, vol string, t control.TargetSpec, progress func(replica.Progress)) (replica.Result, error) {
+	if err := checkRetention(t); err != nil {
+		return replica.Result{}, err
+	}
 	id := control.ReplicationID(vol, t)
 	release, err := m.acquire(ctx, id, vol, t)
 	if err != nil {
@@ -204,6 +207,20 @@ func (m *replManager) run(ctx context.Context, vol string, t control.TargetSpec,
 	if err == nil {
 		res, err = replica.Ship(ctx, replica.ShipOptions{Pool: m.pool, Volume: vol, RemoteName: remote, Target: tgt, PinID: id,
 			BWLimit: t.BWLimit, Progress: progress, Logger: m.log})
+		if s3, ok := tgt.(*replica.S3); ok && err == nil && t.HasRetention() {
+			// The policy applies after every run, in the run's slot:
+			// no other run writes the manifest meanwhile.
+			c, cerr := s3.Compact(ctx, remote, replica.CompactOptions{Retention: retention(t)})
+			switch {
+			case cerr != nil:
+				res.Message = strings.TrimPrefix(res.Message+"; ", "; ") + "warning: the retention policy was not applied: " + cerr.Error()
+			case c.Written > 0 || c.Deleted > 0 || c.Leftovers > 0:
+				res.Compacted = &c
+				m.log.Info("replication: compacted S3 history", "volume", vol, "target", t.Redacted(), "policy", c.Policy,
+					"objects_written", c.Written, "objects_deleted", c.Deleted, "batches", c.BatchesAfter, "bytes", c.BytesAfter,
+					"oldest_seq", c.OldestSeq, "oldest_time", c.OldestTime)
+			}
+		}
 		tgt.Close()
 	}
 	if res.Message != "" {
@@ -346,6 +363,9 @@ func (m *replManager) add(req control.AddReplicationRequest) (*control.Replicati
 	default:
 		return nil, fmt.Errorf("%w: --mode %q: use continuous or interval", errBadRequest, req.Mode)
 	}
+	if err := checkRetention(req.TargetSpec); err != nil {
+		return nil, err
+	}
 	// Check the target parses (and its token reads) before saving it.
 	if t, _, err := openTarget(req.TargetSpec, req.Volume); err != nil {
 		return nil, err
@@ -477,6 +497,26 @@ func (d *Daemon) replicationHandlers(mux *http.ServeMux) {
 		log.Info("replicated", "volume", req.Volume, "target", req.Redacted(), "records", res.Records, "bytes", res.DataBytes, "acked", res.Acked)
 		s.send(control.Event{Result: &res})
 	})
+	mux.HandleFunc("POST /v1/s3/compact", func(w http.ResponseWriter, r *http.Request) {
+		var req control.CompactRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeErr(w, err)
+			return
+		}
+		s := newStreamer(w)
+		last := time.Time{}
+		c, err := m.compact(r.Context(), req, func(p replica.CompactProgress) {
+			if time.Since(last) > 200*time.Millisecond {
+				last = time.Now()
+				s.send(control.Event{Progress: &replica.Progress{Phase: "compact " + p.Step, Batches: p.Objects + p.Deleted}})
+			}
+		})
+		if err != nil {
+			s.fail(err)
+			return
+		}
+		s.send(control.Event{Compact: &c})
+	})
 	mux.HandleFunc("GET /v1/replication", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, m.statuses(r.Context()))
 	})
@@ -546,6 +586,68 @@ func (d *Daemon) replicationHandlers(mux *http.ServeMux) {
 		log.Info("restored volume", "volume", req.New, "from", req.Redacted(), "at", res.Point)
 		s.send(control.Event{Restore: &res})
 	})
+}
+
+// retention is an S3 target's retention policy: the schedule's keep
+// rules thin the points older than the window.
+func retention(t control.TargetSpec) replica.Retention {
+	r := replica.Retention{Window: t.KeepHistory, Policy: t.RetentionPolicy()}
+	if t.Keep != nil {
+		k := *t.Keep
+		r.Keep = func(times []time.Time) []bool { return thin(times, k) }
+	}
+	return r
+}
+
+// checkRetention refuses a retention policy on a target that is not S3.
+func checkRetention(t control.TargetSpec) error {
+	if t.HasRetention() && !strings.HasPrefix(t.To, "s3://") {
+		return fmt.Errorf("%w: --keep-history and --keep apply to s3:// targets (a strata:// site keeps its own history: its --retention and schedules)", errBadRequest)
+	}
+	if t.Keep != nil && t.Keep.IsZero() {
+		return fmt.Errorf("%w: --keep keeps nothing", errBadRequest)
+	}
+	return nil
+}
+
+// compact applies an S3 target's retention policy by hand, in the slot
+// of the volume and target's replication.
+func (m *replManager) compact(ctx context.Context, req control.CompactRequest, progress func(replica.CompactProgress)) (replica.Compacted, error) {
+	t := req.TargetSpec
+	if !strings.HasPrefix(t.To, "s3://") {
+		return replica.Compacted{}, fmt.Errorf("%w: compaction applies to s3:// targets, not %s", errBadRequest, t.Redacted())
+	}
+	id := control.ReplicationID(req.Volume, t)
+	if !t.HasRetention() {
+		m.mu.Lock()
+		e := m.entries[id]
+		m.mu.Unlock()
+		if e == nil || !e.HasRetention() {
+			return replica.Compacted{}, fmt.Errorf("%w: no retention policy: give --keep-history (e.g. 7d) and/or --keep (e.g. daily=14,weekly=8), or configure one with strata replication add ... --keep-history", errBadRequest)
+		}
+		t.KeepHistory, t.Keep = e.KeepHistory, e.Keep
+	}
+	if err := checkRetention(t); err != nil {
+		return replica.Compacted{}, err
+	}
+	release, err := m.acquire(ctx, id, req.Volume, t)
+	if err != nil {
+		return replica.Compacted{}, err
+	}
+	defer release()
+	tgt, remote, err := openTarget(t, req.Volume)
+	if err != nil {
+		return replica.Compacted{}, err
+	}
+	defer tgt.Close()
+	c, err := tgt.(*replica.S3).Compact(ctx, remote, replica.CompactOptions{Retention: retention(t), Progress: progress})
+	if err != nil {
+		return c, err
+	}
+	m.log.Info("compacted S3 history", "volume", req.Volume, "target", t.Redacted(), "policy", c.Policy,
+		"objects_written", c.Written, "objects_deleted", c.Deleted, "leftovers", c.Leftovers, "batches", c.BatchesAfter, "bytes", c.BytesAfter,
+		"oldest_seq", c.OldestSeq, "oldest_time", c.OldestTime)
+	return c, nil
 }
 
 func (d *Daemon) restore(ctx context.Context, req control.RestoreRequest, progress func(replica.Progress)) (replica.Restored, error) {

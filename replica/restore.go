@@ -149,6 +149,10 @@ func resolveS3Point(m *Manifest, at string) (s3Point, error) {
 		}
 	}
 	t, err := time.Parse(time.RFC3339Nano, at)
+	if err != nil && m.Base != nil {
+		return s3Point{}, fmt.Errorf("%w: %q names no snapshot %s keeps: the retention policy (%s) compacted the history before seq:%d; %s",
+			ErrRetention, at, m.Volume, m.Base.Policy, m.Base.Seq, points())
+	}
 	if err != nil {
 		return s3Point{}, fmt.Errorf("%w: %q names no snapshot and is no RFC 3339 time or seq:N; %s", cow.ErrPoint, at, points())
 	}
@@ -183,6 +187,9 @@ func restoreS3(ctx context.Context, s *S3, o RestoreOptions, apply func(*Batch) 
 			first = e
 			break
 		}
+	}
+	if !within(first.To, first.Time) && m.Base != nil {
+		return 0, "", retentionError(m, pt.name)
 	}
 	if !within(first.To, first.Time) {
 		return 0, "", fmt.Errorf("%w: %s is before the first complete copy (seq:%d at %s)", cow.ErrPoint, pt.name, first.To, time.Unix(0, first.Time).UTC().Format(time.RFC3339))

@@ -112,6 +112,10 @@ type Manifest struct {
 	Batches []ManifestEntry `json:"batches"`
 	// Snapshots lists the snapshots the stream named, in order.
 	Snapshots []ManifestSnapshot `json:"snapshots,omitempty"`
+	// Base, once a retention policy compacted the history (format 2):
+	// the first batches are a synthetic full copy at the oldest point
+	// kept (see Compact).
+	Base *ManifestBase `json:"base,omitempty"`
 	// CRC is the CRC32C of the manifest's JSON encoding with CRC set to
 	// zero: JSON parsing alone would take a flipped digit for a value.
 	CRC uint32 `json:"crc32c"`
@@ -153,6 +157,9 @@ type ManifestSnapshot struct {
 const (
 	manifestName   = "manifest.json"
 	manifestFormat = 1
+	// manifestFormatBase: a compacted manifest (Base set), which a build
+	// that reads only format 1 must refuse rather than take for corrupt.
+	manifestFormatBase = 2
 	// maxManifest bounds a manifest read (about a million batches).
 	maxManifest = 512 << 20
 	// maxObject bounds a batch object: the largest frame FrameLen allows.
@@ -890,8 +897,8 @@ func decodeManifest(data []byte, vol string) (*Manifest, error) {
 	if err := json.Unmarshal(data, &m); err != nil {
 		return nil, fmt.Errorf("%w: manifest does not parse: %v", ErrCorrupt, err)
 	}
-	if m.Format != manifestFormat {
-		return nil, fmt.Errorf("%w: manifest format %d is not supported (this build reads %d)", ErrCorrupt, m.Format, manifestFormat)
+	if m.Format != manifestFormat && m.Format != manifestFormatBase {
+		return nil, fmt.Errorf("%w: manifest format %d is not supported (this build reads %d and %d)", ErrCorrupt, m.Format, manifestFormat, manifestFormatBase)
 	}
 	want := m.CRC
 	c := m

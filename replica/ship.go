@@ -81,6 +81,8 @@ type Result struct {
 	// byte offset on.
 	Resumed uint64 `json:"resumed_at,omitempty"`
 	Message string `json:"message,omitempty"` // the target's note (a failback accepted)
+	// Compacted: what the S3 target's retention policy did after the run.
+	Compacted *Compacted `json:"compacted,omitempty"`
 }
 
 // Ship sends volume opts.Volume to opts.Target past the point the target

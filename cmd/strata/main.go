@@ -71,7 +71,7 @@ Every command finds the data directory from --data or $STRATA_DATA
 		},
 		Commands: []*cli.Command{serveCommand(), volumeCommand(), snapshotCommand(), rollbackCommand(), cloneCommand(),
 			pitCommand(), dfCommand(), reportCommand(), gcCommand(), attachCommand(), detachCommand(), statusCommand(),
-			replicateCommand(), replicationCommand(), promoteCommand(), demoteCommand(), restoreCommand(), scheduleCommand(), scrubCommand(), mirrorCommand(), migrateCommand(), witnessCommand()},
+			replicateCommand(), replicationCommand(), promoteCommand(), demoteCommand(), restoreCommand(), s3Command(), scheduleCommand(), scrubCommand(), mirrorCommand(), migrateCommand(), witnessCommand()},
 		// Usage errors print one line too, with where to look.
 		OnUsageError: func(c *cli.Context, err error, isSub bool) error {
 			return fmt.Errorf("%v (see strata --help)", err)

@@ -49,8 +49,30 @@ func targetFlags() []cli.Flag {
 	}
 }
 
+// retentionFlags set an S3 target's retention policy.
+func retentionFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "keep-history", Usage: "S3 targets: keep every point of this long, e.g. 7d; older history is compacted into a base copy (default: keep everything)"},
+		&cli.StringFlag{Name: "keep", Usage: "S3 targets: also keep these older points, as snapshot schedules thin, e.g. daily=14,weekly=8,monthly=12"},
+	}
+}
+
 func readTargetSpec(c *cli.Context) (control.TargetSpec, error) {
 	t := control.TargetSpec{To: c.String("to"), TokenFile: c.String("token-file"), TLSCA: c.String("tls-ca"), Insecure: c.Bool("insecure"), EC: c.String("ec")}
+	if kh := c.String("keep-history"); kh != "" {
+		d, err := units.ParseDuration(kh)
+		if err != nil || d < time.Second {
+			return t, fmt.Errorf("--keep-history %q: use a duration such as 7d or 36h", kh)
+		}
+		t.KeepHistory = d
+	}
+	if k := c.String("keep"); k != "" {
+		keep, err := control.ParseKeep(k)
+		if err != nil {
+			return t, fmt.Errorf("--keep: %w", err)
+		}
+		t.Keep = &keep
+	}
 	if bw := c.String("bwlimit"); bw != "" {
 		n, err := units.ParseSize(strings.TrimSuffix(strings.TrimSuffix(bw, "/s"), "ps"))
 		if err != nil || n <= 0 {
@@ -181,9 +203,18 @@ Examples:
    strata replicate vol0 --to strata://dr-site:10810 --token-file /etc/strata/token --once
    */5 * * * *  strata replicate vol0 --to s3://backups/strata --once
    strata replicate vol0 --to s3://b1/s,s3://b2/s,s3://b3/s --ec 2+1 --once --bwlimit 50MiB/s
+   strata replicate vol0 --to s3://backups/strata --once --keep-history 7d --keep daily=30
+
+History retention (S3): --keep-history 7d keeps every point of the last 7
+days (the window moves in steps of a seventh of it, so up to 8 days stay);
+--keep RULES also keeps older points as snapshot schedules thin them. After
+each run the history before the oldest point kept is merged into a base
+(a full copy at that point) and the points between kept ones into one
+object each; the objects they replace are deleted. Restores at points no
+longer kept are refused. See also strata s3 compact.
 
 For continuous shipping by the daemon, see strata replication add.`,
-		Flags: append(targetFlags(),
+		Flags: append(append(targetFlags(), retentionFlags()...),
 			&cli.BoolFlag{Name: "once", Usage: "ship up to now and exit (required: continuous shipping is `strata replication add`)"},
 			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
 		),
@@ -221,6 +252,11 @@ func printShipResult(vol string, t control.TargetSpec, r *control.ShipResult) {
 	if r.Message != "" {
 		fmt.Println(r.Message)
 	}
+	defer func() {
+		if r.Compacted != nil {
+			printCompacted(r.Compacted)
+		}
+	}()
 	if r.Batches == 0 {
 		fmt.Printf("%s: %s already holds seq %d; nothing to ship\n", vol, t.Redacted(), r.Acked)
 	} else {
@@ -262,7 +298,7 @@ them, or until the replication is removed.`,
 				Description: `Examples:
    strata replication add vol0 --to strata://dr-site:10810 --token-file /etc/strata/token
    strata replication add vol0 --to s3://backups/strata --mode interval --every 15m`,
-				Flags: append(targetFlags(),
+				Flags: append(append(targetFlags(), retentionFlags()...),
 					&cli.StringFlag{Name: "mode", Value: "continuous", Usage: "continuous or interval"},
 					&cli.StringFlag{Name: "every", Usage: "interval between runs in interval mode, e.g. 5m"},
 				),
@@ -281,6 +317,9 @@ them, or until the replication is removed.`,
 					fmt.Printf("replicating %s to %s (%s", e.Volume, e.Redacted(), e.Mode)
 					if e.Mode == "interval" {
 						fmt.Printf(", every %s", e.Every)
+					}
+					if e.HasRetention() {
+						fmt.Printf("; history %s", e.RetentionPolicy())
 					}
 					fmt.Println("); strata status shows its lag")
 					return nil
@@ -392,6 +431,78 @@ in time (VOL@seq:N) within the retention window.`,
 			fmt.Println(r.Message)
 			return nil
 		},
+	}
+}
+
+func printCompacted(c *control.Compacted) {
+	fmt.Printf("  history (%s): %s (%s) -> %s (%s); wrote %d and deleted %d batch objects",
+		c.Policy, plural(c.BatchesBefore, "batch object", "batch objects"), units.FormatSize(c.BytesBefore),
+		plural(c.BatchesAfter, "batch object", "batch objects"), units.FormatSize(c.BytesAfter), c.Written, c.Deleted)
+	if c.Leftovers > 0 {
+		fmt.Printf("; cleaned %d object(s) an interrupted run left", c.Leftovers)
+	}
+	fmt.Printf("\n  oldest point kept: seq:%d (%s); %s restorable\n", c.OldestSeq, c.OldestTime.Format(time.RFC3339), plural(c.Points, "point", "points"))
+}
+
+func s3Command() *cli.Command {
+	return &cli.Command{
+		Name:  "s3",
+		Usage: "manage what S3 targets hold",
+		Subcommands: []*cli.Command{{
+			Name:      "compact",
+			Usage:     "apply an S3 target's history retention now",
+			UsageText: "strata s3 compact VOL --to s3://BUCKET/PREFIX [--ec K+M] [--keep-history 7d] [--keep RULES] [--json]",
+			Description: `Merges the history an S3 target holds of VOL (its name at the target)
+before the oldest point the policy keeps into a base (a synthetic full copy
+at that point, erasure coded like the rest), merges the points between kept
+ones older than the window, and deletes the objects they replace. Objects
+an interrupted run left behind are deleted first. Shipping runs apply the
+policy by themselves; this is for a policy changed or tightened by hand.
+
+The policy is --keep-history and/or --keep, or else the one configured with
+strata replication add for VOL and the target. The daemon runs it in the
+slot of VOL's replication to that target: a shipping run and a compaction
+never overlap (exit status 75 if one is running).
+
+Every step is crash-safe: new objects first, then the manifest that lists
+them (one PUT per target), then the deletes. Interrupted at any point, the
+target restores every point kept; the next run finishes the job.
+
+Examples:
+   strata s3 compact vol0 --to s3://backups/strata --keep-history 7d
+   strata s3 compact vol0 --to s3://b1/s,s3://b2/s,s3://b3/s --ec 2+1 --keep-history 30d --keep monthly=12`,
+			Flags: append([]cli.Flag{
+				&cli.StringFlag{Name: "to", Required: true, Usage: "the S3 target: s3://BUCKET/PREFIX (comma-separated list with --ec)"},
+				&cli.StringFlag{Name: "ec", Usage: "erasure coding K+M the target was shipped with"},
+				&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
+			}, retentionFlags()...),
+			Action: func(c *cli.Context) error {
+				if c.NArg() != 1 {
+					return fmt.Errorf("name one volume: strata s3 compact VOL --to s3://BUCKET/PREFIX")
+				}
+				t, err := readTargetSpec(c)
+				if err != nil {
+					return err
+				}
+				pp := newProgressPrinter()
+				res, err := client(c).CompactS3(c.Context, control.CompactRequest{TargetSpec: t, Volume: c.Args().First()}, func(p control.Progress) {
+					if !c.Bool("json") {
+						pp.line(fmt.Sprintf("%s: %d objects written or deleted", p.Phase, p.Batches))
+					}
+				})
+				pp.done()
+				if err != nil {
+					return busyExit(err)
+				}
+				if c.Bool("json") {
+					return printJSON(res)
+				}
+				fmt.Printf("%s at %s:\n", c.Args().First(), t.Redacted())
+				printCompacted(&res)
+				fmt.Printf("  took %s\n", res.Duration.Round(time.Millisecond))
+				return nil
+			},
+		}},
 	}
 }
 
