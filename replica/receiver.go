@@ -581,6 +581,9 @@ func applyOps(ctx context.Context, p *cow.Pool, name string, b *Batch, replica b
 			run = append(run, cow.BlockWrite{Off: int64(op.Offset), Data: op.Data})
 			continue
 		}
+		if op.Kind == OpPoint {
+			continue // nothing to apply (a stream sends one after each record)
+		}
 		if err := flush(); err != nil {
 			return err
 		}
@@ -600,7 +603,6 @@ func applyOps(ctx context.Context, p *cow.Pool, name string, b *Batch, replica b
 				log.Info("replication: snapshot already exists at the target; kept", "volume", name, "snapshot", op.Name)
 				err = nil
 			}
-		case OpPoint:
 		}
 		if err != nil {
 			return fmt.Errorf("apply %s op (source seq %d) to %q: %w", op.Kind, op.Seq, name, err)

@@ -128,7 +128,16 @@ func (c *conn) sendLocked() {
 // sendQueueLocked sends the queue until it is empty, then ends sending;
 // the caller set sending. Under wmu, which it releases while it writes.
 func (c *conn) sendQueueLocked() {
-	for len(c.queue) > 0 {
+	for {
+		if len(c.queue) == 0 {
+			// Replies that ended while the last batch was written
+			// waited in out for this sender (flushLocked): one write
+			// for all of them.
+			c.sealLocked()
+			if len(c.queue) == 0 {
+				break
+			}
+		}
 		batch := c.queue
 		c.queue = c.sent[:0]
 		werr := c.werr
@@ -249,6 +258,12 @@ func (c *conn) endReply() {
 // sending now); under wmu. A write error closes the connection, and later
 // replies are dropped.
 func (c *conn) flushLocked() {
+	if c.sending {
+		// The sender takes out once its write returns: sealing it now
+		// would cost a buffer (often a fresh one) for a few replies
+		// and a write of its own.
+		return
+	}
 	c.sealLocked()
 	c.sendLocked()
 }
