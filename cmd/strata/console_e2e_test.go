@@ -203,7 +203,7 @@ func TestE2EConsole(t *testing.T) {
 	}
 
 	s.mustCLI("report") // the pool's size today, for the forecast
-	s.mustCLI("volume", "set", "web", "--owner", "alice", "--label", "team=web")
+	s.mustCLI("volume", "set", "web", "--owner", "alice", "--label", "team=web", "--write-iops-limit", "50000", "--bw-limit", "1GiB/s")
 	if err := os.WriteFile(clock, []byte("24h"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -226,8 +226,9 @@ func TestE2EConsole(t *testing.T) {
 		chromedp.WaitVisible(css(`#volumes tr[data-key="web"]`)),
 		chromedp.WaitVisible(css(`#pool-cards .card`)))
 	row := get(t, ctx, "pool page", chromedp.Text(css(`#volumes tr[data-key="web"]`)))
-	if !strings.Contains(row, "16.0 MiB") || !strings.Contains(row, "1.00 MiB") || !strings.Contains(row, "alice") || !strings.Contains(row, "team=web") {
-		t.Fatalf("the pool page's row of web says %q; want its size (16.0 MiB), written (1.00 MiB), owner alice and label team=web", row)
+	if !strings.Contains(row, "16.0 MiB") || !strings.Contains(row, "1.00 MiB") || !strings.Contains(row, "alice") || !strings.Contains(row, "team=web") ||
+		!strings.Contains(row, "write-iops 50000") || !strings.Contains(row, "bw 1.00 GiB/s") {
+		t.Fatalf("the pool page's row of web says %q; want its size (16.0 MiB), written (1.00 MiB), owner alice, label team=web and limits write-iops 50000, bw 1.00 GiB/s", row)
 	}
 
 	// Some I/O for the live charts (after B: the moment picked below

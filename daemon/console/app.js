@@ -267,6 +267,20 @@ function mirrorSummary(ms, vol) {
   return h('span', {}, `${m.role}, `, h('span', { class: 'badge' + (bad ? ' bad' : ''), text: m.state }), ` epoch ${m.epoch}`);
 }
 
+// qosSummary is a volume's I/O limits (strata volume set --iops-limit ...).
+function qosSummary(st, vol) {
+  const q = (st.qos || {})[vol];
+  if (!q) return '—';
+  const parts = [];
+  for (const [key, name] of [['iops', 'iops'], ['read_iops', 'read-iops'], ['write_iops', 'write-iops']]) {
+    if (q[key]) parts.push(`${name} ${q[key]}`);
+  }
+  for (const [key, name] of [['bw', 'bw'], ['read_bw', 'read-bw'], ['write_bw', 'write-bw']]) {
+    if (q[key]) parts.push(`${name} ${fmtBytes(q[key])}/s`);
+  }
+  return parts.length ? parts.join(', ') : '—';
+}
+
 function pagePool(app) {
   const cards = h('div', { class: 'cards', id: 'pool-cards' });
   const vols = h('div', { id: 'volumes' });
@@ -296,13 +310,13 @@ function pagePool(app) {
         ? card('Health', p.journal_error ? 'FAILED' : 'DAMAGED', p.journal_error || `${p.journal.damaged_blocks || 0} damaged blocks at open, ${p.read_damaged_blocks || 0} damaged reads`)
         : card('Health', 'OK', `strata ${st.version}, pid ${st.pid}`));
     vols.replaceChildren(table([
-      { label: 'Volume' }, { label: 'Owner' }, { label: 'Labels', wrap: true }, { label: 'Size', num: true }, { label: 'Written', num: true }, { label: 'Attached', num: true }, { label: 'State' }, { label: 'Replication' }, { label: 'Mirror' },
+      { label: 'Volume' }, { label: 'Owner' }, { label: 'Labels', wrap: true }, { label: 'Size', num: true }, { label: 'Written', num: true }, { label: 'Attached', num: true }, { label: 'State' }, { label: 'Limits', wrap: true }, { label: 'Replication' }, { label: 'Mirror' },
     ], st.volumes.map((v) => ({
       key: v.name,
       cells: [h('a', { href: '#/volume/' + encodeURIComponent(v.name), text: v.name }), (meta[v.name] || {}).owner || '—', metaBadges(meta[v.name]), fmtBytes(v.size), fmtBytes(v.written) + (v.written_recounting ? ' (recounting)' : ''),
         String(v.attached),
         h('span', {}, v.read_only ? h('span', { class: 'badge', text: 'read-only' }) : null, v.replica ? h('span', { class: 'badge', text: 'replica' }) : null),
-        replicationSummary(st, v.name), mirrorSummary(ms, v.name)],
+        qosSummary(st, v.name), replicationSummary(st, v.name), mirrorSummary(ms, v.name)],
     })), 'No volumes yet: strata volume create vol0 --size 10GiB'));
     conns.replaceChildren(table([{ label: 'Export' }, { label: 'Client' }, { label: 'Since' }],
       st.connections.map((c) => ({ key: c.Remote, cells: [c.Export || '(negotiating)', clientName(c.Remote), fmtTime(c.Since)] })), 'No NBD clients connected.'));
