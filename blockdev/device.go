@@ -59,6 +59,21 @@ type Device interface {
 	Flush() error
 }
 
+// BlockWrite is one write of a batch: Data at Off.
+type BlockWrite struct {
+	Off  int64
+	Data []byte
+}
+
+// BatchWriter is a Device that takes several writes at once, applied in
+// order as one group (for a journal: one index commit for all of them). A
+// frontend hands it writes a client sent back to back. Each write is
+// applied whole or not at all, as by WriteAt; after an error, which of them
+// were applied is unspecified (a frontend fails all of them).
+type BatchWriter interface {
+	WriteBatch(ws []BlockWrite) error
+}
+
 // Trimmer is a Device that can discard a range: afterwards the range reads
 // as zeros and uses no space.
 type Trimmer interface {

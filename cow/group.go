@@ -237,22 +237,27 @@ func (p *Pool) applyGroupLocked(ws []*groupWrite) error {
 	return nil
 }
 
-// BlockWrite is one write of WriteBlocks: whole blocks at a block-aligned
-// offset.
-type BlockWrite struct {
-	Off  int64
-	Data []byte
+// BlockWrite is one write of WriteBatch.
+type BlockWrite = blockdev.BlockWrite
+
+// WriteBatch writes each of ws as its own record, in order, journaled and
+// indexed in groups (one index commit per group, not per write):
+// blockdev.BatchWriter, for writes a client sent back to back and for a
+// replica applying a batch of its source's writes. Writes that are not
+// whole blocks, or larger than a record, go through WriteAt. It stops at
+// the first error.
+func (h *Volume) WriteBatch(ws []BlockWrite) error {
+	_, err := h.WriteBatchSeq(ws)
+	return err
 }
 
-// WriteBlocks writes each of ws as its own record, in order, journaled and
-// indexed in groups (one index commit per group, not per write): a replica
-// applying a batch of its source's writes. Writes that are not whole
-// blocks, or larger than a record, go through WriteAt. It stops at the
-// first error.
-func (h *Volume) WriteBlocks(ws []BlockWrite) error {
+// WriteBatchSeq is WriteBatch that also returns the sequence number of the
+// last record written (see WriteAtSeq).
+func (h *Volume) WriteBatchSeq(ws []BlockWrite) (uint64, error) {
 	var buf [maxGroupRecords]*groupWrite
 	var recs [maxGroupRecords]groupWrite
 	group, size := buf[:0], 0
+	var seq uint64
 	run := func() error {
 		if len(group) == 0 {
 			return nil
@@ -262,6 +267,7 @@ func (h *Volume) WriteBlocks(ws []BlockWrite) error {
 			if w.err != nil {
 				return w.err
 			}
+			seq = w.r.Seq
 		}
 		group, size = group[:0], 0
 		return nil
@@ -270,19 +276,23 @@ func (h *Volume) WriteBlocks(ws []BlockWrite) error {
 		n := len(w.Data)
 		if n == 0 || w.Off%bs != 0 || n%bs != 0 || n > maxChunk {
 			if err := run(); err != nil {
-				return err
+				return seq, err
 			}
-			if _, err := h.WriteAt(w.Data, w.Off); err != nil {
-				return err
+			_, s, err := h.WriteAtSeq(w.Data, w.Off)
+			if err != nil {
+				return seq, err
+			}
+			if s != 0 {
+				seq = s
 			}
 			continue
 		}
 		if err := h.checkWrite(w.Off, int64(n)); err != nil {
-			return err
+			return seq, err
 		}
 		if len(group) == maxGroupRecords || size+n > maxGroupBytes {
 			if err := run(); err != nil {
-				return err
+				return seq, err
 			}
 		}
 		g := &recs[len(group)]
@@ -290,5 +300,6 @@ func (h *Volume) WriteBlocks(ws []BlockWrite) error {
 		group = append(group, g)
 		size += n
 	}
-	return run()
+	err := run()
+	return seq, err
 }

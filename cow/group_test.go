@@ -200,10 +200,10 @@ func TestGroupCountsRepeatedBlocks(t *testing.T) {
 	}
 }
 
-// TestWriteBlocks: a replica's batch of writes lands in order (a later
+// TestWriteBatch: a replica's batch of writes lands in order (a later
 // write to a block wins), with unaligned and oversized writes among them,
 // and the written count is exact.
-func TestWriteBlocks(t *testing.T) {
+func TestWriteBatch(t *testing.T) {
 	p := openPool(t, vfs.NewMem())
 	defer p.Close()
 	v := mustVol(t, p, "a", 32<<20)
@@ -220,7 +220,7 @@ func TestWriteBlocks(t *testing.T) {
 		{Off: 2 * bs, Data: fill(5, bs)},
 		{Off: 2 * bs, Data: fill(6, bs)},
 	}
-	if err := v.WriteBlocks(ws); err != nil {
+	if err := v.WriteBatch(ws); err != nil {
 		t.Fatal(err)
 	}
 	want := make([]byte, v.Size())
@@ -234,7 +234,7 @@ func TestWriteBlocks(t *testing.T) {
 	if blocks := int64(4 + (9<<20)/bs); info.Written != blocks*bs {
 		t.Fatalf("written %d bytes, want %d", info.Written, blocks*bs)
 	}
-	if err := v.WriteBlocks([]BlockWrite{{Off: v.Size(), Data: fill(7, bs)}}); err == nil {
+	if err := v.WriteBatch([]BlockWrite{{Off: v.Size(), Data: fill(7, bs)}}); err == nil {
 		t.Fatal("a write past the end was taken")
 	}
 	if fmt.Sprint(sizes) != "[2 1 1 2]" {

@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/strata-storage/strata/blockdev"
 	"github.com/strata-storage/strata/cow"
 )
 
@@ -137,6 +138,29 @@ func (v *meteredVolume) writeAtSeq(p []byte, off int64) (int, uint64, error) {
 	n, seq, err := v.Volume.WriteAtSeq(p, off)
 	v.note("write", t, n, err)
 	return n, seq, err
+}
+
+func (v *meteredVolume) WriteBatch(ws []blockdev.BlockWrite) error {
+	_, err := v.writeBatchSeq(ws)
+	return err
+}
+
+// writeBatchSeq is WriteBatch that returns the point in the journal of its
+// last write.
+func (v *meteredVolume) writeBatchSeq(ws []blockdev.BlockWrite) (uint64, error) {
+	t := time.Now()
+	seq, err := v.Volume.WriteBatchSeq(ws)
+	m := v.ops["write"]
+	lat := time.Since(t).Seconds()
+	for _, w := range ws {
+		m.lat.Observe(lat)
+		if err != nil {
+			m.errs.Inc()
+			continue
+		}
+		m.bytes.Add(float64(len(w.Data)))
+	}
+	return seq, err
 }
 
 func (v *meteredVolume) Flush() error {

@@ -1721,6 +1721,22 @@ func (v *mirroredVolume) WriteAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
+func (v *mirroredVolume) WriteBatch(ws []blockdev.BlockWrite) error {
+	mr, err := v.enter()
+	if err != nil {
+		return err
+	}
+	defer exit(mr)
+	if mr == nil {
+		return v.meteredVolume.WriteBatch(ws)
+	}
+	seq, err := v.meteredVolume.writeBatchSeq(ws)
+	if err == nil {
+		err = mr.written(v.vol, seq)
+	}
+	return err
+}
+
 func (v *mirroredVolume) Trim(off, length int64) error {
 	mr, err := v.enter()
 	if err != nil {

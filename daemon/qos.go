@@ -431,6 +431,7 @@ type headExport interface {
 	blockdev.BlockStatuser
 	blockdev.FastReader
 	blockdev.RefReader
+	blockdev.BatchWriter
 }
 
 // throttledVolume is a head export held to its volume's limits: requests
@@ -471,6 +472,13 @@ func (v *throttledVolume) ReadRefs(off int64, n int) ([][]byte, func(), bool, er
 func (v *throttledVolume) WriteAt(p []byte, off int64) (int, error) {
 	v.q.wait(opWrite, int64(len(p)))
 	return v.headExport.WriteAt(p, off)
+}
+
+func (v *throttledVolume) WriteBatch(ws []blockdev.BlockWrite) error {
+	for _, w := range ws {
+		v.q.wait(opWrite, int64(len(w.Data)))
+	}
+	return v.headExport.WriteBatch(ws)
 }
 
 func (v *throttledVolume) Trim(off, length int64) error {

@@ -42,7 +42,7 @@ type Follower struct {
 		durable uint64
 		lastAck time.Time // when the newest acknowledged batch was sent
 		opened  bool
-		target  State         // what the target held when the stream opened
+		target  State  // what the target held when the stream opened
 		upto    uint64 // the point the last batch queued ends at
 		// waiters: callers of WaitAcked/WaitDurable; each is woken once
 		// its point is reached or the follower stops, not at every ack.

@@ -550,14 +550,14 @@ func applyOps(ctx context.Context, p *cow.Pool, name string, b *Batch, replica b
 	}
 	defer h.Close()
 	// Runs of writes are written as groups: one index commit for many
-	// (cow.Volume.WriteBlocks), in order.
+	// (cow.Volume.WriteBatch), in order.
 	var run []cow.BlockWrite
 	runFrom := 0
 	flush := func() error {
 		if len(run) == 0 {
 			return nil
 		}
-		err := h.WriteBlocks(run)
+		err := h.WriteBatch(run)
 		run = run[:0]
 		if err != nil {
 			return fmt.Errorf("apply write ops (source seq %d on) to %q: %w", b.Ops[runFrom].Seq, name, err)

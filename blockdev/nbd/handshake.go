@@ -545,6 +545,7 @@ func (c *conn) enter(exp Export, name string, strictAlign bool) {
 	c.fast, _ = exp.(blockdev.FastReader)
 	c.refs, _ = exp.(blockdev.RefReader)
 	c.waiter, _ = exp.(blockdev.WriteWaiter)
+	c.batcher, _ = exp.(blockdev.BatchWriter)
 	c.caps = exportCaps{
 		readOnly:    exp.ReadOnly(),
 		trim:        c.trimmer != nil,

@@ -116,10 +116,13 @@ func (l *limiter) acquire(n int64) {
 
 // alone reports whether the request the reader just acquired for is the
 // only one in flight.
-func (l *limiter) alone() bool {
+func (l *limiter) alone() bool { return l.only(1) }
+
+// only says whether the n requests of the caller are all there are.
+func (l *limiter) only(n int) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.reqs == 1
+	return l.reqs == n
 }
 
 func (l *limiter) release(n int64) {

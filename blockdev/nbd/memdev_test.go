@@ -32,6 +32,7 @@ type memDev struct {
 	// block, TryReadAt must not) and serves from memory otherwise.
 	fast func(off int64) (decline bool, err error)
 
+	batches   atomic.Int64 // WriteBatch calls with more than one write
 	reads     atomic.Int64 // ReadAt calls
 	fastReads atomic.Int64 // reads TryReadAt served
 	largest   atomic.Int64 // the longest ReadAt or WriteAt
@@ -186,6 +187,20 @@ func (d *memDev) WriteAt(p []byte, off int64) (int, error) {
 		copy(blk[in:in+n], p[i:i+n])
 	})
 	return len(p), nil
+}
+
+// WriteBatch is blockdev.BatchWriter: the writes in order, stopping at
+// the first error.
+func (d *memDev) WriteBatch(ws []blockdev.BlockWrite) error {
+	if len(ws) > 1 {
+		d.batches.Add(1)
+	}
+	for _, w := range ws {
+		if _, err := d.WriteAt(w.Data, w.Off); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (d *memDev) Flush() error {

@@ -376,6 +376,7 @@ type conn struct {
 	fast        blockdev.FastReader
 	refs        blockdev.RefReader
 	waiter      blockdev.WriteWaiter // nil: writes never wait long
+	batcher     blockdev.BatchWriter // nil: writes go one by one
 
 	// Transmission state.
 	hdr     [requestHeaderLen]byte // reader goroutine only

@@ -63,6 +63,12 @@ func (c *conn) transmit() {
 				c.lim.release(cost)
 				return
 			}
+			if c.batcher != nil && req.flags&cmdFlagFUA == 0 && batchable(&req) {
+				if js := c.gatherWrites(job{req: req, buf: buf, cost: cost}); len(js) > 1 {
+					c.runBatch(js)
+					continue
+				}
+			}
 			if req.flags&cmdFlagFUA == 0 && c.lim.alone() && (c.waiter == nil || !c.waiter.WritesWait()) {
 				// Nothing else in flight: a worker would only add a
 				// goroutine handoff each way. At queue depth 1, and
@@ -81,7 +87,7 @@ func (c *conn) transmit() {
 				c.handle(req, buf, cost)
 				continue
 			}
-			c.dispatch(job{req, buf, cost})
+			c.dispatch(job{req: req, buf: buf, cost: cost})
 			continue
 		}
 		if errno != 0 {
@@ -106,7 +112,7 @@ func (c *conn) transmit() {
 			c.br.Buffered() == 0 && c.lim.alone() && c.readLoneInline(&req, cost) {
 			continue
 		}
-		c.dispatch(job{req, nil, cost})
+		c.dispatch(job{req: req, cost: cost})
 	}
 }
 
@@ -139,11 +145,109 @@ func (c *conn) acquire(cost int64) {
 	c.readerBusy()
 }
 
-// job is a validated request on its way to a worker.
+// job is a validated request on its way to a worker, or a batch of
+// WRITEs (batch set; the other fields unused).
 type job struct {
-	req  request
-	buf  *[]byte
-	cost int64
+	req   request
+	buf   *[]byte
+	cost  int64
+	batch []job
+}
+
+// Writes the client sent back to back go to the device together
+// (blockdev.BatchWriter: one journal group, one index commit): at most
+// this many, of whole 4 KiB blocks, each at most maxBatchWrite bytes.
+const (
+	maxBatchWrites = 32
+	maxBatchWrite  = 256 << 10
+)
+
+// batchable says whether a WRITE may join a batch.
+func batchable(r *request) bool {
+	return r.length > 0 && r.length <= maxBatchWrite && r.off%4096 == 0 && r.length%4096 == 0
+}
+
+// gatherWrites returns first and the plain WRITEs that follow it, whole,
+// in what the client has already sent (the read buffer): no read blocks.
+// Each has its limiter slot and cost. A request that does not qualify is
+// left for the reader.
+func (c *conn) gatherWrites(first job) []job {
+	js := []job{first}
+	size := int(first.req.length)
+	for len(js) < maxBatchWrites && c.br.Buffered() >= requestHeaderLen {
+		p, err := c.br.Peek(requestHeaderLen)
+		if err != nil {
+			break
+		}
+		var h [requestHeaderLen]byte
+		copy(h[:], p)
+		req, err := parseRequest(&h)
+		if err != nil || req.typ != cmdWrite || req.flags != 0 || !batchable(&req) ||
+			c.br.Buffered() < requestHeaderLen+int(req.length) || size+int(req.length) > maxBatchWrites*maxBatchWrite/8 {
+			break
+		}
+		if errno, _ := c.caps.check(&req, exportSize(c.exp)); errno != 0 {
+			break
+		}
+		cost := bufCost(req.length)
+		if !c.lim.tryAcquire(cost) {
+			break
+		}
+		buf := getBuf(req.length)
+		if _, err := c.br.Discard(requestHeaderLen); err != nil {
+			putBuf(buf)
+			c.lim.release(cost)
+			break
+		}
+		if !c.readFull(*buf) { // buffered: cannot block, and cannot fail
+			putBuf(buf)
+			c.lim.release(cost)
+			c.nc.Close() // the stream is out of step: end it
+			break
+		}
+		js = append(js, job{req: req, buf: buf, cost: cost})
+		size += int(req.length)
+	}
+	return js
+}
+
+// runBatch hands a batch of WRITEs to a worker, or runs it here when
+// nothing else is in flight (as a lone WRITE runs).
+func (c *conn) runBatch(js []job) {
+	if c.lim.only(len(js)) && (c.waiter == nil || !c.waiter.WritesWait()) {
+		c.running.Add(len(js))
+		c.handleBatch(js)
+		return
+	}
+	c.dispatch(job{batch: js})
+}
+
+// handleBatch writes a batch with one device call and replies to each of
+// its requests.
+func (c *conn) handleBatch(js []job) {
+	defer func() {
+		if r := recover(); r != nil {
+			c.s.notePanic(c.log, r)
+			c.nc.Close()
+		}
+		for _, j := range js {
+			putBuf(j.buf)
+			c.lim.release(j.cost)
+			c.running.Done()
+		}
+	}()
+	ws := make([]blockdev.BlockWrite, len(js))
+	for i, j := range js {
+		ws[i] = blockdev.BlockWrite{Off: int64(j.req.off), Data: *j.buf}
+	}
+	err := c.batcher.WriteBatch(ws)
+	for i := range js {
+		if err != nil {
+			c.replyDeviceError(&js[i].req, err)
+			continue
+		}
+		c.replySimple(js[i].req.handle, 0)
+	}
 }
 
 // dispatch hands j to an idle worker, or starts one (up to the in-flight
@@ -152,7 +256,7 @@ type job struct {
 // calls, are reused instead of grown again for every request. Only the
 // reader goroutine calls dispatch.
 func (c *conn) dispatch(j job) {
-	c.running.Add(1)
+	c.running.Add(max(1, len(j.batch)))
 	select {
 	case c.work <- j:
 		return
@@ -172,6 +276,10 @@ func (c *conn) dispatch(j job) {
 
 func (c *conn) worker(j job) {
 	for ok := true; ok; j, ok = <-c.work {
+		if j.batch != nil {
+			c.handleBatch(j.batch)
+			continue
+		}
 		c.handle(j.req, j.buf, j.cost)
 	}
 }

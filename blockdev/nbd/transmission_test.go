@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -823,5 +824,77 @@ func TestOptionsValidation(t *testing.T) {
 	}
 	if s.opts.MaxRequestsInFlight != 64 || s.opts.MaxBytesInFlight != 128<<20 || s.opts.Logger == nil {
 		t.Fatalf("defaults %+v", s.opts)
+	}
+}
+
+// TestBatchedWrites: WRITEs a client sends back to back reach the device
+// as batches (blockdev.BatchWriter), land in order, and each gets its
+// reply; a failed batch fails every request in it and only those.
+func TestBatchedWrites(t *testing.T) {
+	x := newTestExporter()
+	d := x.devs["vol"]
+	var failAt atomic.Int64
+	failAt.Store(-1)
+	d.hook = func(op string, off int64) error {
+		if op == "write" && off == failAt.Load() {
+			return errInjected
+		}
+		return nil
+	}
+	ts := startServer(t, x, Options{})
+	c := dial(t, ts)
+	c.negotiate("vol", true, false)
+	// send writes n requests at once (block i, then block 0 again last,
+	// so the batch's order decides what block 0 holds).
+	send := func(n int, fill byte) {
+		var b []byte
+		for i := 0; i <= n; i++ {
+			blk := uint64(i % n)
+			h := make([]byte, 28)
+			binary.BigEndian.PutUint32(h, magicRequest)
+			binary.BigEndian.PutUint16(h[6:], cmdWrite)
+			binary.BigEndian.PutUint64(h[8:], uint64(i+1))
+			binary.BigEndian.PutUint64(h[16:], blk*4096)
+			binary.BigEndian.PutUint32(h[24:], 4096)
+			b = append(append(b, h...), bytes.Repeat([]byte{fill + byte(i)}, 4096)...)
+		}
+		c.write(b)
+	}
+	const n = 12
+	send(n, 1)
+	for i := 0; i <= n; i++ {
+		if r := c.readReply(); r.errno != 0 {
+			t.Fatalf("write %d: errno %d", r.handle, r.errno)
+		}
+	}
+	if d.batches.Load() == 0 {
+		t.Fatal("no batch of more than one write reached the device")
+	}
+	for i := 0; i < n; i++ {
+		want := byte(1 + i)
+		if i == 0 {
+			want = 1 + n // the last request wrote block 0 again
+		}
+		if got := readData(t, c.do(0, cmdRead, uint64(i)*4096, 4096, nil)); !bytes.Equal(got, bytes.Repeat([]byte{want}, 4096)) {
+			t.Fatalf("block %d holds %d, want %d", i, got[0], want)
+		}
+	}
+	// A failing write fails its batch: every request gets a reply, the
+	// failing one an error.
+	failAt.Store(5 * 4096)
+	send(n, 50)
+	failed := map[uint64]bool{}
+	for i := 0; i <= n; i++ {
+		r := c.readReply()
+		if r.errno != 0 {
+			failed[r.handle] = true
+		}
+	}
+	if !failed[6] {
+		t.Fatalf("the write the device failed (handle 6) got no error; failed: %v", failed)
+	}
+	failAt.Store(-1)
+	if r := c.do(0, cmdWrite, 0, 4096, make([]byte, 4096)); r.errno != 0 {
+		t.Fatalf("a write after the failed batch: errno %d", r.errno)
 	}
 }
