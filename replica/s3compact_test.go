@@ -733,7 +733,11 @@ func mergedFixture(t *testing.T, bucket string) (s *S3, at10, at30 []byte) {
 	if got, _, _, err := restoreModel(t, s, "v", "snap"); err != nil || !slices.Equal(got, at30) {
 		t.Fatalf("before compaction: %v, bytes equal %t", err, slices.Equal(got, at30))
 	}
-	keep := func(times []time.Time) []bool { out := make([]bool, len(times)); out[0], out[2] = true, true; return out }
+	keep := func(times []time.Time) []bool {
+		out := make([]bool, len(times))
+		out[0], out[2] = true, true
+		return out
+	}
 	now := time.Unix(0, tm(3)).Add(time.Minute)
 	if _, err := s.Compact(context.Background(), "v", CompactOptions{Retention: Retention{Keep: keep, Granularity: time.Nanosecond, Policy: "test"},
 		Now: func() time.Time { return now }}); err != nil {
