@@ -542,16 +542,11 @@ Examples:
 }
 
 // restoredPoint names the point a restore reached: the one asked for, and
-// the seq it came to when that differs (a time, or a point between two a
-// retention policy kept).
+// the seq it came to when that is not exactly it (a time, or a seq between
+// two points a retention policy kept).
 func restoredPoint(res *control.Restored) string {
-	switch {
-	case res.Point == fmt.Sprintf("seq:%d", res.Seq):
-		return res.Point
-	case res.Nearest:
+	if res.Nearest {
 		return fmt.Sprintf("%s (the nearest kept point at or before it: seq:%d)", res.Point, res.Seq)
-	case res.Seq != 0:
-		return fmt.Sprintf("%s (seq:%d)", res.Point, res.Seq)
 	}
 	return res.Point
 }
