@@ -323,6 +323,22 @@ func (t TargetSpec) Redacted() string {
 	return strings.Join(parts, ",")
 }
 
+// SlotID names a (volume, target) pair for the one run at a time that
+// ships to or compacts a target: ReplicationID with each target's path
+// cleaned of trailing slashes, so that s3://b/p and s3://b/p/ (the same
+// objects) share one slot.
+func SlotID(volume string, t TargetSpec) string {
+	parts := strings.Split(t.Redacted(), ",")
+	for i, s := range parts {
+		if u, err := url.Parse(s); err == nil && u.Scheme != "" {
+			u.Path = strings.TrimRight(u.Path, "/")
+			u.RawPath = ""
+			parts[i] = u.String()
+		}
+	}
+	return volume + " -> " + strings.Join(parts, ",")
+}
+
 // ReplicationID names a (volume, target) pair: the id of its replication,
 // its journal pin and its lock.
 func ReplicationID(volume string, t TargetSpec) string { return volume + " -> " + t.Redacted() }

@@ -143,9 +143,11 @@ const (
 	stopWait  = 30 * time.Second
 )
 
-// acquire takes the slot of the pair id for a run that lives as long as
-// ctx, waiting out a run that is ending; release gives it back.
-func (m *replManager) acquire(ctx context.Context, id, vol string, t control.TargetSpec) (release func(), err error) {
+// acquire takes the slot of the pair (vol, t) for a run that lives as long
+// as ctx, waiting out a run that is ending; release gives it back. The slot
+// is the pair's SlotID: one target spelled two ways is one slot.
+func (m *replManager) acquire(ctx context.Context, vol string, t control.TargetSpec) (release func(), err error) {
+	id := control.SlotID(vol, t)
 	for {
 		m.mu.Lock()
 		cur := m.running[id]
@@ -188,7 +190,7 @@ func (m *replManager) run(ctx context.Context, vol string, t control.TargetSpec,
 		return replica.Result{}, err
 	}
 	id := control.ReplicationID(vol, t)
-	release, err := m.acquire(ctx, id, vol, t)
+	release, err := m.acquire(ctx, vol, t)
 	if err != nil {
 		return replica.Result{}, err
 	}
@@ -630,7 +632,7 @@ func (m *replManager) compact(ctx context.Context, req control.CompactRequest, p
 	if err := checkRetention(t); err != nil {
 		return replica.Compacted{}, err
 	}
-	release, err := m.acquire(ctx, id, req.Volume, t)
+	release, err := m.acquire(ctx, req.Volume, t)
 	if err != nil {
 		return replica.Compacted{}, err
 	}

@@ -97,18 +97,41 @@ func TestAcquireWaitsOutACancelledRun(t *testing.T) {
 	tgt := control.TargetSpec{To: "strata://127.0.0.1:1"}
 	live, stopLive := context.WithCancel(context.Background())
 	defer stopLive()
-	release, err := m.acquire(live, "id", "v", tgt)
+	release, err := m.acquire(live, "v", tgt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.acquire(context.Background(), "id", "v", tgt); !errors.Is(err, replica.ErrBusy) {
+	if _, err := m.acquire(context.Background(), "v", tgt); !errors.Is(err, replica.ErrBusy) {
 		t.Fatalf("acquire beside a live run: %v", err)
 	}
 	stopLive()
 	time.AfterFunc(50*time.Millisecond, release) // the cancelled run ends a little later
-	release2, err := m.acquire(context.Background(), "id", "v", tgt)
+	release2, err := m.acquire(context.Background(), "v", tgt)
 	if err != nil {
 		t.Fatalf("acquire beside a cancelled run: %v", err)
 	}
 	release2()
+}
+
+// TestAcquireOneSlotPerTarget: a target spelled with a trailing slash is
+// the same target: a compaction or run of it finds the slot held.
+func TestAcquireOneSlotPerTarget(t *testing.T) {
+	m := &replManager{running: map[string]*shipRun{}}
+	live, stopLive := context.WithCancel(context.Background())
+	defer stopLive()
+	release, err := m.acquire(live, "v", control.TargetSpec{To: "s3://b1/p,s3://b2/p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	for _, to := range []string{"s3://b1/p/,s3://b2/p/", "s3://b1/p, s3://b2/p//", "s3://key:secret@b1/p/,s3://b2/p"} {
+		if _, err := m.acquire(context.Background(), "v", control.TargetSpec{To: to}); !errors.Is(err, replica.ErrBusy) {
+			t.Errorf("acquire %s beside a live run of s3://b1/p,s3://b2/p: %v", to, err)
+		}
+	}
+	if r, err := m.acquire(context.Background(), "v", control.TargetSpec{To: "s3://b1/q,s3://b2/p"}); err != nil {
+		t.Errorf("another target: %v", err)
+	} else {
+		r()
+	}
 }

@@ -30,9 +30,15 @@ type RestoreOptions struct {
 
 // Restored reports a restore.
 type Restored struct {
-	Volume    string        `json:"volume"`
-	Point     string        `json:"point"`
-	Seq       uint64        `json:"seq"`
+	Volume string `json:"volume"`
+	Point  string `json:"point"`
+	// Seq is the point reached: for seq:N or a time, the nearest point
+	// the target keeps at or before it (older than a retention window,
+	// only the kept points are left).
+	Seq uint64 `json:"seq"`
+	// Nearest says Seq is not the point asked for but the nearest kept
+	// point before it (seq:N not kept, or a time between two points).
+	Nearest   bool          `json:"nearest,omitempty"`
 	Size      int64         `json:"size"`
 	DataBytes int64         `json:"data_bytes"`
 	Batches   int           `json:"batches"`
@@ -92,10 +98,13 @@ func Restore(ctx context.Context, o RestoreOptions) (res Restored, err error) {
 		}
 		res.Seq, res.Size, res.Point = last.To, last.Size, o.At
 	case *S3:
-		res.Seq, res.Point, err = restoreS3(ctx, src, o, apply)
+		var pt s3Point
+		res.Seq, pt, err = restoreS3(ctx, src, o, apply)
 		if err != nil {
 			return res, err
 		}
+		res.Point = pt.name
+		res.Nearest = pt.time != 0 || pt.seq != res.Seq
 	default:
 		return res, fmt.Errorf("restore from %s is not supported", o.From)
 	}
@@ -117,6 +126,7 @@ type s3Point struct {
 	seq  uint64
 	time int64 // Unix nanoseconds; 0: by seq
 	name string
+	snap bool // a snapshot: restored exactly at seq, or not at all
 }
 
 func resolveS3Point(m *Manifest, at string) (s3Point, error) {
@@ -144,8 +154,15 @@ func resolveS3Point(m *Manifest, at string) (s3Point, error) {
 		return s3Point{seq: n, name: at}, nil
 	}
 	for i := len(m.Snapshots) - 1; i >= 0; i-- {
-		if m.Snapshots[i].Name == at {
-			return s3Point{seq: m.Snapshots[i].Seq, name: at}, nil
+		if sn := m.Snapshots[i]; sn.Name == at {
+			// A snapshot named in a diff reads as the diff's end (a
+			// compaction before this was fixed kept the older seq).
+			if sn.Batch >= 0 && sn.Batch < len(m.Batches) {
+				if e := m.Batches[sn.Batch]; e.Diff && sn.Seq < e.To {
+					sn.Seq = e.To
+				}
+			}
+			return s3Point{seq: sn.Seq, name: at, snap: true}, nil
 		}
 	}
 	t, err := time.Parse(time.RFC3339Nano, at)
@@ -159,18 +176,19 @@ func resolveS3Point(m *Manifest, at string) (s3Point, error) {
 	return s3Point{time: t.UnixNano(), name: at}, nil
 }
 
-// restoreS3 replays the target's batches up to the point.
-func restoreS3(ctx context.Context, s *S3, o RestoreOptions, apply func(*Batch) error) (uint64, string, error) {
+// restoreS3 replays the target's batches up to the point; it returns the
+// seq reached and the point resolved.
+func restoreS3(ctx context.Context, s *S3, o RestoreOptions, apply func(*Batch) error) (uint64, s3Point, error) {
 	m, err := s.Manifest(ctx, o.Volume)
 	if err != nil {
-		return 0, "", err
+		return 0, s3Point{}, err
 	}
 	if len(m.Batches) == 0 {
-		return 0, "", fmt.Errorf("%w: nothing was shipped of %s", ErrNotFound, o.Volume)
+		return 0, s3Point{}, fmt.Errorf("%w: nothing was shipped of %s", ErrNotFound, o.Volume)
 	}
 	pt, err := resolveS3Point(m, o.At)
 	if err != nil {
-		return 0, "", err
+		return 0, s3Point{}, err
 	}
 	// Complete batches only: parts of a diff count once its last part is
 	// in; an unfinished diff (an interrupted run) is skipped.
@@ -189,19 +207,19 @@ func restoreS3(ctx context.Context, s *S3, o RestoreOptions, apply func(*Batch) 
 		}
 	}
 	if !within(first.To, first.Time) && m.Base != nil {
-		return 0, "", retentionError(m, pt.name)
+		return 0, s3Point{}, retentionError(m, pt.name)
 	}
 	if !within(first.To, first.Time) {
-		return 0, "", fmt.Errorf("%w: %s is before the first complete copy (seq:%d at %s)", cow.ErrPoint, pt.name, first.To, time.Unix(0, first.Time).UTC().Format(time.RFC3339))
+		return 0, s3Point{}, fmt.Errorf("%w: %s is before the first complete copy (seq:%d at %s)", cow.ErrPoint, pt.name, first.To, time.Unix(0, first.Time).UTC().Format(time.RFC3339))
 	}
 	if pt.time == 0 && pt.seq > m.Acked {
-		return 0, "", fmt.Errorf("%w: seq:%d is newer than what was shipped (seq:%d)", cow.ErrPoint, pt.seq, m.Acked)
+		return 0, s3Point{}, fmt.Errorf("%w: seq:%d is newer than what was shipped (seq:%d)", cow.ErrPoint, pt.seq, m.Acked)
 	}
 	reached := uint64(0)
 	for i := 0; i < len(entries); i++ {
 		e := entries[i]
 		if err := ctx.Err(); err != nil {
-			return 0, "", err
+			return 0, s3Point{}, err
 		}
 		if e.Partial {
 			// Find the diff's last part: all parts apply, or none.
@@ -218,10 +236,10 @@ func restoreS3(ctx context.Context, s *S3, o RestoreOptions, apply func(*Batch) 
 			for k := i; k <= j; k++ {
 				b, err := s.ReadBatch(ctx, o.Volume, entries[k])
 				if err != nil {
-					return 0, "", err
+					return 0, s3Point{}, err
 				}
 				if err := apply(b); err != nil {
-					return 0, "", err
+					return 0, s3Point{}, err
 				}
 			}
 			reached = entries[j].To
@@ -233,11 +251,11 @@ func restoreS3(ctx context.Context, s *S3, o RestoreOptions, apply func(*Batch) 
 		}
 		b, err := s.ReadBatch(ctx, o.Volume, e)
 		if err != nil {
-			return 0, "", err
+			return 0, s3Point{}, err
 		}
 		if within(e.To, e.Time) {
 			if err := apply(b); err != nil {
-				return 0, "", err
+				return 0, s3Point{}, err
 			}
 			reached = e.To
 			continue
@@ -256,14 +274,18 @@ func restoreS3(ctx context.Context, s *S3, o RestoreOptions, apply func(*Batch) 
 			b.Ops = b.Ops[:cut+1]
 			b.To = b.Ops[cut].Seq
 			if err := apply(b); err != nil {
-				return 0, "", err
+				return 0, s3Point{}, err
 			}
 			reached = b.To
 		}
 		break
 	}
 	if reached == 0 {
-		return 0, "", errors.New("nothing to restore")
+		return 0, s3Point{}, errors.New("nothing to restore")
 	}
-	return reached, pt.name, nil
+	if pt.snap && reached != pt.seq {
+		return 0, s3Point{}, fmt.Errorf("%w: snapshot %s is seq:%d, but the history %s holds reaches seq:%d at most before it",
+			ErrCorrupt, pt.name, pt.seq, m.Volume, reached)
+	}
+	return reached, pt, nil
 }

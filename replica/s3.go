@@ -152,6 +152,9 @@ type ManifestSnapshot struct {
 	Time int64  `json:"time"`
 	// Batch is the index in Batches of the batch that names it.
 	Batch int `json:"batch"`
+	// The snapshot's flags, carried into a compacted history's OpSnapshot.
+	Scheduled     bool `json:"scheduled,omitempty"`
+	AppConsistent bool `json:"app_consistent,omitempty"`
 }
 
 const (
@@ -641,7 +644,8 @@ func (s *S3) Send(ctx context.Context, b *Batch) error {
 	})
 	for i := range b.Ops {
 		if op := &b.Ops[i]; op.Kind == OpSnapshot {
-			next.Snapshots = append(next.Snapshots, ManifestSnapshot{Name: op.Name, Label: op.Label, Seq: op.Seq, Time: op.Time, Batch: index})
+			next.Snapshots = append(next.Snapshots, ManifestSnapshot{Name: op.Name, Label: op.Label, Seq: op.Seq, Time: op.Time, Batch: index,
+				Scheduled: op.Scheduled, AppConsistent: op.AppConsistent})
 		}
 	}
 	if !b.Partial {

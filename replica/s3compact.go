@@ -247,6 +247,22 @@ func (s *S3) Compact(ctx context.Context, vol string, o CompactOptions) (Compact
 			}
 		}
 		m = *best
+		// Stale manifests first, as Open does: the leftovers deleted
+		// below are the objects best does not list, which a stale
+		// manifest (a run interrupted while writing the manifest) may
+		// still list; losing best's copies would then leave a target
+		// whose manifest names deleted objects.
+		var stale []int
+		for i := range s.targets {
+			if mans[i] == nil || mans[i].Gen != best.Gen || mans[i].Acked != best.Acked {
+				stale = append(stale, i)
+			}
+		}
+		if len(stale) > 0 {
+			if err := s.putManifest(ctx, vol, &m, stale); err != nil {
+				return res, fmt.Errorf("compact %s: bring the stale manifests up to date: %w", vol, err)
+			}
+		}
 	}
 	// An unfinished diff goes, as Open drops it: the next run ships it
 	// again. Its objects stay until a manifest no longer lists them.
@@ -341,8 +357,12 @@ func (s *S3) Compact(ctx context.Context, vol string, o CompactOptions) (Compact
 				Raw: int64(raw), Stored: int64(len(frame)), CRC: crc32.Checksum(frame, castagnoli),
 			})
 			if !b.Partial {
+				// A kept snapshot now reads as the merged diff's end:
+				// its OpSnapshot moved there, and a restore resolves the
+				// snapshot to this seq (inside the diff it would stop
+				// at the diff's start, the previous kept point).
 				for _, sn := range snaps {
-					sn.Batch = idx
+					sn.Batch, sn.Seq = idx, b.To
 					next.Snapshots = append(next.Snapshots, sn)
 				}
 			}
@@ -521,7 +541,8 @@ func (s *S3) mergeSegment(ctx context.Context, vol string, entries []ManifestEnt
 	part.Partial = false
 	*snaps = slices.DeleteFunc(*snaps, func(sn ManifestSnapshot) bool { return sn.Seq < changed })
 	for _, sn := range *snaps {
-		part.Ops = append(part.Ops, Op{Kind: OpSnapshot, Seq: to, Time: sn.Time, Name: sn.Name, Label: sn.Label})
+		part.Ops = append(part.Ops, Op{Kind: OpSnapshot, Seq: to, Time: sn.Time, Name: sn.Name, Label: sn.Label,
+			Scheduled: sn.Scheduled, AppConsistent: sn.AppConsistent})
 	}
 	part.Ops = append(part.Ops, Op{Kind: OpPoint, Seq: to, Time: tm})
 	return put(part)

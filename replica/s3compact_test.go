@@ -1,9 +1,11 @@
 package replica
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -693,5 +695,193 @@ func TestS3CompactRollback(t *testing.T) {
 	want = applyModel(want, last)
 	if got := img(t, s, "v", ""); !slices.Equal(got, want) {
 		t.Fatal("the newest point differs")
+	}
+}
+
+// mergedFixture ships four batches (a copy to seq 10 with snapshot
+// "first", then 10-20, 20-30 with snapshot "snap" at 22 and no change
+// after it, 30-40) and compacts them keeping the ends of the first and
+// the third: 10-20 and 20-30 merge into one diff. It returns the target
+// and the volume's bytes at seq 10 and 30 (checked before compaction).
+func mergedFixture(t *testing.T, bucket string) (s *S3, at10, at30 []byte) {
+	t.Helper()
+	endpoint, _, _ := testServer(t, bucket)
+	s = mustParse(t, s3Spec(endpoint, bucket+"/p"), "")
+	size := 64 << 10
+	start := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	tm := func(h int) int64 { return start.Add(time.Duration(h) * time.Hour).UnixNano() }
+	fill := func(c byte) []byte { return bytes.Repeat([]byte{c}, 4096) }
+	b0 := &Batch{From: 0, To: 10, Diff: true, Size: int64(size), Time: tm(0), Ops: []Op{
+		{Kind: OpResize, Seq: 10, Time: tm(0), Length: uint64(size)},
+		{Kind: OpWrite, Seq: 10, Time: tm(0), Offset: 0, Length: 4096, Data: fill(1)},
+		{Kind: OpSnapshot, Seq: 10, Time: tm(0), Name: "first", Scheduled: true},
+		{Kind: OpPoint, Seq: 10, Time: tm(0)}}}
+	bA := &Batch{From: 10, To: 20, Size: int64(size), Time: tm(1), Ops: []Op{
+		{Kind: OpWrite, Seq: 11, Time: tm(1), Offset: 4096, Length: 4096, Data: fill(2)},
+		{Kind: OpPoint, Seq: 11, Time: tm(1)}}}
+	bB := &Batch{From: 20, To: 30, Size: int64(size), Time: tm(2), Ops: []Op{
+		{Kind: OpWrite, Seq: 21, Time: tm(2), Offset: 8192, Length: 4096, Data: fill(3)},
+		{Kind: OpPoint, Seq: 21, Time: tm(2)},
+		{Kind: OpSnapshot, Seq: 22, Time: tm(2), Name: "snap", Scheduled: true, AppConsistent: true},
+		{Kind: OpPoint, Seq: 22, Time: tm(2)}}}
+	bC := &Batch{From: 30, To: 40, Size: int64(size), Time: tm(3), Ops: []Op{
+		{Kind: OpWrite, Seq: 31, Time: tm(3), Offset: 12288, Length: 4096, Data: fill(4)},
+		{Kind: OpPoint, Seq: 31, Time: tm(3)}}}
+	ship(t, s, "v", testSource, []*Batch{b0, bA, bB, bC})
+	at10 = applyModel(nil, b0)
+	at30 = applyModel(applyModel(slices.Clone(at10), bA), bB)
+	if got, _, _, err := restoreModel(t, s, "v", "snap"); err != nil || !slices.Equal(got, at30) {
+		t.Fatalf("before compaction: %v, bytes equal %t", err, slices.Equal(got, at30))
+	}
+	keep := func(times []time.Time) []bool {
+		out := make([]bool, len(times))
+		out[0], out[2] = true, true
+		return out
+	}
+	now := time.Unix(0, tm(3)).Add(time.Minute)
+	if _, err := s.Compact(context.Background(), "v", CompactOptions{Retention: Retention{Keep: keep, Granularity: time.Nanosecond, Policy: "test"},
+		Now: func() time.Time { return now }}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.Manifest(context.Background(), "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Batches) != 3 || !m.Batches[1].Diff || m.Batches[1].From != 10 || m.Batches[1].To != 30 {
+		t.Fatalf("compaction did not merge 10-30: %+v", m.Batches)
+	}
+	return s, at10, at30
+}
+
+// TestS3CompactSnapshotInMergedSegment: a snapshot compaction keeps inside
+// a merged segment restores its own bytes (its OpSnapshot moves to the
+// segment's end, and so must the seq the manifest gives it, with its
+// flags).
+func TestS3CompactSnapshotInMergedSegment(t *testing.T) {
+	s, at10, at30 := mergedFixture(t, "snapmerge")
+	m, err := s.Manifest(context.Background(), "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sn := range m.Snapshots {
+		if sn.Name == "snap" && (sn.Seq != 30 || !sn.Scheduled || !sn.AppConsistent) {
+			t.Errorf("kept snapshot %+v: want seq 30 (the merged diff's end) and its flags", sn)
+		}
+	}
+	for _, c := range []struct {
+		at   string
+		want []byte
+		seq  uint64
+	}{{"snap", at30, 30}, {"first", at10, 10}} {
+		got, seq, _, err := restoreModel(t, s, "v", c.at)
+		if err != nil || seq != c.seq || !slices.Equal(got, c.want) {
+			t.Errorf("restore %s after compaction: seq %d (want %d), err %v, bytes equal %t", c.at, seq, c.seq, err, slices.Equal(got, c.want))
+		}
+	}
+	// A manifest written before this fix (the snapshot's seq inside the
+	// merged diff) still restores the snapshot at the diff's end.
+	for i := range m.Snapshots {
+		if m.Snapshots[i].Name == "snap" {
+			m.Snapshots[i].Seq = 22
+		}
+	}
+	if pt, err := resolveS3Point(m, "snap"); err != nil || pt.seq != 30 {
+		t.Errorf("snap in an old manifest resolves to %+v, %v; want seq 30", pt, err)
+	}
+}
+
+// TestS3RestoreReportsPointReached: a restore at seq:N or a time between
+// two kept points reports the point it reached, the nearest kept one
+// before, not the one asked for.
+func TestS3RestoreReportsPointReached(t *testing.T) {
+	s, at10, at30 := mergedFixture(t, "reached")
+	site := newSite(t)
+	start := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	for i, c := range []struct {
+		at      string
+		seq     uint64
+		nearest bool
+		want    []byte
+	}{
+		{"seq:25", 10, true, at10}, // inside the merged diff 10-30
+		{start.Add(90 * time.Minute).Format(time.RFC3339), 10, true, at10},
+		{"seq:30", 30, false, at30},
+		{"snap", 30, false, at30},
+		{"seq:35", 31, true, nil}, // inside 30-40: its last point before
+	} {
+		name := fmt.Sprintf("r%d", i)
+		res, err := Restore(context.Background(), RestoreOptions{Pool: site.pool, From: s, Volume: "v", At: c.at, NewName: name})
+		if err != nil {
+			t.Fatalf("restore at %s: %v", c.at, err)
+		}
+		if res.Seq != c.seq || res.Nearest != c.nearest || res.Point != c.at {
+			t.Errorf("restore at %s reported %s seq:%d nearest %t; want seq:%d nearest %t", c.at, res.Point, res.Seq, res.Nearest, c.seq, c.nearest)
+		}
+		if c.want == nil {
+			continue
+		}
+		if got := site.read(name, ""); !bytes.Equal(got, c.want) {
+			t.Errorf("restore at %s: the bytes are not seq:%d's", c.at, c.seq)
+		}
+	}
+}
+
+// TestS3CompactRerunRewritesStaleManifests: a compaction interrupted while
+// writing its manifest (one target got it) and run again must bring every
+// target's manifest up to date before it deletes the objects the old ones
+// list: then losing the one up-to-date manifest still leaves the volume
+// restorable.
+func TestS3CompactRerunRewritesStaleManifests(t *testing.T) {
+	buckets := []string{"stale1", "stale2", "stale3"}
+	endpoint, _, c := testServer(t, buckets...)
+	spec := s3Spec(endpoint, "stale1/p", "stale2/p", "stale3/p")
+	s := mustParse(t, spec, "2+1")
+	g, start := shipSim(t, s, "v", 3, 256<<10, 3*24, 8<<10)
+	ctx := context.Background()
+	get := func(b string) []byte {
+		o, err := c.GetObject(ctx, b, "p/v/manifest.json", minio.GetObjectOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer o.Close()
+		d, err := io.ReadAll(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	put := func(b string, d []byte) {
+		if _, err := c.PutObject(ctx, b, "p/v/manifest.json", bytes.NewReader(d), int64(len(d)), minio.PutObjectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old2, old3 := get("stale2"), get("stale3")
+	now := start.Add(3*24*time.Hour + 30*time.Minute)
+	crash := errors.New("injected crash")
+	o := CompactOptions{Retention: Retention{Window: 24 * time.Hour, Policy: "keep-history 1d"}, Now: func() time.Time { return now }, BatchBytes: 64 << 10,
+		Hook: func(step string) error {
+			if step == "manifest" {
+				return crash
+			}
+			return nil
+		}}
+	if _, err := mustParse(t, spec, "2+1").Compact(ctx, "v", o); !errors.Is(err, crash) {
+		t.Fatal(err)
+	}
+	// The manifest PUT reached the first target only.
+	put("stale2", old2)
+	put("stale3", old3)
+	o.Hook = nil
+	if _, err := mustParse(t, spec, "2+1").Compact(ctx, "v", o); err != nil {
+		t.Fatal(err)
+	}
+	// The first target's manifest is lost: one target's worth of damage,
+	// which 2+1 tolerates.
+	if err := c.RemoveObject(ctx, "stale1", "p/v/manifest.json", minio.RemoveObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	img, seq, _, err := restoreModel(t, mustParse(t, spec, "2+1"), "v", "")
+	if err != nil || seq != g.seq || !slices.Equal(img, g.states[g.seq]) {
+		t.Fatalf("restore the newest after losing one manifest: seq %d (want %d), err %v", seq, g.seq, err)
 	}
 }

@@ -534,11 +534,21 @@ Examples:
 			if err != nil {
 				return busyExit(err)
 			}
-			fmt.Printf("restored %s@%s from %s into %s: %s, %s of data from %s in %s\n", c.Args().Get(1), res.Point, t.Redacted(), res.Volume,
+			fmt.Printf("restored %s@%s from %s into %s: %s, %s of data from %s in %s\n", c.Args().Get(1), restoredPoint(&res), t.Redacted(), res.Volume,
 				units.FormatSize(res.Size), units.FormatSize(res.DataBytes), plural(res.Batches, "batch", "batches"), res.Duration.Round(time.Millisecond))
 			return nil
 		},
 	}
+}
+
+// restoredPoint names the point a restore reached: the one asked for, and
+// the seq it came to when that is not exactly it (a time, or a seq between
+// two points a retention policy kept).
+func restoredPoint(res *control.Restored) string {
+	if res.Nearest {
+		return fmt.Sprintf("%s (the nearest kept point at or before it: seq:%d)", res.Point, res.Seq)
+	}
+	return res.Point
 }
 
 // isTerminal reports whether f is a character device (a terminal).

@@ -13,7 +13,9 @@ import (
 // daemon is killed with kill -9 as soon as the compaction's first new
 // object lands. After a restart the next compaction finishes the job,
 // the restores at the oldest and the newest points kept match the
-// source, and an older point is refused, naming the oldest kept.
+// source, a time between two kept points restores the earlier and says
+// which seq it reached, and an older point is refused, naming the oldest
+// kept.
 func TestE2ES3Retention(t *testing.T) {
 	need(t, "qemu-img", "qemu-io")
 	_, root := startS3(t)
@@ -30,6 +32,9 @@ func TestE2ES3Retention(t *testing.T) {
 	fillRandom(t, a.uri("v"), 8<<20, 16<<20)
 	a.mustCLI("snapshot", "create", "v", "s2")
 	ship()
+	// A time after the second run and before the third: once compacted,
+	// the nearest kept point at or before it is the second run's end.
+	between := time.Now().Add(2 * time.Second).UTC().Format(time.RFC3339)
 	time.Sleep(9 * time.Second) // the first two runs leave an 8-second window
 	fillRandom(t, a.uri("v"), 40<<20, 4<<20)
 	a.mustCLI("snapshot", "create", "v", "s3")
@@ -75,6 +80,13 @@ func TestE2ES3Retention(t *testing.T) {
 	sameContent(t, "restore at the oldest point kept", a.uri("v@s2"), a.uri("r-oldest"))
 	a.mustCLI("restore", ec, "--ec", "2+1", "v", "--at", "s3", "r-newest")
 	sameContent(t, "restore at the newest point", a.uri("v@s3"), a.uri("r-newest"))
+	// A time between two kept points restores the earlier one, and says so.
+	r = a.mustCLI("restore", ec, "--ec", "2+1", "v", "--at", between, "r-between")
+	t.Logf("%s", strings.TrimSpace(r))
+	if want := "restored v@" + between + " (the nearest kept point at or before it: " + oldest + ") from"; !strings.Contains(r, want) {
+		t.Fatalf("restore at a time between two kept points: %q does not say %q", r, want)
+	}
+	sameContent(t, "restore between two kept points", a.uri("v@s2"), a.uri("r-between"))
 	checkOneLineError(t, "restore before the oldest point kept", a.cli("restore", ec, "--ec", "2+1", "v", "--at", "seq:1", "r-old"),
 		"older than the oldest point", oldest, "--keep-history 8s")
 	checkOneLineError(t, "restore at a snapshot compacted away", a.cli("restore", ec, "--ec", "2+1", "v", "--at", "s1", "r-old"),
