@@ -216,6 +216,8 @@ func (s *S3) scrubObject(ctx context.Context, vol string, e ManifestEntry, repai
 		switch {
 		case errors.Is(err, errNoKey):
 			problem = "object missing"
+		case errors.Is(err, ErrCorrupt):
+			problem = fmt.Sprintf("object larger than the %d bytes expected", e.Stored)
 		case err != nil:
 			return err
 		case int64(len(obj)) != e.Stored || crc32.Checksum(obj, castagnoli) != e.CRC:
@@ -253,6 +255,8 @@ func (s *S3) scrubObject(ctx context.Context, vol string, e ManifestEntry, repai
 		switch {
 		case errors.Is(ferr[i], errNoKey):
 			problem = "shard missing"
+		case errors.Is(ferr[i], ErrCorrupt):
+			problem = fmt.Sprintf("shard larger than the %d bytes expected", limit)
 		case ferr[i] != nil:
 			return ferr[i]
 		default:
