@@ -174,3 +174,43 @@ func appendBytes(t *testing.T, path string) {
 		t.Fatal(err)
 	}
 }
+
+// A scrub with no volumes named finds those with a manifest on any target:
+// with the first bucket of an EC set emptied, its manifest and shards are
+// reported missing and rebuilt, not "no damage found".
+func TestS3ScrubFirstTargetEmptied(t *testing.T) {
+	endpoint, _, c := testServer(t, "bk1", "bk2", "bk3")
+	spec := s3Spec(endpoint, "bk1/p", "bk2/q", "bk3")
+	batches := testBatches(2)
+	ctx := context.Background()
+	s := mustParse(t, spec, "2+1")
+	ship(t, s, "c", testSource, batches)
+	m, err := s.Manifest(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	removeAll(t, c, "bk1")
+
+	rep, err := mustParse(t, spec, "2+1").Scrub(ctx, S3ScrubOptions{Repair: true})
+	if err != nil {
+		t.Fatalf("scrub: %v", err)
+	}
+	if fmt.Sprint(rep.Volumes) != "[c]" || rep.Objects != len(m.Batches) {
+		t.Fatalf("scrub checked %+v", rep)
+	}
+	if len(rep.Damaged) != len(m.Batches)+1 || rep.Repaired() != len(rep.Damaged) {
+		t.Fatalf("want the manifest and %d shards of bk1 rebuilt: %+v", len(m.Batches), rep.Damaged)
+	}
+	for _, d := range rep.Damaged {
+		if d.Target != "s3://bk1/p" || !strings.Contains(d.Problem, "missing") {
+			t.Fatalf("unexpected damage %+v", d)
+		}
+	}
+	if rep, err = mustParse(t, spec, "2+1").Scrub(ctx, S3ScrubOptions{}); err != nil || len(rep.Damaged) != 0 || len(rep.Volumes) != 1 {
+		t.Fatalf("after repair: %+v %v", rep, err)
+	}
+	// bk1 holds everything again: the set survives losing bk2 and bk3's
+	// shards.
+	removeAll(t, c, "bk2")
+	checkRestore(t, mustParse(t, spec, "2+1"), "c", batches)
+}
