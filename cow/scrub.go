@@ -452,10 +452,13 @@ func (p *Pool) nextVersion(vol, block, seq uint64) uint64 {
 const repairBatch = 256
 
 // repair fetches a good copy of each damaged version, checks it and writes
-// the good ones back as relocate records, which point the index at them.
+// the good ones back as relocate records, which point the index at them. A
+// version counts as repaired once its record is written and flushed; when
+// ctx ends, the copies fetched so far are written before repair returns.
 func (p *Pool) repair(ctx context.Context, o *ScrubOptions, ds []DamagedBlock) error {
 	var data, meta []byte
 	var pending []int
+	var froms []string
 	flush := func() error {
 		if len(pending) == 0 {
 			return nil
@@ -468,21 +471,21 @@ func (p *Pool) repair(ctx context.Context, o *ScrubOptions, ds []DamagedBlock) e
 		}
 		if err != nil {
 			for _, i := range pending {
-				ds[i].Repaired, ds[i].RepairedFrom = false, ""
 				ds[i].RepairError = "writing the repair failed: " + err.Error()
 			}
 			return fmt.Errorf("cow: scrub: write repair: %w", err)
 		}
-		for _, i := range pending {
+		for k, i := range pending {
+			ds[i].Repaired, ds[i].RepairedFrom = true, froms[k]
 			p.opts.Logger.Info("scrub: damaged block repaired", "volume", ds[i].Volume, "offset", ds[i].Offset,
-				"seq", ds[i].Seq, "from", ds[i].RepairedFrom)
+				"seq", ds[i].Seq, "from", froms[k])
 		}
-		data, meta, pending = nil, nil, pending[:0]
+		data, meta, pending, froms = nil, nil, pending[:0], froms[:0]
 		return nil
 	}
 	for i := range ds {
 		if err := ctx.Err(); err != nil {
-			return err
+			return errors.Join(err, flush())
 		}
 		d := &ds[i]
 		got, from, err := o.Fetch(ctx, *d)
@@ -494,10 +497,10 @@ func (p *Pool) repair(ctx context.Context, o *ScrubOptions, ds []DamagedBlock) e
 			d.RepairError = fmt.Sprintf("the copy from %s does not match the block's checksum", from)
 			continue
 		}
-		d.Repaired, d.RepairedFrom = true, from
 		data = append(data, got...)
 		meta = cdp.AppendRelocateEntry(meta, cdp.RelocateEntry{Volume: d.VolumeID, Block: uint64(d.Offset / bs), Seq: d.Seq, CRC: d.CRC})
 		pending = append(pending, i)
+		froms = append(froms, from)
 		if len(pending) == repairBatch {
 			if err := flush(); err != nil {
 				return err
