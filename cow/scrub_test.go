@@ -34,11 +34,10 @@ func versionAt(p *Pool, vol, block, seq uint64) entry {
 	return e
 }
 
-// Scrub finds exactly the damaged versions, names what reads them, heals
-// the one a good copy is offered for (checked against its checksum, so a
-// wrong copy is refused), and the healed block reads right at every point,
-// also after a restart; the other keeps failing with EIO.
-func TestScrubFindsAndRepairs(t *testing.T) {
+// scrubTestPool opens a pool in memory with volume a, its blocks 0-7
+// written with fill(b+1).
+func scrubTestPool(t *testing.T) (vfs.FS, Options, *Pool, *Volume) {
+	t.Helper()
 	fs := vfs.NewMem()
 	opts := Options{Dir: "data", FS: fs, SegmentSize: 1 << 20, CheckpointInterval: -1, CacheSize: 1 << 20, TailCache: -1, GCInterval: -1}
 	p, err := Open(opts)
@@ -51,6 +50,16 @@ func TestScrubFindsAndRepairs(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	return fs, opts, p, v
+}
+
+// Scrub finds exactly the damaged versions, names what reads them, heals
+// the one a good copy is offered for (checked against its checksum, so a
+// wrong copy is refused), and the healed block reads right at every point,
+// also after a restart; the other keeps failing with EIO.
+func TestScrubFindsAndRepairs(t *testing.T) {
+	fs, opts, p, v := scrubTestPool(t)
+	var err error
 	snap, err := p.CreateSnapshot("a", "s", "")
 	if err != nil {
 		t.Fatal(err)
@@ -234,18 +243,8 @@ func TestScrubRate(t *testing.T) {
 // fetched before the cancel is written (it reads right), and the report
 // says repaired exactly the blocks that read right.
 func TestScrubRepairCanceled(t *testing.T) {
-	fs := vfs.NewMem()
-	opts := Options{Dir: "data", FS: fs, SegmentSize: 1 << 20, CheckpointInterval: -1, CacheSize: 1 << 20, TailCache: -1, GCInterval: -1}
-	p, err := Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := mustVol(t, p, "a", 1<<20)
-	for b := 0; b < 8; b++ {
-		if _, err := v.WriteAt(fill(byte(b+1), bs), int64(b)*bs); err != nil {
-			t.Fatal(err)
-		}
-	}
+	fs, opts, p, v := scrubTestPool(t)
+	var err error
 	v.Flush()
 	e3, e5 := versionAt(p, v.v.id, 3, Head), versionAt(p, v.v.id, 5, Head)
 	v.Close()
