@@ -218,7 +218,14 @@ func (p *Pool) changes(ctx context.Context, vol string, after, upto uint64, with
 			}
 			for i := 0; i < len(c.Data)/cdp.BlockSize; i++ {
 				if cdp.Checksum(c.Data[i*cdp.BlockSize:(i+1)*cdp.BlockSize]) != cdp.BlockChecksum(r.Meta, i) {
-					ferr = fmt.Errorf("%w: record %d block %d fails its checksum", cdp.ErrCorrupt, r.Seq, i)
+					at := loc.DataOffset(len(r.Meta)) + int64(i)*cdp.BlockSize
+					if p.versionMoved(v.id, r.Offset/cdp.BlockSize+uint64(i), r.Seq, loc.Segment, at) {
+						// A scrub repaired it: the good copy is where
+						// the index points, which a diff reads.
+						ferr = fmt.Errorf("%w: volume %q: record %d block %d fails its checksum, and a scrub rewrote its good copy elsewhere", ErrHistoryGone, vol, r.Seq, i)
+					} else {
+						ferr = fmt.Errorf("%w: record %d block %d fails its checksum", cdp.ErrCorrupt, r.Seq, i)
+					}
 					return false
 				}
 			}
@@ -251,6 +258,19 @@ func (p *Pool) changes(ctx context.Context, vol string, after, upto uint64, with
 		err = fmt.Errorf("%w: volume %q: the journal ends at seq %d", ErrHistoryGone, vol, next-1)
 	}
 	return err
+}
+
+// versionMoved reports whether the index points version seq of (vol,
+// block) somewhere other than segment seg at off: a relocate record (a
+// scrub's repair) rewrote it. The caller holds the read lock.
+func (p *Pool) versionMoved(vol, block, seq, seg uint64, off int64) bool {
+	val, closer, err := p.db.Get(blockKey(nil, vol, block, seq))
+	if err != nil {
+		return false
+	}
+	defer closer.Close()
+	e, err := decodeEntry(val, seq)
+	return err == nil && e.kind == entryData && (e.seg != seg || e.off != off)
 }
 
 // ChangedSince reports whether volume vol's content or size changed after

@@ -300,18 +300,23 @@ func (p *Pool) scrubIndex(ctx context.Context, j *cdp.Journal, only uint64, pc *
 				k++
 			}
 			run := buf[:(k-i)*bs]
-			ok := false
-			if unlock, err := p.readLock(); err == nil {
-				ok = j.ReadAt(batch[i].seg, batch[i].off, run) == nil
-				unlock()
+			unlock, err := p.readLock()
+			if err != nil {
+				return err
 			}
+			ok := j.ReadAt(batch[i].seg, batch[i].off, run) == nil
+			unlock()
 			for m := i; m < k; m++ {
 				b := batch[m]
 				if ok && cdp.Checksum(run[(m-i)*bs:(m-i+1)*bs]) == b.crc {
 					continue
 				}
 				// Alone, and against the live index.
-				if !p.checkVersion(j, b.vol, b.block, b.entry, blk) {
+				good, err := p.checkVersion(j, b.vol, b.block, b.entry, blk)
+				if err != nil {
+					return err
+				}
+				if !good {
 					bad = append(bad, b)
 					pc.prog.ErrorsFound++
 				}
@@ -353,35 +358,36 @@ func (p *Pool) scrubIndex(ctx context.Context, j *cdp.Journal, only uint64, pc *
 // checkVersion reports whether version e of (vol, block) reads back with
 // its checksum. A failure is checked again against the live index: garbage
 // collection may have moved the version (and removed its old segment)
-// since the pass's snapshot, which is not damage.
-func (p *Pool) checkVersion(j *cdp.Journal, vol, block uint64, e entry, blk []byte) bool {
+// since the pass's snapshot, which is not damage. A pool that closed
+// meanwhile is an error: the pass can say nothing about the version.
+func (p *Pool) checkVersion(j *cdp.Journal, vol, block uint64, e entry, blk []byte) (bool, error) {
+	unlock, err := p.readLock()
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
 	read := func(e entry) bool {
-		unlock, err := p.readLock()
-		if err != nil {
-			return true // closing: nothing to say
-		}
-		defer unlock()
 		return j.ReadAt(e.seg, e.off, blk) == nil && cdp.Checksum(blk) == e.crc
 	}
 	if read(e) {
-		return true
+		return true, nil
 	}
 	val, closer, err := p.db.Get(blockKey(nil, vol, block, e.seq))
 	if errors.Is(err, pebble.ErrNotFound) {
-		return true // gone since: garbage collection dropped it
+		return true, nil // gone since: garbage collection dropped it
 	}
 	if err != nil {
-		return false
+		return false, nil
 	}
 	now, derr := decodeEntry(val, e.seq)
 	closer.Close()
 	if derr != nil {
-		return false
+		return false, nil
 	}
 	if now.seg != e.seg || now.off != e.off {
-		return read(now)
+		return read(now), nil
 	}
-	return false
+	return false, nil
 }
 
 // describeDamage says, for each damaged version, what reads it.
@@ -452,10 +458,13 @@ func (p *Pool) nextVersion(vol, block, seq uint64) uint64 {
 const repairBatch = 256
 
 // repair fetches a good copy of each damaged version, checks it and writes
-// the good ones back as relocate records, which point the index at them.
+// the good ones back as relocate records, which point the index at them. A
+// version counts as repaired once its record is written and flushed; when
+// ctx ends, the copies fetched so far are written before repair returns.
 func (p *Pool) repair(ctx context.Context, o *ScrubOptions, ds []DamagedBlock) error {
 	var data, meta []byte
 	var pending []int
+	var froms []string
 	flush := func() error {
 		if len(pending) == 0 {
 			return nil
@@ -468,21 +477,21 @@ func (p *Pool) repair(ctx context.Context, o *ScrubOptions, ds []DamagedBlock) e
 		}
 		if err != nil {
 			for _, i := range pending {
-				ds[i].Repaired, ds[i].RepairedFrom = false, ""
 				ds[i].RepairError = "writing the repair failed: " + err.Error()
 			}
 			return fmt.Errorf("cow: scrub: write repair: %w", err)
 		}
-		for _, i := range pending {
+		for k, i := range pending {
+			ds[i].Repaired, ds[i].RepairedFrom = true, froms[k]
 			p.opts.Logger.Info("scrub: damaged block repaired", "volume", ds[i].Volume, "offset", ds[i].Offset,
-				"seq", ds[i].Seq, "from", ds[i].RepairedFrom)
+				"seq", ds[i].Seq, "from", froms[k])
 		}
-		data, meta, pending = nil, nil, pending[:0]
+		data, meta, pending, froms = nil, nil, pending[:0], froms[:0]
 		return nil
 	}
 	for i := range ds {
 		if err := ctx.Err(); err != nil {
-			return err
+			return errors.Join(err, flush())
 		}
 		d := &ds[i]
 		got, from, err := o.Fetch(ctx, *d)
@@ -494,10 +503,10 @@ func (p *Pool) repair(ctx context.Context, o *ScrubOptions, ds []DamagedBlock) e
 			d.RepairError = fmt.Sprintf("the copy from %s does not match the block's checksum", from)
 			continue
 		}
-		d.Repaired, d.RepairedFrom = true, from
 		data = append(data, got...)
 		meta = cdp.AppendRelocateEntry(meta, cdp.RelocateEntry{Volume: d.VolumeID, Block: uint64(d.Offset / bs), Seq: d.Seq, CRC: d.CRC})
 		pending = append(pending, i)
+		froms = append(froms, from)
 		if len(pending) == repairBatch {
 			if err := flush(); err != nil {
 				return err

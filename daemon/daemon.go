@@ -347,6 +347,11 @@ func (d *Daemon) Close(ctx context.Context) error {
 
 func (d *Daemon) close(ctx context.Context) error {
 	var firstErr error
+	if d.scrub != nil {
+		// First: a --now pass is a control request Shutdown would wait
+		// for, and it must end before the pool closes.
+		d.scrub.close()
+	}
 	if d.control != nil {
 		d.control.Shutdown(ctx)
 	}
@@ -376,9 +381,6 @@ func (d *Daemon) close(ctx context.Context) error {
 	}
 	if d.sched != nil {
 		d.sched.close()
-	}
-	if d.scrub != nil {
-		d.scrub.close()
 	}
 	if d.repl != nil {
 		d.repl.close()

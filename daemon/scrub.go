@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/strata-storage/strata/blockdev"
 	"github.com/strata-storage/strata/control"
 	"github.com/strata-storage/strata/cow"
 	"github.com/strata-storage/strata/internal/units"
@@ -50,10 +51,14 @@ type scrubManager struct {
 		// The last pass that failed (not cancelled), if after last.
 		failedAt time.Time
 		failure  string
+		// closing: close has begun; no pass starts any more.
+		closing bool
 	}
 	// Since the daemon started, for the metrics.
 	bytes, found, repaired atomic.Int64
 
+	// wg counts the background loop and every pass running (background
+	// or --now); ctx ends them all when the daemon shuts down.
 	wg   sync.WaitGroup
 	ctx  context.Context
 	quit context.CancelFunc
@@ -114,7 +119,13 @@ func (m *scrubManager) next() time.Time {
 	return from.Add(m.interval)
 }
 
+// close cancels every pass, --now ones too (an HTTP server's Shutdown
+// does not cancel its requests' contexts), and waits for them: the pool
+// closes after.
 func (m *scrubManager) close() {
+	m.mu.Lock()
+	m.mu.closing = true
+	m.mu.Unlock()
 	m.quit()
 	m.wg.Wait()
 }
@@ -140,18 +151,27 @@ func (m *scrubManager) status() *control.ScrubStatus {
 // run runs one pass; one at a time.
 func (m *scrubManager) run(ctx context.Context, req control.ScrubRequest, progress func(cow.ScrubProgress)) (*cow.ScrubReport, error) {
 	m.mu.Lock()
+	if m.mu.closing {
+		m.mu.Unlock()
+		return nil, errScrubShutdown
+	}
 	if m.mu.running != nil {
 		checked := m.mu.running.BytesChecked
 		m.mu.Unlock()
 		return nil, fmt.Errorf("%w: a scrub pass is running (%s checked so far); wait for it (strata scrub shows it)", cow.ErrBusy, units.FormatSize(checked))
 	}
 	m.mu.running = &cow.ScrubProgress{Phase: "starting"}
+	m.wg.Add(1) // under mu, before close can wait
 	m.mu.Unlock()
 	defer func() {
 		m.mu.Lock()
 		m.mu.running = nil
 		m.mu.Unlock()
+		m.wg.Done()
 	}()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(m.ctx, cancel)()
 	rate := req.Rate
 	switch {
 	case rate == 0:
@@ -175,6 +195,9 @@ func (m *scrubManager) run(ctx context.Context, req control.ScrubRequest, progre
 	}
 	m.log.Info("scrub: pass started", "volume", req.Volume, "rate", units.FormatSize(rate)+"/s")
 	rep, err := m.pool.Scrub(ctx, o)
+	if err != nil && m.ctx.Err() != nil {
+		err = fmt.Errorf("%w (%v)", errScrubShutdown, err)
+	}
 	m.mu.Lock()
 	if err != nil && ctx.Err() == nil {
 		m.mu.failedAt, m.mu.failure = time.Now().UTC(), control.UserMessage(err)
@@ -209,6 +232,10 @@ func (m *scrubManager) run(ctx context.Context, req control.ScrubRequest, progre
 	}
 	return rep, err
 }
+
+// errScrubShutdown: a pass was refused or ended because the daemon is
+// shutting down.
+var errScrubShutdown = fmt.Errorf("%w: scrub pass interrupted: the daemon is shutting down; run strata scrub --now again once it is back", blockdev.ErrGone)
 
 // fetcher asks the sites that may hold a good copy of a damaged block: the
 // strata:// targets its volume replicates to, its mirror's other host, then

@@ -26,7 +26,7 @@ import (
 
 // S3ScrubOptions configure a scrub of S3 targets.
 type S3ScrubOptions struct {
-	// Volumes to check (nil: every volume with a manifest on the first
+	// Volumes to check (nil: every volume with a manifest on any
 	// target).
 	Volumes []string
 	// Repair rebuilds damaged shards from parity.
@@ -133,21 +133,28 @@ func (s *S3) Scrub(ctx context.Context, o S3ScrubOptions) (*S3ScrubReport, error
 	return rep, nil
 }
 
-// listVolumes lists the volumes that have a manifest on the first target.
+// listVolumes lists the volumes that have a manifest on any target: a
+// target that lost a volume's manifest (or all it held) is damage found
+// when that volume is checked, not a volume to skip.
 func (s *S3) listVolumes(ctx context.Context) ([]string, error) {
-	t := s.targets[0]
-	prefix := t.prefix
-	if prefix != "" {
-		prefix += "/"
+	seen := map[string]bool{}
+	for _, t := range s.targets {
+		prefix := t.prefix
+		if prefix != "" {
+			prefix += "/"
+		}
+		for o := range t.client.ListObjects(ctx, t.bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
+			if o.Err != nil {
+				return nil, t.classify("list", prefix, o.Err)
+			}
+			if vol, ok := strings.CutSuffix(strings.TrimPrefix(o.Key, prefix), "/"+manifestName); ok && !strings.Contains(vol, "/") {
+				seen[vol] = true
+			}
+		}
 	}
-	var vols []string
-	for o := range t.client.ListObjects(ctx, t.bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
-		if o.Err != nil {
-			return nil, t.classify("list", prefix, o.Err)
-		}
-		if vol, ok := strings.CutSuffix(strings.TrimPrefix(o.Key, prefix), "/"+manifestName); ok && !strings.Contains(vol, "/") {
-			vols = append(vols, vol)
-		}
+	vols := make([]string, 0, len(seen))
+	for vol := range seen {
+		vols = append(vols, vol)
 	}
 	sort.Strings(vols)
 	return vols, nil
@@ -216,6 +223,8 @@ func (s *S3) scrubObject(ctx context.Context, vol string, e ManifestEntry, repai
 		switch {
 		case errors.Is(err, errNoKey):
 			problem = "object missing"
+		case errors.Is(err, ErrCorrupt):
+			problem = fmt.Sprintf("object larger than the %d bytes expected", e.Stored)
 		case err != nil:
 			return err
 		case int64(len(obj)) != e.Stored || crc32.Checksum(obj, castagnoli) != e.CRC:
@@ -253,6 +262,8 @@ func (s *S3) scrubObject(ctx context.Context, vol string, e ManifestEntry, repai
 		switch {
 		case errors.Is(ferr[i], errNoKey):
 			problem = "shard missing"
+		case errors.Is(ferr[i], ErrCorrupt):
+			problem = fmt.Sprintf("shard larger than the %d bytes expected", limit)
 		case ferr[i] != nil:
 			return ferr[i]
 		default:
