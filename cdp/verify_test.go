@@ -39,8 +39,20 @@ func TestVerify(t *testing.T) {
 		t.Fatal(err)
 	}
 	meta := int64(4 * 2)
-	f.WriteAt([]byte{0xee}, locs[1].DataOffset(int(meta))+BlockSize+7) // record 2, its second block
-	f.WriteAt([]byte{0xee}, locs[3].Offset+40)                         // record 4's header
+	// Invert the bytes: writing a fixed value changed nothing when the
+	// byte already held it (record 4's header carries the time).
+	flip := func(off int64) {
+		b := make([]byte, 1)
+		if _, err := f.ReadAt(b, off); err != nil {
+			t.Fatal(err)
+		}
+		b[0] ^= 0xff
+		if _, err := f.WriteAt(b, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flip(locs[1].DataOffset(int(meta)) + BlockSize + 7) // record 2, its second block
+	flip(locs[3].Offset + 40)                           // record 4's header
 	f.Close()
 
 	var bad []BadBlock
