@@ -57,8 +57,13 @@ var (
 // (version 2 added the snapshot flags FlagSnapScheduled and
 // FlagSnapAppConsistent, which version 1 records never carry, so a version 1
 // segment reads the same; an older build refuses a version 2 segment
-// instead of dropping the flags).
-const FormatVersion = 2
+// instead of dropping the flags). Version 3 leaves the segment as it was
+// and marks a pool whose block index may hold chunk keys (package cow),
+// which a build reading up to version 2 would not see: every pool a
+// version 3 build opened holds a version 3 segment (appends go to a fresh
+// segment, or to a reused empty one with its header rewritten), so an
+// older build refuses it instead of reading stale blocks.
+const FormatVersion = 3
 
 const (
 	segmentHeaderSize = 64

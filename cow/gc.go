@@ -161,39 +161,6 @@ func (p *Pool) retainersLocked(now time.Time) (map[uint64]*retainers, error) {
 	return out, nil
 }
 
-// scanVersions walks every block version in the index (on snapshot r), per
-// block newest first, calling fn with the version, its next newer version's
-// sequence (Head for the newest) and the raw key.
-func scanVersions(r reader, fn func(vol, block uint64, e entry, next uint64, key []byte) error) error {
-	it, err := r.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixBlock}, UpperBound: []byte{prefixBlock + 1}})
-	if err != nil {
-		return err
-	}
-	defer it.Close()
-	var lastVol, lastBlock uint64
-	next := uint64(Head)
-	first := true
-	for ok := it.First(); ok; ok = it.Next() {
-		vol, block, seq, kok := decodeBlockKey(it.Key())
-		if !kok {
-			return fmt.Errorf("%w: key %x", errBadEntry, it.Key())
-		}
-		if first || vol != lastVol || block != lastBlock {
-			next = Head
-			lastVol, lastBlock, first = vol, block, false
-		}
-		e, err := decodeEntry(it.Value(), seq)
-		if err != nil {
-			return err
-		}
-		if err := fn(vol, block, e, next, it.Key()); err != nil {
-			return err
-		}
-		next = seq
-	}
-	return it.Error()
-}
-
 // candidate is an old segment garbage collection may free: its size and
 // the live blocks in it.
 type candidate struct {
@@ -295,32 +262,53 @@ func (p *Pool) gc(ctx context.Context, allExtents bool) (GCStats, error) {
 		b = p.db.NewBatch()
 		return err
 	}
-	err = scanVersions(snap, func(vol, block uint64, e entry, next uint64, key []byte) error {
-		st.Versions++
-		r := rets[vol]
-		if r == nil || !r.live(e.seq, next) {
-			st.DeadVersions++
+	// Chunk keys some of whose blocks died: split under the write lock
+	// after the scan (a relocation may split them meanwhile).
+	var splits []scannedChunk
+	err = scanVersions(snap, 0, 0, versionScan{
+		version: func(vol, block uint64, e entry, next uint64) (bool, error) {
+			st.Versions++
+			r := rets[vol]
+			if r == nil || !r.live(e.seq, next) {
+				st.DeadVersions++
+				return true, ctx.Err()
+			}
+			if e.kind == entryData {
+				st.LiveBytes += cdp.BlockSize
+				if c := cand[e.seg]; c != nil {
+					c.live += cdp.BlockSize
+					c.links = append(c.links, liveBlock{vol: vol, block: block, seq: e.seq, off: e.off, crc: e.crc})
+				}
+			}
+			return false, nil
+		},
+		dropBlock: func(key []byte) error {
 			if err := b.Delete(key, nil); err != nil {
 				return err
 			}
 			if b.Len() > 4<<20 {
 				return flushBatch()
 			}
-			return ctx.Err()
-		}
-		if e.kind == entryData {
-			st.LiveBytes += cdp.BlockSize
-			if c := cand[e.seg]; c != nil {
-				c.live += cdp.BlockSize
-				c.links = append(c.links, liveBlock{vol: vol, block: block, seq: e.seq, off: e.off, crc: e.crc})
+			return nil
+		},
+		chunkDone: func(key []byte, ce *chunkEntry, gone uint32) error {
+			switch gone {
+			case 0:
+				return nil
+			case allChunkBlocks:
+				return b.Delete(key, nil)
 			}
-		}
-		return nil
+			splits = append(splits, scannedChunk{key: key, ce: *ce, gone: gone})
+			return nil
+		},
 	})
 	if err == nil {
 		err = flushBatch()
 	}
 	b.Close()
+	if err == nil {
+		err = p.splitChunks(splits)
+	}
 	if err != nil {
 		return st, fmt.Errorf("cow: gc scan: %w", err)
 	}
@@ -379,6 +367,31 @@ func (p *Pool) gc(ctx context.Context, allExtents bool) (GCStats, error) {
 		"relocated", st.BytesRelocated, "defragmented", st.BytesDefragmented, "dead_versions", st.DeadVersions,
 		"took", st.Duration.Round(time.Millisecond))
 	return st, nil
+}
+
+// splitChunks replaces each chunk key some of whose blocks died with block
+// keys of the blocks still needed, unless a relocation split it since the
+// scan.
+func (p *Pool) splitChunks(splits []scannedChunk) error {
+	if len(splits) == 0 {
+		return nil
+	}
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	b := p.db.NewBatch()
+	defer b.Close()
+	var val []byte
+	for i := range splits {
+		sc := &splits[i]
+		val = sc.ce.encode(val)
+		if !sameValue(p.db, sc.key, val) {
+			continue
+		}
+		if err := splitChunk(b, sc.key, &sc.ce, sc.gone); err != nil {
+			return err
+		}
+	}
+	return b.Commit(pebble.NoSync)
 }
 
 // relocate copies the live blocks of segment id forward in relocate

@@ -253,10 +253,10 @@ func (p *Pool) Space() (Space, error) {
 		sort.Slice(snapSeqs[id], func(a, b int) bool { return snapSeqs[id][a] < snapSeqs[id][b] })
 		snapName[id] = m
 	}
-	err = scanVersions(snap, func(vol, _ uint64, e entry, next uint64, _ []byte) error {
+	err = scanVersions(snap, 0, 0, versionScan{version: func(vol, _ uint64, e entry, next uint64) (bool, error) {
 		r := rets[vol]
 		if e.kind != entryData || r == nil || !r.live(e.seq, next) {
-			return nil
+			return false, nil
 		}
 		sp.LiveBytes += cdp.BlockSize
 		if o := soleOwner(r, own[vol], vol, e.seq, next); o != 0 {
@@ -265,7 +265,7 @@ func (p *Pool) Space() (Space, error) {
 		vs := byID[vol]
 		if vs == nil {
 			sp.Deleted += cdp.BlockSize
-			return nil
+			return false, nil
 		}
 		atHead := next == Head && r.genStart(Head) < e.seq
 		snaps := r.seenBy(snapSeqs[vol], e.seq, next)
@@ -287,8 +287,8 @@ func (p *Pool) Space() (Space, error) {
 		default:
 			vs.History += cdp.BlockSize
 		}
-		return nil
-	})
+		return false, nil
+	}})
 	if err != nil {
 		return sp, err
 	}

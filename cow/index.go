@@ -36,17 +36,11 @@ const blockKeyLen = 1 + 8 + 8 + 8
 const Head = math.MaxUint64
 
 func blockKey(dst []byte, vol, block, seq uint64) []byte {
-	dst = append(dst[:0], prefixBlock)
-	dst = binary.BigEndian.AppendUint64(dst, vol)
-	dst = binary.BigEndian.AppendUint64(dst, block)
-	return binary.BigEndian.AppendUint64(dst, ^seq)
+	return indexKey(dst, prefixBlock, vol, block, seq)
 }
 
 func decodeBlockKey(k []byte) (vol, block, seq uint64, ok bool) {
-	if len(k) != blockKeyLen || k[0] != prefixBlock {
-		return 0, 0, 0, false
-	}
-	return binary.BigEndian.Uint64(k[1:]), binary.BigEndian.Uint64(k[9:]), ^binary.BigEndian.Uint64(k[17:]), true
+	return decodeIndexKey(prefixBlock, k)
 }
 
 func volumeKey(prefix byte, vol uint64) []byte {
@@ -112,53 +106,6 @@ func decodeEntry(v []byte, seq uint64) (entry, error) {
 // reader is what lookups run on: the DB, a snapshot or a batch.
 type reader interface {
 	NewIter(o *pebble.IterOptions) (*pebble.Iterator, error)
-}
-
-// visit calls fn, in block order, for each block in [first, last] of vol
-// that has a version at or before seq (Head for the newest), with that
-// version. Blocks with no such version are skipped: they read as zeros.
-// fn returning false stops the walk. Cost is proportional to the versions
-// present in the range, not to its size.
-func visit(r reader, vol, first, last, seq uint64, fn func(block uint64, e entry) bool) error {
-	lower := blockKey(nil, vol, first, Head)
-	upper := blockKey(nil, vol, last+1, Head)
-	if last == math.MaxUint64 {
-		upper = volumeKey(prefixBlock, vol+1)
-	}
-	it, err := r.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
-	if err != nil {
-		return fmt.Errorf("cow: index iterator: %w", err)
-	}
-	defer it.Close()
-	seek := blockKey(nil, vol, first, seq)
-	valid := it.SeekGE(seek)
-	for valid {
-		_, block, vseq, ok := decodeBlockKey(it.Key())
-		if !ok {
-			return fmt.Errorf("%w: key %x", errBadEntry, it.Key())
-		}
-		if vseq > seq {
-			// A version newer than asked: seek to this block's first
-			// version at or before seq.
-			valid = it.SeekGE(blockKey(seek, vol, block, seq))
-			continue
-		}
-		e, err := decodeEntry(it.Value(), vseq)
-		if err != nil {
-			return fmt.Errorf("%w (volume %d block %d)", err, vol, block)
-		}
-		if !fn(block, e) || block >= last {
-			return nil
-		}
-		// Most blocks have one version: try the next key before seeking.
-		valid = it.Next()
-		if valid {
-			if _, nb, _, ok := decodeBlockKey(it.Key()); ok && nb == block {
-				valid = it.SeekGE(blockKey(seek, vol, block+1, seq))
-			}
-		}
-	}
-	return it.Error()
 }
 
 // apply turns journal records into index updates. It runs under the pool's
@@ -324,14 +271,7 @@ func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
 				a.p.markStaleLocked(v)
 				a.metaDirty[v.id] = v
 			}
-			dataOff := loc.DataOffset(len(r.Meta))
-			for i := uint64(0); i < n; i++ {
-				e := entry{kind: entryData, seq: r.Seq, seg: loc.Segment, off: dataOff + int64(i)*cdp.BlockSize, crc: cdp.BlockChecksum(r.Meta, int(i))}
-				if err := a.set(v.id, first+i, e); err != nil {
-					return err
-				}
-			}
-			return nil
+			return a.setWrite(v.id, first, n, r, loc)
 		}
 		// Count blocks that gain data, for "written" accounting.
 		if uint64(cap(a.es)) < n {
@@ -356,12 +296,8 @@ func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
 				a.group[[2]uint64{v.id, first + i}] = struct{}{}
 			}
 		}
-		dataOff := loc.DataOffset(len(r.Meta))
-		for i := uint64(0); i < n; i++ {
-			e := entry{kind: entryData, seq: r.Seq, seg: loc.Segment, off: dataOff + int64(i)*cdp.BlockSize, crc: cdp.BlockChecksum(r.Meta, int(i))}
-			if err := a.set(v.id, first+i, e); err != nil {
-				return err
-			}
+		if err := a.setWrite(v.id, first, n, r, loc); err != nil {
+			return err
 		}
 		if int64(n) != int64(had) {
 			addWritten(v, int64(n)-int64(had))
@@ -442,11 +378,48 @@ func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
 // harmless.
 func (a *apply) relocate(r *cdp.Record, loc cdp.Location) error {
 	dataOff := loc.DataOffset(len(r.Meta))
+	// Versions a chunk key holds: the chunk key is split into block keys,
+	// the moved blocks at their new place.
+	type split struct {
+		key   []byte
+		ce    chunkEntry
+		moved [chunkBlocks]entry
+		has   uint32
+	}
+	var splits map[string]*split
+	var order []*split
 	for i := 0; i < len(r.Data)/cdp.BlockSize; i++ {
 		re := cdp.RelocateEntryAt(r.Meta, i)
 		a.key = blockKey(a.key, re.Volume, re.Block, re.Seq)
 		val, closer, err := a.p.db.Get(a.key)
 		if errors.Is(err, pebble.ErrNotFound) {
+			ck := chunkKey(nil, re.Volume, re.Block>>chunkShift, re.Seq)
+			sp := splits[string(ck)]
+			if sp == nil {
+				cval, closer, err := a.p.db.Get(ck)
+				if errors.Is(err, pebble.ErrNotFound) {
+					continue
+				}
+				if err != nil {
+					return fmt.Errorf("cow: relocate: %w", err)
+				}
+				ce, derr := decodeChunkEntry(cval, re.Seq)
+				closer.Close()
+				if derr != nil {
+					continue
+				}
+				sp = &split{key: ck, ce: ce}
+				if splits == nil {
+					splits = map[string]*split{}
+				}
+				splits[string(ck)] = sp
+				order = append(order, sp)
+			}
+			k := re.Block & chunkMask
+			if sp.ce.crcs[k] == re.CRC {
+				sp.moved[k] = entry{kind: entryData, seq: re.Seq, seg: loc.Segment, off: dataOff + int64(i)*cdp.BlockSize, crc: re.CRC}
+				sp.has |= 1 << k
+			}
 			continue
 		}
 		if err != nil {
@@ -460,6 +433,22 @@ func (a *apply) relocate(r *cdp.Record, loc cdp.Location) error {
 		e := entry{kind: entryData, seq: re.Seq, seg: loc.Segment, off: dataOff + int64(i)*cdp.BlockSize, crc: re.CRC}
 		if err := a.set(re.Volume, re.Block, e); err != nil {
 			return err
+		}
+	}
+	for _, sp := range order {
+		if sp.has == 0 {
+			continue
+		}
+		if err := splitChunk(a.b, sp.key, &sp.ce, 0); err != nil {
+			return err
+		}
+		vol, chunk, _, _ := decodeIndexKey(prefixChunk, sp.key)
+		for k := uint64(0); k < chunkBlocks; k++ {
+			if sp.has&(1<<k) != 0 {
+				if err := a.set(vol, chunk<<chunkShift|k, sp.moved[k]); err != nil {
+					return err
+				}
+			}
 		}
 	}
 	return nil

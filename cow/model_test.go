@@ -40,7 +40,7 @@ func TestModelCDP(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 3))
 	fs := vfs.NewMem()
 	clk := newFakeClock()
-	const size = 16 * 4096
+	const size = 48 * 4096 // three index chunks (chunk.go)
 	open := func() *Pool { return openClockPool(t, fs, clk, time.Hour) }
 	p := open()
 	defer func() { p.Close() }()
@@ -97,6 +97,14 @@ func TestModelCDP(t *testing.T) {
 			op = "write"
 			off := rng.IntN(size)
 			n := 1 + rng.IntN(min(size-off, 20000))
+			if rng.IntN(3) == 0 {
+				// Large, often chunk aligned: chunk keys, split by
+				// later small writes, relocations and GC.
+				if rng.IntN(2) == 0 {
+					off = rng.IntN(size/(chunkBlocks*4096)) * chunkBlocks * 4096
+				}
+				n = 1 + rng.IntN(size-off)
+			}
 			data := make([]byte, n)
 			for i := range data {
 				data[i] = byte(rng.IntN(255) + 1)

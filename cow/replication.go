@@ -264,13 +264,8 @@ func (p *Pool) changes(ctx context.Context, vol string, after, upto uint64, with
 // block) somewhere other than segment seg at off: a relocate record (a
 // scrub's repair) rewrote it. The caller holds the read lock.
 func (p *Pool) versionMoved(vol, block, seq, seg uint64, off int64) bool {
-	val, closer, err := p.db.Get(blockKey(nil, vol, block, seq))
-	if err != nil {
-		return false
-	}
-	defer closer.Close()
-	e, err := decodeEntry(val, seq)
-	return err == nil && e.kind == entryData && (e.seg != seg || e.off != off)
+	e, found, err := getVersion(p.db, vol, block, seq)
+	return err == nil && found && e.kind == entryData && (e.seg != seg || e.off != off)
 }
 
 // ChangedSince reports whether volume vol's content or size changed after

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/cockroachdb/pebble/v2"
 	"github.com/strata-storage/strata/cdp"
 )
 
@@ -271,17 +270,12 @@ const (
 // scrubIndex walks the data versions of the index (of volume only, or all)
 // and checks each block where it points.
 func (p *Pool) scrubIndex(ctx context.Context, j *cdp.Journal, only uint64, pc *scrubPacer) ([]badVersion, int64, error) {
-	lower, upper := []byte{prefixBlock}, []byte{prefixBlock + 1}
+	from, to := uint64(0), uint64(0)
 	if only != 0 {
-		lower, upper = volumeKey(prefixBlock, only), volumeKey(prefixBlock, only+1)
+		from, to = only, only+1
 	}
 	snap := p.db.NewSnapshot()
 	defer snap.Close()
-	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
-	if err != nil {
-		return nil, 0, fmt.Errorf("index iterator: %w", err)
-	}
-	defer it.Close()
 	var bad []badVersion
 	var versions int64
 	batch := make([]badVersion, 0, scrubBatch)
@@ -329,27 +323,18 @@ func (p *Pool) scrubIndex(ctx context.Context, j *cdp.Journal, only uint64, pc *
 		batch = batch[:0]
 		return nil
 	}
-	for ok := it.First(); ok; ok = it.Next() {
-		vol, block, seq, kok := decodeBlockKey(it.Key())
-		if !kok {
-			return nil, versions, fmt.Errorf("%w: key %x", errBadEntry, it.Key())
-		}
-		e, err := decodeEntry(it.Value(), seq)
-		if err != nil {
-			return nil, versions, fmt.Errorf("%w (volume %d block %d)", err, vol, block)
-		}
+	err := scanVersions(snap, from, to, versionScan{version: func(vol, block uint64, e entry, _ uint64) (bool, error) {
 		if e.kind != entryData {
-			continue
+			return false, nil
 		}
 		versions++
 		batch = append(batch, badVersion{vol: vol, block: block, entry: e})
 		if len(batch) == scrubBatch {
-			if err := check(); err != nil {
-				return nil, versions, err
-			}
+			return false, check()
 		}
-	}
-	if err := it.Error(); err != nil {
+		return false, nil
+	}})
+	if err != nil {
 		return nil, versions, err
 	}
 	return bad, versions, check()
@@ -372,17 +357,12 @@ func (p *Pool) checkVersion(j *cdp.Journal, vol, block uint64, e entry, blk []by
 	if read(e) {
 		return true, nil
 	}
-	val, closer, err := p.db.Get(blockKey(nil, vol, block, e.seq))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return true, nil // gone since: garbage collection dropped it
-	}
+	now, found, err := getVersion(p.db, vol, block, e.seq)
 	if err != nil {
 		return false, nil
 	}
-	now, derr := decodeEntry(val, e.seq)
-	closer.Close()
-	if derr != nil {
-		return false, nil
+	if !found {
+		return true, nil // gone since: garbage collection dropped it
 	}
 	if now.seg != e.seg || now.off != e.off {
 		return read(now), nil
@@ -438,20 +418,15 @@ func (p *Pool) describeDamage(bad []badVersion) []DamagedBlock {
 // nextVersion returns the sequence number of the version of (vol, block)
 // after seq (0: none; seq's version is the head's).
 func (p *Pool) nextVersion(vol, block, seq uint64) uint64 {
-	it, err := p.db.NewIter(&pebble.IterOptions{LowerBound: blockKey(nil, vol, block, Head), UpperBound: blockKey(nil, vol, block, 0)})
-	if err != nil {
-		return 0
-	}
-	defer it.Close()
-	// Newer versions sort first: the one just before seq's key.
-	if !it.SeekLT(blockKey(nil, vol, block, seq)) {
-		return 0
-	}
-	_, _, s, ok := decodeBlockKey(it.Key())
-	if !ok || s <= seq {
-		return 0
-	}
-	return s
+	var next uint64
+	blockVersions(p.db, vol, block, func(e entry) bool {
+		if e.seq <= seq {
+			return false
+		}
+		next = e.seq // newer versions come first: the last one above seq
+		return true
+	})
+	return next
 }
 
 // repairBatch bounds the blocks one repair record carries.
@@ -534,24 +509,23 @@ func (p *Pool) ReadVersion(vol string, off int64, crc uint32) ([]byte, uint64, e
 	defer unlock()
 	j := p.j.Load()
 	block := uint64(off / bs)
-	it, err := p.db.NewIter(&pebble.IterOptions{LowerBound: blockKey(nil, v.id, block, Head), UpperBound: blockKey(nil, v.id, block, 0)})
-	if err != nil {
-		return nil, 0, fmt.Errorf("cow: index iterator: %w", err)
-	}
-	defer it.Close()
 	blk := make([]byte, bs)
-	for ok := it.First(); ok; ok = it.Next() {
-		_, _, seq, kok := decodeBlockKey(it.Key())
-		if !kok {
-			continue
-		}
-		e, err := decodeEntry(it.Value(), seq)
-		if err != nil || e.kind != entryData || e.crc != crc {
-			continue
+	var found uint64
+	err = blockVersions(p.db, v.id, block, func(e entry) bool {
+		if e.kind != entryData || e.crc != crc {
+			return true
 		}
 		if j.ReadAt(e.seg, e.off, blk) == nil && cdp.Checksum(blk) == crc {
-			return blk, seq, nil
+			found = e.seq
+			return false
 		}
+		return true
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	if found != 0 {
+		return blk, found, nil
 	}
 	return nil, 0, fmt.Errorf("%w: volume %q holds no good version of the block at %d with checksum %08x", ErrNoVersion, vol, off, crc)
 }
@@ -578,13 +552,11 @@ func (p *Pool) stillDamaged(ds []cdp.Damage) []cdp.Damage {
 				c.Blocks = append(c.Blocks, b)
 				continue
 			}
-			val, closer, err := p.db.Get(blockKey(nil, d.Volume, off/bs, d.Seq))
-			if err != nil {
+			e, found, err := getVersion(p.db, d.Volume, off/bs, d.Seq)
+			if err == nil && !found {
 				continue // gone: nothing reads it
 			}
-			e, derr := decodeEntry(val, d.Seq)
-			closer.Close()
-			if derr != nil || e.kind == entryData && e.seg == d.Segment {
+			if err != nil || e.kind == entryData && e.seg == d.Segment {
 				c.Blocks = append(c.Blocks, b)
 			}
 		}
