@@ -39,10 +39,6 @@ func blockKey(dst []byte, vol, block, seq uint64) []byte {
 	return indexKey(dst, prefixBlock, vol, block, seq)
 }
 
-func decodeBlockKey(k []byte) (vol, block, seq uint64, ok bool) {
-	return decodeIndexKey(prefixBlock, k)
-}
-
 func volumeKey(prefix byte, vol uint64) []byte {
 	return binary.BigEndian.AppendUint64([]byte{prefix}, vol)
 }
