@@ -63,6 +63,11 @@ type Device interface {
 type BlockWrite struct {
 	Off  int64
 	Data []byte
+	// Sums, when not nil, are the CRC32C of each 4 KiB block of Data, in
+	// a journal record's table format (cdp.BlockChecksums), already
+	// checked against Data by the caller (a replica verifying what it
+	// received): a journal takes them instead of computing them again.
+	Sums []byte
 }
 
 // BatchWriter is a Device that takes several writes at once, applied in

@@ -295,8 +295,12 @@ func (h *Volume) WriteBatchSeq(ws []BlockWrite) (uint64, error) {
 				return seq, err
 			}
 		}
+		sums := w.Sums
+		if len(sums) != 4*n/bs {
+			sums = cdp.BlockChecksums(w.Data)
+		}
 		g := &recs[len(group)]
-		*g = groupWrite{v: h.v, r: cdp.Record{Kind: cdp.KindWrite, Volume: h.v.id, Offset: uint64(w.Off), Length: uint64(n), Data: w.Data, Meta: cdp.BlockChecksums(w.Data)}}
+		*g = groupWrite{v: h.v, r: cdp.Record{Kind: cdp.KindWrite, Volume: h.v.id, Offset: uint64(w.Off), Length: uint64(n), Data: w.Data, Meta: sums}}
 		group = append(group, g)
 		size += n
 	}

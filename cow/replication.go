@@ -1,6 +1,7 @@
 package cow
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -65,9 +66,11 @@ type Change struct {
 	Offset uint64 // zero, trim, write: bytes; rollback: the target point
 	Length uint64 // zero, trim: bytes; resize, rollback: the new size
 	NoHole bool
-	// Data of a write, checked against its block checksums. Valid only
-	// until the callback returns.
+	// Data of a write, checked against its block checksums (Sums, the
+	// record's table: cdp.BlockChecksums). Valid only until the callback
+	// returns.
 	Data  []byte
+	Sums  []byte
 	Name  string // snapshot create and delete
 	Label string
 	// Snapshot creates: what the snapshot records besides its name.
@@ -90,7 +93,7 @@ func (c *Change) DataChange() bool {
 // not reported. It fails with ErrHistoryGone when the journal no longer
 // holds all of them.
 func (p *Pool) Changes(ctx context.Context, vol string, after, upto uint64, fn func(c *Change) error) error {
-	return p.changes(ctx, vol, after, upto, true, nil, fn)
+	return p.changes(ctx, vol, after, upto, true, nil, nil, fn)
 }
 
 // A Cursor remembers where in the journal a reader of Changes stopped, so
@@ -106,14 +109,21 @@ type Cursor struct {
 // stopped, when that call ended at after, and leaves cur where this one
 // stops.
 func (p *Pool) ChangesFrom(ctx context.Context, vol string, after, upto uint64, cur *Cursor, fn func(c *Change) error) error {
-	return p.changes(ctx, vol, after, upto, true, cur, fn)
+	return p.changes(ctx, vol, after, upto, true, cur, nil, fn)
+}
+
+// ChangesInto is ChangesFrom reading each write's data into a buffer of
+// its length from alloc, which fn may keep (its Sums too), instead of
+// copying it.
+func (p *Pool) ChangesInto(ctx context.Context, vol string, after, upto uint64, cur *Cursor, alloc func(n int) []byte, fn func(c *Change) error) error {
+	return p.changes(ctx, vol, after, upto, true, cur, alloc, fn)
 }
 
 // Pending sums volume vol's changes after point seq: how many, the data
 // bytes they write, and when the oldest was made (zero if none). It reads
 // record headers only.
 func (p *Pool) Pending(ctx context.Context, vol string, seq uint64) (n, bytes int64, oldest time.Time, err error) {
-	err = p.changes(ctx, vol, seq, p.AppliedSeq(), false, nil, func(c *Change) error {
+	err = p.changes(ctx, vol, seq, p.AppliedSeq(), false, nil, nil, func(c *Change) error {
 		if !c.DataChange() {
 			return nil
 		}
@@ -129,7 +139,7 @@ func (p *Pool) Pending(ctx context.Context, vol string, seq uint64) (n, bytes in
 	return n, bytes, oldest, err
 }
 
-func (p *Pool) changes(ctx context.Context, vol string, after, upto uint64, withData bool, cur *Cursor, fn func(c *Change) error) error {
+func (p *Pool) changes(ctx context.Context, vol string, after, upto uint64, withData bool, cur *Cursor, alloc func(int) []byte, fn func(c *Change) error) error {
 	v := p.lookup(vol)
 	if v == nil {
 		return notFound(vol)
@@ -208,10 +218,14 @@ func (p *Pool) changes(ctx context.Context, vol string, after, upto uint64, with
 			if !withData {
 				break
 			}
-			if cap(data) < int(r.Length) {
-				data = make([]byte, r.Length)
+			if alloc != nil {
+				c.Data = alloc(int(r.Length))
+			} else {
+				if cap(data) < int(r.Length) {
+					data = make([]byte, r.Length)
+				}
+				c.Data = data[:r.Length]
 			}
-			c.Data = data[:r.Length]
 			if err := j.ReadAt(loc.Segment, loc.DataOffset(len(r.Meta)), c.Data); err != nil {
 				ferr = fmt.Errorf("cow: read record %d: %w", r.Seq, err)
 				return false
@@ -228,6 +242,10 @@ func (p *Pool) changes(ctx context.Context, vol string, after, upto uint64, with
 					}
 					return false
 				}
+			}
+			c.Sums = r.Meta
+			if alloc != nil {
+				c.Sums = bytes.Clone(r.Meta)
 			}
 		case cdp.KindZero:
 			c.NoHole = r.Flags&cdp.FlagNoHole != 0

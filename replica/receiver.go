@@ -578,7 +578,7 @@ func applyOps(ctx context.Context, p *cow.Pool, name string, b *Batch, replica b
 			if len(run) == 0 {
 				runFrom = i
 			}
-			run = append(run, cow.BlockWrite{Off: int64(op.Offset), Data: op.Data})
+			run = append(run, cow.BlockWrite{Off: int64(op.Offset), Data: op.Data, Sums: op.Sums})
 			continue
 		}
 		if op.Kind == OpPoint {

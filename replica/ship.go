@@ -355,29 +355,43 @@ type sent struct {
 	at      time.Time
 }
 
-// opBufs recycles the data buffers of large write ops a diff reads: a
-// fresh 8 MiB buffer is zeroed by the runtime first, which cost a tenth of
-// a first copy's CPU.
-var opBufs sync.Pool
+// opBufs recycles the data buffers of large write ops (a diff's reads,
+// journal records), by capacity: 1, 2, 4 and 8 MiB (maxOpData). A fresh
+// 8 MiB buffer is zeroed by the runtime first, which cost a tenth of a
+// first copy's CPU.
+var opBufs [4]sync.Pool
+
+// opBufClass is the pool of buffers of capacity c (-1: none), or for n
+// bytes the smallest that holds them.
+func opBufClass(c uint64) int {
+	for i := range opBufs {
+		if c <= (maxOpData/8)<<i {
+			return i
+		}
+	}
+	return -1
+}
 
 // getOpBuf returns a buffer of n bytes for a write op's data: a recycled
-// one of capacity maxOpData when n is large enough to be worth it.
+// one when n is large enough to be worth it.
 func getOpBuf(n uint64) []byte {
-	if n < maxOpData/8 {
+	k := opBufClass(n)
+	if n < maxOpData/8 || k < 0 {
 		return make([]byte, n)
 	}
-	if p, ok := opBufs.Get().(*[]byte); ok {
+	if p, ok := opBufs[k].Get().(*[]byte); ok {
 		return (*p)[:n]
 	}
-	return make([]byte, n, maxOpData)
+	return make([]byte, n, (maxOpData/8)<<k)
 }
 
 // putOpBufs recycles b's op buffers from getOpBuf.
 func putOpBufs(b *Batch) {
 	for i := range b.Ops {
-		if d := b.Ops[i].Data; cap(d) == maxOpData {
+		d := b.Ops[i].Data
+		if k := opBufClass(uint64(cap(d))); k >= 0 && uint64(cap(d)) == (maxOpData/8)<<k {
 			d = d[:0]
-			opBufs.Put(&d)
+			opBufs[k].Put(&d)
 			b.Ops[i].Data = nil
 		}
 	}
@@ -621,14 +635,22 @@ func (s *shipper) incremental(acked uint64) error {
 	}
 	lastTime := int64(0)
 	// Records between acked and scanFrom are other volumes'.
-	err := p.ChangesFrom(s.ctx, s.o.Volume, max(acked, min(s.scanFrom, s.o.Upto)), s.o.Upto, s.cur, func(c *cow.Change) error {
+	// Each write's data is read into a buffer of its own that its op
+	// keeps (no copy); the sender recycles it.
+	alloc := func(n int) []byte { return getOpBuf(uint64(n)) }
+	err := p.ChangesInto(s.ctx, s.o.Volume, max(acked, min(s.scanFrom, s.o.Upto)), s.o.Upto, s.cur, alloc, func(c *cow.Change) error {
 		b := s.b
 		switch c.Kind {
 		case cdp.KindWrite:
 			for off := 0; off < len(c.Data); off += maxOpData {
 				end := min(off+maxOpData, len(c.Data))
-				d := append([]byte(nil), c.Data[off:end]...)
-				b.Ops = append(b.Ops, Op{Kind: OpWrite, Seq: c.Seq, Time: c.Time, Offset: c.Offset + uint64(off), Length: uint64(len(d)), Data: d})
+				d := c.Data[off:end]
+				var sums []byte
+				if len(c.Sums) == sumsLen(len(c.Data)) && off%cdp.BlockSize == 0 {
+					// Checked against the data when it was read.
+					sums = c.Sums[sumsLen(off):sumsLen(end):sumsLen(end)]
+				}
+				b.Ops = append(b.Ops, Op{Kind: OpWrite, Seq: c.Seq, Time: c.Time, Offset: c.Offset + uint64(off), Length: uint64(len(d)), Data: d, Sums: sums})
 			}
 			data += int64(len(c.Data))
 		case cdp.KindZero:

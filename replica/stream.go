@@ -19,10 +19,13 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"net"
 	"slices"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/strata-storage/strata/cdp"
 )
 
 // Error classes.
@@ -95,8 +98,12 @@ type Op struct {
 	Length uint64
 	NoHole bool
 	Data   []byte
-	Name   string
-	Label  string
+	// Sums: when not nil, the CRC32C of each 4 KiB block of Data
+	// (cdp.BlockChecksums), checked against it: sent in place of a
+	// checksum over the data, and journaled as they are by a receiver.
+	Sums  []byte
+	Name  string
+	Label string
 	// OpSnapshot: the snapshot was taken by a schedule (a replica's own
 	// schedule thins such copies), and while the application was frozen.
 	Scheduled, AppConsistent bool
@@ -244,6 +251,10 @@ type State struct {
 	Message string `json:"message,omitempty"`
 	// Pool is the target pool's identity (strata:// targets).
 	Pool string `json:"pool,omitempty"`
+	// Wire is the strata:// protocol version the target reads: 2 takes
+	// uncompressed ("SRB2") batch frames; older targets leave it out and
+	// get only "SRB1" frames.
+	Wire int `json:"wire,omitempty"`
 }
 
 // Counter is implemented by targets that count what they sent: the
@@ -284,8 +295,14 @@ type Pipeliner interface {
 //
 //	from(8) to(8) time(8) size(8) flags(1) nops(4)
 //	op: kind(1) seq(8) time(8) offset(8) length(8) flags(1) datalen(4) namelen(2) labellen(2) data name label
+//
+// A frame with magic "SRB2" (stored length = raw length) carries raw as
+// is, without zstd: what a strata:// shipper sends a target that says it
+// reads them (State.Wire >= 2) when the batch would not shrink. Its
+// receiver decodes the ops in place, with no copy of the data.
 const (
 	frameMagic      = "SRB1"
+	frameMagicRaw   = "SRB2"
 	frameHeaderSize = 16
 	// MaxBatchRaw bounds a decoded batch, so a corrupt length cannot
 	// make a receiver allocate without bound.
@@ -314,13 +331,16 @@ func codecs() (*zstd.Encoder, *zstd.Decoder) {
 
 // appendRaw encodes b's header and ops.
 func appendRaw(dst []byte, b *Batch) []byte {
-	encodeRaw(b, func(p []byte) { dst = append(dst, p...) })
+	encodeRaw(b, false, func(p []byte, _ bool) { dst = append(dst, p...) })
 	return dst
 }
 
 // encodeRaw passes b's encoding, header and ops, to put piece by piece:
-// fixed fields in a scratch buffer, data, names and labels as they are.
-func encodeRaw(b *Batch, put func([]byte)) {
+// fixed fields in a scratch buffer, data, names and labels as they are;
+// put hears whether a piece is a write's data. With sums (an "SRB2"
+// frame), each write's data is followed by the CRC32C of each of its 4 KiB
+// blocks (the last one possibly short): op.Sums, or computed.
+func encodeRaw(b *Batch, sums bool, put func(p []byte, data bool)) {
 	le := binary.LittleEndian
 	var scratch [64]byte
 	h := scratch[:0]
@@ -340,7 +360,7 @@ func encodeRaw(b *Batch, put func([]byte)) {
 	}
 	h = append(h, flags)
 	h = le.AppendUint32(h, uint32(len(b.Ops)))
-	put(h)
+	put(h, false)
 	for i := range b.Ops {
 		op := &b.Ops[i]
 		h = scratch[:0]
@@ -363,11 +383,32 @@ func encodeRaw(b *Batch, put func([]byte)) {
 		h = le.AppendUint32(h, uint32(len(op.Data)))
 		h = le.AppendUint16(h, uint16(len(op.Name)))
 		h = le.AppendUint16(h, uint16(len(op.Label)))
-		put(h)
-		put(op.Data)
-		put([]byte(op.Name))
-		put([]byte(op.Label))
+		put(h, false)
+		put(op.Data, op.Kind == OpWrite)
+		if sums && op.Kind == OpWrite {
+			if s := op.Sums; len(s) == sumsLen(len(op.Data)) {
+				put(s, false)
+			} else {
+				put(appendSums(nil, op.Data), false)
+			}
+		}
+		put([]byte(op.Name), false)
+		put([]byte(op.Label), false)
 	}
+}
+
+// sumsLen is the size of the block checksums of n bytes of data.
+func sumsLen(n int) int { return 4 * ((n + cdp.BlockSize - 1) / cdp.BlockSize) }
+
+// appendSums appends the CRC32C of each 4 KiB block of data (the last one
+// possibly short), as cdp.BlockChecksums does for whole blocks.
+func appendSums(dst, data []byte) []byte {
+	for len(data) > 0 {
+		n := min(len(data), cdp.BlockSize)
+		dst = binary.LittleEndian.AppendUint32(dst, cdp.Checksum(data[:n]))
+		data = data[n:]
+	}
+	return dst
 }
 
 // EncodeBatch returns b as one checksummed, compressed frame, and the size
@@ -388,10 +429,8 @@ func AppendBatch(dst []byte, b *Batch) (frame []byte, raw int, err error) {
 // appendBatch is AppendBatch; without compress the frame is always stored
 // (zstd raw blocks), which costs no compression CPU.
 func appendBatch(dst []byte, b *Batch, compress bool) (frame []byte, raw int, err error) {
-	for i := range b.Ops {
-		if len(b.Ops[i].Name) > 0xffff || len(b.Ops[i].Label) > 0xffff {
-			return nil, 0, fmt.Errorf("replica: op %d: name or label longer than 64 KiB", i)
-		}
+	if err := checkNames(b); err != nil {
+		return nil, 0, err
 	}
 	e, _ := codecs()
 	start := len(dst)
@@ -402,7 +441,7 @@ func appendBatch(dst []byte, b *Batch, compress bool) (frame []byte, raw int, er
 		// Encoded straight into the frame: one copy of the data.
 		w := storedWriter{dst: slices.Grow(dst, need+3*(need/storedBlock+1)+16)}
 		w.begin()
-		encodeRaw(b, w.write)
+		encodeRaw(b, false, func(p []byte, _ bool) { w.write(p) })
 		dst, raw, sum = w.finish(), w.raw, w.crc
 	} else {
 		var rb []byte
@@ -423,6 +462,16 @@ func appendBatch(dst []byte, b *Batch, compress bool) (frame []byte, raw int, er
 	binary.LittleEndian.PutUint32(frame[8:], uint32(len(frame)-frameHeaderSize))
 	binary.LittleEndian.PutUint32(frame[12:], sum)
 	return dst, raw, nil
+}
+
+// checkNames checks that b's names and labels fit their encoding.
+func checkNames(b *Batch) error {
+	for i := range b.Ops {
+		if len(b.Ops[i].Name) > 0xffff || len(b.Ops[i].Label) > 0xffff {
+			return fmt.Errorf("replica: op %d: name or label longer than 64 KiB", i)
+		}
+	}
+	return nil
 }
 
 // compressSample is the size of each of the three pieces of a batch
@@ -521,7 +570,7 @@ func (w *storedWriter) finish() []byte {
 // FrameLen returns the length of the frame that starts with hdr (at least
 // frameHeaderSize bytes), checking its header.
 func FrameLen(hdr []byte) (int, error) {
-	if len(hdr) < frameHeaderSize || string(hdr[:4]) != frameMagic {
+	if len(hdr) < frameHeaderSize || (string(hdr[:4]) != frameMagic && string(hdr[:4]) != frameMagicRaw) {
 		return 0, fmt.Errorf("%w: bad batch frame magic", ErrCorrupt)
 	}
 	raw := binary.LittleEndian.Uint32(hdr[4:])
@@ -529,7 +578,66 @@ func FrameLen(hdr []byte) (int, error) {
 	if raw > MaxBatchRaw || stored > MaxBatchRaw+MaxBatchRaw/8 {
 		return 0, fmt.Errorf("%w: batch frame of %d bytes (%d stored) is too large", ErrCorrupt, raw, stored)
 	}
+	if string(hdr[:4]) == frameMagicRaw && raw != stored {
+		return 0, fmt.Errorf("%w: uncompressed batch frame of %d bytes says %d stored", ErrCorrupt, raw, stored)
+	}
 	return frameHeaderSize + int(stored), nil
+}
+
+// bigPiece: encoded pieces this large (write data) go to the connection
+// from where they are; smaller ones are copied together first.
+const bigPiece = 32 << 10
+
+// rawFrame encodes b as an uncompressed ("SRB2") frame behind prefix (a
+// message header), as pieces to write in order: the data of large writes
+// as they are, everything else gathered in small (reused, returned). It
+// returns the pieces, small, and the raw batch's length.
+//
+// The frame's checksum covers every byte but the writes' data, which the
+// block checksums after each write's data cover: those of its journal
+// record, already checked when it was read (op.Sums), so that the data is
+// not checksummed again on the way, and its receiver checks each block
+// once and journals it with them.
+func rawFrame(prefix []byte, b *Batch, small []byte) (net.Buffers, []byte, int) {
+	type mark struct {
+		at  int
+		big []byte
+	}
+	var marks []mark
+	small = append(small[:0], prefix...)
+	small = append(small, make([]byte, frameHeaderSize)...)
+	head := len(small)
+	sum := uint32(0)
+	encodeRaw(b, true, func(p []byte, data bool) {
+		if !data {
+			sum = crc32.Update(sum, castagnoli, p)
+		}
+		if len(p) >= bigPiece {
+			marks = append(marks, mark{len(small), p})
+		} else {
+			small = append(small, p...)
+		}
+	})
+	// Slices of small are taken once it no longer grows.
+	bufs := make(net.Buffers, 0, 2*len(marks)+1)
+	prev, raw := 0, len(small)-head
+	for _, m := range marks {
+		if m.at > prev {
+			bufs = append(bufs, small[prev:m.at])
+		}
+		bufs = append(bufs, m.big)
+		prev = m.at
+		raw += len(m.big)
+	}
+	if len(small) > prev {
+		bufs = append(bufs, small[prev:])
+	}
+	h := small[len(prefix):head]
+	copy(h, frameMagicRaw)
+	binary.LittleEndian.PutUint32(h[4:], uint32(raw))
+	binary.LittleEndian.PutUint32(h[8:], uint32(raw))
+	binary.LittleEndian.PutUint32(h[12:], sum)
+	return bufs, small, raw
 }
 
 // FrameHeaderSize is the size of a frame's fixed header.
@@ -537,75 +645,155 @@ const FrameHeaderSize = frameHeaderSize
 
 // DecodeBatch parses one frame. Data slices point into a fresh buffer.
 func DecodeBatch(frame []byte) (*Batch, error) {
-	n, err := FrameLen(frame)
-	if err != nil {
+	if err := checkFrame(frame); err != nil {
 		return nil, err
-	}
-	if len(frame) != n {
-		return nil, fmt.Errorf("%w: batch frame is %d bytes, header says %d", ErrCorrupt, len(frame), n)
 	}
 	rawLen := int(binary.LittleEndian.Uint32(frame[4:]))
-	_, d := codecs()
+	p := decodeBuf(rawLen)
+	var raw []byte
+	if string(frame[:4]) == frameMagicRaw {
+		raw = append((*p)[:0], frame[frameHeaderSize:]...)
+	} else {
+		_, d := codecs()
+		var err error
+		raw, err = d.DecodeAll(frame[frameHeaderSize:], (*p)[:0])
+		if err != nil {
+			return nil, fmt.Errorf("%w: decompress batch: %v", ErrCorrupt, err)
+		}
+	}
+	*p = raw
+	return decodeChecked(frame, raw, p)
+}
+
+// checkFrame checks that frame is one whole frame.
+func checkFrame(frame []byte) error {
+	n, err := FrameLen(frame)
+	if err != nil {
+		return err
+	}
+	if len(frame) != n {
+		return fmt.Errorf("%w: batch frame is %d bytes, header says %d", ErrCorrupt, len(frame), n)
+	}
+	return nil
+}
+
+// decodeBuf returns a recycled buffer of capacity at least n, for a batch
+// to decode into (or a frame to be read into).
+func decodeBuf(n int) *[]byte {
 	p, ok := decodeBufs.Get().(*[]byte)
-	if !ok || cap(*p) < rawLen {
-		b := make([]byte, 0, rawLen)
+	if !ok || cap(*p) < n {
+		b := make([]byte, 0, n)
 		p = &b
 	}
-	raw, err := d.DecodeAll(frame[frameHeaderSize:], (*p)[:0])
-	if err != nil {
-		return nil, fmt.Errorf("%w: decompress batch: %v", ErrCorrupt, err)
+	return p
+}
+
+// decodeOwned is DecodeBatch for a frame in *p that the batch may keep:
+// an uncompressed frame's ops point into it (the batch's Release gives it
+// back to the pool); otherwise the caller keeps *p.
+func decodeOwned(p *[]byte) (b *Batch, kept bool, err error) {
+	frame := *p
+	if len(frame) < 4 || string(frame[:4]) != frameMagicRaw {
+		b, err = DecodeBatch(frame)
+		return b, false, err
 	}
-	if len(raw) != rawLen || crc32.Checksum(raw, castagnoli) != binary.LittleEndian.Uint32(frame[12:]) {
-		return nil, fmt.Errorf("%w: batch checksum mismatch", ErrCorrupt)
+	if err := checkFrame(frame); err != nil {
+		return nil, false, err
 	}
-	b, err := decodeRaw(raw)
+	b, err = decodeChecked(frame, frame[frameHeaderSize:], p)
+	return b, err == nil, err
+}
+
+// decodeChecked checks raw (frame's batch) against the frame's length and
+// checksum and decodes it; the batch keeps p (the buffer raw is in).
+func decodeChecked(frame, raw []byte, p *[]byte) (*Batch, error) {
+	rawLen := int(binary.LittleEndian.Uint32(frame[4:]))
+	want := binary.LittleEndian.Uint32(frame[12:])
+	bad := fmt.Errorf("%w: batch checksum mismatch", ErrCorrupt)
+	if len(raw) != rawLen {
+		return nil, bad
+	}
+	v2 := string(frame[:4]) == frameMagicRaw
+	if !v2 && crc32.Checksum(raw, castagnoli) != want {
+		return nil, bad
+	}
+	b, sum, err := decodeRaw(raw, v2)
+	if err == nil && v2 && sum != want {
+		err = bad
+	}
 	if err != nil {
 		return nil, err
 	}
-	*p = raw
 	b.buf = p
 	return b, nil
 }
 
-func decodeRaw(raw []byte) (*Batch, error) {
+// decodeRaw decodes a raw batch. With v2 (an "SRB2" frame's) each write's
+// data is followed by its block checksums, checked here and kept in
+// op.Sums, and sum is the CRC32C of every byte but the writes' data.
+func decodeRaw(raw []byte, v2 bool) (b *Batch, sum uint32, err error) {
 	le := binary.LittleEndian
 	bad := func(what string) error { return fmt.Errorf("%w: batch %s", ErrCorrupt, what) }
 	if len(raw) < 37 {
-		return nil, bad("header is short")
+		return nil, sum, bad("header is short")
 	}
-	b := &Batch{From: le.Uint64(raw), To: le.Uint64(raw[8:]), Time: int64(le.Uint64(raw[16:])), Size: int64(le.Uint64(raw[24:])), Diff: raw[32]&1 != 0, Partial: raw[32]&2 != 0, NoSync: raw[32]&4 != 0}
+	if v2 {
+		sum = crc32.Update(0, castagnoli, raw[:37])
+	}
+	b = &Batch{From: le.Uint64(raw), To: le.Uint64(raw[8:]), Time: int64(le.Uint64(raw[16:])), Size: int64(le.Uint64(raw[24:])), Diff: raw[32]&1 != 0, Partial: raw[32]&2 != 0, NoSync: raw[32]&4 != 0}
 	nops := le.Uint32(raw[33:])
 	r := raw[37:]
 	if uint64(nops) > uint64(len(r))/opHeaderSize {
-		return nil, bad("op count is larger than the batch")
+		return nil, sum, bad("op count is larger than the batch")
 	}
 	b.Ops = make([]Op, 0, nops)
 	for i := uint32(0); i < nops; i++ {
 		if len(r) < opHeaderSize {
-			return nil, bad("op header is short")
+			return nil, sum, bad("op header is short")
 		}
 		op := Op{Kind: OpKind(r[0]), Seq: le.Uint64(r[1:]), Time: int64(le.Uint64(r[9:])), Offset: le.Uint64(r[17:]), Length: le.Uint64(r[25:]),
 			NoHole: r[33]&1 != 0, Scheduled: r[33]&2 != 0, AppConsistent: r[33]&4 != 0}
 		dl, nl, ll := int(le.Uint32(r[34:])), int(le.Uint16(r[38:])), int(le.Uint16(r[40:]))
+		if v2 {
+			sum = crc32.Update(sum, castagnoli, r[:opHeaderSize])
+		}
 		r = r[42:]
-		if dl+nl+ll > len(r) {
-			return nil, bad("op is longer than the batch")
+		sl := 0
+		if v2 && op.Kind == OpWrite {
+			sl = sumsLen(dl)
+		}
+		if dl+sl+nl+ll > len(r) {
+			return nil, sum, bad("op is longer than the batch")
 		}
 		if op.Kind < OpWrite || op.Kind > OpPoint {
-			return nil, bad(fmt.Sprintf("has unknown op kind %d", op.Kind))
+			return nil, sum, bad(fmt.Sprintf("has unknown op kind %d", op.Kind))
 		}
 		if dl > 0 {
 			op.Data = r[:dl:dl]
 		}
-		op.Name = string(r[dl : dl+nl])
-		op.Label = string(r[dl+nl : dl+nl+ll])
-		r = r[dl+nl+ll:]
+		r = r[dl:]
+		if sl > 0 {
+			op.Sums = r[:sl:sl]
+			sum = crc32.Update(sum, castagnoli, r[:sl+nl+ll])
+			for k, d := 0, op.Data; len(d) > 0; k++ {
+				n := min(len(d), cdp.BlockSize)
+				if cdp.Checksum(d[:n]) != le.Uint32(op.Sums[4*k:]) {
+					return nil, sum, fmt.Errorf("%w: batch checksum mismatch (block %d of a write at byte %d)", ErrCorrupt, k, op.Offset)
+				}
+				d = d[n:]
+			}
+		} else if v2 {
+			sum = crc32.Update(sum, castagnoli, r[:nl+ll])
+		}
+		op.Name = string(r[sl : sl+nl])
+		op.Label = string(r[sl+nl : sl+nl+ll])
+		r = r[sl+nl+ll:]
 		b.Ops = append(b.Ops, op)
 	}
 	if len(r) != 0 {
-		return nil, bad("has trailing bytes")
+		return nil, sum, bad("has trailing bytes")
 	}
-	return b, nil
+	return b, sum, nil
 }
 
 // Equal reports whether two batches are the same (tests and tools).

@@ -28,9 +28,11 @@ import (
 //	type(1) length(4, little endian) payload
 //
 // Client to server: 'H' hello (JSON: token and Hello), 'B' a batch frame
-// (EncodeBatch), 'P' pull (JSON: token, volume, point). Server to client:
-// 'S' state (JSON) after a hello, 'A' ack (JSON) after each batch, 'E'
-// error (JSON: code and message), and for a pull 'B' batch frames then 'D'.
+// (EncodeBatch; or to a server whose state says wire 2, an uncompressed
+// "SRB2" frame, rawFrame), 'P' pull (JSON: token, volume, point). Server
+// to client: 'S' state (JSON) after a hello, 'A' ack (JSON) after each
+// batch, 'E' error (JSON: code and message), and for a pull 'B' batch
+// frames then 'D'.
 const (
 	msgHello = 'H'
 	msgBatch = 'B'
@@ -40,6 +42,9 @@ const (
 	msgError = 'E'
 	msgDone  = 'D'
 )
+
+// wireVersion is the protocol version a Server reads (State.Wire).
+const wireVersion = 2
 
 const (
 	// DefaultPort is where `serve --replica-listen` listens by default.
@@ -220,6 +225,10 @@ type Remote struct {
 	dead    atomic.Bool // the context of the connection was cancelled
 	// noCompress: batches go stored (NoCompress).
 	noCompress bool
+	// rawFrames: the target reads uncompressed frames (State.Wire >= 2);
+	// small is rawFrame's reused buffer.
+	rawFrames bool
+	small     []byte
 }
 
 // NoCompress makes the batches go stored, not compressed: for a stream on
@@ -329,7 +338,9 @@ func (r *Remote) Open(ctx context.Context, h Hello) (State, error) {
 		return State{}, err
 	}
 	var st State
-	return st, r.reply(msgState, &st)
+	err := r.reply(msgState, &st)
+	r.rawFrames = st.Wire >= 2
+	return st, err
 }
 
 // Send implements Target.
@@ -349,17 +360,39 @@ type inflight struct {
 
 // Submit implements Pipeliner: it sends b; Wait takes its ack.
 func (r *Remote) Submit(ctx context.Context, b *Batch) error {
-	frame, raw, err := appendBatch(r.frame[:0], b, !r.noCompress)
-	if err != nil {
-		return err
+	compress := !r.noCompress
+	if compress && r.rawFrames {
+		e, _ := codecs()
+		compress = !incompressible(e, b)
 	}
-	r.frame = frame[:0] // written before Submit returns: reusable
-	r.deadline(r.conn.SetWriteDeadline)
-	if err := writeMsg(r.conn, msgBatch, frame); err != nil {
-		return err
+	var raw, stored int
+	if !compress && r.rawFrames {
+		// Uncompressed: the data goes from the ops' buffers, no copy.
+		if err := checkNames(b); err != nil {
+			return err
+		}
+		var bufs net.Buffers
+		bufs, r.small, raw = rawFrame([]byte{msgBatch, 0, 0, 0, 0}, b, r.small)
+		stored = frameHeaderSize + raw
+		binary.LittleEndian.PutUint32(r.small[1:], uint32(stored))
+		r.deadline(r.conn.SetWriteDeadline)
+		if _, err := bufs.WriteTo(r.conn); err != nil {
+			return err
+		}
+	} else {
+		frame, n, err := appendBatch(r.frame[:0], b, compress)
+		if err != nil {
+			return err
+		}
+		r.frame = frame[:0] // written before Submit returns: reusable
+		r.deadline(r.conn.SetWriteDeadline)
+		if err := writeMsg(r.conn, msgBatch, frame); err != nil {
+			return err
+		}
+		raw, stored = n, len(frame)
 	}
 	r.pmu.Lock()
-	r.pending = append(r.pending, inflight{to: b.To, partial: b.Partial, raw: raw, stored: len(frame)})
+	r.pending = append(r.pending, inflight{to: b.To, partial: b.Partial, raw: raw, stored: stored})
 	r.pmu.Unlock()
 	return nil
 }
@@ -606,6 +639,7 @@ func (s *Server) handle(c net.Conn) {
 	defer sess.Close()
 	c.SetWriteDeadline(time.Now().Add(ioTimeout))
 	st.Pool = s.Receiver.Pool.ID()
+	st.Wire = wireVersion
 	if err := writeJSON(c, msgState, st); err != nil {
 		return
 	}
@@ -669,7 +703,9 @@ const drainTime = time.Minute
 // caller refused a batch), reads end by then.
 func readBatches(ctx context.Context, c net.Conn, br *bufio.Reader, in chan<- frameIn, drainUntil *atomic.Int64) {
 	defer close(in)
-	var frame []byte
+	// Frames are read into recycled buffers: an uncompressed one's batch
+	// keeps its buffer (its ops' data point into it) until released.
+	var frame *[]byte
 	for {
 		c.SetReadDeadline(time.Now().Add(ioTimeout))
 		// Set after ours, or read by us after the caller's store: either
@@ -678,15 +714,22 @@ func readBatches(ctx context.Context, c net.Conn, br *bufio.Reader, in chan<- fr
 			c.SetReadDeadline(time.Unix(0, d))
 		}
 		var f frameIn
-		typ, b, err := readMsgInto(br, frame)
-		frame = b // decoded into a buffer of its own: reusable
+		if frame == nil {
+			frame = decodeBuf(0)
+		}
+		typ, b, err := readMsgInto(br, *frame)
+		*frame = b
 		switch {
 		case err != nil:
 			f.connErr = err
 		case typ != msgBatch:
 			f.err = fmt.Errorf("%w: expected a batch, got %q", ErrCorrupt, typ)
 		default:
-			f.b, f.err = DecodeBatch(b)
+			var kept bool
+			f.b, kept, f.err = decodeOwned(frame)
+			if kept {
+				frame = nil
+			}
 		}
 		select {
 		case in <- f:
