@@ -203,11 +203,15 @@ func (p *Pool) resolvePointLocked(v *volState, spec string) (Point, error) {
 		}
 		pt.Seq, pt.Time = s, t.UTC()
 	}
+	// Once retention has discarded the history back past the volume's
+	// creation, the time index no longer reaches that far and a point in
+	// the discarded span can map below v.id: it is older than the retained
+	// history, which is the answer that says what to do.
+	if pt.Seq < window && (v.id < window || pt.Seq >= v.id) {
+		return Point{}, p.pointErr(v, spec, "is older than the retained history", window, head)
+	}
 	if pt.Seq < v.id {
 		return Point{}, p.pointErr(v, spec, "is before the volume was created", window, head)
-	}
-	if pt.Seq < window {
-		return Point{}, p.pointErr(v, spec, "is older than the retained history", window, head)
 	}
 	pt.Size = v.meta.sizeAt(pt.Seq)
 	return pt, nil
