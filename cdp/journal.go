@@ -953,14 +953,43 @@ func (j *Journal) ReadAt(seg uint64, off int64, p []byte) error {
 }
 
 // Prefetch asks the OS to read length bytes at off of segment seg into its
-// page cache in the background (readahead(2) on Linux). Only a hint.
+// page cache in the background (readahead(2) on Linux). Only a hint. The
+// parts the tail holds in memory are left out: reads take them from there,
+// and reading them from the disk too cost a stream of recent writes its
+// whole first pass at the disk's speed (1 MiB reads at QD1 1.7 against
+// 3.2 GB/s from memory, with the volume's data read from the disk).
 func (j *Journal) Prefetch(seg uint64, off, length int64) {
 	j.segMu.RLock()
 	s := j.segs[seg]
 	j.segMu.RUnlock()
-	if s != nil {
-		_ = s.f.Prefetch(off, length)
+	if s == nil {
+		return
 	}
+	for _, r := range j.notInTail(s, off, off+length) {
+		_ = s.f.Prefetch(r[0], r[1]-r[0])
+	}
+}
+
+// notInTail returns the ranges of [off, end) of segment s that the tail
+// does not hold, in order.
+func (j *Journal) notInTail(s *segment, off, end int64) [][2]int64 {
+	var out [][2]int64
+	j.t.RLock()
+	defer j.t.RUnlock()
+	for pos := off; pos < end; {
+		next := min((pos/chunkSize+1)*chunkSize, end)
+		if c := j.t.index[chunkKey{s.id, pos / chunkSize}]; c != nil && next <= c.off+c.n.Load() {
+			pos = next
+			continue
+		}
+		if k := len(out); k > 0 && out[k-1][1] == pos {
+			out[k-1][1] = next
+		} else {
+			out = append(out, [2]int64{pos, next})
+		}
+		pos = next
+	}
+	return out
 }
 
 // Stats describe the journal.
@@ -1021,6 +1050,7 @@ func (j *Journal) close(mark bool) error {
 	j.t.cond.Broadcast()
 	j.t.Unlock()
 	<-j.t.done
+	j.releaseTail()
 	j.syncMu.Lock()
 	j.closeFiles()
 	j.syncMu.Unlock()

@@ -5,7 +5,6 @@ import (
 	"os"
 	"sync/atomic"
 	"syscall"
-	"unsafe"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
@@ -58,24 +57,16 @@ type chunk struct {
 	// pins counts readers that hold slices of buf (PinMemory): taken under
 	// t's read lock, checked under its write lock before buf is reused
 	// for other bytes; a pinned chunk leaving the tail is dropped (its
-	// readers keep the memory alive) instead of recycled.
+	// orphaned (chunkmem.go) instead of recycled.
 	pins atomic.Int32
+	// orphaned: the tail let go of buf while it was pinned; the last
+	// unpin returns it to the pool.
+	orphaned atomic.Bool
 }
 
 type chunkKey struct {
 	seg uint64
 	idx int64 // file offset / chunkSize
-}
-
-// alignedBuf returns chunkSize bytes whose address is a multiple of ioAlign
-// (O_DIRECT needs aligned memory).
-func alignedBuf() []byte {
-	b := make([]byte, chunkSize+ioAlign)
-	a := int(uintptr(unsafe.Pointer(&b[0])) & (ioAlign - 1))
-	if a != 0 {
-		a = ioAlign - a
-	}
-	return b[a : a+chunkSize : a+chunkSize]
 }
 
 func alignDown(v int) int { return v &^ (ioAlign - 1) }
@@ -166,11 +157,12 @@ func (j *Journal) freeChunkLocked() *chunk {
 		delete(j.t.index, chunkKey{c.seg.id, c.off / chunkSize})
 		if c.pins.Load() > 0 {
 			// Readers still send its bytes: a new buffer takes its place.
-			return &chunk{buf: alignedBuf()}
+			c.orphan()
+			return &chunk{buf: getChunkBuf()}
 		}
 	} else {
 		j.t.allocated++
-		return &chunk{buf: alignedBuf()}
+		return &chunk{buf: getChunkBuf()}
 	}
 	c.seg = nil
 	return c
@@ -253,7 +245,8 @@ func (j *Journal) retireLocked(c *chunk) {
 		j.t.recent = j.t.recent[1:]
 		delete(j.t.index, chunkKey{old.seg.id, old.off / chunkSize})
 		if old.pins.Load() > 0 {
-			j.t.allocated-- // left to its readers and the garbage collector
+			j.t.allocated-- // its readers hand it back
+			old.orphan()
 			continue
 		}
 		j.t.free = append(j.t.free, old)
@@ -326,7 +319,7 @@ type TailPin struct{ c *chunk }
 
 // Release lets the pinned memory be reused; its slices must not be used
 // afterwards.
-func (p TailPin) Release() { p.c.pins.Add(-1) }
+func (p TailPin) Release() { p.c.unpin() }
 
 // PinMemory appends to bufs slices of the journal's memory holding the
 // n bytes at offset off of segment seg, and to pins what keeps them
@@ -412,6 +405,24 @@ func (j *Journal) TailBytes() int64 {
 	return int64(len(j.t.recent)+len(j.t.pending)) * chunkSize
 }
 
+// releaseTail hands every chunk buffer back to the pool (chunkmem.go) once
+// the writer has stopped: a closed journal's tail serves nothing more.
+func (j *Journal) releaseTail() {
+	j.mu.Lock()
+	j.mu.open = nil
+	j.mu.Unlock()
+	j.t.Lock()
+	defer j.t.Unlock()
+	for _, list := range [][]*chunk{j.t.free, j.t.recent, j.t.pending} {
+		for _, c := range list {
+			c.orphan()
+		}
+	}
+	j.t.free, j.t.recent, j.t.pending = nil, nil, nil
+	clear(j.t.index)
+	j.t.allocated = 0
+}
+
 // dropTailLocked forgets the kept chunks of segment s (it is being
 // removed). t is held.
 func (j *Journal) dropTailLocked(s *segment) {
@@ -421,6 +432,7 @@ func (j *Journal) dropTailLocked(s *segment) {
 			delete(j.t.index, chunkKey{s.id, c.off / chunkSize})
 			if c.pins.Load() > 0 {
 				j.t.allocated--
+				c.orphan()
 			} else {
 				j.t.free = append(j.t.free, c)
 			}

@@ -281,8 +281,14 @@ func TestPinMemory(t *testing.T) {
 	if !bytes.Equal(got, bytes.Repeat([]byte{0xa1}, 64*BlockSize)) {
 		t.Fatal("pinned memory changed while the tail turned over")
 	}
+	if inChunkPool(bufs[0]) {
+		t.Fatal("a pinned chunk's buffer is in the pool while a reader holds it")
+	}
 	for _, p := range pins {
 		p.Release()
+	}
+	if !inChunkPool(bufs[0]) {
+		t.Fatal("the last release of an orphaned chunk did not return its buffer to the pool")
 	}
 	if _, _, ok := j.PinMemory(first.Segment, first.DataOffset(4*64), 64*BlockSize, nil, nil); ok {
 		t.Fatal("pinned a record the tail no longer holds")
@@ -297,5 +303,95 @@ func TestPinMemory(t *testing.T) {
 	}
 	for _, p := range pins {
 		p.Release()
+	}
+}
+
+// inChunkPool says whether the pool's free buffers hold the memory p
+// starts in.
+func inChunkPool(p []byte) bool {
+	chunkMem.Lock()
+	defer chunkMem.Unlock()
+	a := uintptrOf(p)
+	for _, b := range chunkMem.free {
+		if base := uintptrOf(b); a >= base && a < base+chunkSize {
+			return true
+		}
+	}
+	return false
+}
+
+// TestTailMemoryReused: a closed journal hands its tail's buffers back to
+// the process-wide pool, and the next journal takes them from there: pools
+// opened one after another do not add up their tails.
+func TestTailMemoryReused(t *testing.T) {
+	fill := func() (allocated int) {
+		j, err := Open(Options{FS: vfs.Default, Dir: t.TempDir(), SegmentSize: 8 << 20, DirectIO: true, TailCache: 4 << 20}, 0, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 64; i++ { // 16 MiB through a 4 MiB tail
+			if _, err := j.Append(writeRec(1, 0, byte(i), 64)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := j.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		j.t.Lock()
+		allocated = j.t.allocated
+		j.t.Unlock()
+		if err := j.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return allocated
+	}
+	fill()
+	chunkMem.Lock()
+	before := len(chunkMem.free)
+	chunkMem.Unlock()
+	allocated := fill()
+	chunkMem.Lock()
+	after := len(chunkMem.free)
+	chunkMem.Unlock()
+	if allocated == 0 || after != before {
+		t.Fatalf("second journal: %d chunks allocated; pool %d free before, %d after its close (want equal)", allocated, before, after)
+	}
+	if before < allocated {
+		t.Fatalf("pool holds %d free buffers after a journal that used %d closed", before, allocated)
+	}
+}
+
+// TestPrefetchSkipsTail: read-ahead asks the OS only for the parts of a
+// range the tail does not hold (it once read a stream's recent writes from
+// the disk while serving them from memory).
+func TestPrefetchSkipsTail(t *testing.T) {
+	j, err := Open(Options{FS: vfs.Default, Dir: t.TempDir(), SegmentSize: 64 << 20, DirectIO: true, TailCache: 4 << 20}, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	var last Location
+	for i := 0; i < 48; i++ { // 12 MiB through a 4 MiB tail
+		if last, err = j.Append(writeRec(1, 0, byte(i), 64)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := j.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	j.segMu.RLock()
+	s := j.segs[last.Segment]
+	j.segMu.RUnlock()
+	end := s.written.Load()
+	got := j.notInTail(s, 0, end)
+	if len(got) != 1 || got[0][0] != 0 {
+		t.Fatalf("ranges not in the tail: %v, want one from 0", got)
+	}
+	held := end - got[0][1]
+	if held < 3<<20 || held > 6<<20 {
+		t.Fatalf("the tail holds %d bytes of the segment's end, want about its 4 MiB", held)
+	}
+	if r := j.notInTail(s, got[0][1], end); len(r) != 0 {
+		t.Fatalf("ranges the tail holds reported as missing: %v", r)
 	}
 }
