@@ -206,7 +206,10 @@ func runServe(c *cli.Context) error {
 	// GOMEMLIMIT says otherwise. Twice the caches: Go's collector lets the
 	// heap reach twice what is live, and a limit close to the live cache
 	// would make it collect without pause (measured: random reads at half
-	// speed with a 1.25 GiB cache).
+	// speed with a 1.25 GiB cache). The journal's tail (three quarters of
+	// the cache) lives outside the Go heap since it moved to huge pages
+	// (cdp/chunkmem.go), so this backstop is looser than it was; it is
+	// only a backstop.
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(2*(o.Pool.CacheSize+o.Pool.IndexCacheSize) + 512<<20)
 	}
