@@ -22,7 +22,8 @@ import (
 // instead of 2.4 (a 1 GiB buffer sent twice over a Unix socket:
 // 545 MB/s, then 2443), and the VM boot mix read a freshly written
 // volume at half nbdkit's speed. In 2 MiB pages the first pass ran at
-// 2.2 GB/s. Elsewhere huge pages cost nothing and save TLB misses.
+// 2.2 GB/s. Elsewhere huge pages save TLB misses; what they cost is the
+// kernel finding free 2 MiB pages (compaction) while the tail first grows.
 //
 // A chunk buffer handed back while readers still hold slices of it (pins)
 // is orphaned: the last reader's Release returns it (chunk.orphan).

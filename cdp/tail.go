@@ -56,8 +56,8 @@ type chunk struct {
 	flushed, want int
 	// pins counts readers that hold slices of buf (PinMemory): taken under
 	// t's read lock, checked under its write lock before buf is reused
-	// for other bytes; a pinned chunk leaving the tail is dropped (its
-	// orphaned (chunkmem.go) instead of recycled.
+	// for other bytes; a pinned chunk leaving the tail is orphaned
+	// (chunkmem.go) instead of recycled.
 	pins atomic.Int32
 	// orphaned: the tail let go of buf while it was pinned; the last
 	// unpin returns it to the pool.
