@@ -1,0 +1,56 @@
+package cow
+
+import "testing"
+
+// TestHeadMapSparePages: pages evicted or refused are reused by later
+// loads, always all zero (a stale entry would make an unwritten block
+// read as data), and at most maxSparePages a shard are kept.
+func TestHeadMapSparePages(t *testing.T) {
+	h := newHeadMap(1) // the smallest budget: 4 pages a shard
+	k := pageKey{vol: 1, page: 0}
+	s := h.shard(k)
+	var installed []*headPage
+	for pg := uint64(0); len(installed) < 64; pg++ {
+		k := pageKey{vol: 1, page: pg}
+		if h.shard(k) != s {
+			continue
+		}
+		p := h.newPage(k)
+		for i := range p {
+			p[i] = entry{kind: entryData, seq: pg + 1}
+		}
+		h.install(k, h.stampOf(k), p)
+		installed = append(installed, p)
+	}
+	s.mu.Lock()
+	spare, pages := len(s.spare), len(s.pages)
+	s.mu.Unlock()
+	if pages > h.perShard || spare == 0 || spare > maxSparePages {
+		t.Fatalf("shard: %d pages (at most %d), %d spare (want 1..%d)", pages, h.perShard, spare, maxSparePages)
+	}
+	reused := false
+	for i := 0; i < spare; i++ {
+		p := h.newPage(k)
+		if *p != (headPage{}) {
+			t.Fatal("a reused page is not all zero")
+		}
+		for _, q := range installed {
+			reused = reused || p == q
+		}
+	}
+	if !reused {
+		t.Fatal("newPage did not reuse an evicted page")
+	}
+	// A load that raced a change is not installed: its page is kept.
+	k2 := pageKey{vol: 2, page: 7}
+	p := h.newPage(k2)
+	st := h.stampOf(k2)
+	h.set(2, 7<<headPageShift, entry{kind: entryData, seq: 9}) // absent page: bumps the stamp
+	h.install(k2, st, p)
+	s2 := h.shard(k2)
+	s2.mu.Lock()
+	defer s2.mu.Unlock()
+	if s2.pages[k2] != nil || len(s2.spare) == 0 || s2.spare[len(s2.spare)-1] != p {
+		t.Fatal("a refused page was installed or not kept as a spare")
+	}
+}
