@@ -44,8 +44,7 @@ type headShard struct {
 	mu    sync.RWMutex
 	pages map[pageKey]*headPage
 	stamp uint64
-	// spare holds pages evicted, dropped or not installed, for the next
-	// loads: memory already in use costs no page faults, where a new
+	// spare holds pages evicted or not installed, for the next loads: memory already in use costs no page faults, where a new
 	// page's first touch does (on the PVM machine of 2026-12-02 the first
 	// copy into new pages was 9% of 4 KiB random writes to a new volume).
 	spare []*headPage
@@ -55,7 +54,8 @@ type headShard struct {
 // head map's budget).
 const maxSparePages = 16
 
-// newPage returns an all-zero page for a load into shard s.
+// newPage returns an all-zero page for a load of page k: a spare of k's
+// shard, else a new one.
 func (h *headMap) newPage(k pageKey) *headPage {
 	if h == nil {
 		return new(headPage)
