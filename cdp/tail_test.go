@@ -346,18 +346,69 @@ func TestTailMemoryReused(t *testing.T) {
 		return allocated
 	}
 	fill()
-	chunkMem.Lock()
-	before := len(chunkMem.free)
-	chunkMem.Unlock()
-	allocated := fill()
-	chunkMem.Lock()
-	after := len(chunkMem.free)
-	chunkMem.Unlock()
-	if allocated == 0 || after != before {
-		t.Fatalf("second journal: %d chunks allocated; pool %d free before, %d after its close (want equal)", allocated, before, after)
+	idle := func() (free, slabs, waits int) {
+		chunkMem.Lock()
+		defer chunkMem.Unlock()
+		for chunkMem.mapping {
+			chunkMem.ready.Wait()
+		}
+		return len(chunkMem.free), chunkMem.slabs, chunkMem.waits
 	}
+	before, slabs, waits := idle()
+	allocated := fill()
+	after, slabs2, waits2 := idle()
 	if before < allocated {
 		t.Fatalf("pool holds %d free buffers after a journal that used %d closed", before, allocated)
+	}
+	// The second journal took its buffers from the pool: nothing waited
+	// for new memory, and at most the one slab mapped ahead was added.
+	if allocated == 0 || waits2 != waits || slabs2 > slabs+1 || after != before+(slabs2-slabs)*slabChunks {
+		t.Fatalf("second journal: %d chunks allocated; pool %d free before, %d after its close; slabs %d -> %d, waits %d -> %d",
+			allocated, before, after, slabs, slabs2, waits, waits2)
+	}
+}
+
+// TestChunkPoolMapsAhead: taking buffers until fewer than aheadChunks are
+// free maps the next slab in the background, so a journal that keeps
+// growing does not wait for new memory.
+func TestChunkPoolMapsAhead(t *testing.T) {
+	var taken [][]byte
+	defer func() {
+		for _, b := range taken {
+			putChunkBuf(b)
+		}
+	}()
+	// Take one so the pool has mapped memory (a fresh process has none),
+	// and let any mapping it started finish.
+	taken = append(taken, getChunkBuf())
+	chunkMem.Lock()
+	for chunkMem.mapping {
+		chunkMem.ready.Wait()
+	}
+	free, slabs, waits := len(chunkMem.free), chunkMem.slabs, chunkMem.waits
+	chunkMem.Unlock()
+	if free <= aheadChunks {
+		t.Fatalf("%d buffers free after a take, want more than %d (a slab mapped ahead)", free, aheadChunks)
+	}
+	// Drain the pool to aheadChunks, then take one more: that take starts
+	// the mapping.
+	for i := 0; i < free-aheadChunks+1; i++ {
+		taken = append(taken, getChunkBuf())
+	}
+	chunkMem.Lock()
+	for chunkMem.mapping {
+		chunkMem.ready.Wait()
+	}
+	gotFree, gotSlabs, gotWaits := len(chunkMem.free), chunkMem.slabs, chunkMem.waits
+	chunkMem.Unlock()
+	if gotWaits != waits || gotSlabs != slabs+1 || gotFree < aheadChunks {
+		t.Fatalf("after taking %d of %d free buffers: slabs %d -> %d, waits %d -> %d, %d free (want one slab mapped ahead, no wait)",
+			len(taken), free, slabs, gotSlabs, waits, gotWaits, gotFree)
+	}
+	for i := range taken {
+		if len(taken[i]) != chunkSize || uintptrOf(taken[i])%ioAlign != 0 {
+			t.Fatalf("buffer %d: %d bytes at %#x", i, len(taken[i]), uintptrOf(taken[i]))
+		}
 	}
 }
 
