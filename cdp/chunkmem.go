@@ -9,7 +9,8 @@ import (
 // that never shrinks: a journal takes buffers as its tail grows and gives
 // them back when it closes, so a daemon's resident tail memory is the
 // high-water mark of its journals' tails (Options.TailCache plus
-// maxPending chunks each), and pools opened one after another reuse it.
+// maxPending chunks each), rounded up to whole slabs, plus at most one
+// slab mapped ahead; pools opened one after another reuse it.
 //
 // On Linux the pool carves buffers from anonymous mappings of
 // slabChunks MiB marked MADV_HUGEPAGE (chunkmem_linux.go), so the tail
