@@ -58,7 +58,7 @@ volume.`,
 			&cli.StringFlag{Name: "socket", Usage: "NBD Unix socket (default DATA/nbd.sock; \"\" disables)"},
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:10809", Usage: "NBD TCP address (\"\" disables)"},
 			&cli.StringSliceFlag{Name: "volume", Usage: "create volume NAME of SIZE at start unless it exists (repeatable), e.g. vol0=10GiB"},
-			&cli.StringFlag{Name: "cache-size", Value: "256MiB", Usage: "memory for reads of data: three quarters keep the most recent writes as written, a quarter caches blocks read from older data that the page cache lost (0 turns both off); with --index-cache it bounds the daemon's memory"},
+			&cli.StringFlag{Name: "cache-size", Value: "256MiB", Usage: "memory for reads of data: fifteen sixteenths keep the most recent writes as written, the rest caches blocks read from older data that the page cache lost (0 turns both off); with --index-cache it bounds the daemon's memory"},
 			&cli.StringFlag{Name: "index-cache", Value: "64MiB", Usage: "memory for the block index: three quarters keep where each volume's newest blocks are (the head map), the rest caches the index's blocks"},
 			&cli.StringFlag{Name: "retention", Value: "24h", Usage: "how long every write stays readable as a point in time (90m, 24h, 7d); volumes may override it"},
 			&cli.StringFlag{Name: "retention-size", Value: "0", Usage: "cap on the journal (e.g. 20GiB; 0: none): history older than fits is discarded early, and status says so"},
@@ -206,8 +206,8 @@ func runServe(c *cli.Context) error {
 	// GOMEMLIMIT says otherwise. Twice the caches: Go's collector lets the
 	// heap reach twice what is live, and a limit close to the live cache
 	// would make it collect without pause (measured: random reads at half
-	// speed with a 1.25 GiB cache). The journal's tail (three quarters of
-	// the cache) lives outside the Go heap since it moved to huge pages
+	// speed with a 1.25 GiB cache). The journal's tail (fifteen sixteenths
+	// of the cache) lives outside the Go heap since it moved to huge pages
 	// (cdp/chunkmem.go), so this backstop is looser than it was; it is
 	// only a backstop.
 	if os.Getenv("GOMEMLIMIT") == "" {
