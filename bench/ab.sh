@@ -8,7 +8,9 @@
 #
 # Usage: bench/ab.sh "JOB ..." [ROUNDS] [SECONDS]
 #   SYSTEMS="nbdkit bin/strata /tmp/strata-old"  (default: nbdkit bin/strata)
-#   FRESH=1 VSIZE=4GiB TSIZE=4G JSIZE=4G   for the -fresh jobs
+#   FRESH=1 VSIZE=4GiB TSIZE=4G JSIZE=4G   for the -fresh jobs on a new daemon
+#   FRESH=vol VSIZE=4GiB TSIZE=4G JSIZE=4G as the runner runs them: Strata's
+#     daemon first prefills a 1 GiB volume, then the job writes a new one
 # Example: bench/ab.sh "vm-boot-qd8 seqread-1m-qd1" 3 8
 set -uo pipefail
 JOBS=${1:?usage: bench/ab.sh \"JOB ...\" [ROUNDS] [SECONDS]}; ROUNDS=${2:-3}; RT=${3:-8}
@@ -25,11 +27,16 @@ run_one() { # SYSTEM JOB
     nbdkit -f -U "$W/d/nbd.sock" file "$W/f" > "$W/log" 2>&1 &
     P=$!; URI="nbd+unix:///?socket=$W/d/nbd.sock"
   else
-    "$1" serve --data "$W/d" --listen= --volume "bench=${VSIZE:-1GiB}" --cache-size 1280MiB > "$W/log" 2>&1 &
+    local VOLS=(--volume "bench=${VSIZE:-1GiB}")
+    [ "${FRESH:-}" = vol ] && VOLS=(--volume main=1GiB --volume "bench=${VSIZE:-1GiB}")
+    "$1" serve --data "$W/d" --listen= "${VOLS[@]}" --cache-size 1280MiB > "$W/log" 2>&1 &
     P=$!; URI="nbd+unix:///bench?socket=$W/d/nbd.sock"
   fi
   PIDS+=("$P")
   for _ in $(seq 100); do [ -S "$W/d/nbd.sock" ] && break; sleep 0.1; done
+  if [ "${FRESH:-}" = vol ] && [ "$1" != nbdkit ]; then
+    fio --name=fill --ioengine=nbd --uri="nbd+unix:///main?socket=$W/d/nbd.sock" --rw=write --bs=1M --size=1G --iodepth=8 --output=/dev/null > /dev/null
+  fi
   if [ -z "${FRESH:-}" ]; then
     fio --name=fill --ioengine=nbd --uri="$URI" --rw=write --bs=1M --size=1G --iodepth=8 --output=/dev/null > /dev/null
   fi

@@ -3,6 +3,7 @@ package cow
 import (
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/strata-storage/strata/cdp"
 )
@@ -38,7 +39,7 @@ const (
 )
 
 // headPageBytes is what a page costs in memory (entries, map slot, header).
-const headPageBytes = headPageBlocks*40 + 96
+const headPageBytes = headPageBlocks*int64(unsafe.Sizeof(entry{})) + 96
 
 type headShard struct {
 	mu    sync.RWMutex
@@ -51,7 +52,7 @@ type headShard struct {
 	spare []*headPage
 }
 
-// maxSparePages bounds a shard's spare pages (2.7 MB in all, beyond the
+// maxSparePages bounds a shard's spare pages (2.2 MB in all, beyond the
 // head map's budget).
 const maxSparePages = 16
 

@@ -1,6 +1,9 @@
 package cow
 
-import "testing"
+import (
+	"testing"
+	"unsafe"
+)
 
 // TestHeadMapSparePages: pages evicted or refused are reused by later
 // loads, always all zero (a stale entry would make an unwritten block
@@ -52,5 +55,18 @@ func TestHeadMapSparePages(t *testing.T) {
 	defer s2.mu.Unlock()
 	if s2.pages[k2] != nil || len(s2.spare) == 0 || s2.spare[len(s2.spare)-1] != p {
 		t.Fatal("a refused page was installed or not kept as a spare")
+	}
+}
+
+// TestHeadPageCost: an entry packs into 32 bytes (kind last), so the
+// default --index-cache's head map holds the pages of two volumes a
+// benchmark writes (1 GiB and 4 GiB, 20.5k pages) without evicting; a
+// field order that pads it back to 40 bytes fits a fifth fewer pages.
+func TestHeadPageCost(t *testing.T) {
+	if n := unsafe.Sizeof(entry{}); n != 32 {
+		t.Fatalf("entry is %d bytes, want 32", n)
+	}
+	if pages := headShare(64<<20) / headPageBytes; pages < 5<<12 {
+		t.Fatalf("64 MiB of index memory holds %d head pages, want at least %d (5 GiB of volume)", pages, 5<<12)
 	}
 }
