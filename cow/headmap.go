@@ -268,7 +268,9 @@ func (p *Pool) loadHeadPage(v *volState, pg, i uint64, dst []entry) error {
 	st := p.head.stampOf(k)
 	page := p.head.newPage(k)
 	first := pg << headPageShift
+	p.headLoads.Add(1)
 	if !v.pageUnused(pg) || v.loadGens()[0].BaseVol != 0 {
+		p.headSeeks.Add(1)
 		err := p.resolve(p.db, v, first, first+headPageBlocks-1, Head, func(b uint64, e entry) bool {
 			page[b-first] = e
 			return true

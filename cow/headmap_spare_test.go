@@ -1,8 +1,12 @@
 package cow
 
 import (
+	"bytes"
 	"testing"
 	"unsafe"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/strata-storage/strata/cdp"
 )
 
 // TestHeadMapSparePages: pages evicted or refused are reused by later
@@ -68,5 +72,50 @@ func TestHeadPageCost(t *testing.T) {
 	}
 	if pages := headShare(64<<20) / headPageBytes; pages < 5<<12 {
 		t.Fatalf("64 MiB of index memory holds %d head pages, want at least %d (5 GiB of volume)", pages, 5<<12)
+	}
+}
+
+// TestFirstWriteNoSeek: the first write to a page of a new volume loads
+// that page without an index seek (no record touched it), while a page
+// that was written and then dropped from the head map is read back from
+// the index; both count what they held correctly (written) and read back.
+func TestFirstWriteNoSeek(t *testing.T) {
+	p := openPool(t, vfs.NewMem())
+	defer p.Close()
+	v := mustVol(t, p, "v", 64<<20)
+	page := int64(headPageBlocks * cdp.BlockSize)
+	buf := bytes.Repeat([]byte{7}, cdp.BlockSize)
+	before := p.Stats().IndexMemory
+	for i := range int64(8) {
+		if _, err := v.WriteAt(buf, i*page+page/2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	im := p.Stats().IndexMemory
+	if loads, seeks := im.HeadLoads-before.HeadLoads, im.HeadLoadsSeeks-before.HeadLoadsSeeks; loads < 8 || seeks != 0 {
+		t.Fatalf("8 first writes to untouched pages: %d page loads, %d index seeks; want >= 8 and 0", loads, seeks)
+	}
+	// Drop every page: the next write to a written page must seek, and
+	// must see the block there (written stays 8 blocks after rewriting it).
+	id := v.v.id
+	p.head.dropVolumes(func(vol uint64) bool { return vol == id })
+	if _, err := v.WriteAt(buf, page/2); err != nil {
+		t.Fatal(err)
+	}
+	if after := p.Stats().IndexMemory; after.HeadLoadsSeeks-im.HeadLoadsSeeks != 1 {
+		t.Fatalf("a write to a written page not in the head map: %d index seeks, want 1", after.HeadLoadsSeeks-im.HeadLoadsSeeks)
+	}
+	info, err := p.VolumeInfo("v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Written != 8*cdp.BlockSize {
+		t.Fatalf("written %d, want %d", info.Written, 8*cdp.BlockSize)
+	}
+	got := make([]byte, cdp.BlockSize)
+	for i := range int64(8) {
+		if _, err := v.ReadAt(got, i*page+page/2); err != nil || !bytes.Equal(got, buf) {
+			t.Fatalf("block %d reads back wrong (%v)", i, err)
+		}
 	}
 }

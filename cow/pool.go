@@ -305,6 +305,9 @@ type Pool struct {
 
 	cache *cache.Cache
 	head  *headMap
+	// headLoads counts head-map pages loaded, headSeeks those of them
+	// read from the index (the rest were known to be all unwritten).
+	headLoads, headSeeks atomic.Int64
 	// recentHits counts blocks read from the journal's memory.
 	recentHits atomic.Uint64
 	// prefetched counts bytes of journal hinted by read-ahead.
@@ -914,6 +917,10 @@ type IndexMemory struct {
 	HeadMapBytes    int64  `json:"head_map_bytes"`    // head map pages present
 	MemTableBytes   uint64 `json:"memtable_bytes"`    // the index's memtables (written keys not yet in files)
 	BlockCacheBytes int64  `json:"block_cache_bytes"` // the index files' block cache
+	// Head-map pages loaded since the pool opened, and how many of them
+	// were read from the index (the others: pages no record touched).
+	HeadLoads      int64 `json:"head_loads"`
+	HeadLoadsSeeks int64 `json:"head_loads_seeks"`
 }
 
 // Stats returns the pool's counters.
@@ -927,7 +934,8 @@ func (p *Pool) Stats() Stats {
 	j := p.j.Load()
 	m := p.db.Metrics()
 	st := Stats{Volumes: n, Journal: j.Stats(), Cache: p.cache.Stats(), ReadAhead: p.prefetched.Load(), AppliedSeq: applied, IndexBytes: m.DiskSpaceUsage(),
-		IndexMemory: IndexMemory{HeadMapBytes: p.head.bytes(), MemTableBytes: m.MemTable.Size, BlockCacheBytes: m.BlockCache.Size},
+		IndexMemory: IndexMemory{HeadMapBytes: p.head.bytes(), MemTableBytes: m.MemTable.Size, BlockCacheBytes: m.BlockCache.Size,
+			HeadLoads: p.headLoads.Load(), HeadLoadsSeeks: p.headSeeks.Load()},
 		ReadDamaged: p.readDamage.Load()}
 	st.Cache.AddRecent(p.opts.CacheSize, j.TailBytes(), p.recentHits.Load())
 	st.Damaged = p.stillDamaged(j.Damaged())
