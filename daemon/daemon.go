@@ -25,8 +25,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -37,6 +35,7 @@ import (
 	"github.com/strata-storage/strata/blockdev/ublk"
 	"github.com/strata-storage/strata/control"
 	"github.com/strata-storage/strata/cow"
+	"github.com/strata-storage/strata/internal/dirlock"
 	"github.com/strata-storage/strata/internal/units"
 	"github.com/strata-storage/strata/internal/vip"
 	"github.com/strata-storage/strata/replica"
@@ -410,26 +409,11 @@ func (d *Daemon) close(ctx context.Context) error {
 // lockDataDir takes an exclusive flock on DATA/strata.lock and writes our
 // pid into it, so a second serve fails clearly and names the holder.
 func lockDataDir(dir string) (*os.File, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("create data directory %s: %w", dir, err)
-	}
-	path := filepath.Join(dir, "strata.lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("open lock file: %w", err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		b, _ := os.ReadFile(path)
-		f.Close()
-		holder := strings.TrimSpace(string(b))
-		if holder == "" {
-			holder = "unknown"
-		}
+	f, holder, err := dirlock.Lock(dir, "strata.lock")
+	if errors.Is(err, dirlock.ErrLocked) {
 		return nil, fmt.Errorf("%w: %s is used by another strata serve (pid %s); stop it first or use another --data", ErrDataInUse, dir, holder)
 	}
-	f.Truncate(0)
-	f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
-	return f, nil
+	return f, err
 }
 
 // listenUnix listens on a Unix socket path, replacing a stale socket file

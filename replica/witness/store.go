@@ -8,9 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
-	"strings"
-	"syscall"
+
+	"github.com/strata-storage/strata/internal/dirlock"
 )
 
 const (
@@ -174,24 +173,9 @@ func syncDir(dir string) error {
 // lockDir takes an exclusive flock on DIR/witness.lock and writes our pid
 // into it, so a second witness on DIR fails clearly and names the holder.
 func lockDir(dir string) (*os.File, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("create data directory %s: %w", dir, err)
-	}
-	path := filepath.Join(dir, lockFile)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("open lock file: %w", err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		b, _ := os.ReadFile(path)
-		f.Close()
-		holder := strings.TrimSpace(string(b))
-		if holder == "" {
-			holder = "unknown"
-		}
+	f, holder, err := dirlock.Lock(dir, lockFile)
+	if errors.Is(err, dirlock.ErrLocked) {
 		return nil, fmt.Errorf("%w: %s is used by another strata witness (pid %s); stop it first or use another --data", ErrDirInUse, dir, holder)
 	}
-	f.Truncate(0)
-	f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
-	return f, nil
+	return f, err
 }
