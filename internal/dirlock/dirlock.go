@@ -32,8 +32,13 @@ func Lock(dir, name string) (f *os.File, holder string, err error) {
 		return nil, "", fmt.Errorf("open lock file: %w", err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		b, _ := os.ReadFile(path)
 		f.Close()
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			// Not another holder (no lock support on this filesystem,
+			// say): say what failed, not who holds it.
+			return nil, "", fmt.Errorf("lock %s: %w", path, err)
+		}
+		b, _ := os.ReadFile(path)
 		holder = strings.TrimSpace(string(b))
 		if holder == "" {
 			holder = "unknown"
