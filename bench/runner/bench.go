@@ -329,12 +329,15 @@ func (b *bench) startSystems(ctx context.Context, restart bool) error {
 }
 
 // plan orders the runs: round by round, job by job, and within a job every
-// system in turn (A B C A B C ...).
+// system in turn, the order rotated by one each round (A B C, B C A, C A B),
+// so no system always runs right after the same other one and inherits what
+// that one left behind (its dirty pages, its daemon's background work).
+// fresh-file runs last: it writes as much as strata wrote in the round.
 func (b *bench) plan() []planned {
 	var out []planned
 	for r := 1; r <= b.cfg.rounds; r++ {
 		for _, j := range b.jobs {
-			for _, s := range b.systems {
+			for _, s := range roundOrder(b.systems, r) {
 				if b.applies(s, j) {
 					out = append(out, planned{r, j, s})
 				}
@@ -342,6 +345,24 @@ func (b *bench) plan() []planned {
 		}
 	}
 	return out
+}
+
+// roundOrder is the order of the systems in round r (from 1): rotated by
+// r-1, the fresh-file ceiling last.
+func roundOrder(systems []*system, r int) []*system {
+	var rot, last []*system
+	for _, s := range systems {
+		if s.kind == kindFresh {
+			last = append(last, s)
+		} else {
+			rot = append(rot, s)
+		}
+	}
+	if n := len(rot); n > 0 {
+		k := (r - 1) % n
+		rot = append(rot[k:len(rot):len(rot)], rot[:k]...)
+	}
+	return append(rot, last...)
 }
 
 func (b *bench) runOne(ctx context.Context, p planned) (result, error) {

@@ -104,3 +104,33 @@ func TestRatioPerRound(t *testing.T) {
 		t.Errorf("show(0.95) = %s", s)
 	}
 }
+
+// Every round rotates the order of the systems by one, so none always runs
+// right after the same other one; fresh-file (which writes what strata
+// wrote in the round) stays last.
+func TestRoundOrder(t *testing.T) {
+	var systems []*system
+	for _, n := range []string{"strata", "fresh-file", "nbdkit", "qemu-nbd"} {
+		systems = append(systems, newSystem(&bench{}, n))
+	}
+	names := func(ss []*system) (out []string) {
+		for _, s := range ss {
+			out = append(out, s.name)
+		}
+		return out
+	}
+	want := [][]string{
+		{"strata", "nbdkit", "qemu-nbd", "fresh-file"},
+		{"nbdkit", "qemu-nbd", "strata", "fresh-file"},
+		{"qemu-nbd", "strata", "nbdkit", "fresh-file"},
+		{"strata", "nbdkit", "qemu-nbd", "fresh-file"},
+	}
+	for r, w := range want {
+		if got := names(roundOrder(systems, r+1)); !slices.Equal(got, w) {
+			t.Errorf("round %d: %v, want %v", r+1, got, w)
+		}
+	}
+	if got := names(systems); !slices.Equal(got, []string{"strata", "fresh-file", "nbdkit", "qemu-nbd"}) {
+		t.Errorf("roundOrder changed its argument: %v", got)
+	}
+}
