@@ -53,7 +53,12 @@ requests finish, the journal is synced, the lock is released.
 
 The --default-* QoS limits are given to each volume created afterwards
 (volume create, clone, --volume); strata volume set changes them per
-volume.`,
+volume.
+
+Where transparent huge pages are "madvise" (Debian's default), serve starts
+itself again once (same PID) with GLIBC_TUNABLES=glibc.malloc.hugetlb=1, so
+the index's memory sits in huge pages (faster random writes); set
+GLIBC_TUNABLES=glibc.malloc.hugetlb=0 to keep it off.`,
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "socket", Usage: "NBD Unix socket (default DATA/nbd.sock; \"\" disables)"},
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:10809", Usage: "NBD TCP address (\"\" disables)"},
@@ -100,6 +105,7 @@ func runServe(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	reexecForHugePages(log) // returns only if serve goes on in this process
 	data, err := filepath.Abs(c.String("data"))
 	if err != nil {
 		return fmt.Errorf("data directory %q: %w", c.String("data"), err)
