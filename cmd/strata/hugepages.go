@@ -18,7 +18,7 @@ import (
 // serve` starts itself again, once, with the tunable added, when the
 // kernel would otherwise not give huge pages to that memory. By hand
 // (docs/performance.md, Step 9): 4 KiB writes to a new volume at QD32
-// 5-17% faster. GLIBC_TUNABLES=glibc.malloc.hugetlb=0 in the environment
+// about 8% faster. GLIBC_TUNABLES=glibc.malloc.hugetlb=0 in the environment
 // keeps it off (any value set there is left alone).
 const (
 	hugeTunable = "glibc.malloc.hugetlb"
