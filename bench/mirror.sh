@@ -4,7 +4,10 @@
 # daemon, in the same run, rounds rotated; with a flush every 64 writes and
 # without. Both daemons and the witness run on this machine, so the
 # mirrored case pays for the second host's CPU too.
-# Usage: bench/mirror.sh [ROUNDS] [SECONDS] (default 3 rounds of 8 s)
+# PIN=1 emulates two hosts: the primary, the witness and fio share CPU 0,
+# the secondary has CPU 1 to itself, and the plain volume runs on CPU 0
+# alone too (the secondary then idles), so both cases get one host's CPU.
+# Usage: [PIN=1] bench/mirror.sh [ROUNDS] [SECONDS] (default 3 rounds of 8 s)
 set -euo pipefail
 ROUNDS=${1:-3}
 SECS=${2:-8}
@@ -15,9 +18,14 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; for p
 trap cleanup EXIT
 head -c 24 /dev/urandom | base64 > "$W/token"
 P=$((20000 + RANDOM % 20000))
-"$BIN" witness --listen 127.0.0.1:$((P + 2)) --data "$W/w" --token-file "$W/token" >"$W/w.log" 2>&1 & PIDS+=($!)
-"$BIN" --data "$W/a" serve --listen "" --replica-listen 127.0.0.1:$P --replica-token-file "$W/token" >"$W/a.log" 2>&1 & PIDS+=($!)
-"$BIN" --data "$W/b" serve --listen "" --replica-listen 127.0.0.1:$((P + 1)) --replica-token-file "$W/token" >"$W/b.log" 2>&1 & PIDS+=($!)
+HOST_A=() HOST_B=()
+if [ "${PIN:-0}" = 1 ]; then
+  [ "$(nproc)" -ge 2 ] || { echo "PIN=1 needs 2 CPUs" >&2; exit 2; }
+  HOST_A=(taskset -c 0) HOST_B=(taskset -c 1)
+fi
+"${HOST_A[@]}" "$BIN" witness --listen 127.0.0.1:$((P + 2)) --data "$W/w" --token-file "$W/token" >"$W/w.log" 2>&1 & PIDS+=($!)
+"${HOST_A[@]}" "$BIN" --data "$W/a" serve --listen "" --replica-listen 127.0.0.1:$P --replica-token-file "$W/token" >"$W/a.log" 2>&1 & PIDS+=($!)
+"${HOST_B[@]}" "$BIN" --data "$W/b" serve --listen "" --replica-listen 127.0.0.1:$((P + 1)) --replica-token-file "$W/token" >"$W/b.log" 2>&1 & PIDS+=($!)
 sleep 1.5
 for v in plain mirrored; do "$BIN" --data "$W/a" volume create $v --size 2GiB >/dev/null; done
 # Prefill both (overwrites are what the job measures).
@@ -34,7 +42,7 @@ done
 job() {
   local extra=()
   [ "$2" != 0 ] && extra=(--fsync="$2")
-  fio --name=j --ioengine=nbd --uri="nbd+unix:///$1?socket=$W/a/nbd.sock" --rw=randwrite --bs=4k --size=1G --iodepth=32 \
+  "${HOST_A[@]}" fio --name=j --ioengine=nbd --uri="nbd+unix:///$1?socket=$W/a/nbd.sock" --rw=randwrite --bs=4k --size=1G --iodepth=32 \
       --time_based --runtime="$SECS" --randrepeat=0 "${extra[@]}" --output-format=json --output="$W/j.json" >/dev/null
   python3 -c "import json;print(round(json.load(open('$W/j.json'))['jobs'][0]['write']['iops']))"
 }

@@ -36,6 +36,12 @@ const (
 	chunkSize  = 1 << 20
 	ioAlign    = 4096
 	maxPending = 16 // chunks appended but not yet written: appends wait beyond
+	// maxWrite is how many chunks one write covers at most, when that
+	// many wait in a row: a direct write of 8 MiB with one pwritev(2)
+	// went at 2.2 GB/s where 1 MiB writes one at a time went at 1.76 GB/s
+	// (fio --direct=1, 2026-12-03), and the writer no longer paid a
+	// wake-up and a syscall per MiB.
+	maxWrite = 8
 )
 
 // DefaultTailCache is the default memory of written journal chunks kept for
@@ -193,8 +199,15 @@ func (j *Journal) requestWriteLocked() {
 	j.t.Unlock()
 }
 
+// piece is bytes [from, to) of a chunk, for one write.
+type piece struct {
+	c        *chunk
+	from, to int
+}
+
 // writer writes what chunks ask for, oldest first, until the journal
-// closes.
+// closes: the chunks waiting in a row in one segment (up to maxWrite) with
+// one write.
 func (j *Journal) writer() {
 	defer close(j.t.done)
 	j.t.Lock()
@@ -202,6 +215,8 @@ func (j *Journal) writer() {
 	work := func() bool {
 		return j.t.err == nil && len(j.t.pending) > 0 && j.t.pending[0].want > j.t.pending[0].flushed
 	}
+	ps := make([]piece, 0, maxWrite)
+	bufs := make([][]byte, 0, maxWrite)
 	for {
 		// After a failure nothing more is written: the writer only waits
 		// for the journal to close.
@@ -211,10 +226,9 @@ func (j *Journal) writer() {
 		if !work() {
 			return // stopping, and nothing (more) to write
 		}
-		c := j.t.pending[0]
-		from, to := c.flushed, c.want
+		ps = nextWrite(j.t.pending, ps[:0])
 		j.t.Unlock()
-		err := j.writeChunk(c, from, to)
+		err := j.writePieces(ps, bufs)
 		j.t.Lock()
 		if err != nil {
 			if j.t.err == nil {
@@ -223,13 +237,73 @@ func (j *Journal) writer() {
 			j.t.cond.Broadcast()
 			continue
 		}
-		c.flushed = to
-		c.seg.written.Store(c.off + int64(to))
-		if to == chunkSize {
-			j.retireLocked(c)
+		last := ps[len(ps)-1]
+		for _, p := range ps {
+			p.c.flushed = p.to
 		}
+		last.c.seg.written.Store(last.c.off + int64(last.to))
+		for _, p := range ps {
+			if p.to == chunkSize {
+				j.retireLocked(p.c) // the first pending chunk: ps is pending's head
+			}
+		}
+		clear(ps)
 		j.t.cond.Broadcast()
 	}
+}
+
+// nextWrite appends to ps what the next write covers: the first pending
+// chunk's unwritten bytes and, while each is a whole chunk's rest, those of
+// the chunks that follow it in the same segment file, up to maxWrite
+// chunks. t is held.
+func nextWrite(pending []*chunk, ps []piece) []piece {
+	for _, c := range pending {
+		if len(ps) == maxWrite || c.want <= c.flushed {
+			break
+		}
+		if n := len(ps); n > 0 {
+			// A segment's first chunk (its header written already)
+			// starts a write of its own.
+			if prev := ps[n-1]; prev.to != chunkSize || c.seg != prev.c.seg || c.off != prev.c.off+chunkSize || c.flushed != 0 {
+				break
+			}
+		}
+		ps = append(ps, piece{c: c, from: c.flushed, to: c.want})
+	}
+	return ps
+}
+
+// writePieces writes ps, pieces of chunks that follow each other in one
+// segment file (every one but the last a whole chunk's rest), with one
+// write where the file is opened with O_DIRECT; bufs is scratch space.
+func (j *Journal) writePieces(ps []piece, bufs [][]byte) error {
+	s := ps[0].c.seg
+	if s.dio == nil || len(ps) == 1 {
+		for _, p := range ps {
+			if err := j.writeChunk(p.c, p.from, p.to); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	bufs = bufs[:0]
+	for i, p := range ps {
+		from, to := p.from, p.to
+		if i == 0 {
+			from = alignDown(from)
+		}
+		if i == len(ps)-1 {
+			to = alignUp(to)
+		}
+		bufs = append(bufs, p.c.buf[from:to])
+	}
+	off := ps[0].c.off + int64(alignDown(ps[0].from))
+	err := pwritevAll(s.dio.Fd(), bufs, off)
+	clear(bufs[:cap(bufs)])
+	if err != nil {
+		return fmt.Errorf("write segment %s at %d (%d chunks): %w", s.name, off, len(ps), err)
+	}
+	return nil
 }
 
 // retireLocked moves the first pending chunk, all written, to the kept

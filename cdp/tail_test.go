@@ -446,3 +446,103 @@ func TestPrefetchSkipsTail(t *testing.T) {
 		t.Fatalf("ranges the tail holds reported as missing: %v", r)
 	}
 }
+
+// TestNextWrite: one write covers the chunks that wait in a row in one
+// segment file, each but the last written to its end, at most maxWrite of
+// them; a segment's first chunk, a gap, or a chunk with nothing to write
+// ends it.
+func TestNextWrite(t *testing.T) {
+	s1, s2 := &segment{id: 1}, &segment{id: 2}
+	mk := func(s *segment, idx int64, flushed, want int) *chunk {
+		return &chunk{seg: s, off: idx * chunkSize, flushed: flushed, want: want}
+	}
+	full := func(s *segment, idx int64) *chunk { return mk(s, idx, 0, chunkSize) }
+	var many []*chunk
+	for i := range int64(maxWrite + 3) {
+		many = append(many, full(s1, i))
+	}
+	for _, tc := range []struct {
+		name    string
+		pending []*chunk
+		want    int // pieces in the write
+	}{
+		{"one partial", []*chunk{mk(s1, 0, 4096, 9000)}, 1},
+		{"rest of a chunk, then whole ones, then a partial", []*chunk{mk(s1, 0, 8192, chunkSize), full(s1, 1), mk(s1, 2, 0, 5000)}, 3},
+		{"a partial chunk ends the write", []*chunk{mk(s1, 0, 0, 5000), full(s1, 1)}, 1},
+		{"at most maxWrite", many, maxWrite},
+		{"the next segment starts its own write", []*chunk{full(s1, 0), mk(s2, 0, 512, chunkSize)}, 1},
+		{"a gap in the file", []*chunk{full(s1, 0), full(s1, 2)}, 1},
+		{"the next chunk has nothing to write yet", []*chunk{full(s1, 0), mk(s1, 1, 0, 0)}, 1},
+		{"nothing to write", []*chunk{mk(s1, 0, 4096, 4096), full(s1, 1)}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ps := nextWrite(tc.pending, nil)
+			if len(ps) != tc.want {
+				t.Fatalf("%d pieces, want %d", len(ps), tc.want)
+			}
+			for i, p := range ps {
+				if c := tc.pending[i]; p.c != c || p.from != c.flushed || p.to != c.want {
+					t.Errorf("piece %d: %+v, want chunk %d [%d, %d)", i, p, i, c.flushed, c.want)
+				}
+			}
+		})
+	}
+}
+
+// TestWritePiecesDirect: chunks that follow each other go to an O_DIRECT
+// file with one write, the first from the block its unwritten bytes start
+// in, the last to the end of the block its bytes end in, and the file
+// holds exactly their bytes there.
+func TestWritePiecesDirect(t *testing.T) {
+	path := t.TempDir() + "/seg"
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	dio := openDirect(path)
+	if dio == nil {
+		t.Skip("the temp dir's filesystem has no O_DIRECT")
+	}
+	defer dio.Close()
+	seg := &segment{id: 1, name: "seg", dio: dio}
+	const base = 5 // file offset of the first chunk, in chunks
+	var ps []piece
+	for i := range 3 {
+		c := &chunk{seg: seg, off: (base + int64(i)) * chunkSize, buf: getChunkBuf()} // aligned, as O_DIRECT needs
+		for k := range c.buf {
+			c.buf[k] = byte(i*31 + k%251)
+		}
+		ps = append(ps, piece{c: c, to: chunkSize})
+	}
+	ps[0].from = 3*ioAlign + 100 // written up to there before
+	ps[2].to = 7*ioAlign + 1     // appended up to there
+	j := &Journal{}
+	if err := j.writePieces(ps, make([][]byte, 0, maxWrite)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, end := int64(base*chunkSize+3*ioAlign), int64((base+2)*chunkSize+8*ioAlign)
+	if int64(len(got)) != end {
+		t.Fatalf("file is %d bytes, want %d", len(got), end)
+	}
+	if !bytes.Equal(got[:start], make([]byte, start)) {
+		t.Errorf("bytes before the write are not zero")
+	}
+	for i, p := range ps {
+		from, to := 0, chunkSize
+		if i == 0 {
+			from = 3 * ioAlign
+		}
+		if i == 2 {
+			to = 8 * ioAlign
+		}
+		at := p.c.off + int64(from)
+		if !bytes.Equal(got[at:at+int64(to-from)], p.c.buf[from:to]) {
+			t.Errorf("chunk %d's bytes [%d, %d) differ in the file", i, from, to)
+		}
+	}
+}

@@ -1,7 +1,11 @@
 package main
 
 import (
+	"context"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -132,5 +136,34 @@ func TestRoundOrder(t *testing.T) {
 	}
 	if got := names(systems); !slices.Equal(got, []string{"strata", "fresh-file", "nbdkit", "qemu-nbd"}) {
 		t.Errorf("roundOrder changed its argument: %v", got)
+	}
+}
+
+// collect runs `strata gc --now` on every running Strata system's data
+// directory, and on nothing else.
+func TestCollectRunsGC(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "calls")
+	bin := filepath.Join(dir, "strata")
+	script := "#!/bin/sh\necho \"$*\" >> " + log + "\n"
+	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b := &bench{strataBin: bin, tmp: dir}
+	b.systems = []*system{
+		{name: "strata", kind: kindStrata, dir: filepath.Join(dir, "s1"), proc: &proc{}},
+		{name: "strata-stopped", kind: kindStrata, dir: filepath.Join(dir, "s2")},
+		{name: "nbdkit", kind: kindNbdkit, dir: filepath.Join(dir, "n"), proc: &proc{}},
+	}
+	b.collect(context.Background(), 4)
+	got, err := os.ReadFile(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "--data " + filepath.Join(dir, "s1", "data") + " gc --now\n"; string(got) != want {
+		t.Errorf("calls: %q, want %q", got, want)
+	}
+	if len(b.notes) != 1 || !strings.Contains(b.notes[0], "before run 5: strata gc --now on strata freed") {
+		t.Errorf("notes: %q", b.notes)
 	}
 }
