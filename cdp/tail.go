@@ -298,7 +298,18 @@ func (j *Journal) writePieces(ps []piece, bufs [][]byte) error {
 		bufs = append(bufs, p.c.buf[from:to])
 	}
 	off := ps[0].c.off + int64(alignDown(ps[0].from))
-	err := pwritevAll(s.dio.Fd(), bufs, off)
+	// Through the descriptor's RawConn, which keeps it open for the call,
+	// as WriteAt would.
+	rc, err := s.dio.SyscallConn()
+	if err == nil {
+		cerr := rc.Write(func(fd uintptr) bool {
+			err = pwritevAll(fd, bufs, off)
+			return true
+		})
+		if err == nil {
+			err = cerr
+		}
+	}
 	clear(bufs[:cap(bufs)])
 	if err != nil {
 		return fmt.Errorf("write segment %s at %d (%d chunks): %w", s.name, off, len(ps), err)

@@ -332,17 +332,13 @@ func (b *bench) startSystems(ctx context.Context, restart bool) error {
 	return nil
 }
 
-// plan orders the runs: round by round, job by job, and within a job every
-// system in turn, the order rotated by one each round (A B C, B C A, C A B),
-// so no system always runs right after the same other one and inherits what
-// that one left behind (its dirty pages, its daemon's background work).
-// fresh-file runs last: it writes as much as strata wrote in the round.
 // collect asks every running Strata daemon for a garbage collection pass
 // now (strata gc --now), as an admin short of disk would, before the run
 // numbered i would not fit: the fresh volumes the runner deleted (their
 // journal records) are otherwise freed by the background pass, up to a
-// minute later. Strata's runs wrote about twice what fit on a 78 GiB
-// disk per round on a machine with a faster disk (2026-12-03).
+// minute later. On a machine whose disk took 1.8 GB/s of direct writes, a
+// round's Strata journals held about 55 GiB, and a full run stopped for
+// want of 0.1 GiB (2026-12-03).
 func (b *bench) collect(ctx context.Context, i int) {
 	before := freeBytes(b.tmp)
 	var done []string
@@ -362,6 +358,11 @@ func (b *bench) collect(ctx context.Context, i int) {
 	}
 }
 
+// plan orders the runs: round by round, job by job, and within a job every
+// system in turn, the order rotated by one each round (A B C, B C A, C A B),
+// so no system always runs right after the same other one and inherits what
+// that one left behind (its dirty pages, its daemon's background work).
+// fresh-file runs last: it writes as much as strata wrote in the round.
 func (b *bench) plan() []planned {
 	var out []planned
 	for r := 1; r <= b.cfg.rounds; r++ {
