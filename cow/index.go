@@ -225,6 +225,9 @@ func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
 			return fmt.Errorf("cow: delete of unknown volume %d", r.Volume)
 		}
 		a.p.removeVolumeLocked(v)
+		if v.tap != nil {
+			v.tap.addLocked(r) // ends it: the journal tells its reader
+		}
 		v.deletedSeq = r.Seq
 		delete(a.dirty, v.id)
 		if err := a.b.Delete(volumeKey(prefixVolume, v.id), nil); err != nil {
@@ -246,6 +249,9 @@ func (a *apply) record(r *cdp.Record, loc cdp.Location) error {
 	}
 	if r.Kind != cdp.KindSnapshotDelete && r.Kind != cdp.KindVolumeConfig {
 		v.lastStreamed = r.Seq
+	}
+	if v.tap != nil {
+		v.tap.addLocked(r)
 	}
 	if r.Kind == cdp.KindWrite || r.Kind == cdp.KindTrim || r.Kind == cdp.KindZero {
 		if err := a.countActivityLocked(v, r.Time); err != nil {

@@ -167,6 +167,7 @@ type volState struct {
 	written    int64 // blocks whose newest version holds data
 	deletedSeq uint64
 	gone       atomic.Bool
+	tap        *Tap         // the reader of its changes from memory (nil: none); wmu
 	handles    atomic.Int64 // open devices (any)
 	rwHandles  atomic.Int64 // open read-write devices (the head)
 

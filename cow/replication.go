@@ -206,18 +206,18 @@ func (p *Pool) changes(ctx context.Context, vol string, after, upto uint64, with
 			}
 			return true
 		}
-		if r.Volume != v.id || r.Kind == cdp.KindVolumeClone || r.Kind == cdp.KindVolumeConfig || r.Kind == cdp.KindVolumeCreate {
+		if r.Volume != v.id {
 			return true
 		}
-		c := Change{Seq: r.Seq, Time: r.Time, Kind: r.Kind, Offset: r.Offset, Length: r.Length}
-		switch r.Kind {
-		case cdp.KindVolumeDelete:
-			ferr = fmt.Errorf("%w: volume %q was deleted at seq %d", blockdev.ErrGone, vol, r.Seq)
+		c, report, err := changeOf(r, vol)
+		if err != nil {
+			ferr = err
 			return false
-		case cdp.KindWrite:
-			if !withData {
-				break
-			}
+		}
+		if !report {
+			return true
+		}
+		if r.Kind == cdp.KindWrite && withData {
 			if alloc != nil {
 				c.Data = alloc(int(r.Length))
 			} else {
@@ -247,18 +247,6 @@ func (p *Pool) changes(ctx context.Context, vol string, after, upto uint64, with
 			if alloc != nil {
 				c.Sums = bytes.Clone(r.Meta)
 			}
-		case cdp.KindZero:
-			c.NoHole = r.Flags&cdp.FlagNoHole != 0
-		case cdp.KindSnapshotCreate:
-			name, label, err := decodeSnapshotMeta(r.Meta)
-			if err != nil {
-				ferr = err
-				return false
-			}
-			c.Name, c.Label = name, label
-			c.Scheduled, c.AppConsistent = r.Flags&cdp.FlagSnapScheduled != 0, r.Flags&cdp.FlagSnapAppConsistent != 0
-		case cdp.KindSnapshotDelete:
-			c.Name = string(r.Meta)
 		}
 		if err := fn(&c); err != nil {
 			ferr = err
@@ -276,6 +264,34 @@ func (p *Pool) changes(ctx context.Context, vol string, after, upto uint64, with
 		err = fmt.Errorf("%w: volume %q: the journal ends at seq %d", ErrHistoryGone, vol, next-1)
 	}
 	return err
+}
+
+// changeOf is the Change that record r of volume vol makes, without a
+// write's data, and whether Changes reports it at all (volume creates,
+// clones of it and settings it does not). A delete of the volume is an
+// error: its changes end there.
+func changeOf(r *cdp.Record, vol string) (c Change, report bool, err error) {
+	switch r.Kind {
+	case cdp.KindVolumeClone, cdp.KindVolumeConfig, cdp.KindVolumeCreate, cdp.KindRelocate:
+		return Change{}, false, nil
+	case cdp.KindVolumeDelete:
+		return Change{}, false, fmt.Errorf("%w: volume %q was deleted at seq %d", blockdev.ErrGone, vol, r.Seq)
+	}
+	c = Change{Seq: r.Seq, Time: r.Time, Kind: r.Kind, Offset: r.Offset, Length: r.Length}
+	switch r.Kind {
+	case cdp.KindZero:
+		c.NoHole = r.Flags&cdp.FlagNoHole != 0
+	case cdp.KindSnapshotCreate:
+		name, label, err := decodeSnapshotMeta(r.Meta)
+		if err != nil {
+			return Change{}, false, err
+		}
+		c.Name, c.Label = name, label
+		c.Scheduled, c.AppConsistent = r.Flags&cdp.FlagSnapScheduled != 0, r.Flags&cdp.FlagSnapAppConsistent != 0
+	case cdp.KindSnapshotDelete:
+		c.Name = string(r.Meta)
+	}
+	return c, true, nil
 }
 
 // versionMoved reports whether the index points version seq of (vol,

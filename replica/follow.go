@@ -242,6 +242,9 @@ func (f *Follower) setAcked(seq, durable uint64) {
 	f.mu.Unlock()
 }
 
+// testHookTap, when set, sees each follower's tap.
+var testHookTap func(*cow.Tap)
+
 // syncer is a target that acknowledges NoSync batches before they are
 // durable and says how far they are.
 type syncer interface{ Synced() uint64 }
@@ -296,6 +299,19 @@ func (f *Follower) run(ctx context.Context) error {
 	}
 	s.cur = &cow.Cursor{}
 	s.follow = true
+	// From here on the follower reads the changes from the tap (none if
+	// another reader holds the volume's: then the journal).
+	tap, err := s.o.Pool.OpenTap(s.o.Volume, func(n int) []byte { return getOpBuf(uint64(n)) }, 0)
+	if err != nil {
+		return fail(err)
+	}
+	if tap != nil {
+		defer tap.Close()
+		s.tap = tap
+		if testHookTap != nil {
+			testHookTap(tap)
+		}
+	}
 	tick := time.NewTicker(f.idle)
 	defer tick.Stop()
 	for {

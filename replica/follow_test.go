@@ -7,6 +7,8 @@ import (
 	"math/rand"
 	"testing"
 	"time"
+
+	"github.com/strata-storage/strata/cow"
 )
 
 // TestFollow: a follower copies a volume that already holds data, then
@@ -28,6 +30,9 @@ func TestFollow(t *testing.T) {
 		return Follow(context.Background(), ShipOptions{Pool: a.pool, Volume: "vol0", Target: tgt, PinID: "mirror:test", BatchBytes: 1 << 20},
 			&Mirror{Group: "g1", Epoch: 1}, 50*time.Millisecond)
 	}
+	taps := make(chan *cow.Tap, 4)
+	testHookTap = func(tp *cow.Tap) { taps <- tp }
+	defer func() { testHookTap = nil }()
 	f := start()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -69,6 +74,15 @@ func TestFollow(t *testing.T) {
 	sync()
 	if !bytes.Equal(a.read("vol0", "mid"), b.read("vol0", "mid")) {
 		t.Fatal("snapshot taken while following differs at the target")
+	}
+	// Once caught up, the follower read the changes from memory.
+	select {
+	case tp := <-taps:
+		if tp.Served() == 0 {
+			t.Fatal("the follower's tap served nothing: every change was read back from the journal")
+		}
+	default:
+		t.Fatal("the follower opened no tap")
 	}
 	// Without kicks, the idle tick ships too.
 	scribble(t, a.pool, "vol0", rng, 3)

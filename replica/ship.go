@@ -213,6 +213,9 @@ type shipper struct {
 	b       *Batch
 	target  State // what the target said it holds when opened
 	cur     *cow.Cursor
+	// tap, a follower's once caught up, hands it the volume's changes
+	// from memory (cow.Tap); nil: they are read from the journal.
+	tap *cow.Tap
 	// acks (a follower's, see startAcker) holds the batches in flight for
 	// the acker, which takes their acks as they come instead of when the
 	// pipeline is full or the run ends; ackDone closes when it ends, with
@@ -638,7 +641,13 @@ func (s *shipper) incremental(acked uint64) error {
 	// Each write's data is read into a buffer of its own that its op
 	// keeps (no copy); the sender recycles it.
 	alloc := func(n int) []byte { return getOpBuf(uint64(n)) }
-	err := p.ChangesInto(s.ctx, s.o.Volume, max(acked, min(s.scanFrom, s.o.Upto)), s.o.Upto, s.cur, alloc, func(c *cow.Change) error {
+	changes := func(after, upto uint64, fn func(c *cow.Change) error) error {
+		if s.tap != nil {
+			return s.tap.ChangesInto(s.ctx, after, upto, s.cur, fn)
+		}
+		return p.ChangesInto(s.ctx, s.o.Volume, after, upto, s.cur, alloc, fn)
+	}
+	err := changes(max(acked, min(s.scanFrom, s.o.Upto)), s.o.Upto, func(c *cow.Change) error {
 		b := s.b
 		switch c.Kind {
 		case cdp.KindWrite:
