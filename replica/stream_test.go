@@ -196,3 +196,31 @@ func TestRemoteFrameVersion(t *testing.T) {
 		r.Close()
 	}
 }
+
+// Op buffers come in power-of-two classes from 4 KiB to maxOpData, so a
+// recycled buffer fits any later op of its class.
+func TestOpBufClasses(t *testing.T) {
+	for _, c := range []struct {
+		n       uint64
+		class   int
+		capWant int
+	}{
+		{100, 0, 100}, // below the smallest class: not recycled
+		{4096, 0, 4096},
+		{4097, 1, 8192},
+		{64 << 10, 4, 64 << 10},
+		{maxOpData, opBufClasses - 1, maxOpData},
+		{maxOpData + 1, -1, maxOpData + 1},
+	} {
+		if k := opBufClass(c.n); k != c.class {
+			t.Errorf("opBufClass(%d) = %d, want %d", c.n, k, c.class)
+		}
+		b := getOpBuf(c.n)
+		if uint64(len(b)) != c.n || cap(b) != c.capWant {
+			t.Errorf("getOpBuf(%d): len %d cap %d, want cap %d", c.n, len(b), cap(b), c.capWant)
+		}
+	}
+	if minOpBuf<<(opBufClasses-1) != maxOpData {
+		t.Fatalf("the largest class holds %d bytes, not maxOpData", minOpBuf<<(opBufClasses-1))
+	}
+}
