@@ -243,6 +243,15 @@ func (c *conn) beginReply() {
 	c.wmu.Lock()
 }
 
+// holdReplies keeps the replies that follow from flushing themselves until
+// releaseReplies, which flushes them together if nobody else will soon.
+func (c *conn) holdReplies() { c.pending.Add(1) }
+
+func (c *conn) releaseReplies() {
+	c.wmu.Lock()
+	c.endReply()
+}
+
 func (c *conn) endReply() {
 	c.unflushed.Store(len(c.out.buf) > 0)
 	if c.pending.Add(-1) == 0 && c.idle.Load() {

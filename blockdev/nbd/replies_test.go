@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/strata-storage/strata/blockdev"
 )
 
 // countingConn counts the server's writes to one connection. It keeps the
@@ -725,5 +727,49 @@ func TestReplyQueueBounded(t *testing.T) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("replies still wait after the socket drained")
+	}
+}
+
+type batchFunc func(ws []blockdev.BlockWrite) error
+
+func (f batchFunc) WriteBatch(ws []blockdev.BlockWrite) error { return f(ws) }
+
+// A batch of WRITEs replies with one write to the socket while the reader
+// is idle (as it is while a mirrored volume's writes wait for the
+// secondary), not one write per request, and the replies are in order.
+func TestBatchRepliesGoOutTogether(t *testing.T) {
+	var rec recorder
+	c := sendConn(&rec)
+	var got []int64
+	c.batcher = batchFunc(func(ws []blockdev.BlockWrite) error {
+		for _, w := range ws {
+			got = append(got, w.Off)
+		}
+		return nil
+	})
+	c.readerIdle()
+	var js []job
+	var want []byte
+	for i := 0; i < 5; i++ {
+		cost := bufCost(4096)
+		if !c.lim.tryAcquire(cost) {
+			t.Fatal("limiter full")
+		}
+		js = append(js, job{req: request{typ: cmdWrite, handle: uint64(100 + i), off: uint64(i) * 4096, length: 4096}, buf: getBuf(4096), cost: cost})
+		var r [simpleReplyLen]byte
+		putSimple(r[:], uint64(100+i), 0)
+		want = append(want, r[:]...)
+	}
+	c.running.Add(len(js))
+	c.handleBatch(js)
+	c.running.Wait()
+	if len(got) != 5 {
+		t.Fatalf("the device saw %d writes, want 5", len(got))
+	}
+	rec.mu.Lock()
+	writes := len(rec.writes)
+	rec.mu.Unlock()
+	if writes != 1 || !bytes.Equal(rec.bytes(), want) {
+		t.Fatalf("5 replies went out in %d writes (want 1); in order: %v", writes, bytes.Equal(rec.bytes(), want))
 	}
 }

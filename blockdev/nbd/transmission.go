@@ -241,6 +241,11 @@ func (c *conn) handleBatch(js []job) {
 		ws[i] = blockdev.BlockWrite{Off: int64(j.req.off), Data: *j.buf}
 	}
 	err := c.batcher.WriteBatch(ws)
+	// The batch's replies go out with one write, not one each (they would
+	// when the reader is idle, as it is while a mirrored volume's writes
+	// wait for the secondary).
+	c.holdReplies()
+	defer c.releaseReplies()
 	for i := range js {
 		if err != nil {
 			c.replyDeviceError(&js[i].req, err)
