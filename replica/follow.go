@@ -13,8 +13,10 @@ import (
 // change moments after it is written, instead of once per run: the stream
 // of a synchronous mirror. It first catches the target up as Ship does (a
 // full copy for a new target, the journal since its point otherwise),
-// then follows the journal with a cursor, sending whatever was written
-// since the last batch each time it is kicked (or every Idle). Batches
+// then follows the volume's changes, sending whatever was written since
+// the last batch each time it is kicked (or every Idle): from its tap
+// (cow.Tap, the changes in memory as they are applied) while that holds
+// them, from the journal with a cursor otherwise. Batches
 // are pipelined as Ship's are, so while one is applied at the target the
 // next gathers what came in meanwhile: under load batches grow, and the
 // target's fsyncs are shared.
