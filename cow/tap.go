@@ -38,7 +38,7 @@ type Tap struct {
 		changes []Change // after from, in order
 		bytes   int      // data bytes in changes
 		broken  bool     // a change was left out: the journal must serve
-		served  int      // ranges served from memory (tests)
+		served  int      // ranges served from memory (Served)
 	}
 }
 
@@ -83,8 +83,8 @@ func (t *Tap) Close() {
 	t.mu.Unlock()
 }
 
-// addLocked takes the change record r of the tap's volume makes; wmu is
-// held.
+// addLocked adds the change that record r, of the tap's volume, makes;
+// wmu is held.
 func (t *Tap) addLocked(r *cdp.Record) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
