@@ -233,3 +233,31 @@ func TestTapClose(t *testing.T) {
 		tp.Close()
 	}
 }
+
+// The tap's memory bound counts what it holds, not what passed through
+// it: a reader that keeps up is served from memory however much it reads
+// in all (here 40 times the bound).
+func TestTapDrainedStaysInMemory(t *testing.T) {
+	p := openPool(t, vfs.NewMem())
+	defer p.Close()
+	a := mustVol(t, p, "a", 4<<20)
+	tp, err := p.OpenTap("a", tapAlloc, 8<<10)
+	if err != nil || tp == nil {
+		t.Fatalf("open tap: %v", err)
+	}
+	defer tp.Close()
+	after := p.AppliedSeq()
+	for i := 0; i < 80; i++ {
+		if _, err := a.WriteAt(bytes.Repeat([]byte{byte(i)}, 4096), int64(i%16)*4096); err != nil {
+			t.Fatal(err)
+		}
+		upto := p.AppliedSeq()
+		if got := tapChanges(t, tp, after, upto); len(got) != 1 || got[0].Data[0] != byte(i) {
+			t.Fatalf("write %d: %d changes from the tap", i, len(got))
+		}
+		after = upto
+	}
+	if tp.Served() != 80 {
+		t.Fatalf("%d of 80 ranges served from memory", tp.Served())
+	}
+}
