@@ -1777,7 +1777,7 @@ func (v *mirroredVolume) Flush() error {
 		return err
 	}
 	if f := mr.f.Load(); f != nil {
-		f.Sync()
+		f.SyncTo(seq)
 	}
 	if err := v.meteredVolume.Flush(); err != nil {
 		return err

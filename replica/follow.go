@@ -35,8 +35,11 @@ type Follower struct {
 	idle   time.Duration
 	kick   chan struct{}
 	sync   atomic.Bool // the next batch is to be made durable
-	done   chan struct{}
-	cancel context.CancelFunc
+	// syncSent: the point the last batch to be made durable ended at,
+	// once queued; SyncTo asks for no other batch to cover less.
+	syncSent atomic.Uint64
+	done     chan struct{}
+	cancel   context.CancelFunc
 
 	mu struct {
 		sync.Mutex
@@ -103,6 +106,16 @@ func (f *Follower) Kick() {
 func (f *Follower) Sync() {
 	f.sync.Store(true)
 	f.Kick()
+}
+
+// SyncTo asks for point seq to be made durable at the target: as Sync,
+// unless a batch already on its way is to be made durable up to seq or
+// beyond (the flushes of a burst share one). It never blocks.
+func (f *Follower) SyncTo(seq uint64) {
+	if seq != 0 && f.syncSent.Load() >= seq {
+		return
+	}
+	f.Sync()
 }
 
 // LastAck is when the newest batch the target acknowledged was sent: the
@@ -198,7 +211,7 @@ func (f *Follower) wait(ctx context.Context, seq uint64, durable bool) error {
 		f.mu.waiters = append(f.mu.waiters, w)
 		f.mu.Unlock()
 		if durable {
-			f.Sync()
+			f.SyncTo(seq)
 		} else {
 			f.Kick()
 		}
@@ -347,6 +360,9 @@ func (f *Follower) run(ctx context.Context) error {
 		s.o.Upto = upto
 		if err := s.incremental(s.pos); err != nil {
 			return fail(err)
+		}
+		if s.syncLast {
+			f.syncSent.Store(upto)
 		}
 		f.mu.Lock()
 		f.mu.upto = upto

@@ -99,3 +99,63 @@ func TestFollow(t *testing.T) {
 	sync()
 	f.Stop()
 }
+
+// TestFollowSyncShared: a point that a batch on its way is to make durable
+// asks for no other synced batch (a burst of flushes shares one), and a
+// synced batch costs the target one fsync (its state record goes into the
+// same fsync as the batch's records).
+func TestFollowSyncShared(t *testing.T) {
+	rng := rand.New(rand.NewSource(seed(t).Int63()))
+	a, b := newSite(t), newSite(t)
+	if _, err := a.pool.CreateVolume("vol0", 16<<20); err != nil {
+		t.Fatal(err)
+	}
+	tgt := NewRemote(RemoteOptions{Addr: b.addr, Token: testToken})
+	// A long idle period: only the calls below send batches.
+	f := Follow(context.Background(), ShipOptions{Pool: a.pool, Volume: "vol0", Target: tgt, PinID: "mirror:test", BatchBytes: 1 << 20},
+		&Mirror{Group: "g1", Epoch: 1}, time.Hour)
+	defer f.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	lastChange := func() uint64 {
+		t.Helper()
+		last, err := a.pool.LastChange("vol0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return last
+	}
+	durable := func() {
+		t.Helper()
+		if err := f.WaitDurable(ctx, lastChange()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fsyncs := func() uint64 { return b.pool.Stats().Journal.Fsyncs }
+	scribble(t, a.pool, "vol0", rng, 5)
+	durable()
+	for i := 0; i < 3; i++ {
+		scribble(t, a.pool, "vol0", rng, 3)
+		f.Kick()
+		last := lastChange()
+		if err := f.WaitAcked(ctx, last); err != nil {
+			t.Fatal(err)
+		}
+		before := fsyncs()
+		durable()
+		if n := fsyncs() - before; n != 1 {
+			t.Fatalf("one synced batch cost the target %d fsyncs, want 1", n)
+		}
+		// Flushes of points that batch covered: no batch, no fsync.
+		before = fsyncs()
+		for j := 0; j < 10; j++ {
+			f.SyncTo(last)
+			durable()
+		}
+		f.Kick()
+		time.Sleep(100 * time.Millisecond) // a batch asked for would be on its way
+		if n := fsyncs() - before; n != 0 {
+			t.Fatalf("flushes of a point already durable cost the target %d fsyncs", n)
+		}
+	}
+}

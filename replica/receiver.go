@@ -520,9 +520,12 @@ func (s *Session) Apply(ctx context.Context, b *Batch) error {
 		s.r.noteApplied(s.name, b.To, p.AppliedSeq())
 		return nil
 	}
-	if err := p.Flush(); err != nil {
-		return err
-	}
+	// The state record below is appended after the batch's records, and
+	// SetReplicaState's fsync makes both durable: the journal is durable
+	// as a prefix (recovery cuts an unsynced tail at its first bad
+	// record, and a segment is synced before the next one starts), so a
+	// stored state never points past records that were lost. One fsync
+	// per synced batch, not two.
 	if b.Partial {
 		// Record how far the diff got, so a new stream can resume it.
 		s.st.DiffNext = max(s.st.DiffNext, b.extentEnd())
