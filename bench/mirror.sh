@@ -2,7 +2,8 @@
 # Synchronous mirror over loopback: 4 KiB random writes (fio's nbd engine,
 # QD32) to a mirrored volume against an unmirrored volume of the same
 # daemon, in the same run, rounds rotated; with a flush every 64 writes and
-# without. Both daemons and the witness run on this machine, so the
+# without. (fio's fsync=64 at QD32 fills every free queue slot with a flush
+# at each 64th write until one completes: about one flush per two writes.) Both daemons and the witness run on this machine, so the
 # mirrored case pays for the second host's CPU too.
 # PIN=1 emulates two hosts: the primary, the witness and fio share CPU 0,
 # the secondary has CPU 1 to itself, and the plain volume runs on CPU 0
