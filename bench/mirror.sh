@@ -3,8 +3,9 @@
 # QD32) to a mirrored volume against an unmirrored volume of the same
 # daemon, in the same run, rounds rotated; with a flush every 64 writes and
 # without. (fio's fsync=64 at QD32 fills every free queue slot with a flush
-# at each 64th write until one completes: about one flush per two writes.) Both daemons and the witness run on this machine, so the
-# mirrored case pays for the second host's CPU too.
+# at each 64th write until one completes: about one flush per two writes.)
+# Both daemons and the witness run on this machine, so the mirrored case
+# pays for the second host's CPU too.
 # PIN=1 emulates two hosts: the primary, the witness and fio share CPU 0,
 # the secondary has CPU 1 to itself, and the plain volume runs on CPU 0
 # alone too (the secondary then idles), so both cases get one host's CPU.
