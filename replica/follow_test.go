@@ -233,18 +233,3 @@ type roomyFS struct{ vfs.FS }
 func (roomyFS) GetDiskUsage(string) (vfs.DiskUsage, error) {
 	return vfs.DiskUsage{AvailBytes: 1 << 40, TotalBytes: 1 << 40}, nil
 }
-
-// readAt returns a volume's whole content at a point of pool p.
-func readAt(t *testing.T, p *cow.Pool, vol, point string) []byte {
-	t.Helper()
-	h, err := p.OpenVolumeAt(vol, point)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	buf := make([]byte, h.Size())
-	if _, err := h.ReadAt(buf, 0); err != nil {
-		t.Fatal(err)
-	}
-	return buf
-}

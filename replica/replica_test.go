@@ -73,20 +73,27 @@ func (s *site) ship(to *site, vol, remote string) (Result, error) {
 // read returns a volume's whole content at a point ("" for the head).
 func (s *site) read(vol, point string) []byte {
 	s.t.Helper()
+	return readAt(s.t, s.pool, vol, point)
+}
+
+// readAt returns a volume's whole content at a point of pool p ("" for
+// the head).
+func readAt(t testing.TB, p *cow.Pool, vol, point string) []byte {
+	t.Helper()
 	var h *cow.Volume
 	var err error
 	if point == "" {
-		h, err = s.pool.OpenVolume(vol)
+		h, err = p.OpenVolume(vol)
 	} else {
-		h, err = s.pool.OpenVolumeAt(vol, point)
+		h, err = p.OpenVolumeAt(vol, point)
 	}
 	if err != nil {
-		s.t.Fatal(err)
+		t.Fatal(err)
 	}
 	defer h.Close()
 	b := make([]byte, h.Size())
 	if _, err := h.ReadAt(b, 0); err != nil {
-		s.t.Fatal(err)
+		t.Fatal(err)
 	}
 	return b
 }
