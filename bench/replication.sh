@@ -4,6 +4,11 @@
 # against a plain copy of the same journal bytes over TCP into a file on the
 # same disk (cat | nc style, fsync at the end), measured in the same run; then
 # the lag of continuous replication under a steady 4 KiB random-write load.
+# Each timed copy starts with the page cache dropped (as root), so Strata's
+# run and the plain copy both read the journal from the disk: the journal
+# is written with O_DIRECT and only reads bring it into the page cache, so
+# without this the plain copy read what the runs before it had just read
+# (and the kernel's reclaim decided how much of that was left).
 # Usage: bench/replication.sh [SIZE_MIB] (default 512)
 set -euo pipefail
 SIZE=${1:-512}
@@ -25,9 +30,16 @@ write() {
       --refill_buffers --randrepeat=0 --end_fsync=1 --output=/dev/null
   sync
 }
+# cold: write back and drop the page cache, where allowed.
+cold() {
+  sync
+  if [ -w /proc/sys/vm/drop_caches ]; then echo 3 > /proc/sys/vm/drop_caches
+  elif [ -z "${WARNED:-}" ]; then WARNED=1; echo "note: not root, page cache not dropped: copies may read from memory" >&2; fi
+}
 # ship LABEL: one timed `replicate --once`, reported.
 ship() {
   local s e
+  cold
   s=$(date +%s.%N)
   "$BIN" --data "$W/a" replicate v --to strata://127.0.0.1:$PORT --token-file "$W/token" --once --json > "$W/ship.json"
   e=$(date +%s.%N)
@@ -56,7 +68,7 @@ f.flush(); os.fsync(f.fileno()); print("done")
 PY
 NCP=$!
 sleep 0.5
-sync
+cold
 S=$(date +%s.%N)
 cat "$W"/a/journal/*.seg > /dev/tcp/127.0.0.1/$((PORT+1))
 wait $NCP

@@ -1,6 +1,7 @@
 package cow
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -260,7 +261,7 @@ func (d *dataBlocks) put() {
 	blockPool.Put(d.bp)
 }
 
-func (p *Pool) readBlocks(v *volState, first uint64, buf []byte, seq uint64, memOnly bool) error {
+func (p *Pool) readBlocks(v *volState, first uint64, buf []byte, seq uint64, memOnly bool, sums []byte) error {
 	n := uint64(len(buf) / bs)
 	d, err := p.dataBlocks(v, first, n, seq, memOnly)
 	defer d.put()
@@ -268,6 +269,22 @@ func (p *Pool) readBlocks(v *volState, first uint64, buf []byte, seq uint64, mem
 		return err
 	}
 	es, blocks := d.es, d.blocks
+	if sums != nil {
+		// What the index says each block holds: a block read from the
+		// journal's memory is not checked here, so whoever checks it
+		// against these sums later checks it against the record.
+		next := first
+		for i, b := range blocks {
+			for ; next < b; next++ {
+				binary.LittleEndian.PutUint32(sums[4*(next-first):], zeroBlockSum)
+			}
+			binary.LittleEndian.PutUint32(sums[4*(b-first):], es[i].crc)
+			next = b + 1
+		}
+		for ; next < first+n; next++ {
+			binary.LittleEndian.PutUint32(sums[4*(next-first):], zeroBlockSum)
+		}
+	}
 	j := p.j.Load()
 	// Zero what holds no data, take what the cache has, then read runs of
 	// missing blocks that sit next to each other in one segment with one
@@ -387,19 +404,49 @@ func (h *Volume) ReadAt(p []byte, off int64) (int, error) {
 	first := uint64(off) / bs
 	last := uint64(off+int64(len(p))-1) / bs
 	if off%bs == 0 && len(p)%bs == 0 {
-		if err := h.p.readBlocks(h.v, first, p, h.seq, false); err != nil {
+		if err := h.p.readBlocks(h.v, first, p, h.seq, false, nil); err != nil {
 			return 0, err
 		}
 		return len(p), nil
 	}
 	bp := getBuf(int(last-first+1) * bs)
 	defer bufPool.Put(bp)
-	if err := h.p.readBlocks(h.v, first, *bp, h.seq, false); err != nil {
+	if err := h.p.readBlocks(h.v, first, *bp, h.seq, false, nil); err != nil {
 		return 0, err
 	}
 	copy(p, (*bp)[off-int64(first)*bs:])
 	return len(p), nil
 }
+
+// ReadBlocksSums reads len(p) bytes at off, both multiples of the block
+// size, as ReadAt does, and puts the CRC32C of each block (cdp.Checksum)
+// in sums, 4 bytes little-endian per block: the checksum the block's
+// journal record holds, not one computed from p. A block read from the
+// disk was checked against it; one read from memory was not, so a copy
+// that is checked against sums further on (a replication stream) is
+// checked end to end.
+func (h *Volume) ReadBlocksSums(p []byte, off int64, sums []byte) error {
+	if off%bs != 0 || len(p)%bs != 0 || len(sums) != 4*(len(p)/bs) {
+		return fmt.Errorf("%w: ReadBlocksSums of %d bytes at %d with %d bytes of sums", blockdev.ErrOutOfRange, len(p), off, len(sums))
+	}
+	if err := h.check(off, int64(len(p))); err != nil {
+		return err
+	}
+	if len(p) == 0 {
+		return nil
+	}
+	unlock, err := h.p.readLock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	h.noteRead(off, int64(len(p)))
+	return h.p.readBlocks(h.v, uint64(off)/bs, p, h.seq, false, sums)
+}
+
+// zeroBlockSum is the checksum of a block of zeros: what an unwritten
+// block reads as.
+var zeroBlockSum = cdp.Checksum(make([]byte, bs))
 
 // errNotInMemory: a memory-only read would need I/O.
 var errNotInMemory = errors.New("cow: not in memory")
@@ -420,7 +467,7 @@ func (h *Volume) TryReadAt(p []byte, off int64) (bool, error) {
 		return false, err
 	}
 	defer unlock()
-	switch err := h.p.readBlocks(h.v, uint64(off)/bs, p, Head, true); {
+	switch err := h.p.readBlocks(h.v, uint64(off)/bs, p, Head, true, nil); {
 	case errors.Is(err, errNotInMemory):
 		return false, nil
 	case err != nil:
@@ -593,7 +640,7 @@ func (h *Volume) mergeEdgesLocked(data, meta []byte, off int64, n int, first, la
 		if start <= bstart && end >= bend {
 			continue // covered whole
 		}
-		if err := h.p.readBlocks(h.v, b, old[:], Head, false); err != nil {
+		if err := h.p.readBlocks(h.v, b, old[:], Head, false, nil); err != nil {
 			return err
 		}
 		blk := data[bstart:bend]

@@ -756,10 +756,21 @@ func (s *shipper) diff(from, to uint64, phase string, skip uint64, snaps ...cow.
 		for done := uint64(0); done < length; {
 			chunk := min(length-done, maxOpData, max(uint64(s.o.BatchBytes)/cdp.BlockSize, 1)*cdp.BlockSize)
 			d := getOpBuf(chunk)
-			if _, err := h.ReadAt(d, int64(off+done)); err != nil {
+			// The blocks' checksums come from the index with the data,
+			// so the frame needs no pass over the data to make them,
+			// and the target checks what was read from memory too.
+			var sums []byte
+			var err error
+			if (off+done)%cdp.BlockSize == 0 && chunk%cdp.BlockSize == 0 {
+				sums = make([]byte, sumsLen(int(chunk)))
+				err = h.ReadBlocksSums(d, int64(off+done), sums)
+			} else {
+				_, err = h.ReadAt(d, int64(off+done))
+			}
+			if err != nil {
 				return fmt.Errorf("read %s@seq:%d: %w", s.o.Volume, to, err)
 			}
-			b.Ops = append(b.Ops, Op{Kind: OpWrite, Seq: to, Time: now, Offset: off + done, Length: chunk, Data: d})
+			b.Ops = append(b.Ops, Op{Kind: OpWrite, Seq: to, Time: now, Offset: off + done, Length: chunk, Data: d, Sums: sums})
 			done += chunk
 			data += int64(chunk)
 			if data >= s.o.BatchBytes {
