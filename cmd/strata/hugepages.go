@@ -7,7 +7,7 @@ import (
 	"syscall"
 )
 
-// The index's memtables (32 MiB each) and its block cache are allocated by
+// The index's memtables (4 MiB each) and its block cache are allocated by
 // pebble with C malloc. Written at random, a memtable is a skiplist whose
 // every insert walks a dozen or more nodes spread over the whole arena: in
 // 4 KiB pages each is a TLB miss as well as a cache miss (the insert was a
