@@ -232,6 +232,8 @@ func (b *bench) main(ctx context.Context) error {
 	return nil
 }
 
+// selectJobs returns the jobs named, or with no names all of them (the key
+// ones with quick), in the order of all.
 func selectJobs(all []*job, names []string, quick bool) ([]*job, error) {
 	if len(names) == 0 {
 		var out []*job
@@ -242,17 +244,25 @@ func selectJobs(all []*job, names []string, quick bool) ([]*job, error) {
 		}
 		return out, nil
 	}
-	var out []*job
 	for _, n := range names {
-		i := slices.IndexFunc(all, func(j *job) bool { return j.name == n })
-		if i < 0 {
+		if !slices.ContainsFunc(all, func(j *job) bool { return j.name == n }) {
 			var known []string
 			for _, j := range all {
 				known = append(known, j.name)
 			}
 			return nil, fmt.Errorf("unknown job %q (jobs: %s)", n, strings.Join(known, ", "))
 		}
-		out = append(out, all[i])
+	}
+	// The jobs run in the full list's order, whatever order they were
+	// named in: reads before the writes that push their data out of
+	// Strata's tail, as in a full run (a VM boot named after the fresh
+	// write jobs had read from the disk: 0.84x nbdkit, against about
+	// 1.0x on its own, 2026-12-03).
+	var out []*job
+	for _, j := range all {
+		if slices.Contains(names, j.name) {
+			out = append(out, j)
+		}
 	}
 	return out, nil
 }

@@ -65,6 +65,30 @@ func TestJobFilesAndTargets(t *testing.T) {
 	}
 }
 
+// Jobs named with -jobs run in the full list's order (reads before the
+// writes that would push their data out of Strata's tail), not in the
+// order named; an unknown name is refused.
+func TestSelectJobsKeepsOrder(t *testing.T) {
+	all, err := loadJobs("../jobs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := selectJobs(all, []string{"randwrite-4k-fresh-qd32", "randwrite-4k-qd32", "vm-boot-qd8", "randread-4k-qd1"}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, j := range got {
+		names = append(names, j.name)
+	}
+	if want := []string{"randread-4k-qd1", "vm-boot-qd8", "randwrite-4k-qd32", "randwrite-4k-fresh-qd32"}; !slices.Equal(names, want) {
+		t.Errorf("selected jobs run as %v, want %v", names, want)
+	}
+	if _, err := selectJobs(all, []string{"vm-boot-qd8", "no-such-job"}, false); err == nil || !strings.Contains(err.Error(), `unknown job "no-such-job"`) {
+		t.Errorf("an unknown job: %v", err)
+	}
+}
+
 func TestParseCommentErrors(t *testing.T) {
 	for _, c := range []string{"tags: key often", "size: 8", "size: x", "size: 8x, at most lots", "size: 8x, 8GiB", "prepare: defrag"} {
 		var j job
