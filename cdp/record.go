@@ -172,6 +172,12 @@ func BlockChecksums(data []byte) []byte {
 	return meta
 }
 
+// SetBlockChecksum sets entry i of a checksum table laid out as a
+// KindWrite record's.
+func SetBlockChecksum(meta []byte, i int, sum uint32) {
+	binary.LittleEndian.PutUint32(meta[4*i:], sum)
+}
+
 // BlockChecksum returns entry i of a KindWrite record's checksum table.
 func BlockChecksum(meta []byte, i int) uint32 {
 	return binary.LittleEndian.Uint32(meta[4*i:])

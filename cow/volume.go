@@ -1,7 +1,6 @@
 package cow
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -273,16 +272,11 @@ func (p *Pool) readBlocks(v *volState, first uint64, buf []byte, seq uint64, mem
 		// What the index says each block holds: a block read from the
 		// journal's memory is not checked here, so whoever checks it
 		// against these sums later checks it against the record.
-		next := first
-		for i, b := range blocks {
-			for ; next < b; next++ {
-				binary.LittleEndian.PutUint32(sums[4*(next-first):], zeroBlockSum)
-			}
-			binary.LittleEndian.PutUint32(sums[4*(b-first):], es[i].crc)
-			next = b + 1
+		for k := range int(n) {
+			cdp.SetBlockChecksum(sums, k, zeroBlockSum)
 		}
-		for ; next < first+n; next++ {
-			binary.LittleEndian.PutUint32(sums[4*(next-first):], zeroBlockSum)
+		for i, b := range blocks {
+			cdp.SetBlockChecksum(sums, int(b-first), es[i].crc)
 		}
 	}
 	j := p.j.Load()
@@ -420,8 +414,8 @@ func (h *Volume) ReadAt(p []byte, off int64) (int, error) {
 
 // ReadBlocksSums reads len(p) bytes at off, both multiples of the block
 // size, as ReadAt does, and puts the CRC32C of each block (cdp.Checksum)
-// in sums, 4 bytes little-endian per block: the checksum the block's
-// journal record holds, not one computed from p. A block read from the
+// in sums, laid out as a write record's checksum table: the checksum the
+// block's journal record holds, not one computed from p. A block read from the
 // disk was checked against it; one read from memory was not, so a copy
 // that is checked against sums further on (a replication stream) is
 // checked end to end.
