@@ -224,3 +224,53 @@ func TestOpBufClasses(t *testing.T) {
 		t.Fatalf("the largest class holds %d bytes, not maxOpData", minOpBuf<<(opBufClasses-1))
 	}
 }
+
+// A sent batch is kept for the next one with its op slice's room and
+// nothing else: no op, data, name or flag of the batch sent stays in it
+// (the next batch would carry them). A decoded batch (its data lives in a
+// receive buffer) and one with room for a first copy's ops are not kept.
+func TestRecycledBatches(t *testing.T) {
+	b := newBatch(7, 1<<20)
+	if b.From != 7 || b.Size != 1<<20 || b.To != 0 || len(b.Ops) != 0 {
+		t.Fatalf("new batch %+v", b)
+	}
+	b.To, b.Time, b.NoSync, b.Diff = 9, 123, true, true
+	for i := 0; i < 40; i++ {
+		b.Ops = append(b.Ops, Op{Kind: OpWrite, Seq: uint64(i), Offset: 4096, Length: 4096, Data: make([]byte, 4096), Sums: make([]byte, 4), Name: "n", Label: "l"})
+	}
+	room := cap(b.Ops)
+	recycleBatch(b)
+	if b.From != 0 || b.To != 0 || b.Time != 0 || b.Size != 0 || b.NoSync || b.Diff || b.Partial || len(b.Ops) != 0 {
+		t.Fatalf("recycled batch still holds %+v", b)
+	}
+	if cap(b.Ops) != room {
+		t.Fatalf("recycled batch has room for %d ops, had %d", cap(b.Ops), room)
+	}
+	for i, op := range b.Ops[:room] {
+		if op.Data != nil || op.Sums != nil || op.Name != "" || op.Label != "" || op.Seq != 0 {
+			t.Fatalf("op %d of the recycled slice still holds %+v", i, op)
+		}
+	}
+	recycleBatch(nil) // nothing
+
+	big := &Batch{Ops: make([]Op, 0, maxRecycledOps+1)}
+	big.Ops = append(big.Ops, Op{Kind: OpPoint, Seq: 3})
+	recycleBatch(big)
+	if len(big.Ops) != 1 {
+		t.Fatal("a batch with room for more than maxRecycledOps ops was recycled")
+	}
+	bufs, _, _ := rawFrame([]byte{msgBatch, 0, 0, 0, 0}, &Batch{From: 1, To: 2, Ops: []Op{{Kind: OpWrite, Seq: 2, Length: 4096, Data: make([]byte, 4096)}}}, nil)
+	var msg bytes.Buffer
+	if _, err := bufs.WriteTo(&msg); err != nil {
+		t.Fatal(err)
+	}
+	frame := msg.Bytes()[5:]
+	dec, kept, err := decodeOwned(&frame)
+	if err != nil || !kept {
+		t.Fatalf("decoded: kept %v, err %v", kept, err)
+	}
+	recycleBatch(dec)
+	if dec.To != 2 || len(dec.Ops) != 1 {
+		t.Fatal("a decoded batch was recycled: its data lives in a receive buffer")
+	}
+}
