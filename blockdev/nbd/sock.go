@@ -127,6 +127,20 @@ func (s *sockConn) tryRead(p []byte) (int, error) {
 	return s.n, nil
 }
 
+// queued says whether the socket holds bytes the reader has not read yet:
+// the client sent more requests behind the one just read. False when that
+// cannot be told (TLS, or not Linux).
+func (s *sockConn) queued() bool {
+	if s.raw == nil {
+		return false
+	}
+	n := 0
+	if err := s.raw.Control(func(fd uintptr) { n = queuedBytes(fd) }); err != nil {
+		return false
+	}
+	return n > 0
+}
+
 // rawRead is the callback of raw.Read: one read(2) on the non-blocking
 // socket, and done whatever it found.
 func (s *sockConn) rawRead(fd uintptr) bool {

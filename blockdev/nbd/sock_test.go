@@ -3,6 +3,8 @@
 package nbd
 
 import (
+	"io"
+	"runtime"
 	"testing"
 )
 
@@ -56,5 +58,38 @@ func TestProbeBacksOff(t *testing.T) {
 	}
 	if n, err := s.probe(buf); err != nil || n != 4 {
 		t.Fatalf("probe after the skipped ones: n=%d err=%v", n, err)
+	}
+}
+
+// queued sees bytes the client sent that the reader has not read, and
+// only those.
+func TestSockQueued(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("queued cannot tell here (SIOCINQ is Linux's)")
+	}
+	srv, cli := socketPair(t)
+	defer srv.Close()
+	defer cli.Close()
+	s := newSockConn(srv)
+	if s.queued() {
+		t.Fatal("queued before the client sent anything")
+	}
+	if _, err := cli.Write(make([]byte, 100)); err != nil {
+		t.Fatal(err)
+	}
+	if !s.queued() {
+		t.Fatal("100 bytes sent, none seen as queued")
+	}
+	if _, err := io.ReadFull(s, make([]byte, 99)); err != nil {
+		t.Fatal(err)
+	}
+	if !s.queued() {
+		t.Fatal("1 byte left unread, none seen as queued")
+	}
+	if _, err := io.ReadFull(s, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if s.queued() {
+		t.Fatal("everything read, still seen as queued")
 	}
 }

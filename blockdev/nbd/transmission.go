@@ -69,7 +69,7 @@ func (c *conn) transmit() {
 					continue
 				}
 			}
-			if req.flags&cmdFlagFUA == 0 && c.lim.alone() && (c.waiter == nil || !c.waiter.WritesWait()) {
+			if req.flags&cmdFlagFUA == 0 && c.lim.alone() && (c.waiter == nil || !c.waiter.WritesWait()) && !c.handOff(&req) {
 				// Nothing else in flight: a worker would only add a
 				// goroutine handoff each way. At queue depth 1, and
 				// also for pipelined writes that each find the last
@@ -115,6 +115,22 @@ func (c *conn) transmit() {
 		c.dispatch(job{req: req, cost: cost})
 	}
 }
+
+// handOff says whether a WRITE that nothing else is in flight with goes
+// to a worker all the same: a large one (minHandedWrite) with more
+// requests behind it in the socket. The reader then reads those while a
+// worker checksums and journals this one, where in the reader the client
+// waited on a full socket meanwhile: 1 MiB writes at QD32 went 1.36-1.38
+// -> 1.43-1.46 GB/s (fio's nbd engine, three alternated runs). A client
+// that waits for each reply (nothing behind it) keeps the reader's
+// write, which saves the handoff each way.
+func (c *conn) handOff(req *request) bool {
+	return req.length >= minHandedWrite && (c.br.Buffered() > 0 || c.sock.queued())
+}
+
+// minHandedWrite is the smallest WRITE handOff gives a worker: below it
+// the checksum and copy cost less than the handoff.
+const minHandedWrite = 256 << 10
 
 // readFull reads len(p) request bytes, logging why it failed.
 func (c *conn) readFull(p []byte) bool {

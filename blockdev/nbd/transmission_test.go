@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -896,5 +897,54 @@ func TestBatchedWrites(t *testing.T) {
 	failAt.Store(-1)
 	if r := c.do(0, cmdWrite, 0, 4096, make([]byte, 4096)); r.errno != 0 {
 		t.Fatalf("a write after the failed batch: errno %d", r.errno)
+	}
+}
+
+// A large WRITE with more requests behind it in the socket goes to a
+// worker, so the reader reads the next one while the first is written
+// (the client would otherwise wait on a full socket): with the device
+// holding the first 1 MiB write, the second one reaches the device too.
+func TestLargePipelinedWritesOverlap(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the socket's unread bytes cannot be told here: large writes stay in the reader")
+	}
+	x := newTestExporter()
+	d := x.add("big", newMemDev(4<<20), "")
+	g := newGate()
+	d.hook = g.hook
+	ts := startServer(t, x, Options{})
+	c := dial(t, ts)
+	c.negotiate("big", true, false)
+	const n = 1 << 20
+	g.block("write", 0)
+	g.block("write", n)
+	var b []byte
+	for i := 0; i < 2; i++ {
+		h := make([]byte, 28)
+		binary.BigEndian.PutUint32(h, magicRequest)
+		binary.BigEndian.PutUint16(h[6:], cmdWrite)
+		binary.BigEndian.PutUint64(h[8:], uint64(i+1))
+		binary.BigEndian.PutUint64(h[16:], uint64(i*n))
+		binary.BigEndian.PutUint32(h[24:], n)
+		b = append(append(b, h...), pattern(n, byte(i+1))...)
+	}
+	sent := make(chan error, 1)
+	go func() { _, err := c.nc.Write(b); sent <- err }() // blocks while the server reads no further
+	g.waitEntered(t, "write0")
+	g.waitEntered(t, fmt.Sprint("write", n)) // fails if the reader sits in the first write
+	g.release("write", 0)
+	g.release("write", n)
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		if r := c.readReply(); r.errno != 0 {
+			t.Fatalf("write %d: errno %d", r.handle, r.errno)
+		}
+	}
+	for i := 0; i < 2; i++ {
+		if got := readData(t, c.do(0, cmdRead, uint64(i*n), n, nil)); !bytes.Equal(got, pattern(n, byte(i+1))) {
+			t.Fatalf("the write at %d MiB reads back wrong", i)
+		}
 	}
 }
