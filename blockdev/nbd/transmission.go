@@ -120,8 +120,9 @@ func (c *conn) transmit() {
 // to a worker all the same: a large one (minHandedWrite) with more
 // requests behind it in the socket. The reader then reads those while a
 // worker checksums and journals this one, where in the reader the client
-// waited on a full socket meanwhile: 1 MiB writes at QD32 went 1.36-1.38
-// -> 1.43-1.46 GB/s (fio's nbd engine, three alternated runs). A client
+// waited on a full socket meanwhile: 1 MiB writes at QD32 went from a
+// median of 1.37 to 1.44 GB/s (fio's nbd engine, four alternated runs;
+// docs/performance.md, Step 13). A client
 // that waits for each reply (nothing behind it) keeps the reader's
 // write, which saves the handoff each way.
 func (c *conn) handOff(req *request) bool {
