@@ -93,8 +93,10 @@ type Options struct {
 	// (default DefaultTailCache; negative: none).
 	TailCache int64
 	// ReserveAhead is how much room past the records a segment file gets
-	// allocated at a time (default 4 MiB; negative: only what each record
-	// needs, which makes a full disk show at the exact record, for tests).
+	// allocated at a time (default: the whole segment at once; negative:
+	// only what each record needs, which makes a full disk show at the
+	// exact record, for tests). Where that much is not free, the journal
+	// reserves fallbackReserve ahead, then only what the record needs.
 	ReserveAhead int64
 }
 
@@ -125,7 +127,7 @@ func (o *Options) fill() error {
 	}
 	switch {
 	case o.ReserveAhead == 0:
-		o.ReserveAhead = 4 << 20
+		o.ReserveAhead = o.SegmentSize
 	case o.ReserveAhead < 0:
 		o.ReserveAhead = 0
 	}
@@ -179,6 +181,9 @@ type Journal struct {
 		header  []byte
 		// reserved: cur's room is allocated up to here (reserveLocked).
 		reserved int64
+		// reserveStep: the first of reserveLocked's steps to try in cur;
+		// a step the disk refused is not tried again in that segment.
+		reserveStep int
 	}
 
 	// t guards the tail's chunks (tail.go). Lock order: mu, then t.
@@ -667,6 +672,9 @@ func (j *Journal) findValidAfter(s *segment, pos, limit int64, next uint64) (lat
 func (j *Journal) startSegment(first uint64, prev *segment) error {
 	h := segHeader{firstSeq: first, created: j.opts.Now().UnixNano()}
 	if prev != nil {
+		// Its records are all written: the room reserved past them
+		// (reserveLocked) goes back to the filesystem.
+		releaseRoom(prev.f)
 		h.prevID = prev.id
 		h.prevEnd = uint64(prev.size)
 	}
@@ -712,6 +720,7 @@ func (j *Journal) useSegment(s *segment, header []byte) error {
 	j.mu.cur = s
 	j.mu.tailPos = s.size
 	j.mu.reserved = s.size
+	j.mu.reserveStep = 0
 	j.mu.open = nil
 	j.mu.header = append(j.mu.header[:0], header[:segmentHeaderSize]...)
 	return nil
@@ -821,27 +830,54 @@ func (j *Journal) appendLocked(r *Record) (Location, error) {
 // reserveLocked makes sure the file has room for the records up to end
 // before they are appended: the tail's writer must not find the disk full
 // after the records were acknowledged. It reserves Options.ReserveAhead
-// ahead (a syscall every few MiB), or just what is needed when that much
-// is not free; a full disk fails the append with ErrNoSpace and leaves the
-// journal as it was. j.mu is held.
+// ahead (by default the rest of the segment, once per segment), or
+// fallbackReserve ahead, or just what is needed, whichever is free first
+// (a step refused once is not tried again in the segment, so a nearly
+// full disk costs one fallocate per record); a full disk fails the append
+// with ErrNoSpace and leaves the journal as it was. j.mu is held.
+//
+// One large reservation, not one every few MiB: ext4's fallocate waits for
+// every direct write in flight on the file (inode_dio_wait) and holds the
+// tail's writer off meanwhile, and the appends behind it wait too. At
+// 4 MiB a step, 1 MiB writes at QD32 spent 64% of the group leader's time
+// in fallocate (docs/performance.md, Step 14). A new segment has no
+// direct write in flight, so reserving it whole at its first append
+// waits for nothing.
 func (j *Journal) reserveLocked(s *segment, end int64) error {
 	if end <= j.mu.reserved {
 		return nil
 	}
-	want := min(max(j.mu.reserved+j.opts.ReserveAhead, end), j.opts.SegmentSize)
-	err := s.f.Preallocate(j.mu.reserved, max(want, end)-j.mu.reserved)
-	if errors.Is(err, syscall.ENOSPC) && want > end {
-		want = end
-		err = s.f.Preallocate(j.mu.reserved, end-j.mu.reserved)
+	steps := [...]int64{j.opts.ReserveAhead, min(j.opts.ReserveAhead, fallbackReserve), 0}
+	var err error
+	for i := j.mu.reserveStep; i < len(steps); i++ {
+		ahead := steps[i]
+		if i > j.mu.reserveStep && ahead == steps[i-1] {
+			continue
+		}
+		want := max(min(j.mu.reserved+ahead, j.opts.SegmentSize), end)
+		err = s.f.Preallocate(j.mu.reserved, want-j.mu.reserved)
+		if err == nil {
+			j.mu.reserved = want
+			return nil
+		}
+		if !errors.Is(err, syscall.ENOSPC) {
+			// Other failures (a filesystem without fallocate) reserve
+			// nothing; the writer's errors then stay fatal, as before.
+			j.mu.reserved = want
+			return nil
+		}
+		if want == end {
+			break
+		}
+		j.mu.reserveStep = i + 1
 	}
-	if errors.Is(err, syscall.ENOSPC) {
-		return fmt.Errorf("%w: reserve room in segment %s: %v", ErrNoSpace, s.name, err)
-	}
-	// Other failures (a filesystem without fallocate) reserve nothing; the
-	// writer's errors then stay fatal, as before.
-	j.mu.reserved = max(want, end)
-	return nil
+	return fmt.Errorf("%w: reserve room in segment %s: %v", ErrNoSpace, s.name, err)
 }
+
+// fallbackReserve is how far ahead reserveLocked reserves when
+// Options.ReserveAhead is not free: near a full disk, a fallocate every
+// few MiB rather than one per record.
+const fallbackReserve = 4 << 20
 
 // rotateLocked syncs the current segment and starts the next, so only the
 // newest segment can ever have a torn tail.

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -676,5 +677,109 @@ func TestCleanCloseProvesTheEnd(t *testing.T) {
 				t.Fatalf("damaged framing of a proven record: want ErrCorrupt, got %v", err)
 			}
 		}
+	}
+}
+
+// reserveFS records each Preallocate of the journal's segment files and
+// refuses with ENOSPC any that asks for more than free bytes.
+type reserveFS struct {
+	vfs.FS
+	mu    *sync.Mutex
+	calls *[]int64
+	free  *int64
+}
+
+type reserveFile struct {
+	vfs.File
+	fs reserveFS
+}
+
+func (f reserveFS) OpenReadWrite(name string, c vfs.DiskWriteCategory, o ...vfs.OpenOption) (vfs.File, error) {
+	file, err := f.FS.OpenReadWrite(name, c, o...)
+	return reserveFile{file, f}, err
+}
+
+func (f reserveFile) Preallocate(off, n int64) error {
+	f.fs.mu.Lock()
+	defer f.fs.mu.Unlock()
+	*f.fs.calls = append(*f.fs.calls, n)
+	if n > *f.fs.free {
+		return syscall.ENOSPC
+	}
+	*f.fs.free -= n
+	return f.File.Preallocate(off, n)
+}
+
+// TestReserveWholeSegment: by default a segment's room is reserved in one
+// fallocate at its first append, not a few MiB at a time (on ext4 each
+// fallocate waits for the tail's direct writes in flight); near a full
+// disk the journal reserves 4 MiB ahead, then just what each record needs,
+// and fails with ErrNoSpace the record that does not fit.
+func TestReserveWholeSegment(t *testing.T) {
+	var mu sync.Mutex
+	var calls []int64
+	free := int64(1 << 40)
+	fs := reserveFS{vfs.NewMem(), &mu, &calls, &free}
+	const seg = 16 << 20
+	j, err := Open(Options{FS: fs, Dir: "j", SegmentSize: seg}, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	rec := func() *Record { return writeRec(1, 0, 7, 64) } // 256 KiB
+	for i := 0; i < 40; i++ {                              // 10 MiB into the first segment
+		if _, err := j.Append(rec()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	got := append([]int64(nil), calls...)
+	mu.Unlock()
+	if len(got) != 1 || got[0] != seg-segmentHeaderSize {
+		t.Fatalf("reservations for 10 MiB of records: %v, want one of the whole segment (%d)", got, seg-segmentHeaderSize)
+	}
+
+	// Now only 6 MiB are free: the rest of the first segment (reserved)
+	// fills, then the next segment's room is refused whole.
+	mu.Lock()
+	calls, free = nil, 6<<20
+	mu.Unlock()
+	for appended := 0; ; appended++ {
+		if _, err := j.Append(rec()); err != nil {
+			if !errors.Is(err, ErrNoSpace) {
+				t.Fatalf("append %d on a full disk: %v, want ErrNoSpace", appended, err)
+			}
+			break
+		}
+		if appended > 200 {
+			t.Fatal("6 MiB free took 200 records of 256 KiB")
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(calls) < 3 || calls[0] != seg-segmentHeaderSize || calls[1] != 4<<20 {
+		t.Fatalf("reservations near a full disk: %v, want the segment refused, then 4 MiB ahead, then single records", calls)
+	}
+	// Once 4 MiB is refused too, one record at a time: no step refused
+	// before is tried again.
+	big := 0
+	for _, n := range calls {
+		if n > int64(rec().EncodedSize()) {
+			big++
+		}
+	}
+	if big != 3 {
+		t.Fatalf("reservations near a full disk: %v: want the segment and 4 MiB refused once each, then one record at a time", calls)
+	}
+	if free < 0 || free >= int64(rec().EncodedSize()) {
+		t.Fatalf("%d bytes left free after the disk filled", free)
+	}
+	// The failed append left the journal as it was: with room, it goes on.
+	free = 1 << 30
+	mu.Unlock()
+	_, err = j.Append(rec())
+	mu.Lock()
+	if err != nil {
+		t.Fatalf("append once the disk has room: %v", err)
 	}
 }
