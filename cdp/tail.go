@@ -33,15 +33,26 @@ import (
 // of the log.
 
 const (
-	chunkSize  = 1 << 20
-	ioAlign    = 4096
-	maxPending = 16 // chunks appended but not yet written: appends wait beyond
+	chunkSize = 1 << 20
+	ioAlign   = 4096
+	// maxPending is how many chunks may wait for the writers (appended,
+	// not yet written): appends wait beyond. It lets every writer have a
+	// write of maxWrite chunks in flight.
+	maxPending = writers * maxWrite
 	// maxWrite is how many chunks one write covers at most, when that
 	// many wait in a row: a direct write of 8 MiB with one pwritev(2)
 	// went at 2.2 GB/s where 1 MiB writes one at a time went at 1.76 GB/s
-	// (fio --direct=1, 2026-12-03), and the writer no longer paid a
-	// wake-up and a syscall per MiB.
+	// (fio --direct=1, 2026-12-03), and a writer no longer paid a wake-up
+	// and a syscall per MiB.
 	maxWrite = 8
+	// writers is how many writes of the tail may be in flight at once,
+	// each from its own goroutine. One write at a time left the disk
+	// idle between writes: direct 8 MiB writes here went at 1.25-1.30
+	// GB/s one at a time, 1.5-1.6 two at a time and 2.0-2.5 four at a
+	// time (fio --direct=1 --ioengine=io_uring, 2026-12-04), and the
+	// tail's single writer was in pwritev 95% of the time while 1 MiB
+	// writes streamed in (docs/performance.md, Step 15).
+	writers = 4
 )
 
 // DefaultTailCache is the default memory of written journal chunks kept for
@@ -57,9 +68,13 @@ type chunk struct {
 	// bytes of records whose Append has returned (they found them through
 	// the index), which no append touches again.
 	n atomic.Int64
-	// Under t: bytes of buf in the file, and bytes the writer is asked to
-	// write (chunkSize once the chunk is full).
+	// Under t: bytes of buf in the file, and bytes the writers are asked
+	// to write (chunkSize once the chunk is full).
 	flushed, want int
+	// busy, under t: a writer is writing the chunk. One write per chunk
+	// at a time: a write after a Sync starts again at the block the last
+	// one ended in.
+	busy bool
 	// pins counts readers that hold slices of buf (PinMemory): taken under
 	// t's read lock, checked under its write lock before buf is reused
 	// for other bytes; a pinned chunk leaving the tail is orphaned
@@ -205,61 +220,95 @@ type piece struct {
 	from, to int
 }
 
-// writer writes what chunks ask for, oldest first, until the journal
-// closes: the chunks waiting in a row in one segment (up to maxWrite) with
-// one write.
+// writer writes what chunks ask for until the journal closes: each of
+// the writers goroutines takes the oldest chunks no other one is writing,
+// those waiting in a row in one segment (up to maxWrite) with one write.
+// Writes finish in any order; a segment's written mark moves over the
+// bytes in its file without a gap (advanceLocked). The last writer to stop
+// closes t.done.
 func (j *Journal) writer() {
-	defer close(j.t.done)
 	j.t.Lock()
 	defer j.t.Unlock()
-	work := func() bool {
-		return j.t.err == nil && len(j.t.pending) > 0 && j.t.pending[0].want > j.t.pending[0].flushed
-	}
+	defer func() {
+		j.t.running--
+		if j.t.running == 0 {
+			close(j.t.done)
+		}
+	}()
 	ps := make([]piece, 0, maxWrite)
 	bufs := make([][]byte, 0, maxWrite)
 	for {
-		// After a failure nothing more is written: the writer only waits
+		// After a failure nothing more is written: the writers only wait
 		// for the journal to close.
-		for !j.t.stop && !work() {
+		for {
+			if j.t.err == nil {
+				ps = nextWrite(j.t.pending, ps[:0])
+			}
+			if len(ps) > 0 || j.t.stop {
+				break
+			}
 			j.t.cond.Wait()
 		}
-		if !work() {
+		if len(ps) == 0 {
 			return // stopping, and nothing (more) to write
 		}
-		ps = nextWrite(j.t.pending, ps[:0])
+		for _, p := range ps {
+			p.c.busy = true
+		}
 		j.t.Unlock()
 		err := j.writePieces(ps, bufs)
 		j.t.Lock()
+		for _, p := range ps {
+			p.c.busy = false
+			if err == nil {
+				p.c.flushed = p.to
+			}
+		}
+		clear(ps)
+		ps = ps[:0]
 		if err != nil {
 			if j.t.err == nil {
 				j.t.err = j.fail(err)
 			}
-			j.t.cond.Broadcast()
-			continue
+		} else {
+			j.advanceLocked()
 		}
-		last := ps[len(ps)-1]
-		for _, p := range ps {
-			p.c.flushed = p.to
-		}
-		last.c.seg.written.Store(last.c.off + int64(last.to))
-		for _, p := range ps {
-			if p.to == chunkSize {
-				j.retireLocked(p.c) // the first pending chunk: ps is pending's head
-			}
-		}
-		clear(ps)
 		j.t.cond.Broadcast()
 	}
 }
 
-// nextWrite appends to ps what the next write covers: the first pending
-// chunk's unwritten bytes and, while each is a whole chunk's rest, those of
-// the chunks that follow it in the same segment file, up to maxWrite
-// chunks. t is held.
+// advanceLocked retires the chunks at the head of pending that are all
+// written and moves their segment's written mark to the end of the bytes
+// in the file without a gap. Every pending chunk is of the current
+// segment: a rotation waits for all of the last one. t is held.
+func (j *Journal) advanceLocked() {
+	for len(j.t.pending) > 0 {
+		c := j.t.pending[0]
+		if c.busy || c.flushed < chunkSize {
+			// Every chunk before c is written, and c up to flushed.
+			c.seg.written.Store(max(c.seg.written.Load(), c.off+int64(c.flushed)))
+			return
+		}
+		c.seg.written.Store(max(c.seg.written.Load(), c.off+chunkSize))
+		j.retireLocked(c)
+	}
+}
+
+// nextWrite appends to ps what the next write covers: the unwritten bytes
+// of the oldest pending chunk that asks for a write and that no writer
+// writes, and, while each is a whole chunk's rest, those of the chunks
+// that follow it in the same segment file, up to maxWrite chunks. t is
+// held.
 func nextWrite(pending []*chunk, ps []piece) []piece {
 	for _, c := range pending {
-		if len(ps) == maxWrite || c.want <= c.flushed {
+		if len(ps) == maxWrite {
 			break
+		}
+		if c.busy || c.want <= c.flushed {
+			if len(ps) > 0 {
+				break
+			}
+			continue
 		}
 		if n := len(ps); n > 0 {
 			// A segment's first chunk (its header written already)

@@ -450,13 +450,15 @@ func TestPrefetchSkipsTail(t *testing.T) {
 // TestNextWrite: one write covers the chunks that wait in a row in one
 // segment file, each but the last written to its end, at most maxWrite of
 // them; a segment's first chunk, a gap, or a chunk with nothing to write
-// ends it.
+// ends it. Chunks another writer writes, or with nothing to write, are
+// skipped before the write starts and end it after.
 func TestNextWrite(t *testing.T) {
 	s1, s2 := &segment{id: 1}, &segment{id: 2}
 	mk := func(s *segment, idx int64, flushed, want int) *chunk {
 		return &chunk{seg: s, off: idx * chunkSize, flushed: flushed, want: want}
 	}
 	full := func(s *segment, idx int64) *chunk { return mk(s, idx, 0, chunkSize) }
+	busy := func(c *chunk) *chunk { c.busy = true; return c }
 	var many []*chunk
 	for i := range int64(maxWrite + 3) {
 		many = append(many, full(s1, i))
@@ -465,15 +467,20 @@ func TestNextWrite(t *testing.T) {
 		name    string
 		pending []*chunk
 		want    int // pieces in the write
+		first   int // index in pending of the first piece's chunk
 	}{
-		{"one partial", []*chunk{mk(s1, 0, 4096, 9000)}, 1},
-		{"rest of a chunk, then whole ones, then a partial", []*chunk{mk(s1, 0, 8192, chunkSize), full(s1, 1), mk(s1, 2, 0, 5000)}, 3},
-		{"a partial chunk ends the write", []*chunk{mk(s1, 0, 0, 5000), full(s1, 1)}, 1},
-		{"at most maxWrite", many, maxWrite},
-		{"the next segment starts its own write", []*chunk{full(s1, 0), mk(s2, 0, 512, chunkSize)}, 1},
-		{"a gap in the file", []*chunk{full(s1, 0), full(s1, 2)}, 1},
-		{"the next chunk has nothing to write yet", []*chunk{full(s1, 0), mk(s1, 1, 0, 0)}, 1},
-		{"nothing to write", []*chunk{mk(s1, 0, 4096, 4096), full(s1, 1)}, 0},
+		{"one partial", []*chunk{mk(s1, 0, 4096, 9000)}, 1, 0},
+		{"rest of a chunk, then whole ones, then a partial", []*chunk{mk(s1, 0, 8192, chunkSize), full(s1, 1), mk(s1, 2, 0, 5000)}, 3, 0},
+		{"a partial chunk ends the write", []*chunk{mk(s1, 0, 0, 5000), full(s1, 1)}, 1, 0},
+		{"at most maxWrite", many, maxWrite, 0},
+		{"the next segment starts its own write", []*chunk{full(s1, 0), mk(s2, 0, 512, chunkSize)}, 1, 0},
+		{"a gap in the file", []*chunk{full(s1, 0), full(s1, 2)}, 1, 0},
+		{"the next chunk has nothing to write yet", []*chunk{full(s1, 0), mk(s1, 1, 0, 0)}, 1, 0},
+		{"nothing to write", []*chunk{mk(s1, 0, 4096, 4096)}, 0, 0},
+		{"nothing to write in the first: the next starts the write", []*chunk{mk(s1, 0, 4096, 4096), full(s1, 1), full(s1, 2)}, 2, 1},
+		{"a chunk being written is skipped", []*chunk{busy(full(s1, 0)), full(s1, 1), full(s1, 2)}, 2, 1},
+		{"a chunk being written ends the write", []*chunk{full(s1, 0), busy(full(s1, 1)), full(s1, 2)}, 1, 0},
+		{"every chunk being written", []*chunk{busy(full(s1, 0)), busy(mk(s1, 1, 0, 5000))}, 0, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ps := nextWrite(tc.pending, nil)
@@ -481,8 +488,8 @@ func TestNextWrite(t *testing.T) {
 				t.Fatalf("%d pieces, want %d", len(ps), tc.want)
 			}
 			for i, p := range ps {
-				if c := tc.pending[i]; p.c != c || p.from != c.flushed || p.to != c.want {
-					t.Errorf("piece %d: %+v, want chunk %d [%d, %d)", i, p, i, c.flushed, c.want)
+				if c := tc.pending[tc.first+i]; p.c != c || p.from != c.flushed || p.to != c.want {
+					t.Errorf("piece %d: %+v, want chunk %d [%d, %d)", i, p, tc.first+i, c.flushed, c.want)
 				}
 			}
 		})
@@ -544,5 +551,43 @@ func TestWritePiecesDirect(t *testing.T) {
 		if !bytes.Equal(got[at:at+int64(to-from)], p.c.buf[from:to]) {
 			t.Errorf("chunk %d's bytes [%d, %d) differ in the file", i, from, to)
 		}
+	}
+}
+
+// TestAdvanceOutOfOrder: writes of the tail finish in any order; a
+// segment's written mark covers only the bytes in its file without a gap,
+// and a chunk leaves pending only once it and every chunk before it are
+// all written.
+func TestAdvanceOutOfOrder(t *testing.T) {
+	s := &segment{id: 1}
+	j := &Journal{}
+	j.opts.TailCache = 8 * chunkSize
+	j.t.index = map[chunkKey]*chunk{}
+	var cs []*chunk
+	for i := range int64(4) {
+		c := &chunk{seg: s, off: i * chunkSize, want: chunkSize}
+		cs = append(cs, c)
+		j.t.pending = append(j.t.pending, c)
+		j.t.index[chunkKey{s.id, i}] = c
+	}
+	cs[3].want = 5000 // the open chunk, asked for by a Sync
+	step := func(name string, done func(), written int64, pending int) {
+		t.Helper()
+		done()
+		j.advanceLocked()
+		if w := s.written.Load(); w != written {
+			t.Errorf("%s: written %d, want %d", name, w, written)
+		}
+		if len(j.t.pending) != pending {
+			t.Errorf("%s: %d chunks pending, want %d", name, len(j.t.pending), pending)
+		}
+	}
+	cs[0].busy = true
+	step("chunks 1 and 3 written while 0 is being written", func() { cs[1].flushed = chunkSize; cs[3].flushed = 5000 }, 0, 4)
+	step("chunk 0 half written, still busy", func() { cs[0].flushed = 4096 }, 4096, 4)
+	step("chunk 0 written", func() { cs[0].busy = false; cs[0].flushed = chunkSize }, 2*chunkSize, 2)
+	step("chunk 2 written", func() { cs[2].flushed = chunkSize }, 3*chunkSize+5000, 1)
+	if len(j.t.recent) != 3 || j.t.recent[0] != cs[0] || j.t.recent[2] != cs[2] {
+		t.Errorf("kept for reads: %v, want chunks 0-2 in order", j.t.recent)
 	}
 }
