@@ -591,3 +591,37 @@ func TestAdvanceOutOfOrder(t *testing.T) {
 		t.Errorf("kept for reads: %v, want chunks 0-2 in order", j.t.recent)
 	}
 }
+
+// TestBackgroundSync: appends that run syncAhead past the current
+// segment's last fsync get it synced without any Sync call, and only then:
+// a few records stay unsynced.
+func TestBackgroundSync(t *testing.T) {
+	j, err := Open(Options{FS: vfs.NewMem(), Dir: "j", SegmentSize: 4 * syncAhead}, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	rec := writeRec(1, 0, 0xab, 256) // 1 MiB
+	if _, err := j.Append(rec); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if st := j.Stats(); st.SyncedSeq != 0 || st.Fsyncs != 0 {
+		t.Fatalf("1 MiB appended: synced to %d with %d fsyncs, want none", st.SyncedSeq, st.Fsyncs)
+	}
+	n := uint64(syncAhead>>20 + 1)
+	for range n {
+		if _, err := j.Append(rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Record syncAhead>>20 is the first to end past syncAhead.
+	want := uint64(syncAhead >> 20)
+	deadline := time.Now().Add(10 * time.Second)
+	for j.Stats().SyncedSeq < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d MiB appended: synced to %d, want at least %d", n+1, j.Stats().SyncedSeq, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
