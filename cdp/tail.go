@@ -46,12 +46,12 @@ const (
 	// and a syscall per MiB.
 	maxWrite = 8
 	// writers is how many writes of the tail may be in flight at once,
-	// each from its own goroutine. One write at a time left the disk
-	// idle between writes: direct 8 MiB writes here went at 1.25-1.30
-	// GB/s one at a time, 1.5-1.6 two at a time and 2.0-2.5 four at a
-	// time (fio --direct=1 --ioengine=io_uring, 2026-12-04), and the
-	// tail's single writer was in pwritev 95% of the time while 1 MiB
-	// writes streamed in (docs/performance.md, Step 15).
+	// each from its own goroutine: a disk takes more with more in flight
+	// (direct 8 MiB writes on the AMD test machine, a noisy disk: 1.18-1.30
+	// GB/s one at a time, 1.48-1.63 two at a time, 1.23-2.5 four at a
+	// time; fio --direct=1 --ioengine=io_uring, 2026-12-04), and a single
+	// writer had been in pwritev 95% of the time while 1 MiB writes
+	// streamed in (docs/performance.md, Steps 14 and 15).
 	writers = 4
 )
 
