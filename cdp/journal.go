@@ -484,6 +484,14 @@ func (j *Journal) recover(from uint64, replay ReplayFunc) error {
 		j.synced.Store(next - 1)
 	}
 
+	// A crash right after a rotation can leave the room reserved in the
+	// segment before the last allocated: the ftruncate that gave it back
+	// (startSegment) was not yet durable. Give it back again; the last
+	// segment's goes back when the next one starts below.
+	for i := 0; i+1 < len(states); i++ {
+		releaseRoom(states[i].seg.f)
+	}
+
 	// Appends go to a fresh segment, so a torn tail left in the last one is
 	// never followed by new records. An empty last segment is reused: its
 	// garbage (if any) was checked above to hold no valid record.
