@@ -9,6 +9,10 @@
 # PIN=1 emulates two hosts: the primary, the witness and fio share CPU 0,
 # the secondary has CPU 1 to itself, and the plain volume runs on CPU 0
 # alone too (the secondary then idles), so both cases get one host's CPU.
+# Check first that the machine allows it: on some virtual machines a vCPU
+# slows to a quarter whenever the other one wakes up, even for an idle
+# process's timers (docs/ha.md, "Measured"), which makes the plain case the
+# slow one.
 # Usage: [PIN=1] bench/mirror.sh [ROUNDS] [SECONDS] (default 3 rounds of 8 s)
 set -euo pipefail
 ROUNDS=${1:-3}
