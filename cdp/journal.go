@@ -938,10 +938,9 @@ func (j *Journal) rotateLocked() error {
 // fsync before the journal syncs it in the background, off the append
 // path. Why: a rotation fsyncs the whole segment while appends wait, and a
 // virtual disk's cache flush costs about as much as writing what was
-// written since the last one: 58-64 ms for a 128 MiB segment here, in
-// which the disk sat idle and the daemon took no write (1 MiB writes at
-// QD32 ran at 1.05 GB/s, the disk idle half the time; docs/performance.md,
-// Step 15). Syncing every syncAhead bytes as they stream in leaves the
+// written since the last one: 58-64 ms for a 128 MiB segment on the test
+// machine, in which the daemon took no write (docs/performance.md, Step
+// 15). Syncing every syncAhead bytes as they stream in leaves the
 // rotation's fsync a fraction of that, and a client's FLUSH too.
 const syncAhead = 32 << 20
 
