@@ -321,6 +321,36 @@ func TestUnsyncedGapIsTornTail(t *testing.T) {
 	}
 }
 
+// An unsynced record the disk never got (zeros: the tail's writers finish
+// in any order, so a later part of the tail can be in the file and an
+// earlier one not) with valid unsynced records after it is a torn tail:
+// recovery keeps what precedes the gap and opens.
+func TestUnsyncedZeroGapIsTornTail(t *testing.T) {
+	fs := vfs.NewMem()
+	j := openMem(t, fs, 0, nil)
+	var locs []Location
+	for i := 0; i < 5; i++ {
+		loc, err := j.Append(writeRec(1, 0, byte(i+1), 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		locs = append(locs, loc)
+		if i == 1 {
+			j.Sync()
+		}
+	}
+	j.close(false)
+	segs := segmentsOf(t, fs)
+	corrupt(t, fs, segs[0], 0, func(b []byte) []byte {
+		clear(b[locs[3].Offset:locs[4].Offset])
+		return b
+	})
+	got, err := collect(t, fs)
+	if err != nil || len(got) != 3 {
+		t.Fatalf("want the 3 records before the gap, got %d, %v", len(got), err)
+	}
+}
+
 func TestCorruptNonLastSegment(t *testing.T) {
 	fs := vfs.NewMem()
 	j := openMem(t, fs, 0, nil)
