@@ -184,6 +184,9 @@ type Journal struct {
 		// reserveStep: the first of reserveLocked's steps to try in cur;
 		// a step the disk refused is not tried again in that segment.
 		reserveStep int
+		// syncAsked: cur's size when appends last asked for a background
+		// sync (syncAhead).
+		syncAsked int64
 	}
 
 	// t guards the tail's chunks (tail.go). Lock order: mu, then t.
@@ -743,6 +746,7 @@ func (j *Journal) useSegment(s *segment, header []byte) error {
 	j.mu.tailPos = s.size
 	j.mu.reserved = s.size
 	j.mu.reserveStep = 0
+	j.mu.syncAsked = s.size
 	j.mu.open = nil
 	j.mu.header = append(j.mu.header[:0], header[:segmentHeaderSize]...)
 	return nil
@@ -843,7 +847,10 @@ func (j *Journal) appendLocked(r *Record) (Location, error) {
 		return Location{}, err
 	}
 	cur.size += size
-	if cur.size-cur.synced.Load() >= syncAhead {
+	// Once per syncAhead appended: appends made while a background sync
+	// runs must not queue another right behind it.
+	if cur.size-j.mu.syncAsked >= syncAhead && cur.size-cur.synced.Load() >= syncAhead {
+		j.mu.syncAsked = cur.size
 		select {
 		case j.bg.kick <- struct{}{}:
 		default: // a background sync is asked for already

@@ -625,3 +625,69 @@ func TestBackgroundSync(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// wrapFS hands out the files it opens read-write wrapped by wrap.
+type wrapFS struct {
+	vfs.FS
+	wrap func(vfs.File) vfs.File
+}
+
+func (w wrapFS) OpenReadWrite(name string, c vfs.DiskWriteCategory, o ...vfs.OpenOption) (vfs.File, error) {
+	file, err := w.FS.OpenReadWrite(name, c, o...)
+	if err != nil {
+		return nil, err
+	}
+	return w.wrap(file), nil
+}
+
+// gateSyncFile holds every SyncData until release is closed, telling
+// started when one begins.
+type gateSyncFile struct {
+	vfs.File
+	started, release chan struct{}
+}
+
+func (f gateSyncFile) SyncData() error {
+	select {
+	case f.started <- struct{}{}:
+	default:
+	}
+	<-f.release
+	return f.File.SyncData()
+}
+
+// TestBackgroundSyncOncePerSyncAhead: appends made while a background
+// sync runs (their segment's synced mark not yet moved) do not queue
+// another sync right behind it; the next comes syncAhead later.
+func TestBackgroundSyncOncePerSyncAhead(t *testing.T) {
+	started, release := make(chan struct{}, 1), make(chan struct{})
+	fs := wrapFS{vfs.NewMem(), func(f vfs.File) vfs.File { return gateSyncFile{f, started, release} }}
+	j, err := Open(Options{FS: fs, Dir: "j", SegmentSize: 4 * syncAhead}, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	rec := writeRec(1, 0, 0xab, 256) // 1 MiB
+	appendMiB := func(n int) {
+		for range n {
+			if _, err := j.Append(rec); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	appendMiB(syncAhead>>20 + 1)
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no background sync started")
+	}
+	appendMiB(syncAhead >> 21) // half of syncAhead more, while it runs
+	if n := len(j.bg.kick); n != 0 {
+		t.Errorf("appends made while the background sync ran asked for %d more", n)
+	}
+	close(release)
+	time.Sleep(200 * time.Millisecond) // a sync queued behind it would run now
+	if st := j.Stats(); st.Fsyncs != 1 {
+		t.Fatalf("%d MiB appended: %d fsyncs, want 1", syncAhead>>20+1+syncAhead>>21, st.Fsyncs)
+	}
+}
