@@ -17,9 +17,14 @@ func releaseRoom(f vfs.File) {
 	if fd == vfs.InvalidFd {
 		return
 	}
-	st, err := f.Stat()
-	if err != nil {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(fd), &st); err != nil {
 		return
 	}
-	_ = unix.Ftruncate(int(fd), st.Size())
+	if st.Blocks*512 <= (st.Size+ioAlign-1)&^(ioAlign-1) {
+		// Nothing allocated past the end: spare the filesystem a
+		// truncate (open does this for every segment).
+		return
+	}
+	_ = unix.Ftruncate(int(fd), st.Size)
 }
