@@ -173,6 +173,7 @@ type Journal struct {
 		lastTime int64
 		hdr      [RecordHeaderSize]byte
 		closed   bool
+		closing  bool // Close has begun: appends are refused
 		// tailPos is where the next appended byte goes in cur; open is
 		// the chunk it goes to (tail.go); header is cur's header, which
 		// its first chunk starts with.
@@ -496,27 +497,36 @@ func (j *Journal) recover(from uint64, replay ReplayFunc) error {
 	}
 
 	// Appends go to a fresh segment, so a torn tail left in the last one is
-	// never followed by new records. An empty last segment is reused: its
-	// garbage (if any) was checked above to hold no valid record.
+	// never followed by new records. An empty last segment is reused, but
+	// as a new file when it holds more than its header: records cut off
+	// as a torn tail (their first one torn) are still there, with the
+	// sequence numbers new records will take, and once new records end
+	// where one of them starts, the next recovery would read on into them.
+	// A file left by a build of an older format version is replaced too:
+	// it takes this one's header.
 	if len(states) > 0 {
 		lastSeg := states[len(states)-1]
 		if lastSeg.hdr.firstSeq == next {
 			s := lastSeg.seg
-			s.size = segmentHeaderSize
-			s.synced.Store(segmentHeaderSize)
-			h := encodeSegHeader(lastSeg.hdr)
-			if !bytes.Equal(h, lastSeg.raw) {
-				// Left by a build of an older format version: it takes
-				// this one's before records go into it (buffered writes
-				// start after the header and would leave it as it is).
-				if _, err := s.f.WriteAt(h, 0); err != nil {
-					return j.classifyWriteErr(fmt.Errorf("cdp: rewrite segment header %s: %w", s.name, err))
-				}
-				if err := s.f.Sync(); err != nil {
-					return j.fail(fmt.Errorf("sync segment header %s: %w", s.name, err))
-				}
+			fi, err := s.f.Stat()
+			if err != nil {
+				return fmt.Errorf("cdp: stat segment %s: %w", s.name, err)
 			}
-			return j.useSegment(s, h)
+			h := encodeSegHeader(lastSeg.hdr)
+			if fi.Size() == segmentHeaderSize && bytes.Equal(h, lastSeg.raw) {
+				s.size = segmentHeaderSize
+				s.synced.Store(segmentHeaderSize)
+				return j.useSegment(s, h)
+			}
+			if fi.Size() > segmentHeaderSize {
+				j.opts.Logger.Info("journal: starting the emptied last segment over", "segment", s.name, "bytes", fi.Size())
+			}
+			s.f.Close()
+			ns, hb, err := j.createSegment(lastSeg.hdr)
+			if err != nil {
+				return err
+			}
+			return j.useSegment(ns, hb)
 		}
 		return j.startSegment(next, lastSeg.seg)
 	}
@@ -697,42 +707,57 @@ func (j *Journal) findValidAfter(s *segment, pos, limit int64, next uint64) (lat
 func (j *Journal) startSegment(first uint64, prev *segment) error {
 	h := segHeader{firstSeq: first, created: j.opts.Now().UnixNano()}
 	if prev != nil {
-		// Its records are all written: the room reserved past them
-		// (reserveLocked) goes back to the filesystem.
-		releaseRoom(prev.f)
 		h.prevID = prev.id
 		h.prevEnd = uint64(prev.size)
 	}
-	name := segmentName(first)
+	s, hb, err := j.createSegment(h)
+	if err != nil {
+		return err
+	}
+	if prev != nil {
+		// Its records are all written: the room reserved past them
+		// (reserveLocked) goes back to the filesystem. Only now: had the
+		// new segment failed (a full disk), appends would go on in prev.
+		releaseRoom(prev.f)
+	}
+	return j.useSegment(s, hb)
+}
+
+// createSegment creates the segment file h names, holding only h, synced
+// with its directory entry, and registers it; a file of that name is
+// replaced.
+func (j *Journal) createSegment(h segHeader) (*segment, []byte, error) {
+	name := segmentName(h.firstSeq)
 	f, err := j.opts.FS.Create(j.path(name), vfs.WriteCategoryUnspecified)
 	if err != nil {
-		return j.classifyWriteErr(fmt.Errorf("cdp: create segment %s: %w", name, err))
+		return nil, nil, j.classifyWriteErr(fmt.Errorf("cdp: create segment %s: %w", name, err))
 	}
 	f.Close()
 	// Reopen read-write: appends use WriteAt at offsets we track.
 	f, err = j.opts.FS.OpenReadWrite(j.path(name), vfs.WriteCategoryUnspecified)
 	if err != nil {
-		return fmt.Errorf("cdp: open segment %s: %w", name, err)
+		return nil, nil, fmt.Errorf("cdp: open segment %s: %w", name, err)
 	}
-	if _, err := f.WriteAt(encodeSegHeader(h), 0); err != nil {
+	hb := encodeSegHeader(h)
+	if _, err := f.WriteAt(hb, 0); err != nil {
 		f.Close()
 		_ = j.opts.FS.Remove(j.path(name))
-		return j.classifyWriteErr(fmt.Errorf("cdp: write segment header %s: %w", name, err))
+		return nil, nil, j.classifyWriteErr(fmt.Errorf("cdp: write segment header %s: %w", name, err))
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
-		return j.fail(fmt.Errorf("sync new segment %s: %w", name, err))
+		return nil, nil, j.fail(fmt.Errorf("sync new segment %s: %w", name, err))
 	}
 	if err := j.syncDir(); err != nil {
 		f.Close()
-		return j.fail(err)
+		return nil, nil, j.fail(err)
 	}
-	s := &segment{id: first, name: name, f: f, size: segmentHeaderSize}
+	s := &segment{id: h.firstSeq, name: name, f: f, size: segmentHeaderSize}
 	s.synced.Store(segmentHeaderSize)
 	j.segMu.Lock()
-	j.segs[first] = s
+	j.segs[h.firstSeq] = s
 	j.segMu.Unlock()
-	return j.useSegment(s, encodeSegHeader(h))
+	return s, hb, nil
 }
 
 // useSegment makes s, which holds only its header, the segment appends go
@@ -804,7 +829,7 @@ func (j *Journal) Append(r *Record) (Location, error) {
 }
 
 func (j *Journal) appendLocked(r *Record) (Location, error) {
-	if j.mu.closed {
+	if j.mu.closed || j.mu.closing {
 		return Location{}, ErrClosed
 	}
 	if err := j.Err(); err != nil {
@@ -922,9 +947,6 @@ func (j *Journal) rotateLocked() error {
 	if err := j.waitWritten(cur, cur.size); err != nil {
 		return err
 	}
-	j.t.Lock()
-	j.retireSegmentLocked(cur)
-	j.t.Unlock()
 	if err := cur.f.Sync(); err != nil {
 		return j.fail(fmt.Errorf("sync segment %s: %w", cur.name, err))
 	}
@@ -933,12 +955,21 @@ func (j *Journal) rotateLocked() error {
 		// Nothing in it: keep using it rather than leave an empty file.
 		return nil
 	}
+	// cur stays whole (its open chunk, its direct descriptor, its
+	// reserved room) until the next segment exists: when that fails (a
+	// full disk: ErrNoSpace), appends that still fit go on in cur.
+	if err := j.startSegment(j.mu.nextSeq, cur); err != nil {
+		return err
+	}
+	j.t.Lock()
+	j.retireSegmentLocked(cur)
+	j.t.Unlock()
 	if cur.dio != nil {
 		// Everything in it is written: later writes are the next segment's.
 		cur.dio.Close()
 		cur.dio = nil
 	}
-	return j.startSegment(j.mu.nextSeq, cur)
+	return nil
 }
 
 // syncAhead is how far appends may run ahead of the current segment's last
@@ -1132,14 +1163,21 @@ func (j *Journal) Close() error { return j.close(true) }
 // close closes the journal; mark: leave the proof above (tests simulate a
 // crash without it).
 func (j *Journal) close(mark bool) error {
+	// Appends end before the final sync: one made while it waited would be
+	// neither synced nor written, yet counted in the end mark's prevEnd
+	// (the next open would find the segment shorter than that).
+	j.mu.Lock()
+	again := j.mu.closed || j.mu.closing
+	j.mu.closing = true
+	j.mu.Unlock()
 	err := j.Sync()
 	j.mu.Lock()
-	if cur := j.mu.cur; mark && err == nil && !j.mu.closed && cur != nil && cur.size > segmentHeaderSize {
+	if cur := j.mu.cur; mark && err == nil && !again && cur != nil && cur.size > segmentHeaderSize {
 		if serr := j.startSegment(j.mu.nextSeq, cur); serr != nil {
 			err = fmt.Errorf("cdp: mark the clean end of the journal: %w", serr)
 		}
 	}
-	again := j.mu.closed
+	again = j.mu.closed
 	j.mu.closed = true
 	j.mu.Unlock()
 	if !again {
